@@ -1,0 +1,169 @@
+//! Admin API bodies, shaped as ECE's (`EnrollmentTokenRequest`, `RequestEnrollmentTokenReply`,
+//! `ListEnrollmentTokenReply`, `AllocatorInfo`, `RunnerInfo`), with Muster's additions marked.
+
+use crate::role::Role;
+use crate::token::TokenKind;
+use serde::{Deserialize, Serialize};
+
+/// `POST …/enrollment-tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub persistent: bool,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Lifetime of an ephemeral token (default one hour). Ignored for persistent tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_in_seconds: Option<u64>,
+    /// Beyond ECE: how many hosts may enroll with the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u32>,
+    /// Beyond ECE: source networks (CIDR) joins must come from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_sources: Vec<String>,
+}
+
+/// The answer to a token creation: the token is shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTokenReply {
+    pub token: String,
+    pub token_id: String,
+    /// Beyond ECE: the ready-to-paste one-liner that enrolls a host with this token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_command: Option<String>,
+}
+
+/// One token in the list; never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub token_id: String,
+    pub roles: Vec<Role>,
+    pub persistent: bool,
+    pub kind: TokenKind,
+    pub created: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_sources: Vec<String>,
+}
+
+/// `GET …/enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTokensReply {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `GET …/allocators`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocatorsReply {
+    pub zones: Vec<AllocatorZone>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocatorZone {
+    pub zone_id: String,
+    pub allocators: Vec<AllocatorInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocatorInfo {
+    pub allocator_id: String,
+    pub host_ip: String,
+    pub public_hostname: String,
+    pub status: HostStatus,
+    pub capacity: Capacity,
+    pub instances: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub connected: bool,
+    pub healthy: bool,
+    pub maintenance_mode: bool,
+    /// Beyond ECE: last heartbeat, seconds since the epoch.
+    pub last_heartbeat: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub memory: Memory,
+}
+
+/// Memory in MiB, as ECE reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub total: u64,
+    pub used: u64,
+}
+
+/// `GET …/runners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnersReply {
+    pub runners: Vec<RunnerInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    pub runner_id: String,
+    pub public_hostname: String,
+    pub host_ip: String,
+    pub zone: String,
+    pub connected: bool,
+    pub roles: Vec<RunnerRole>,
+    /// Beyond ECE: roles the host asked for but was not granted yet.
+    pub pending_roles: Vec<Role>,
+    /// Beyond ECE: the token the host enrolled with (id only).
+    pub token_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerRole {
+    pub role_name: Role,
+}
+
+/// `PUT …/runners/{id}/roles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerRolesRequest {
+    pub roles: Vec<String>,
+}
+
+/// One audited token event. Only the token's id is ever recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub seq: u64,
+    pub at: u64,
+    /// `created`, `used`, `refused`, `revoked`, `expired`, `returned`.
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// For a refusal: the error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET …/enrollment-tokens/_audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReply {
+    pub events: Vec<AuditEvent>,
+}
+
+/// `GET /_security/enroll/node`: base64 DER fields, as Elasticsearch's enroll-node API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EsEnrollNodeReply {
+    pub http_ca_key: String,
+    pub http_ca_cert: String,
+    pub transport_ca_cert: String,
+    pub transport_key: String,
+    pub transport_cert: String,
+    pub nodes_addresses: Vec<String>,
+}
