@@ -20,7 +20,12 @@ pub struct ApiErrorBody {
 
 impl ApiErrorBody {
     pub fn single(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiErrorBody { errors: vec![ErrorItem { code: code.as_str().to_string(), message: message.into() }] }
+        ApiErrorBody {
+            errors: vec![ErrorItem {
+                code: code.as_str().to_string(),
+                message: message.into(),
+            }],
+        }
     }
 
     /// The first error's code, parsed; `None` for a code this build does not know.
@@ -29,7 +34,10 @@ impl ApiErrorBody {
     }
 
     pub fn message(&self) -> &str {
-        self.errors.first().map(|e| e.message.as_str()).unwrap_or("")
+        self.errors
+            .first()
+            .map(|e| e.message.as_str())
+            .unwrap_or("")
     }
 }
 
@@ -118,7 +126,10 @@ codes! {
 impl ErrorCode {
     /// Whether retrying the same request can succeed (the installer backs off and retries).
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::StoreUnavailable | ErrorCode::Internal | ErrorCode::AuthRateLimited)
+        matches!(
+            self,
+            ErrorCode::StoreUnavailable | ErrorCode::Internal | ErrorCode::AuthRateLimited
+        )
     }
 }
 
@@ -142,7 +153,9 @@ mod tests {
         let v = serde_json::to_value(&b).ok();
         assert_eq!(
             v,
-            Some(serde_json::json!({"errors":[{"code":"token.expired","message":"token expired"}]}))
+            Some(
+                serde_json::json!({"errors":[{"code":"token.expired","message":"token expired"}]})
+            )
         );
     }
 }

@@ -11,6 +11,8 @@
 
 pub mod api;
 pub mod error;
+#[cfg(feature = "fs")]
+pub mod fs;
 pub mod node;
 pub mod pin;
 pub mod role;

@@ -16,7 +16,11 @@ pub fn spki_pin(spki_der: &[u8]) -> String {
 /// Whether `pin` is well-formed: the prefix and 64 lowercase hex digits.
 pub fn is_well_formed(pin: &str) -> bool {
     pin.strip_prefix(PREFIX)
-        .map(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .map(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
         .unwrap_or(false)
 }
 

@@ -19,7 +19,12 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Allocator, Role::Coordinator, Role::Proxy, Role::Director];
+    pub const ALL: [Role; 4] = [
+        Role::Allocator,
+        Role::Coordinator,
+        Role::Proxy,
+        Role::Director,
+    ];
 
     /// The roles the emergency token carries: everything but allocator, as in ECE.
     pub const EMERGENCY: [Role; 3] = [Role::Coordinator, Role::Director, Role::Proxy];
@@ -77,7 +82,11 @@ pub fn normalize(roles: &mut Vec<Role>) {
 
 /// Joins roles as `a,b,c` (the form `MUSTER_ROLES` and the CLI use).
 pub fn join(roles: &[Role]) -> String {
-    roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -88,7 +97,10 @@ mod tests {
     fn parses_lists() {
         let cases: &[(&str, Result<Vec<Role>, UnknownRole>)] = &[
             ("allocator", Ok(vec![Role::Allocator])),
-            ("proxy, allocator,proxy", Ok(vec![Role::Allocator, Role::Proxy])),
+            (
+                "proxy, allocator,proxy",
+                Ok(vec![Role::Allocator, Role::Proxy]),
+            ),
             ("", Ok(vec![])),
             ("Coordinator", Ok(vec![Role::Coordinator])),
             ("root", Err(UnknownRole("root".into()))),
@@ -100,7 +112,10 @@ mod tests {
 
     #[test]
     fn serde_is_lowercase() {
-        assert_eq!(serde_json::to_string(&Role::Director).ok().as_deref(), Some("\"director\""));
+        assert_eq!(
+            serde_json::to_string(&Role::Director).ok().as_deref(),
+            Some("\"director\"")
+        );
         assert!(serde_json::from_str::<Role>("\"superuser\"").is_err());
     }
 }

@@ -91,7 +91,9 @@ pub enum TokenError {
     #[error("roles token uses algorithm {0:?}; only EdDSA is accepted")]
     Algorithm(String),
     /// The signature does not verify with this platform's key.
-    #[error("roles token signature does not verify: it was not issued by this platform or was edited")]
+    #[error(
+        "roles token signature does not verify: it was not issued by this platform or was edited"
+    )]
     Signature,
     /// `iss` is not Muster's.
     #[error("roles token issuer is {0:?}, not a Muster platform")]
@@ -104,7 +106,10 @@ pub enum TokenError {
     NotYetValid { wait: u64 },
     /// A requested role is not among the token's roles.
     #[error("roles token does not grant role(s) {}; it grants [{}]", crate::role::join(.missing), crate::role::join(.granted))]
-    RoleNotGranted { missing: Vec<Role>, granted: Vec<Role> },
+    RoleNotGranted {
+        missing: Vec<Role>,
+        granted: Vec<Role>,
+    },
     /// The emergency token asked for the allocator role.
     #[error("the emergency token never enrolls an allocator; use an allocator roles token")]
     EmergencyAllocator,
@@ -184,19 +189,24 @@ struct RawHeader {
 /// Splits a token and checks its header's algorithm. Returns the payload part.
 fn split_checked(token: &str) -> Result<&str, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::Malformed(format!("longer than {MAX_TOKEN_LEN} bytes")));
+        return Err(TokenError::Malformed(format!(
+            "longer than {MAX_TOKEN_LEN} bytes"
+        )));
     }
     let token = token.trim();
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(TokenError::Malformed("expected three dot-separated parts".into()));
+        return Err(TokenError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
     };
     let header = URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| TokenError::Malformed("header is not base64url".into()))?;
-    let header: RawHeader =
-        serde_json::from_slice(&header).map_err(|_| TokenError::Malformed("header is not a JSON object".into()))?;
+    let header: RawHeader = serde_json::from_slice(&header)
+        .map_err(|_| TokenError::Malformed("header is not a JSON object".into()))?;
     match header.alg.as_deref() {
         Some(ALGORITHM_NAME) => Ok(payload),
         Some(other) => Err(TokenError::Algorithm(other.chars().take(32).collect())),
@@ -208,7 +218,8 @@ fn decode_payload(payload: &str) -> Result<Claims, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| TokenError::Malformed("claims are not base64url".into()))?;
-    serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(format!("claims do not parse: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| TokenError::Malformed(format!("claims do not parse: {e}")))
 }
 
 /// Reads a token's claims without checking its signature, for the installer's local checks and
@@ -257,7 +268,10 @@ pub fn check_time(claims: &Claims, now: u64) -> Result<(), TokenError> {
     }
     if let Some(exp) = claims.exp {
         if now > exp + LEEWAY_SECS {
-            return Err(TokenError::Expired { exp, ago: now - exp });
+            return Err(TokenError::Expired {
+                exp,
+                ago: now - exp,
+            });
         }
     }
     Ok(())
@@ -274,9 +288,16 @@ pub fn grant_roles(claims: &Claims, requested: &[Role]) -> Result<Vec<Role>, Tok
         crate::role::normalize(&mut all);
         return Ok(all);
     }
-    let missing: Vec<Role> = requested.iter().copied().filter(|r| !claims.roles.contains(r)).collect();
+    let missing: Vec<Role> = requested
+        .iter()
+        .copied()
+        .filter(|r| !claims.roles.contains(r))
+        .collect();
     if !missing.is_empty() {
-        return Err(TokenError::RoleNotGranted { missing, granted: claims.roles.clone() });
+        return Err(TokenError::RoleNotGranted {
+            missing,
+            granted: claims.roles.clone(),
+        });
     }
     let mut granted = requested.to_vec();
     crate::role::normalize(&mut granted);
@@ -287,7 +308,11 @@ pub fn grant_roles(claims: &Claims, requested: &[Role]) -> Result<Vec<Role>, Tok
 pub fn sign(claims: &Claims, pkcs8_der: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
     let mut header = jsonwebtoken::Header::new(ALGORITHM);
     header.typ = Some("JWT".into());
-    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ed_der(pkcs8_der))
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(pkcs8_der),
+    )
 }
 
 #[cfg(test)]
@@ -313,10 +338,13 @@ mod tests {
     fn keypair() -> (Vec<u8>, Vec<u8>) {
         use ring::signature::KeyPair;
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map(|d| d.as_ref().to_vec());
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map(|d| d.as_ref().to_vec());
         let pkcs8 = pkcs8.unwrap_or_default();
         let kp = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8);
-        let public = kp.map(|k| k.public_key().as_ref().to_vec()).unwrap_or_default();
+        let public = kp
+            .map(|k| k.public_key().as_ref().to_vec())
+            .unwrap_or_default();
         (pkcs8, public)
     }
 
@@ -344,8 +372,16 @@ mod tests {
         escalated.roles = Role::ALL.to_vec();
         let edited_payload = b64(&serde_json::to_string(&escalated).unwrap_or_default());
         let cases: Vec<(&str, String, TokenError)> = vec![
-            ("empty", String::new(), TokenError::Malformed("expected three dot-separated parts".into())),
-            ("two parts", format!("{}.{}", parts[0], parts[1]), TokenError::Malformed("expected three dot-separated parts".into())),
+            (
+                "empty",
+                String::new(),
+                TokenError::Malformed("expected three dot-separated parts".into()),
+            ),
+            (
+                "two parts",
+                format!("{}.{}", parts[0], parts[1]),
+                TokenError::Malformed("expected three dot-separated parts".into()),
+            ),
             (
                 "alg none",
                 format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), parts[1]),
@@ -353,17 +389,38 @@ mod tests {
             ),
             (
                 "alg HS256 (key confusion)",
-                format!("{}.{}.{}", b64(r#"{"alg":"HS256","typ":"JWT"}"#), parts[1], parts[2]),
+                format!(
+                    "{}.{}.{}",
+                    b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+                    parts[1],
+                    parts[2]
+                ),
                 TokenError::Algorithm("HS256".into()),
             ),
-            ("edited claims", format!("{}.{}.{}", parts[0], edited_payload, parts[2]), TokenError::Signature),
-            ("oversized", "a".repeat(MAX_TOKEN_LEN + 1), TokenError::Malformed(format!("longer than {MAX_TOKEN_LEN} bytes"))),
-            ("garbage header", format!("!!.{}.{}", parts[1], parts[2]), TokenError::Malformed("header is not base64url".into())),
+            (
+                "edited claims",
+                format!("{}.{}.{}", parts[0], edited_payload, parts[2]),
+                TokenError::Signature,
+            ),
+            (
+                "oversized",
+                "a".repeat(MAX_TOKEN_LEN + 1),
+                TokenError::Malformed(format!("longer than {MAX_TOKEN_LEN} bytes")),
+            ),
+            (
+                "garbage header",
+                format!("!!.{}.{}", parts[1], parts[2]),
+                TokenError::Malformed("header is not base64url".into()),
+            ),
         ];
         for (name, token, want) in cases {
             assert_eq!(verify(&token, &pk, 2000), Err(want), "case {name}");
         }
-        assert_eq!(verify(&good, &other_pk, 2000), Err(TokenError::Signature), "another platform's key");
+        assert_eq!(
+            verify(&good, &other_pk, 2000),
+            Err(TokenError::Signature),
+            "another platform's key"
+        );
     }
 
     #[test]
@@ -372,7 +429,10 @@ mod tests {
         let mut c = claims(TokenKind::Persistent, vec![], None);
         c.iss = "current".into();
         let t = sign(&c, &sk).unwrap_or_default();
-        assert_eq!(verify(&t, &pk, 2000), Err(TokenError::Issuer("current".into())));
+        assert_eq!(
+            verify(&t, &pk, 2000),
+            Err(TokenError::Issuer("current".into()))
+        );
         assert_eq!(inspect(&t), Err(TokenError::Issuer("current".into())));
     }
 
@@ -381,9 +441,20 @@ mod tests {
         let c = claims(TokenKind::Ephemeral, vec![], Some(5000));
         let cases = [
             (1000 - LEEWAY_SECS, Ok(())),
-            (1000 - LEEWAY_SECS - 1, Err(TokenError::NotYetValid { wait: LEEWAY_SECS + 1 })),
+            (
+                1000 - LEEWAY_SECS - 1,
+                Err(TokenError::NotYetValid {
+                    wait: LEEWAY_SECS + 1,
+                }),
+            ),
             (5000 + LEEWAY_SECS, Ok(())),
-            (5000 + LEEWAY_SECS + 1, Err(TokenError::Expired { exp: 5000, ago: LEEWAY_SECS + 1 })),
+            (
+                5000 + LEEWAY_SECS + 1,
+                Err(TokenError::Expired {
+                    exp: 5000,
+                    ago: LEEWAY_SECS + 1,
+                }),
+            ),
         ];
         for (now, want) in cases {
             assert_eq!(check_time(&c, now), want, "now {now}");
@@ -392,16 +463,29 @@ mod tests {
 
     #[test]
     fn roles_are_granted_or_refused() {
-        let c = claims(TokenKind::Persistent, vec![Role::Proxy, Role::Allocator], None);
+        let c = claims(
+            TokenKind::Persistent,
+            vec![Role::Proxy, Role::Allocator],
+            None,
+        );
         assert_eq!(grant_roles(&c, &[]), Ok(vec![Role::Allocator, Role::Proxy]));
         assert_eq!(grant_roles(&c, &[Role::Proxy]), Ok(vec![Role::Proxy]));
         assert_eq!(
             grant_roles(&c, &[Role::Coordinator, Role::Proxy]),
-            Err(TokenError::RoleNotGranted { missing: vec![Role::Coordinator], granted: c.roles.clone() })
+            Err(TokenError::RoleNotGranted {
+                missing: vec![Role::Coordinator],
+                granted: c.roles.clone()
+            })
         );
         let e = claims(TokenKind::Emergency, Role::EMERGENCY.to_vec(), None);
-        assert_eq!(grant_roles(&e, &[Role::Allocator]), Err(TokenError::EmergencyAllocator));
-        assert_eq!(grant_roles(&e, &[]), Ok(vec![Role::Coordinator, Role::Proxy, Role::Director]));
+        assert_eq!(
+            grant_roles(&e, &[Role::Allocator]),
+            Err(TokenError::EmergencyAllocator)
+        );
+        assert_eq!(
+            grant_roles(&e, &[]),
+            Ok(vec![Role::Coordinator, Role::Proxy, Role::Director])
+        );
     }
 
     #[test]

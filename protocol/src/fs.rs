@@ -1,0 +1,233 @@
+//! The one atomic-write helper. Nothing in Muster writes a file any other way.
+//!
+//! A write goes to a temporary file in the target's folder, which gets its mode and owner before
+//! any content, is written, fsynced, renamed over the target, and then the folder is fsynced. A
+//! reader sees the old file or the new one, never half of one, even across a crash. A symlink at
+//! the target is refused, never followed.
+
+use nix::unistd::{Gid, Uid};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Who should own a written file or folder, and with which mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Perms {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// Why a write failed, naming the path.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A symlink stands where a file or folder is to be written.
+    #[error(
+        "refusing to write {0}: it is a symbolic link (remove it if it is not meant to be there)"
+    )]
+    Symlink(PathBuf),
+    /// Something other than a regular file or folder stands there.
+    #[error("refusing to write {0}: it exists and is not a {1}")]
+    WrongType(PathBuf, &'static str),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WriteError + 'a {
+    move |source| WriteError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn chown(path: &Path, perms: Perms) -> Result<(), WriteError> {
+    // Only root may give files away; a non-root run (tests, --dry-run users) keeps its own ids
+    // when they are what is asked, and fails clearly otherwise.
+    nix::unistd::chown(
+        path,
+        Some(Uid::from_raw(perms.uid)),
+        Some(Gid::from_raw(perms.gid)),
+    )
+    .map_err(|e| WriteError::Io {
+        what: "setting owner of",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Refuses a symlink at `path`; tells whether something is there.
+fn check_not_symlink(path: &Path) -> Result<Option<fs::Metadata>, WriteError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(WriteError::Symlink(path.to_path_buf())),
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("inspecting", path)(e)),
+    }
+}
+
+/// Creates `dir` (and missing parents, with the same perms) or fixes the owner and mode of an
+/// existing one. A symlink in its place is refused.
+pub fn ensure_dir(dir: &Path, perms: Perms) -> Result<(), WriteError> {
+    match check_not_symlink(dir)? {
+        Some(m) if !m.is_dir() => return Err(WriteError::WrongType(dir.to_path_buf(), "folder")),
+        Some(_) => {}
+        None => {
+            if let Some(parent) = dir.parent() {
+                if !parent.as_os_str().is_empty() && fs::symlink_metadata(parent).is_err() {
+                    ensure_dir(
+                        parent,
+                        Perms {
+                            mode: 0o755,
+                            ..perms
+                        },
+                    )?;
+                }
+            }
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("creating folder", dir)(e)),
+            }
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(perms.mode))
+        .map_err(io_err("setting mode of", dir))?;
+    let m = fs::metadata(dir).map_err(io_err("inspecting", dir))?;
+    if m.uid() != perms.uid || m.gid() != perms.gid {
+        chown(dir, perms)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    let d = fs::File::open(dir).map_err(io_err("opening folder", dir))?;
+    d.sync_all().map_err(io_err("syncing folder", dir))
+}
+
+/// Writes `content` to `path` atomically with `perms`. See the module docs.
+pub fn write_atomic(path: &Path, content: &[u8], perms: Perms) -> Result<(), WriteError> {
+    if let Some(m) = check_not_symlink(path)? {
+        if !m.is_file() {
+            return Err(WriteError::WrongType(path.to_path_buf(), "regular file"));
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".muster-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file in", dir))?;
+    // Mode and owner first, so the content is never readable by anyone it is not meant for.
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(perms.mode))
+        .map_err(io_err("setting mode of temporary file for", path))?;
+    let m = tmp
+        .as_file()
+        .metadata()
+        .map_err(io_err("inspecting temporary file for", path))?;
+    if m.uid() != perms.uid || m.gid() != perms.gid {
+        chown(tmp.path(), perms)?;
+    }
+    tmp.write_all(content).map_err(io_err("writing", path))?;
+    tmp.as_file().sync_all().map_err(io_err("syncing", path))?;
+    crate::fs::failpoint("write-before-rename");
+    // Check again just before the rename: a symlink planted meanwhile is still refused.
+    check_not_symlink(path)?;
+    tmp.persist(path).map_err(|e| WriteError::Io {
+        what: "renaming into place",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    sync_dir(dir)
+}
+
+/// Removes `path` if it is there (a symlink is removed, not followed), fsyncing its folder.
+pub fn remove(path: &Path) -> Result<bool, WriteError> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("removing", path)(e)),
+    }
+}
+
+/// Crash points for the crash-safety tests: when `MUSTER_FAILPOINT` names this point, the
+/// process exits at once with code 137, as if killed. Only in builds with the `failpoints`
+/// feature; a release build has no way to trigger it.
+pub fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("MUSTER_FAILPOINT").as_deref() == Ok(name) {
+        eprintln!("failpoint {name}: exiting");
+        std::process::exit(137);
+    }
+    let _ = name;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me(mode: u32) -> Perms {
+        Perms {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn writes_with_mode_and_replaces() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let p = d.path().join("a/b/key.pem");
+        ensure_dir(p.parent().ok_or("no parent")?, me(0o750))?;
+        write_atomic(&p, b"one", me(0o600))?;
+        write_atomic(&p, b"two", me(0o600))?;
+        assert_eq!(fs::read(&p)?, b"two");
+        assert_eq!(fs::metadata(&p)?.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            fs::metadata(p.parent().ok_or("no parent")?)?
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o750
+        );
+        // No temporary file stays behind.
+        assert_eq!(fs::read_dir(p.parent().ok_or("no parent")?)?.count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_symlinks() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep")?;
+        let p = d.path().join("node.key");
+        std::os::unix::fs::symlink(&victim, &p)?;
+        let e = write_atomic(&p, b"x", me(0o600));
+        assert!(matches!(e, Err(WriteError::Symlink(_))), "{e:?}");
+        assert_eq!(fs::read(&victim)?, b"keep");
+        let dl = d.path().join("tls");
+        std::os::unix::fs::symlink(d.path(), &dl)?;
+        assert!(matches!(
+            ensure_dir(&dl, me(0o750)),
+            Err(WriteError::Symlink(_))
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,1166 @@
+//! The HTTP API: admin calls (ECE-compatible) and the node protocol.
+
+use crate::config::{Config, Mode};
+use crate::error::ApiError;
+use crate::pki::{self, Leaf};
+use crate::platform::{sha256_hex, Platform};
+use crate::store::{CommitOutcome, HostRecord, Reservation, ReserveOutcome, Store, TokenRecord};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use muster_protocol::api::*;
+use muster_protocol::node::*;
+use muster_protocol::token::{self, Secret, TokenKind};
+use muster_protocol::{paths, ErrorCode, Role};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What the TLS layer knows about a connection, handed to every request.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// DER of the client certificate, when the client authenticated (already chain-checked
+    /// against the transport CA by rustls).
+    pub peer_cert: Option<Arc<Vec<u8>>>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub joins: AtomicU64,
+    pub commits: AtomicU64,
+    pub refusals: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub renewals: AtomicU64,
+    pub tokens_created: AtomicU64,
+    pub login_failures: AtomicU64,
+    pub reservations_expired: AtomicU64,
+}
+
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub platform: Platform,
+    pub config: Config,
+    pub advertise: Vec<String>,
+    pub metrics: Metrics,
+    login_failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
+    verified_password: Mutex<Option<String>>,
+    pub clock: fn() -> u64,
+}
+
+pub fn system_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl App {
+    pub fn new(store: Arc<dyn Store>, platform: Platform, config: Config) -> Arc<App> {
+        let advertise = config.advertise_or_default();
+        Arc::new(App {
+            store,
+            platform,
+            config,
+            advertise,
+            metrics: Metrics::default(),
+            login_failures: Mutex::new(HashMap::new()),
+            verified_password: Mutex::new(None),
+            clock: system_now,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    async fn audit(
+        &self,
+        event: &str,
+        token_id: Option<&str>,
+        node: Option<(&str, &str)>,
+        source: Option<IpAddr>,
+        reason: Option<ErrorCode>,
+    ) {
+        let e = AuditEvent {
+            seq: 0,
+            at: self.now(),
+            event: event.into(),
+            token_id: token_id.map(str::to_string),
+            node_id: node.map(|n| n.0.to_string()),
+            hostname: node.map(|n| n.1.to_string()),
+            source: source.map(|s| s.to_string()),
+            reason: reason.map(|c| c.as_str().to_string()),
+        };
+        if let Err(err) = self.store.audit(&e).await {
+            tracing::error!(error = %err, event, "could not append to the audit log");
+        }
+    }
+
+    /// Checks admin credentials: HTTP Basic or `Authorization: ApiKey KEY`; rate-limits
+    /// failures per source address.
+    fn authenticate(&self, headers: &HeaderMap, source: IpAddr) -> Result<(), ApiError> {
+        let now = self.now();
+        let limit = self.config.login_failures_per_minute;
+        {
+            let map = self
+                .login_failures
+                .lock()
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "lock"))?;
+            if let Some((start, n)) = map.get(&source) {
+                if now < start + 60 && *n >= limit {
+                    return Err(ApiError::new(
+                        ErrorCode::AuthRateLimited,
+                        format!(
+                            "too many failed logins from {source}; wait {}s",
+                            start + 60 - now
+                        ),
+                    ));
+                }
+            }
+        }
+        let header = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let Some(header) = header else {
+            return Err(ApiError::new(
+                ErrorCode::AuthRequired,
+                "authentication required: HTTP Basic or `Authorization: ApiKey KEY`",
+            ));
+        };
+        let ok = if let Some(key) = header.strip_prefix("ApiKey ") {
+            constant_eq(
+                &sha256_hex(key.trim().as_bytes()),
+                &self.platform.api_key_hash,
+            )
+        } else if let Some(b) = header.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok());
+            match decoded.as_deref().and_then(|d| d.split_once(':')) {
+                Some((user, password)) if user == self.platform.admin_user => {
+                    self.check_password(password)
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if ok {
+            return Ok(());
+        }
+        self.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
+        let mut map = self
+            .login_failures
+            .lock()
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "lock"))?;
+        let entry = map.entry(source).or_insert((now, 0));
+        if now >= entry.0 + 60 {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        tracing::warn!(%source, "admin authentication failed");
+        Err(ApiError::new(
+            ErrorCode::AuthInvalid,
+            "wrong user, password or API key",
+        ))
+    }
+
+    fn check_password(&self, password: &str) -> bool {
+        let digest = sha256_hex(password.as_bytes());
+        if let Ok(cache) = self.verified_password.lock() {
+            if let Some(c) = cache.as_deref() {
+                return constant_eq(c, &digest);
+            }
+        }
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        let ok = PasswordHash::new(&self.platform.admin_password_hash)
+            .map(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if ok {
+            if let Ok(mut cache) = self.verified_password.lock() {
+                *cache = Some(digest);
+            }
+        }
+        ok
+    }
+
+    /// Creates a token, records it and audits it. Used by the API and by `musterd token create`.
+    pub async fn create_token(
+        &self,
+        req: &CreateTokenRequest,
+        source: Option<IpAddr>,
+    ) -> Result<CreateTokenReply, ApiError> {
+        let mut roles = Vec::new();
+        for r in &req.roles {
+            roles.push(
+                r.parse::<Role>()
+                    .map_err(|e| ApiError::new(ErrorCode::RoleUnknown, e.to_string()))?,
+            );
+        }
+        for s in &req.allowed_sources {
+            parse_cidr(s).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::RequestInvalid,
+                    format!("allowed_sources: {s:?} is not an address or CIDR network"),
+                )
+            })?;
+        }
+        if req.validity_in_seconds == Some(0) {
+            return Err(ApiError::new(
+                ErrorCode::RequestInvalid,
+                "validity_in_seconds must be at least 1",
+            ));
+        }
+        if req.max_uses == Some(0) {
+            return Err(ApiError::new(
+                ErrorCode::RequestInvalid,
+                "max_uses must be at least 1",
+            ));
+        }
+        let kind = if req.persistent {
+            TokenKind::Persistent
+        } else {
+            TokenKind::Ephemeral
+        };
+        let (tok, rec) = self.platform.make_token(
+            None,
+            kind,
+            roles,
+            req.validity_in_seconds,
+            req.max_uses,
+            req.allowed_sources.clone(),
+            &self.advertise,
+            self.now(),
+        )?;
+        self.store.insert_token(&rec).await?;
+        self.metrics.tokens_created.fetch_add(1, Ordering::Relaxed);
+        self.audit("created", Some(&rec.id), None, source, None)
+            .await;
+        let install_command = self.advertise.first().map(|c| install_line(c, &rec.roles));
+        Ok(CreateTokenReply {
+            token: tok,
+            token_id: rec.id,
+            install_command,
+        })
+    }
+
+    /// Removes expired reservations (giving their uses back) and retires expired ephemeral
+    /// tokens. Run periodically.
+    pub async fn sweep(&self) -> anyhow::Result<()> {
+        let now = self.now();
+        for r in self.store.expire_reservations(now).await? {
+            self.metrics
+                .reservations_expired
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node_id = %r.node_id, token_id = %r.token_id, "join reservation expired; certificates revoked, token use returned");
+            self.audit(
+                "returned",
+                Some(&r.token_id),
+                Some((&r.node_id, &r.host.hostname)),
+                None,
+                None,
+            )
+            .await;
+        }
+        for t in self.store.tokens().await? {
+            if !t.revoked && t.expires.is_some_and(|e| e + token::LEEWAY_SECS < now) {
+                self.store.revoke_token(&t.id).await?;
+                self.audit("expired", Some(&t.id), None, None, None).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The one-liner that enrolls a host: the token travels on stdin-free environment, never in a URL.
+pub fn install_line(coordinator: &str, roles: &[Role]) -> String {
+    let roles = if roles.is_empty() {
+        String::new()
+    } else {
+        format!(" --roles {}", muster_protocol::role::join(roles))
+    };
+    format!("curl -fsSL --cacert muster-ca.pem https://{coordinator}/install.sh | sudo MUSTER_ROLES_TOKEN='<token>' sh -s -- --coordinator-host {coordinator}{roles}")
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// Reads a JSON body, answering our error shape for bad or oversized bodies.
+fn parse_json<T: DeserializeOwned>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::RequestTooLarge, "request body is too large")
+        } else {
+            ApiError::new(ErrorCode::RequestInvalid, format!("reading the body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::RequestInvalid, format!("request body: {e}")))
+}
+
+type S = State<Arc<App>>;
+type Conn = Extension<ConnInfo>;
+
+pub fn router(app: Arc<App>) -> Router {
+    let max = app.config.max_body_bytes;
+    Router::new()
+        .route(paths::TOKENS, post(create_token).get(list_tokens))
+        .route(
+            &format!("{}/{{token_id}}", paths::TOKENS),
+            delete(delete_token),
+        )
+        .route(paths::AUDIT, get(audit_log))
+        .route(paths::ALLOCATORS, get(allocators))
+        .route(paths::RUNNERS, get(runners))
+        .route(
+            &format!("{}/{{runner_id}}", paths::RUNNERS),
+            delete(remove_runner),
+        )
+        .route(
+            &format!("{}/{{runner_id}}/roles", paths::RUNNERS),
+            put(set_runner_roles),
+        )
+        .route(paths::JOIN, post(join))
+        .route(paths::COMMIT, post(commit))
+        .route(paths::HEARTBEAT, post(heartbeat))
+        .route(paths::RENEW, post(renew))
+        .route(paths::LEAVE, post(leave))
+        .route(paths::ES_ENROLL_NODE, get(es_enroll_node))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(paths::INSTALL_SH, get(install_sh))
+        .route(paths::DOWNLOAD_INSTALLER, get(download_installer))
+        .route(
+            &format!("{}.sha256", paths::DOWNLOAD_INSTALLER),
+            get(download_installer_sha256),
+        )
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(max))
+        .with_state(app)
+}
+
+async fn create_token(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<CreateTokenReply>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    let req: CreateTokenRequest = parse_json(body)?;
+    Ok(Json(app.create_token(&req, Some(c.remote.ip())).await?))
+}
+
+fn token_info(t: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        token_id: t.id.clone(),
+        roles: t.roles.clone(),
+        persistent: t.kind != TokenKind::Ephemeral,
+        kind: t.kind,
+        created: t.created,
+        expires: t.expires,
+        max_uses: t.max_uses,
+        uses: t.uses,
+        allowed_sources: t.allowed_sources.clone(),
+    }
+}
+
+async fn list_tokens(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+) -> Result<Json<ListTokensReply>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    let tokens = app
+        .store
+        .tokens()
+        .await?
+        .iter()
+        .filter(|t| !t.revoked)
+        .map(token_info)
+        .collect();
+    Ok(Json(ListTokensReply { tokens }))
+}
+
+async fn delete_token(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    let Some(t) = app.store.token(&id).await?.filter(|t| !t.revoked) else {
+        return Err(ApiError::new(
+            ErrorCode::TokenUnknown,
+            format!("no token with id {id}"),
+        ));
+    };
+    if t.kind == TokenKind::Emergency {
+        return Err(ApiError::new(
+            ErrorCode::TokenNotDeletable,
+            "the emergency token cannot be deleted: it is what recovers the platform",
+        ));
+    }
+    app.store.revoke_token(&id).await?;
+    app.audit("revoked", Some(&id), None, Some(c.remote.ip()), None)
+        .await;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn audit_log(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditReply>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    let events = app
+        .store
+        .audit_log(q.after, q.limit.unwrap_or(1000).min(10_000))
+        .await?;
+    Ok(Json(AuditReply { events }))
+}
+
+fn connected(app: &App, h: &HostRecord) -> bool {
+    app.now() <= h.last_heartbeat + app.config.heartbeat_timeout_seconds
+}
+
+fn host_ip(h: &HostRecord) -> String {
+    h.host.addresses.first().cloned().unwrap_or_default()
+}
+
+async fn allocators(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+) -> Result<Json<AllocatorsReply>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    let mut zones: std::collections::BTreeMap<String, Vec<AllocatorInfo>> = Default::default();
+    for h in app.store.hosts().await? {
+        if !h.roles.contains(&Role::Allocator) {
+            continue;
+        }
+        let zone = if h.host.zone.is_empty() {
+            app.config.default_zone.clone()
+        } else {
+            h.host.zone.clone()
+        };
+        let conn = connected(&app, &h);
+        zones.entry(zone).or_default().push(AllocatorInfo {
+            allocator_id: h.node_id.clone(),
+            host_ip: host_ip(&h),
+            public_hostname: h.host.hostname.clone(),
+            status: HostStatus {
+                connected: conn,
+                healthy: conn,
+                maintenance_mode: false,
+                last_heartbeat: h.last_heartbeat,
+            },
+            capacity: Capacity {
+                memory: Memory {
+                    total: h.host.memory_mb,
+                    used: h.memory_used_mb,
+                },
+            },
+            instances: vec![],
+        });
+    }
+    Ok(Json(AllocatorsReply {
+        zones: zones
+            .into_iter()
+            .map(|(zone_id, allocators)| AllocatorZone {
+                zone_id,
+                allocators,
+            })
+            .collect(),
+    }))
+}
+
+async fn runners(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+) -> Result<Json<RunnersReply>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    let runners = app
+        .store
+        .hosts()
+        .await?
+        .iter()
+        .map(|h| RunnerInfo {
+            runner_id: h.node_id.clone(),
+            public_hostname: h.host.hostname.clone(),
+            host_ip: host_ip(h),
+            zone: h.host.zone.clone(),
+            connected: connected(&app, h),
+            roles: h
+                .roles
+                .iter()
+                .map(|r| RunnerRole { role_name: *r })
+                .collect(),
+            pending_roles: h.pending_roles.clone(),
+            token_id: h.token_id.clone(),
+        })
+        .collect();
+    Ok(Json(RunnersReply { runners }))
+}
+
+async fn set_runner_roles(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<RunnerRolesRequest>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    let req: RunnerRolesRequest = parse_json(body)?;
+    let mut roles = Vec::new();
+    for r in &req.roles {
+        roles.push(
+            r.parse::<Role>()
+                .map_err(|e| ApiError::new(ErrorCode::RoleUnknown, e.to_string()))?,
+        );
+    }
+    muster_protocol::role::normalize(&mut roles);
+    let Some(host) = app.store.host(&id).await? else {
+        return Err(ApiError::new(
+            ErrorCode::NodeUnknown,
+            format!("no runner with id {id}"),
+        ));
+    };
+    let pending: Vec<Role> = host
+        .pending_roles
+        .iter()
+        .copied()
+        .filter(|r| !roles.contains(r))
+        .collect();
+    app.store.set_roles(&id, &roles, &pending).await?;
+    Ok(Json(RunnerRolesRequest {
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }))
+}
+
+async fn remove_runner(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    match app.store.remove_host(&id).await? {
+        Some(h) => {
+            app.audit(
+                "host_removed",
+                Some(&h.token_id),
+                Some((&h.node_id, &h.host.hostname)),
+                Some(c.remote.ip()),
+                None,
+            )
+            .await;
+            Ok(Json(serde_json::json!({})))
+        }
+        None => Err(ApiError::new(
+            ErrorCode::NodeUnknown,
+            format!("no runner with id {id}"),
+        )),
+    }
+}
+
+/// Checks a host's self-description: a DNS-shaped hostname, IP literals, a sane zone.
+fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
+    let name_ok = !h.hostname.is_empty()
+        && h.hostname.len() <= 253
+        && h.hostname.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !name_ok {
+        return Err(ApiError::new(
+            ErrorCode::RequestInvalid,
+            "host.hostname must be a DNS name (letters, digits, '-', '.')",
+        ));
+    }
+    if h.addresses.len() > 32 || h.addresses.iter().any(|a| a.parse::<IpAddr>().is_err()) {
+        return Err(ApiError::new(
+            ErrorCode::RequestInvalid,
+            "host.addresses must be at most 32 IP addresses",
+        ));
+    }
+    if h.zone.len() > 64
+        || !h
+            .zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ApiError::new(
+            ErrorCode::RequestInvalid,
+            "host.zone must be at most 64 of [A-Za-z0-9._-]",
+        ));
+    }
+    Ok(())
+}
+
+impl App {
+    /// Verifies a token against the signature and the store. Refusals are audited.
+    async fn check_token(
+        &self,
+        tok: &Secret,
+        source: IpAddr,
+    ) -> Result<(token::Claims, TokenRecord), ApiError> {
+        let refuse = |code: ErrorCode, msg: String, token_id: Option<String>| async move {
+            self.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+            self.audit(
+                "refused",
+                token_id.as_deref(),
+                None,
+                Some(source),
+                Some(code),
+            )
+            .await;
+            tracing::info!(%source, code = code.as_str(), token_id = token_id.as_deref().unwrap_or("-"), "join refused");
+            Err(ApiError::new(code, msg))
+        };
+        let claims = match token::verify(tok.expose(), &self.platform.verify_key, self.now()) {
+            Ok(c) => c,
+            Err(e) => {
+                // The id of a token that fails verification is only a claim; audit it as such.
+                let id = token::inspect(tok.expose()).ok().map(|c| c.sub);
+                return refuse(e.code(), e.to_string(), id).await;
+            }
+        };
+        let Some(rec) = self.store.token(&claims.sub).await? else {
+            return refuse(
+                ErrorCode::TokenUnknown,
+                "roles token is not known to this platform".into(),
+                Some(claims.sub),
+            )
+            .await;
+        };
+        if !constant_eq(&rec.hash, &sha256_hex(tok.expose().trim().as_bytes())) {
+            return refuse(
+                ErrorCode::TokenUnknown,
+                "roles token is not known to this platform".into(),
+                Some(claims.sub),
+            )
+            .await;
+        }
+        if rec.revoked {
+            let msg = if rec.expires.is_some_and(|e| e < self.now()) {
+                "roles token expired"
+            } else {
+                "roles token was revoked"
+            };
+            let code = if msg.ends_with("expired") {
+                ErrorCode::TokenExpired
+            } else {
+                ErrorCode::TokenRevoked
+            };
+            return refuse(code, msg.into(), Some(rec.id)).await;
+        }
+        if !rec.allowed_sources.is_empty()
+            && !rec
+                .allowed_sources
+                .iter()
+                .filter_map(|s| parse_cidr(s))
+                .any(|n| n.contains(&source))
+        {
+            return refuse(
+                ErrorCode::TokenSource,
+                format!("roles token may not be used from {source}"),
+                Some(rec.id),
+            )
+            .await;
+        }
+        if self.config.mode == Mode::Director && rec.kind != TokenKind::Emergency {
+            return refuse(
+                ErrorCode::DirectorOnly,
+                "this musterd is a director: it answers only joins made with the emergency token"
+                    .into(),
+                Some(rec.id),
+            )
+            .await;
+        }
+        Ok((claims, rec))
+    }
+
+    fn leaf(&self, node_id: &str, host: &HostFacts, coordinator: bool) -> Leaf {
+        Leaf {
+            common_name: node_id.to_string(),
+            sans: pki::host_sans(&host.hostname, &host.addresses),
+            coordinator,
+            validity: time::Duration::days(self.config.cert_validity_days.into()),
+        }
+    }
+
+    fn bundle(&self, r: &Reservation, now: u64) -> Bundle {
+        Bundle {
+            node_id: r.node_id.clone(),
+            psk: Secret::new(self.platform.psk(&r.node_id)),
+            roles: r.roles.clone(),
+            pending_roles: r.pending_roles.clone(),
+            token_id: r.token_id.clone(),
+            transport_ca_pem: self.platform.transport_ca.cert_pem.clone(),
+            http_ca_pem: self.platform.http_ca.cert_pem.clone(),
+            transport_cert_pem: r.transport_cert_pem.clone(),
+            http_cert_pem: r.http_cert_pem.clone(),
+            coordinators: self.advertise.clone(),
+            remaining_seconds: r.expires_at.saturating_sub(now),
+            issued_at: now,
+            cert_not_after: r.cert_not_after,
+        }
+    }
+}
+
+fn time_of(now: u64) -> Result<time::OffsetDateTime, ApiError> {
+    time::OffsetDateTime::from_unix_timestamp(now as i64)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "clock out of range"))
+}
+
+async fn join(
+    State(app): S,
+    Extension(c): Conn,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Bundle>, ApiError> {
+    let source = c.remote.ip();
+    let req: JoinRequest = parse_json(body)?;
+    let (claims, rec) = app.check_token(&req.token, source).await?;
+    check_facts(&req.host)?;
+    let now = app.now();
+    let mut requested = req.roles.clone();
+    muster_protocol::role::normalize(&mut requested);
+    let (roles, pending) = if rec.kind == TokenKind::Initial {
+        // A role-less token enrolls the host with nothing granted: what it asked for waits
+        // for an operator (`PUT …/runners/{id}/roles`).
+        (vec![], requested)
+    } else {
+        let checked = token::Claims {
+            roles: rec.roles.clone(),
+            kind: rec.kind,
+            ..claims
+        };
+        match token::grant_roles(&checked, &requested) {
+            Ok(r) => (r, vec![]),
+            Err(e) => {
+                app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+                app.audit("refused", Some(&rec.id), None, Some(source), Some(e.code()))
+                    .await;
+                return Err(ApiError::new(e.code(), e.to_string()));
+            }
+        }
+    };
+    let allowed = pki::host_sans(&req.host.hostname, &req.host.addresses);
+    let transport = pki::check_csr(&req.transport_csr, &allowed)
+        .map_err(|e| ApiError::new(e.code(), format!("transport CSR: {e}")))?;
+    let http = pki::check_csr(&req.http_csr, &allowed)
+        .map_err(|e| ApiError::new(e.code(), format!("HTTP CSR: {e}")))?;
+    let node_id = uuid::Uuid::new_v4().to_string();
+    let t = time_of(now)?;
+    let tcert = app.platform.transport_ca.sign(
+        &transport.public_key,
+        &app.leaf(&node_id, &req.host, false),
+        t,
+    )?;
+    let hcert = app.platform.http_ca.sign(
+        &http.public_key,
+        &app.leaf(&node_id, &req.host, roles.contains(&Role::Coordinator)),
+        t,
+    )?;
+    let mut host = req.host.clone();
+    if host.zone.is_empty() {
+        host.zone = app.config.default_zone.clone();
+    }
+    let r = Reservation {
+        node_id,
+        token_id: rec.id.clone(),
+        key_hash: transport.key_hash,
+        spki_der: transport.spki_der,
+        host,
+        roles,
+        pending_roles: pending,
+        serials: vec![tcert.serial, hcert.serial],
+        transport_cert_pem: tcert.pem,
+        http_cert_pem: hcert.pem,
+        cert_not_after: tcert.not_after.min(hcert.not_after),
+        created: now,
+        expires_at: now + app.config.reservation_seconds,
+        source: source.to_string(),
+    };
+    let r = match app.store.reserve(&r, now).await? {
+        ReserveOutcome::Reserved => {
+            app.metrics.joins.fetch_add(1, Ordering::Relaxed);
+            app.audit(
+                "used",
+                Some(&rec.id),
+                Some((&r.node_id, &r.host.hostname)),
+                Some(source),
+                None,
+            )
+            .await;
+            r
+        }
+        ReserveOutcome::Existing(existing) => *existing,
+        ReserveOutcome::UnknownToken => {
+            return Err(ApiError::new(
+                ErrorCode::TokenUnknown,
+                "roles token is not known to this platform",
+            ))
+        }
+        ReserveOutcome::Revoked => {
+            return Err(ApiError::new(
+                ErrorCode::TokenRevoked,
+                "roles token was revoked",
+            ))
+        }
+        ReserveOutcome::UseLimitReached => {
+            app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+            app.audit(
+                "refused",
+                Some(&rec.id),
+                None,
+                Some(source),
+                Some(ErrorCode::TokenUseLimit),
+            )
+            .await;
+            return Err(ApiError::new(
+                ErrorCode::TokenUseLimit,
+                "roles token has reached its use limit",
+            ));
+        }
+    };
+    Ok(Json(app.bundle(&r, now)))
+}
+
+async fn commit(
+    State(app): S,
+    Extension(c): Conn,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<CommitReply>, ApiError> {
+    let req: CommitRequest = parse_json(body)?;
+    let now = app.now();
+    let spki = match app.store.reservation(&req.node_id).await? {
+        Some(r) if r.expires_at > now => r.spki_der,
+        _ => match app.store.host(&req.node_id).await? {
+            Some(h) => h.spki_der,
+            None => return Err(ApiError::new(ErrorCode::JoinUnknown, "no join reservation with that node id: it expired or never existed; run the install again")),
+        },
+    };
+    let proof = base64::engine::general_purpose::STANDARD
+        .decode(&req.proof)
+        .unwrap_or_default();
+    if !app.platform.check_psk(&req.node_id, req.psk.expose())
+        || !pki::verify_proof(
+            &spki,
+            &commit_message(&req.node_id, req.psk.expose()),
+            &proof,
+        )
+    {
+        tracing::warn!(source = %c.remote.ip(), node_id = %req.node_id, "commit with a wrong PSK or proof of possession");
+        return Err(ApiError::new(
+            ErrorCode::JoinProof,
+            "commit refused: the PSK or the proof of possession of the new key is wrong",
+        ));
+    }
+    match app.store.commit(&req.node_id, now).await? {
+        CommitOutcome::Committed { host, replaced } => {
+            app.metrics.commits.fetch_add(1, Ordering::Relaxed);
+            if let Some(old) = replaced {
+                tracing::info!(hostname = %old.host.hostname, old = %old.node_id, new = %host.node_id, "host re-enrolled; old record replaced and its certificates revoked");
+                app.audit(
+                    "replaced",
+                    Some(&host.token_id),
+                    Some((&old.node_id, &old.host.hostname)),
+                    Some(c.remote.ip()),
+                    None,
+                )
+                .await;
+            }
+            app.audit(
+                "committed",
+                Some(&host.token_id),
+                Some((&host.node_id, &host.host.hostname)),
+                Some(c.remote.ip()),
+                None,
+            )
+            .await;
+            Ok(Json(CommitReply {
+                node_id: host.node_id,
+                registered: true,
+                connected: true,
+            }))
+        }
+        CommitOutcome::AlreadyCommitted(host) => {
+            let connected = connected(&app, &host);
+            Ok(Json(CommitReply {
+                node_id: host.node_id,
+                registered: true,
+                connected,
+            }))
+        }
+        CommitOutcome::Unknown => Err(ApiError::new(
+            ErrorCode::JoinUnknown,
+            "the join reservation expired before the commit; run the install again",
+        )),
+    }
+}
+
+/// The enrolled node behind a mutual-TLS request: its certificate must be current (not
+/// revoked, one of the host's own) and its host registered.
+async fn node_of(app: &App, c: &ConnInfo) -> Result<HostRecord, ApiError> {
+    let Some(der) = c.peer_cert.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::NodeCertRequired,
+            "this call needs the node's transport certificate (mutual TLS)",
+        ));
+    };
+    let Some((node_id, serial)) = pki::cert_identity(der) else {
+        return Err(ApiError::new(
+            ErrorCode::NodeCertRequired,
+            "client certificate has no node identity",
+        ));
+    };
+    if app.store.is_revoked(&serial).await? {
+        return Err(ApiError::new(
+            ErrorCode::NodeUnknown,
+            "this certificate was revoked (host removed, replaced or renewed)",
+        ));
+    }
+    match app.store.host(&node_id).await? {
+        Some(h) if h.serials.contains(&serial) => Ok(h),
+        _ => Err(ApiError::new(
+            ErrorCode::NodeUnknown,
+            "this node is not registered; enroll it again",
+        )),
+    }
+}
+
+async fn heartbeat(
+    State(app): S,
+    Extension(c): Conn,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let hb: Heartbeat = parse_json(body)?;
+    let h = node_of(&app, &c).await?;
+    let now = app.now();
+    let h = app
+        .store
+        .heartbeat(&h.node_id, now, hb.memory_used_mb)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NodeUnknown, "node removed"))?;
+    app.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(HeartbeatReply {
+        node_id: h.node_id,
+        roles: h.roles,
+        pending_roles: h.pending_roles,
+        coordinators: app.advertise.clone(),
+        server_time: now,
+    }))
+}
+
+async fn renew(
+    State(app): S,
+    Extension(c): Conn,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<RenewReply>, ApiError> {
+    let req: RenewRequest = parse_json(body)?;
+    let h = node_of(&app, &c).await?;
+    let allowed = pki::host_sans(&h.host.hostname, &h.host.addresses);
+    let transport = pki::check_csr(&req.transport_csr, &allowed)
+        .map_err(|e| ApiError::new(e.code(), format!("transport CSR: {e}")))?;
+    let http = pki::check_csr(&req.http_csr, &allowed)
+        .map_err(|e| ApiError::new(e.code(), format!("HTTP CSR: {e}")))?;
+    let t = time_of(app.now())?;
+    let tcert = app.platform.transport_ca.sign(
+        &transport.public_key,
+        &app.leaf(&h.node_id, &h.host, false),
+        t,
+    )?;
+    let hcert = app.platform.http_ca.sign(
+        &http.public_key,
+        &app.leaf(&h.node_id, &h.host, h.roles.contains(&Role::Coordinator)),
+        t,
+    )?;
+    let not_after = tcert.not_after.min(hcert.not_after);
+    app.store
+        .replace_certs(&h.node_id, &[tcert.serial, hcert.serial], not_after)
+        .await?;
+    app.metrics.renewals.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(RenewReply {
+        transport_cert_pem: tcert.pem,
+        http_cert_pem: hcert.pem,
+        transport_ca_pem: app.platform.transport_ca.cert_pem.clone(),
+        http_ca_pem: app.platform.http_ca.cert_pem.clone(),
+        cert_not_after: not_after,
+    }))
+}
+
+async fn leave(State(app): S, Extension(c): Conn) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = node_of(&app, &c).await?;
+    app.store.remove_host(&h.node_id).await?;
+    app.audit(
+        "host_left",
+        Some(&h.token_id),
+        Some((&h.node_id, &h.host.hostname)),
+        Some(c.remote.ip()),
+        None,
+    )
+    .await;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn es_enroll_node(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+) -> Result<Json<EsEnrollNodeReply>, ApiError> {
+    if !app.config.es_enroll_node {
+        return Err(ApiError::new(ErrorCode::FeatureDisabled, "the enroll-node API is off (es_enroll_node: true in the server config turns it on; it hands out the HTTP CA key)"));
+    }
+    app.authenticate(&headers, c.remote.ip())?;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node_id = uuid::Uuid::new_v4().to_string();
+    let leaf = Leaf {
+        common_name: node_id,
+        sans: vec![],
+        coordinator: false,
+        validity: time::Duration::days(app.config.cert_validity_days.into()),
+    };
+    let cert = app
+        .platform
+        .transport_ca
+        .sign(&key, &leaf, time_of(app.now())?)?;
+    Ok(Json(EsEnrollNodeReply {
+        http_ca_key: b64(&app.platform.http_ca.key_der()),
+        http_ca_cert: b64(&app.platform.http_ca.cert_der),
+        transport_ca_cert: b64(&app.platform.transport_ca.cert_der),
+        transport_key: b64(&key.serialize_der()),
+        transport_cert: b64(&cert.der),
+        nodes_addresses: app.advertise.clone(),
+    }))
+}
+
+async fn readyz(State(app): S) -> Response {
+    match app.store.platform().await {
+        Ok(Some(_)) => (StatusCode::OK, "ready\n").into_response(),
+        _ => ApiError::new(ErrorCode::StoreUnavailable, "store not ready").into_response(),
+    }
+}
+
+async fn metrics(State(app): S) -> Response {
+    let m = &app.metrics;
+    let mut out = String::new();
+    for (name, help, v) in [
+        ("muster_joins_total", "Join reservations made.", &m.joins),
+        (
+            "muster_commits_total",
+            "Joins committed (hosts registered).",
+            &m.commits,
+        ),
+        ("muster_refusals_total", "Joins refused.", &m.refusals),
+        (
+            "muster_heartbeats_total",
+            "Heartbeats received.",
+            &m.heartbeats,
+        ),
+        (
+            "muster_renewals_total",
+            "Certificate renewals.",
+            &m.renewals,
+        ),
+        (
+            "muster_tokens_created_total",
+            "Roles tokens created.",
+            &m.tokens_created,
+        ),
+        (
+            "muster_login_failures_total",
+            "Failed admin logins.",
+            &m.login_failures,
+        ),
+        (
+            "muster_reservations_expired_total",
+            "Joins expired uncommitted.",
+            &m.reservations_expired,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
+    if let Ok(hosts) = app.store.hosts().await {
+        out.push_str(&format!(
+            "# HELP muster_hosts Registered hosts.\n# TYPE muster_hosts gauge\nmuster_hosts {}\n",
+            hosts.len()
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn install_sh() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/x-shellscript")],
+        crate::INSTALL_SH,
+    )
+        .into_response()
+}
+
+async fn installer_bytes(app: &App) -> Result<Vec<u8>, ApiError> {
+    let path = app
+        .config
+        .installer_path
+        .clone()
+        .unwrap_or_else(|| "/usr/lib/muster/muster-x86_64".into());
+    tokio::fs::read(&path).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "no installer binary on this coordinator (set installer_path in the server config)",
+        )
+    })
+}
+
+async fn download_installer(State(app): S) -> Result<Response, ApiError> {
+    let bytes = installer_bytes(&app).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn download_installer_sha256(State(app): S) -> Result<Response, ApiError> {
+    let bytes = installer_bytes(&app).await?;
+    Ok(format!("{}  muster-x86_64\n", sha256_hex(&bytes)).into_response())
+}

@@ -1,0 +1,287 @@
+//! The `musterd` command line.
+
+use crate::app::{system_now, App};
+use crate::config::Config;
+use crate::platform::Platform;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use muster_protocol::api::CreateTokenRequest;
+use muster_protocol::fs::{ensure_dir, write_atomic, Perms};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "musterd",
+    version,
+    about = "Muster enrollment server: roles tokens, node certificates, host registry"
+)]
+#[command(help_expected = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DataArgs {
+    /// Data folder (the embedded store and bootstrap secrets live here).
+    #[arg(long, env = "MUSTERD_DATA_DIR", default_value = "/var/lib/musterd")]
+    pub data_dir: PathBuf,
+    /// Server config file (YAML); every key has a default.
+    #[arg(long, env = "MUSTERD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create the platform once: CAs, signing key, admin password, emergency and initial tokens.
+    Init {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Coordinator addresses (host:port) to put into tokens; overrides `advertise` in the config.
+        #[arg(long, value_delimiter = ',')]
+        advertise: Vec<String>,
+        /// How to print the bootstrap secrets.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Serve the API and the node protocol over HTTPS.
+    Serve {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Address to listen on (default from the config: 0.0.0.0:12443).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Manage roles tokens on this coordinator's store.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Run a coordinator in a scratch folder and enroll a host into a scratch root: the main job, end to end.
+    Quickstart {
+        /// Scratch folder (default: a new temporary folder, kept afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Port to serve on.
+        #[arg(long, default_value_t = 12443)]
+        port: u16,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a roles token and print it with the ready-to-paste install line.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Roles the token grants, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Make a persistent token (default: ephemeral).
+        #[arg(long)]
+        persistent: bool,
+        /// Lifetime of an ephemeral token in seconds (default 3600).
+        #[arg(long)]
+        validity: Option<u64>,
+        /// How many hosts may enroll with it.
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// Source networks (CIDR) joins must come from; repeatable.
+        #[arg(long)]
+        allowed_source: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List tokens (ids and roles, never the tokens).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The token id.
+        token_id: String,
+    },
+}
+
+fn me(mode: u32) -> Perms {
+    Perms {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        mode,
+    }
+}
+
+async fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    ensure_dir(data_dir, me(0o700))
+        .with_context(|| format!("preparing data folder {}", data_dir.display()))?;
+    let store = SqliteStore::open(&data_dir.join("muster.db"))?;
+    Ok(Arc::new(store))
+}
+
+async fn load_app(data: &DataArgs) -> anyhow::Result<Arc<App>> {
+    let config = Config::load(data.config.as_deref())?;
+    let store = open_store(&data.data_dir).await?;
+    let platform = Platform::load(store.as_ref()).await?;
+    Ok(App::new(store, platform, config))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Init {
+            data,
+            advertise,
+            output,
+        } => init(&data, advertise, output).await,
+        Cmd::Serve { data, listen } => {
+            let app = load_app(&data).await?;
+            let listen = listen.unwrap_or_else(|| app.config.listen.clone());
+            let addr = listen
+                .parse()
+                .with_context(|| format!("--listen {listen:?} is not ADDR:PORT"))?;
+            crate::serve::serve(app, addr, shutdown_signal()).await
+        }
+        Cmd::Token { cmd } => token(cmd).await,
+        Cmd::Quickstart { dir, port } => crate::quickstart::run(dir, port).await,
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+    }
+    eprintln!("musterd: shutting down");
+}
+
+async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow::Result<()> {
+    let mut config = Config::load(data.config.as_deref())?;
+    if !advertise.is_empty() {
+        config.advertise = advertise;
+    }
+    let secrets_path = data.data_dir.join("bootstrap-secrets.json");
+    if secrets_path.exists() {
+        bail!("{} exists: this data folder already holds a platform; refusing to create another over it", secrets_path.display());
+    }
+    let store = open_store(&data.data_dir).await?;
+    let (platform, secrets) =
+        Platform::init(store.as_ref(), &config.advertise_or_default(), system_now()).await?;
+    let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&secrets)?);
+    write_atomic(&secrets_path, json.as_bytes(), me(0o600))
+        .with_context(|| format!("writing {}", secrets_path.display()))?;
+    write_atomic(
+        &data.data_dir.join("ca.pem"),
+        platform.http_ca.cert_pem.as_bytes(),
+        me(0o644),
+    )?;
+    match output {
+        Output::Json => println!("{}", *json),
+        Output::Text => {
+            println!("Muster platform created in {}.", data.data_dir.display());
+            println!(
+                "These secrets are shown once; they are also in {} (mode 0600).\n",
+                secrets_path.display()
+            );
+            println!("  admin user:       {}", secrets.admin_user);
+            println!("  admin password:   {}", secrets.admin_password);
+            println!("  API key:          {}", secrets.api_key);
+            println!("  emergency token:  {}", secrets.emergency_token);
+            println!("  roles token:      {}", secrets.roles_token);
+            println!("  CA fingerprint:   {}", secrets.ca_fingerprint);
+            println!("\nKeep the emergency token offline: it recovers the platform when every coordinator is gone.");
+        }
+    }
+    Ok(())
+}
+
+async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create {
+            data,
+            roles,
+            persistent,
+            validity,
+            max_uses,
+            allowed_source,
+            output,
+        } => {
+            let app = load_app(&data).await?;
+            let req = CreateTokenRequest {
+                persistent,
+                roles,
+                validity_in_seconds: validity,
+                max_uses,
+                allowed_sources: allowed_source,
+            };
+            let reply = app
+                .create_token(&req, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code.as_str()))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&reply)?),
+                Output::Text => {
+                    println!("token_id: {}", reply.token_id);
+                    println!("token:    {}", reply.token);
+                    if let Some(line) = reply.install_command {
+                        println!("\nOn the new host (muster-ca.pem is {}/ca.pem; put the token in place of <token>):\n  {line}", data.data_dir.display());
+                    }
+                }
+            }
+            Ok(())
+        }
+        TokenCmd::List { data } => {
+            let app = load_app(&data).await?;
+            for t in app.store.tokens().await? {
+                if t.revoked {
+                    continue;
+                }
+                let roles = muster_protocol::role::join(&t.roles);
+                println!(
+                    "{}  {:<10}  uses {}{}  roles [{}]",
+                    t.id,
+                    t.kind.as_str(),
+                    t.uses,
+                    t.max_uses.map(|m| format!("/{m}")).unwrap_or_default(),
+                    roles
+                );
+            }
+            Ok(())
+        }
+        TokenCmd::Revoke { data, token_id } => {
+            let app = load_app(&data).await?;
+            match app.store.token(&token_id).await? {
+                Some(t) if t.kind == muster_protocol::token::TokenKind::Emergency => {
+                    bail!("the emergency token cannot be revoked")
+                }
+                Some(_) => {
+                    app.store.revoke_token(&token_id).await?;
+                    println!("revoked {token_id}");
+                    Ok(())
+                }
+                None => bail!("no token with id {token_id}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

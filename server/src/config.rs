@@ -1,0 +1,152 @@
+//! `musterd serve --config FILE`: YAML, every key with a default, unknown keys refused.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Mode {
+    Coordinator,
+    Director,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Backend {
+    Sqlite,
+    Etcd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub tls: Option<EtcdTls>,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            prefix: "/muster/".into(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    pub etcd: EtcdConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Sqlite,
+            etcd: EtcdConfig::default(),
+        }
+    }
+}
+
+/// The server config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Version of this file's schema.
+    pub version: u32,
+    pub listen: String,
+    /// Addresses (`host:port`) put into tokens and bundles. Default: this host's name.
+    pub advertise: Vec<String>,
+    pub mode: Mode,
+    pub store: StoreConfig,
+    /// Serve `GET /_security/enroll/node`, which hands out the HTTP CA key. Off by default.
+    pub es_enroll_node: bool,
+    /// Seconds a join may stay uncommitted.
+    pub reservation_seconds: u64,
+    /// Lifetime of node certificates, in days.
+    pub cert_validity_days: u32,
+    /// Seconds without a heartbeat after which a host shows `connected: false`.
+    pub heartbeat_timeout_seconds: u64,
+    /// Zone for hosts that name none.
+    pub default_zone: String,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Failed admin logins from one address allowed per minute.
+    pub login_failures_per_minute: u32,
+    /// Path of the static installer served at `/download/muster-x86_64`.
+    pub installer_path: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: 1,
+            listen: format!("0.0.0.0:{}", muster_protocol::DEFAULT_PORT),
+            advertise: vec![],
+            mode: Mode::Coordinator,
+            store: StoreConfig::default(),
+            es_enroll_node: false,
+            reservation_seconds: muster_protocol::node::DEFAULT_RESERVATION_SECS,
+            cert_validity_days: 90,
+            heartbeat_timeout_seconds: 90,
+            default_zone: "zone-1".into(),
+            max_body_bytes: 64 * 1024,
+            login_failures_per_minute: 10,
+            installer_path: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let cfg: Config = serde_norway::from_str(&text)
+            .with_context(|| format!("parsing config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Advertised addresses, defaulting to this host's name on the default port.
+    pub fn advertise_or_default(&self) -> Vec<String> {
+        if !self.advertise.is_empty() {
+            return self.advertise.clone();
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        vec![format!("{host}:{}", muster_protocol::DEFAULT_PORT)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_design_example_and_refuses_unknown_keys() {
+        let yaml = "listen: 0.0.0.0:12443\nadvertise: [coordinator-1.example.net:12443]\nmode: coordinator\nstore:\n  backend: sqlite\n  etcd:\n    endpoints: [https://127.0.0.1:2379]\n    prefix: /muster/\nes_enroll_node: false\n";
+        let c: Result<Config, _> = serde_norway::from_str(yaml);
+        assert_eq!(
+            c.ok().map(|c| c.advertise),
+            Some(vec!["coordinator-1.example.net:12443".to_string()])
+        );
+        let bad: Result<Config, _> = serde_norway::from_str("listne: 1.2.3.4:1\n");
+        assert!(bad.is_err_and(|e| e.to_string().contains("listne")));
+    }
+}

@@ -1,0 +1,436 @@
+//! Certificate authorities, CSR checks and certificate signing.
+//!
+//! Two CAs, as in Elasticsearch: the transport CA signs node identities (used for mutual TLS
+//! between hosts and coordinators), the HTTP CA signs HTTP-layer certificates, including the
+//! coordinator's own serving certificate. Every certificate's subject is set here, never copied
+//! from a CSR: `O=Muster`, `OU=coordinator` for a coordinator's HTTP certificate and `OU=node`
+//! for everything else, so an installer can tell a coordinator from an ordinary node.
+
+use ::time::{Duration, OffsetDateTime};
+use muster_protocol::ErrorCode;
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use std::net::IpAddr;
+use x509_parser::prelude::*;
+
+/// The organizational unit that marks a coordinator's certificate.
+pub const OU_COORDINATOR: &str = "coordinator";
+/// The organizational unit of every other certificate Muster issues.
+pub const OU_NODE: &str = "node";
+/// The organization every Muster certificate names.
+pub const ORG: &str = "Muster";
+
+/// Largest CSR accepted, in bytes of PEM.
+pub const MAX_CSR_LEN: usize = 16 * 1024;
+
+/// A CA: its certificate and key, ready to sign.
+pub struct Ca {
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    key: KeyPair,
+    issuer: Certificate,
+}
+
+impl Ca {
+    /// Makes a new CA with a P-256 key, valid for ten years.
+    pub fn generate(common_name: &str, now: OffsetDateTime) -> anyhow::Result<Ca> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(common_name, "ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(3650);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        Ca::load(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// Loads a CA from its PEM certificate and PEM PKCS#8 key.
+    pub fn load(cert_pem: &str, key_pem: &str) -> anyhow::Result<Ca> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
+        // Re-signing the parsed parameters gives an issuer with the same name and key
+        // identifier; only its subject and key are used to sign.
+        let issuer = params.self_signed(&key)?;
+        let cert_der = pem_to_der(cert_pem)?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            cert_der,
+            key,
+            issuer,
+        })
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    pub fn key_der(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
+    /// The `sha256:` pin of this CA's public key.
+    pub fn pin(&self) -> String {
+        muster_protocol::pin::spki_pin(&self.key.public_key_der())
+    }
+
+    /// Signs a leaf certificate for `public_key`.
+    pub fn sign(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        leaf: &Leaf,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<Signed> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(
+            &leaf.common_name,
+            if leaf.coordinator {
+                OU_COORDINATOR
+            } else {
+                OU_NODE
+            },
+        );
+        params.subject_alt_names = leaf.sans.clone();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + leaf.validity;
+        let serial = random_serial();
+        params.serial_number = Some(serial.clone());
+        params.use_authority_key_identifier_extension = true;
+        let not_after = params.not_after.unix_timestamp().max(0) as u64;
+        let cert = params.signed_by(public_key, &self.issuer, &self.key)?;
+        Ok(Signed {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            serial: hex::encode(serial.to_bytes()),
+            not_after,
+        })
+    }
+}
+
+/// What a leaf certificate should say.
+pub struct Leaf {
+    pub common_name: String,
+    pub sans: Vec<SanType>,
+    pub coordinator: bool,
+    pub validity: Duration,
+}
+
+/// A signed certificate.
+pub struct Signed {
+    pub pem: String,
+    pub der: Vec<u8>,
+    /// Lowercase hex of the serial number.
+    pub serial: String,
+    pub not_after: u64,
+}
+
+fn dn(cn: &str, ou: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORG);
+    dn.push(DnType::OrganizationalUnitName, ou);
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x01; // and no leading zero byte, so the encoding keeps all 16 bytes
+    SerialNumber::from_slice(&b)
+}
+
+/// Decodes the first PEM block.
+pub fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("parsing PEM: {e}"))?;
+    Ok(p.contents)
+}
+
+/// Why a CSR is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CsrError {
+    #[error("CSR is not valid: {0}")]
+    Invalid(String),
+    #[error("CSR key is not accepted: {0} (use ECDSA P-256/P-384, Ed25519 or RSA of at least 2048 bits)")]
+    KeyType(String),
+    #[error("CSR asks for a CA certificate; Muster issues leaf certificates only")]
+    Ca,
+    #[error("CSR names {0:?}, which this host may not claim (only its hostname and addresses)")]
+    San(String),
+}
+
+impl CsrError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CsrError::Invalid(_) => ErrorCode::CsrInvalid,
+            CsrError::KeyType(_) => ErrorCode::CsrKeyType,
+            CsrError::Ca => ErrorCode::CsrCa,
+            CsrError::San(_) => ErrorCode::CsrSan,
+        }
+    }
+}
+
+/// A CSR that passed the checks: its public key, ready to certify.
+pub struct CheckedCsr {
+    pub public_key: rcgen::PublicKey,
+    /// SHA-256 of the SubjectPublicKeyInfo (hex): identifies the key across retries.
+    pub key_hash: String,
+    /// The DER SubjectPublicKeyInfo, to check the proof of possession at commit.
+    pub spki_der: Vec<u8>,
+}
+
+/// Checks a CSR: parses, signature, key type and size, no CA request, and SANs within
+/// `allowed` (the host's own name and addresses).
+pub fn check_csr(pem: &str, allowed: &[SanType]) -> Result<CheckedCsr, CsrError> {
+    if pem.len() > MAX_CSR_LEN {
+        return Err(CsrError::Invalid(format!(
+            "longer than {MAX_CSR_LEN} bytes"
+        )));
+    }
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|_| CsrError::Invalid("not PEM".into()))?;
+    if p.label != "CERTIFICATE REQUEST" {
+        return Err(CsrError::Invalid(format!(
+            "PEM block is {:?}, not CERTIFICATE REQUEST",
+            p.label
+        )));
+    }
+    let (rest, csr) = X509CertificationRequest::from_der(&p.contents)
+        .map_err(|_| CsrError::Invalid("not a PKCS#10 request".into()))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Invalid("trailing data".into()));
+    }
+    csr.verify_signature()
+        .map_err(|_| CsrError::Invalid("signature does not verify".into()))?;
+    let spki = &csr.certification_request_info.subject_pki;
+    let key = spki
+        .parsed()
+        .map_err(|_| CsrError::KeyType("unparsable public key".into()))?;
+    match &key {
+        x509_parser::public_key::PublicKey::EC(ec) if matches!(ec.key_size(), 256 | 384) => {}
+        x509_parser::public_key::PublicKey::RSA(rsa) if (2048..=8192).contains(&rsa.key_size()) => {
+        }
+        x509_parser::public_key::PublicKey::Unknown(_)
+            if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => {}
+        other => {
+            return Err(CsrError::KeyType(format!(
+                "{} bits of {:?}",
+                other.key_size(),
+                spki.algorithm.algorithm
+            )))
+        }
+    }
+    if let Some(exts) = csr.requested_extensions() {
+        for ext in exts {
+            match ext {
+                ParsedExtension::BasicConstraints(bc) if bc.ca => return Err(CsrError::Ca),
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    for name in &san.general_names {
+                        let ok = match name {
+                            GeneralName::DNSName(d) => allowed.iter().any(|a| matches!(a, SanType::DnsName(n) if n.as_str().eq_ignore_ascii_case(d))),
+                            GeneralName::IPAddress(b) => ip_from_bytes(b).is_some_and(|ip| allowed.contains(&SanType::IpAddress(ip))),
+                            _ => false,
+                        };
+                        if !ok {
+                            return Err(CsrError::San(format!("{name}")));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let spki_der = spki.raw.to_vec();
+    let key_hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&spki_der))
+    };
+    let rc = rcgen::CertificateSigningRequestParams::from_der(&p.contents.clone().into())
+        .map_err(|e| CsrError::Invalid(format!("{e}")))?;
+    Ok(CheckedCsr {
+        public_key: rc.public_key,
+        key_hash,
+        spki_der,
+    })
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// The SANs a host may claim: its hostname and the IP literals it reports.
+pub fn host_sans(hostname: &str, addresses: &[String]) -> Vec<SanType> {
+    let mut sans = Vec::new();
+    if let Ok(n) = hostname.to_string().try_into() {
+        sans.push(SanType::DnsName(n));
+    }
+    for a in addresses {
+        if let Ok(ip) = a.parse::<IpAddr>() {
+            if !sans.contains(&SanType::IpAddress(ip)) {
+                sans.push(SanType::IpAddress(ip));
+            }
+        }
+    }
+    sans
+}
+
+/// Verifies a proof of possession: `signature` over `message` by the key in `spki_der`.
+pub fn verify_proof(spki_der: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(spki_der) else {
+        return false;
+    };
+    let alg: &dyn ring::signature::VerificationAlgorithm = match spki.parsed() {
+        Ok(x509_parser::public_key::PublicKey::EC(ec)) if ec.key_size() == 256 => {
+            &ring::signature::ECDSA_P256_SHA256_ASN1
+        }
+        Ok(x509_parser::public_key::PublicKey::EC(ec)) if ec.key_size() == 384 => {
+            &ring::signature::ECDSA_P384_SHA384_ASN1
+        }
+        Ok(x509_parser::public_key::PublicKey::RSA(_)) => {
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256
+        }
+        _ if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => {
+            &ring::signature::ED25519
+        }
+        _ => return false,
+    };
+    ring::signature::UnparsedPublicKey::new(alg, &spki.subject_public_key.data)
+        .verify(message, signature)
+        .is_ok()
+}
+
+/// Whether a DER certificate is marked as a coordinator's (`O=Muster`, `OU=coordinator`).
+pub fn is_coordinator_cert(der: &[u8]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    let subject = cert.subject();
+    let org = subject.iter_organization().any(|a| a.as_str() == Ok(ORG));
+    let ou = subject
+        .iter_organizational_unit()
+        .any(|a| a.as_str() == Ok(OU_COORDINATOR));
+    org && ou
+}
+
+/// Common name and serial (lowercase hex) of a DER certificate.
+pub fn cert_identity(der: &[u8]) -> Option<(String, String)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some((cn, hex::encode(cert.raw_serial())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(sans: Vec<SanType>, ca: bool, alg: &'static rcgen::SignatureAlgorithm) -> String {
+        let key = KeyPair::generate_for(alg).unwrap_or_else(|e| panic!("keygen: {e}"));
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = sans;
+        if ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        p.serialize_request(&key)
+            .and_then(|r| r.pem())
+            .unwrap_or_else(|e| panic!("csr: {e}"))
+    }
+
+    fn dns(s: &str) -> SanType {
+        SanType::DnsName(s.to_string().try_into().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[test]
+    fn csr_checks() {
+        let allowed = host_sans("node-1.example", &["10.0.0.5".into()]);
+        let ip = SanType::IpAddress("10.0.0.5".parse().unwrap_or_else(|e| panic!("{e}")));
+        let p256 = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let cases: Vec<(&str, String, Result<(), CsrError>)> = vec![
+            (
+                "own names",
+                csr(vec![dns("node-1.example"), ip], false, p256),
+                Ok(()),
+            ),
+            ("no SANs", csr(vec![], false, &rcgen::PKCS_ED25519), Ok(())),
+            (
+                "foreign SAN",
+                csr(vec![dns("coordinator.example")], false, p256),
+                Err(CsrError::San("DNSName:coordinator.example".into())),
+            ),
+            ("CA request", csr(vec![], true, p256), Err(CsrError::Ca)),
+            (
+                "not PEM",
+                "hello".into(),
+                Err(CsrError::Invalid("not PEM".into())),
+            ),
+        ];
+        for (name, pem, want) in cases {
+            assert_eq!(check_csr(&pem, &allowed).map(|_| ()), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn signs_and_marks_coordinators() -> anyhow::Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let ca = Ca::generate("test CA", now)?;
+        let reloaded = Ca::load(&ca.cert_pem, &ca.key_pem())?;
+        assert_eq!(ca.pin(), reloaded.pin());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        for coordinator in [false, true] {
+            let leaf = Leaf {
+                common_name: "n1".into(),
+                sans: vec![],
+                coordinator,
+                validity: Duration::days(1),
+            };
+            let s = reloaded.sign(&key, &leaf, now)?;
+            assert_eq!(is_coordinator_cert(&s.der), coordinator);
+            assert_eq!(
+                cert_identity(&s.der).map(|(cn, serial)| (cn, serial.len())),
+                Some(("n1".into(), 32))
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn proof_of_possession() -> anyhow::Result<()> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let rng = ring::rand::SystemRandom::new();
+        let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &key.serialize_der(),
+            &rng,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sig = kp.sign(&rng, b"msg").map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert!(verify_proof(&key.public_key_der(), b"msg", sig.as_ref()));
+        assert!(!verify_proof(&key.public_key_der(), b"other", sig.as_ref()));
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! The platform: its CAs, token signing key, PSK key and admin credentials, made once by
+//! `musterd init` and loaded by every other command.
+
+use crate::pki::Ca;
+use crate::store::{Store, TokenRecord};
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use muster_protocol::token::{Claims, TokenKind, ISSUER};
+use muster_protocol::Role;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// The platform record as the store keeps it.
+///
+/// Limit, stated plainly: on the embedded store the record sits in the SQLite file (mode 0600 in
+/// a 0700 folder); sealing it under the emergency token is the etcd/recovery work's job.
+#[derive(Serialize, Deserialize)]
+struct PlatformRecord {
+    version: u32,
+    created: u64,
+    transport_ca_cert: String,
+    transport_ca_key: String,
+    http_ca_cert: String,
+    http_ca_key: String,
+    /// base64 PKCS#8 Ed25519.
+    signing_key: String,
+    /// base64 raw Ed25519 public key.
+    verify_key: String,
+    /// base64 key for the per-node PSKs.
+    psk_key: String,
+    admin_user: String,
+    admin_password_hash: String,
+    /// hex SHA-256 of the API key.
+    api_key_hash: String,
+    emergency_token_id: String,
+}
+
+/// A loaded platform, ready to sign.
+pub struct Platform {
+    pub transport_ca: Ca,
+    pub http_ca: Ca,
+    signing_key: Zeroizing<Vec<u8>>,
+    pub verify_key: Vec<u8>,
+    psk_key: Zeroizing<Vec<u8>>,
+    pub admin_user: String,
+    pub admin_password_hash: String,
+    pub api_key_hash: String,
+    pub emergency_token_id: String,
+}
+
+/// What `init` prints once and writes to `bootstrap-secrets.json`.
+#[derive(Serialize, Deserialize)]
+pub struct BootstrapSecrets {
+    pub admin_user: String,
+    pub admin_password: String,
+    pub emergency_token: String,
+    pub roles_token: String,
+    pub ca_fingerprint: String,
+    pub api_key: String,
+}
+
+fn random_secret(bytes: usize) -> Zeroizing<String> {
+    let mut b = Zeroizing::new(vec![0u8; bytes]);
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b[..]);
+    Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b[..]))
+}
+
+pub fn sha256_hex(s: &[u8]) -> String {
+    hex::encode(Sha256::digest(s))
+}
+
+impl Platform {
+    /// Creates a platform in `store`; refuses if it already holds one.
+    pub async fn init(
+        store: &dyn Store,
+        advertise: &[String],
+        now: u64,
+    ) -> anyhow::Result<(Platform, BootstrapSecrets)> {
+        if store.platform().await?.is_some() {
+            bail!("this data folder already holds a platform; refusing to create another over it");
+        }
+        let t = time::OffsetDateTime::from_unix_timestamp(now as i64).context("clock")?;
+        let transport_ca = Ca::generate("Muster transport CA", t)?;
+        let http_ca = Ca::generate("Muster HTTP CA", t)?;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| anyhow::anyhow!("generating the signing key"))?;
+        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|_| anyhow::anyhow!("loading the signing key"))?;
+        let verify_key = ring::signature::KeyPair::public_key(&kp).as_ref().to_vec();
+        let psk_key = random_secret(32);
+        let admin_password = random_secret(24);
+        let api_key = random_secret(32);
+        let admin_password_hash = {
+            use argon2::password_hash::{PasswordHasher, SaltString};
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            argon2::Argon2::default()
+                .hash_password(admin_password.as_bytes(), &salt)
+                .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?
+                .to_string()
+        };
+        let emergency_token_id = uuid::Uuid::new_v4().to_string();
+        let rec = PlatformRecord {
+            version: 1,
+            created: now,
+            transport_ca_cert: transport_ca.cert_pem.clone(),
+            transport_ca_key: transport_ca.key_pem(),
+            http_ca_cert: http_ca.cert_pem.clone(),
+            http_ca_key: http_ca.key_pem(),
+            signing_key: B64.encode(pkcs8.as_ref()),
+            verify_key: B64.encode(&verify_key),
+            psk_key: psk_key.to_string(),
+            admin_user: "admin".into(),
+            admin_password_hash,
+            api_key_hash: sha256_hex(api_key.as_bytes()),
+            emergency_token_id: emergency_token_id.clone(),
+        };
+        let platform = Platform::from_record(&rec)?;
+        let (emergency_token, emergency) = platform.make_token(
+            Some(emergency_token_id),
+            TokenKind::Emergency,
+            Role::EMERGENCY.to_vec(),
+            None,
+            None,
+            vec![],
+            advertise,
+            now,
+        )?;
+        let (roles_token, initial) = platform.make_token(
+            None,
+            TokenKind::Initial,
+            vec![],
+            None,
+            None,
+            vec![],
+            advertise,
+            now,
+        )?;
+        let bytes = Zeroizing::new(serde_json::to_vec(&rec)?);
+        store.insert_token(&emergency).await?;
+        store.insert_token(&initial).await?;
+        if !store.init_platform(&bytes).await? {
+            bail!("another musterd created a platform in this store at the same time");
+        }
+        let secrets = BootstrapSecrets {
+            admin_user: rec.admin_user.clone(),
+            admin_password: admin_password.to_string(),
+            emergency_token,
+            roles_token,
+            ca_fingerprint: platform.http_ca.pin(),
+            api_key: api_key.to_string(),
+        };
+        Ok((platform, secrets))
+    }
+
+    pub async fn load(store: &dyn Store) -> anyhow::Result<Platform> {
+        let bytes = store
+            .platform()
+            .await?
+            .context("no platform in this store: run `musterd init` first")?;
+        let rec: PlatformRecord =
+            serde_json::from_slice(&bytes).context("reading the platform record")?;
+        Platform::from_record(&rec)
+    }
+
+    fn from_record(rec: &PlatformRecord) -> anyhow::Result<Platform> {
+        Ok(Platform {
+            transport_ca: Ca::load(&rec.transport_ca_cert, &rec.transport_ca_key)
+                .context("loading the transport CA")?,
+            http_ca: Ca::load(&rec.http_ca_cert, &rec.http_ca_key)
+                .context("loading the HTTP CA")?,
+            signing_key: Zeroizing::new(
+                B64.decode(&rec.signing_key)
+                    .context("decoding the signing key")?,
+            ),
+            verify_key: B64
+                .decode(&rec.verify_key)
+                .context("decoding the verify key")?,
+            psk_key: Zeroizing::new(rec.psk_key.as_bytes().to_vec()),
+            admin_user: rec.admin_user.clone(),
+            admin_password_hash: rec.admin_password_hash.clone(),
+            api_key_hash: rec.api_key_hash.clone(),
+            emergency_token_id: rec.emergency_token_id.clone(),
+        })
+    }
+
+    /// The pins tokens carry: the HTTP CA's public key (it signs the coordinator's certificate).
+    pub fn pins(&self) -> Vec<String> {
+        vec![self.http_ca.pin()]
+    }
+
+    /// Signs a new token and returns it with its record (id and hash only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn make_token(
+        &self,
+        id: Option<String>,
+        kind: TokenKind,
+        mut roles: Vec<Role>,
+        validity: Option<u64>,
+        max_uses: Option<u32>,
+        allowed_sources: Vec<String>,
+        advertise: &[String],
+        now: u64,
+    ) -> anyhow::Result<(String, TokenRecord)> {
+        muster_protocol::role::normalize(&mut roles);
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let exp = (kind == TokenKind::Ephemeral)
+            .then(|| now + validity.unwrap_or(muster_protocol::token::DEFAULT_EPHEMERAL_SECS));
+        let claims = Claims {
+            sub: id.clone(),
+            roles: roles.clone(),
+            iss: ISSUER.into(),
+            iat: now,
+            nbf: now,
+            exp,
+            persistent: kind != TokenKind::Ephemeral,
+            kind,
+            coordinators: advertise.to_vec(),
+            pins: self.pins(),
+            max_uses,
+        };
+        let token = muster_protocol::token::sign(&claims, &self.signing_key)
+            .context("signing the token")?;
+        let rec = TokenRecord {
+            id,
+            hash: sha256_hex(token.as_bytes()),
+            kind,
+            roles,
+            created: now,
+            expires: exp,
+            max_uses,
+            uses: 0,
+            allowed_sources,
+            revoked: false,
+        };
+        Ok((token, rec))
+    }
+
+    /// The PSK of a node: an HMAC of its id, so a retried join gets the same one back without
+    /// the server storing it.
+    pub fn psk(&self, node_id: &str) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.psk_key);
+        let tag = ring::hmac::sign(&key, node_id.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+
+    /// Checks a PSK in constant time.
+    pub fn check_psk(&self, node_id: &str, psk: &str) -> bool {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.psk_key);
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(psk) {
+            Ok(tag) => ring::hmac::verify(&key, node_id.as_bytes(), &tag).is_ok(),
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! HTTPS on rustls: the accept loop, the coordinator's serving certificate, mutual TLS.
+//!
+//! Client certificates are optional at the TLS layer (a new host has none yet) and, when
+//! given, must chain to the transport CA; the node-protocol handlers that need one check it.
+
+use crate::app::{App, ConnInfo};
+use crate::pki::Leaf;
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// Concurrent TLS handshakes allowed; more wait, so a connection flood cannot grow memory.
+const MAX_HANDSHAKES: usize = 256;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the TLS config: a fresh serving certificate from the HTTP CA, marked as a
+/// coordinator's, naming the advertised hosts, this host, and loopback.
+pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(h) = nix::unistd::gethostname() {
+        names.extend(h.into_string().ok());
+    }
+    for a in &app.advertise {
+        let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a);
+        names.push(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        );
+    }
+    let mut sans = Vec::new();
+    for n in names {
+        let san = match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => match n.clone().try_into() {
+                Ok(d) => rcgen::SanType::DnsName(d),
+                Err(_) => continue,
+            },
+        };
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let leaf = Leaf {
+        common_name: "musterd".into(),
+        sans,
+        coordinator: true,
+        validity: time::Duration::days(30),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let cert = app.platform.http_ca.sign(&key, &leaf, now)?;
+    let chain = vec![
+        CertificateDer::from(cert.der),
+        CertificateDer::from(app.platform.http_ca.cert_der.clone()),
+    ];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(
+        app.platform.transport_ca.cert_der.clone(),
+    ))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    app: Arc<App>,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&app)?));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let local = listener.local_addr()?;
+    let router = crate::app::router(app.clone()).layer(tower::ServiceBuilder::new().layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ),
+    ));
+    eprintln!("musterd listening on https://{local}");
+    tracing::info!(%local, "listening");
+
+    let sweeper = {
+        let app = app.clone();
+        let every = Duration::from_secs((app.config.reservation_seconds / 2).clamp(1, 5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.sweep().await {
+                    tracing::warn!(error = %format!("{e:#}"), "sweep failed");
+                }
+            }
+        })
+    };
+
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let handshakes = handshakes.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = handshakes.acquire_owned().await else {
+                return;
+            };
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            drop(permit);
+            let peer_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(c.to_vec()));
+            let info = ConnInfo { remote, peer_cert };
+            let svc = router.map_request(
+                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    req
+                },
+            );
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    sweeper.abort();
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Conformance tests every [`Store`] backend must pass.
+
+use super::*;
+use muster_protocol::node::HostFacts;
+
+fn token(id: &str, max_uses: Option<u32>) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        hash: "00".into(),
+        kind: TokenKind::Persistent,
+        roles: vec![Role::Allocator],
+        created: 1,
+        expires: None,
+        max_uses,
+        uses: 0,
+        allowed_sources: vec![],
+        revoked: false,
+    }
+}
+
+fn reservation(
+    node_id: &str,
+    token_id: &str,
+    key: &str,
+    hostname: &str,
+    expires_at: u64,
+) -> Reservation {
+    Reservation {
+        node_id: node_id.into(),
+        token_id: token_id.into(),
+        key_hash: key.into(),
+        spki_der: vec![1, 2, 3],
+        host: HostFacts {
+            hostname: hostname.into(),
+            addresses: vec![],
+            memory_mb: 1024,
+            zone: "z".into(),
+        },
+        roles: vec![Role::Allocator],
+        pending_roles: vec![],
+        serials: vec![format!("serial-{node_id}")],
+        transport_cert_pem: String::new(),
+        http_cert_pem: String::new(),
+        cert_not_after: 99,
+        created: 10,
+        expires_at,
+        source: "127.0.0.1".into(),
+    }
+}
+
+macro_rules! check {
+    ($cond:expr, $($msg:tt)*) => { if !$cond { anyhow::bail!($($msg)*) } };
+}
+
+pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
+    // Platform record: set once.
+    check!(
+        s.init_platform(b"p1").await?,
+        "first init_platform must store"
+    );
+    check!(
+        !s.init_platform(b"p2").await?,
+        "second init_platform must refuse"
+    );
+    check!(
+        s.platform().await?.as_deref() == Some(&b"p1"[..]),
+        "platform record changed"
+    );
+
+    // One-use token: one reservation, then the limit; same key gets its reservation back.
+    s.insert_token(&token("t1", Some(1))).await?;
+    let r1 = reservation("n1", "t1", "k1", "host-a", 100);
+    check!(
+        s.reserve(&r1, 10).await? == ReserveOutcome::Reserved,
+        "first reserve"
+    );
+    check!(
+        s.reserve(&reservation("n1b", "t1", "k1", "host-a", 100), 11)
+            .await?
+            == ReserveOutcome::Existing(Box::new(r1.clone())),
+        "same key must get the same reservation"
+    );
+    check!(
+        s.reserve(&reservation("n2", "t1", "k2", "host-b", 100), 11)
+            .await?
+            == ReserveOutcome::UseLimitReached,
+        "use limit"
+    );
+    check!(
+        s.reserve(&reservation("n3", "nope", "k3", "host-c", 100), 11)
+            .await?
+            == ReserveOutcome::UnknownToken,
+        "unknown token"
+    );
+
+    // Commit registers, is idempotent, and an expired reservation cannot commit.
+    match s.commit("n1", 20).await? {
+        CommitOutcome::Committed {
+            host,
+            replaced: None,
+        } => check!(host.last_heartbeat == 20, "commit is a heartbeat"),
+        other => anyhow::bail!("commit: {other:?}"),
+    }
+    check!(
+        matches!(
+            s.commit("n1", 21).await?,
+            CommitOutcome::AlreadyCommitted(_)
+        ),
+        "commit must be idempotent"
+    );
+    check!(
+        s.commit("zzz", 21).await? == CommitOutcome::Unknown,
+        "unknown commit"
+    );
+
+    // Expiry gives the use back and revokes the certificates.
+    s.insert_token(&token("t2", Some(1))).await?;
+    check!(
+        s.reserve(&reservation("n4", "t2", "k4", "host-d", 30), 25)
+            .await?
+            == ReserveOutcome::Reserved,
+        "reserve t2"
+    );
+    check!(
+        s.commit("n4", 31).await? == CommitOutcome::Unknown,
+        "expired reservation must not commit"
+    );
+    let expired = s.expire_reservations(31).await?;
+    check!(
+        expired.len() == 1 && expired[0].node_id == "n4",
+        "expire: {expired:?}"
+    );
+    check!(
+        s.token("t2").await?.map(|t| t.uses) == Some(0),
+        "use must be given back"
+    );
+    check!(
+        s.is_revoked("serial-n4").await?,
+        "expired join's cert must be revoked"
+    );
+    check!(
+        s.reservation("n4").await?.is_none(),
+        "reservation must be gone"
+    );
+
+    // Same hostname replaces the old record and revokes its certs.
+    s.insert_token(&token("t3", None)).await?;
+    check!(
+        s.reserve(&reservation("n5", "t3", "k5", "host-a", 100), 40)
+            .await?
+            == ReserveOutcome::Reserved,
+        "reserve n5"
+    );
+    match s.commit("n5", 41).await? {
+        CommitOutcome::Committed {
+            replaced: Some(old),
+            ..
+        } => check!(old.node_id == "n1", "replaced {old:?}"),
+        other => anyhow::bail!("rebuild commit: {other:?}"),
+    }
+    check!(
+        s.is_revoked("serial-n1").await?,
+        "old host's certs must be revoked"
+    );
+    check!(s.hosts().await?.len() == 1, "one host per hostname");
+
+    // Host updates.
+    check!(
+        s.heartbeat("n5", 50, 7)
+            .await?
+            .map(|h| (h.last_heartbeat, h.memory_used_mb))
+            == Some((50, 7)),
+        "heartbeat"
+    );
+    check!(
+        s.heartbeat("gone", 50, 7).await?.is_none(),
+        "heartbeat unknown"
+    );
+    let h = s.set_roles("n5", &[Role::Proxy], &[]).await?;
+    check!(h.map(|h| h.roles) == Some(vec![Role::Proxy]), "set_roles");
+    s.replace_certs("n5", &["new".into()], 500).await?;
+    check!(
+        s.is_revoked("serial-n5").await? && !s.is_revoked("new").await?,
+        "replace_certs"
+    );
+    check!(s.remove_host("n5").await?.is_some(), "remove_host");
+    check!(s.is_revoked("new").await?, "removed host's certs revoked");
+    check!(s.host("n5").await?.is_none(), "host gone");
+
+    // Revocation.
+    check!(s.revoke_token("t3").await?, "revoke");
+    check!(!s.revoke_token("nope").await?, "revoke unknown");
+    check!(
+        s.reserve(&reservation("n6", "t3", "k6", "host-x", 100), 60)
+            .await?
+            == ReserveOutcome::Revoked,
+        "revoked token"
+    );
+
+    // Audit is ordered and append-only.
+    let e = muster_protocol::api::AuditEvent {
+        seq: 0,
+        at: 1,
+        event: "created".into(),
+        token_id: Some("t1".into()),
+        node_id: None,
+        hostname: None,
+        source: None,
+        reason: None,
+    };
+    let a = s.audit(&e).await?;
+    let b = s.audit(&e).await?;
+    check!(b > a, "audit seq must grow");
+    let log = s.audit_log(a, 10).await?;
+    check!(
+        log.len() == 1 && log[0].seq == b,
+        "audit_log after {a}: {log:?}"
+    );
+    Ok(())
+}

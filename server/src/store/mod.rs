@@ -1,0 +1,167 @@
+//! The store interface: everything `musterd` keeps goes through [`Store`].
+//!
+//! Each method is one atomic step of the protocol (reserve a join, commit it, expire it,
+//! revoke a token), so a backend maps it to one transaction: an SQLite `BEGIN IMMEDIATE`, an etcd
+//! `Txn` with compare-and-swap. Records are plain serde values; backends store them as JSON.
+//! The conformance tests in [`conformance`] run against every backend.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use muster_protocol::api::AuditEvent;
+use muster_protocol::node::HostFacts;
+use muster_protocol::token::TokenKind;
+use muster_protocol::Role;
+use serde::{Deserialize, Serialize};
+
+/// A roles token as the server keeps it: its id and a hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    /// Lowercase hex SHA-256 of the whole token string.
+    pub hash: String,
+    pub kind: TokenKind,
+    pub roles: Vec<Role>,
+    pub created: u64,
+    pub expires: Option<u64>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub allowed_sources: Vec<String>,
+    pub revoked: bool,
+}
+
+/// A join that answered with a bundle but is not committed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub node_id: String,
+    pub token_id: String,
+    /// SHA-256 (hex) of the transport key's SPKI: the same key asking again gets this back.
+    pub key_hash: String,
+    /// DER SPKI of the transport key, to check the commit's proof of possession.
+    pub spki_der: Vec<u8>,
+    pub host: HostFacts,
+    pub roles: Vec<Role>,
+    pub pending_roles: Vec<Role>,
+    /// Serials (hex) of the certificates issued with this join.
+    pub serials: Vec<String>,
+    pub transport_cert_pem: String,
+    pub http_cert_pem: String,
+    pub cert_not_after: u64,
+    pub created: u64,
+    pub expires_at: u64,
+    pub source: String,
+}
+
+/// A registered host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub node_id: String,
+    pub token_id: String,
+    pub host: HostFacts,
+    pub roles: Vec<Role>,
+    pub pending_roles: Vec<Role>,
+    pub spki_der: Vec<u8>,
+    /// Serials (hex) of its current certificates.
+    pub serials: Vec<String>,
+    pub cert_not_after: u64,
+    pub registered_at: u64,
+    pub last_heartbeat: u64,
+    pub memory_used_mb: u64,
+}
+
+/// What [`Store::reserve`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// A new reservation, counted as one use of the token.
+    Reserved,
+    /// The same key already holds a live reservation with this token: here it is.
+    Existing(Box<Reservation>),
+    UnknownToken,
+    Revoked,
+    UseLimitReached,
+}
+
+/// What [`Store::commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Registered; `replaced` is the older record of the same hostname, whose certificates are
+    /// now revoked.
+    Committed {
+        host: Box<HostRecord>,
+        replaced: Option<Box<HostRecord>>,
+    },
+    /// Already registered by an earlier commit.
+    AlreadyCommitted(Box<HostRecord>),
+    /// No live reservation and no host with that id.
+    Unknown,
+}
+
+/// A store failure. Backends map their own errors here.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store schema version {found} is newer than this musterd understands ({supported})")]
+    Schema { found: i64, supported: i64 },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores the platform record (sealed secrets) if there is none; false if there was one.
+    async fn init_platform(&self, record: &[u8]) -> StoreResult<bool>;
+    async fn platform(&self) -> StoreResult<Option<Vec<u8>>>;
+
+    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()>;
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>>;
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    /// Marks a token revoked; false if there is no such token.
+    async fn revoke_token(&self, id: &str) -> StoreResult<bool>;
+
+    /// Atomically: checks the token (known, not revoked, use limit), returns a live reservation
+    /// of the same key and token if there is one, else counts a use and stores `r`.
+    async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome>;
+    async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>>;
+    /// Atomically turns a live reservation into a host, replacing a host of the same hostname.
+    async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome>;
+    /// Atomically removes reservations expired at `now`, gives their token uses back and
+    /// revokes their certificates. Returns what it removed.
+    async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>>;
+
+    async fn hosts(&self) -> StoreResult<Vec<HostRecord>>;
+    async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>>;
+    /// Records a heartbeat; the updated host, or none if unknown.
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        now: u64,
+        memory_used_mb: u64,
+    ) -> StoreResult<Option<HostRecord>>;
+    async fn set_roles(
+        &self,
+        node_id: &str,
+        roles: &[Role],
+        pending: &[Role],
+    ) -> StoreResult<Option<HostRecord>>;
+    /// Replaces a host's certificates, revoking the old serials.
+    async fn replace_certs(
+        &self,
+        node_id: &str,
+        serials: &[String],
+        not_after: u64,
+    ) -> StoreResult<Option<HostRecord>>;
+    /// Removes a host and revokes its certificates.
+    async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>>;
+    async fn is_revoked(&self, serial: &str) -> StoreResult<bool>;
+
+    /// Appends an audit event; returns its sequence number.
+    async fn audit(&self, e: &AuditEvent) -> StoreResult<u64>;
+    /// Audit events with `seq > after`, oldest first, at most `limit`.
+    async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+}
+
+#[cfg(test)]
+pub mod conformance;

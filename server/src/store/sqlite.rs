@@ -1,0 +1,546 @@
+//! The embedded store: one SQLite file in the data folder, WAL, every commit fsynced.
+//!
+//! Records are JSON in a few tables keyed the way the protocol looks them up. Each [`Store`]
+//! method is one `BEGIN IMMEDIATE` transaction, so concurrent joins serialize on the write lock
+//! and a one-use token is spent exactly once. Calls run on the blocking pool.
+
+use super::*;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The schema this build writes. Bump it with a migration in [`migrate`].
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_json<T: Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Schema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 1 {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        tx.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL);
+             CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
+                 key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL);
+             CREATE INDEX reservations_key ON reservations (token_id, key_hash);
+             CREATE INDEX reservations_expiry ON reservations (expires_at);
+             CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
+             CREATE TABLE revoked (serial TEXT PRIMARY KEY);
+             CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
+             PRAGMA user_version = 1;",
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let mut conn = Connection::open(path)
+            .map_err(|e| unavailable(format!("opening {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(unavailable)?;
+        // WAL with synchronous=FULL: every commit is fsynced before it is acknowledged.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(unavailable)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| unavailable("store lock poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// A consistent copy of the whole database into `dest` (SQLite's online backup).
+    pub async fn backup_to(&self, dest: std::path::PathBuf) -> StoreResult<()> {
+        self.run(move |c| {
+            c.execute("VACUUM INTO ?1", params![dest.to_string_lossy()])
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn get_token(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<TokenRecord>> {
+    let s: Option<String> = tx
+        .query_row("SELECT json FROM tokens WHERE id = ?1", params![id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(unavailable)?;
+    s.map(|s| from_json(&s)).transpose()
+}
+
+fn put_token(tx: &rusqlite::Transaction<'_>, t: &TokenRecord) -> StoreResult<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO tokens (id, json) VALUES (?1, ?2)",
+        params![t.id, to_json(t)?],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn get_host(tx: &rusqlite::Transaction<'_>, node_id: &str) -> StoreResult<Option<HostRecord>> {
+    let s: Option<String> = tx
+        .query_row(
+            "SELECT json FROM hosts WHERE node_id = ?1",
+            params![node_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    s.map(|s| from_json(&s)).transpose()
+}
+
+fn put_host(tx: &rusqlite::Transaction<'_>, h: &HostRecord) -> StoreResult<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO hosts (node_id, hostname, json) VALUES (?1, ?2, ?3)",
+        params![h.node_id, h.host.hostname, to_json(h)?],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn revoke_serials(tx: &rusqlite::Transaction<'_>, serials: &[String]) -> StoreResult<()> {
+    for s in serials {
+        tx.execute(
+            "INSERT OR IGNORE INTO revoked (serial) VALUES (?1)",
+            params![s],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn get_reservation(
+    tx: &rusqlite::Transaction<'_>,
+    node_id: &str,
+) -> StoreResult<Option<Reservation>> {
+    let s: Option<String> = tx
+        .query_row(
+            "SELECT json FROM reservations WHERE node_id = ?1",
+            params![node_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    s.map(|s| from_json(&s)).transpose()
+}
+
+/// Runs `f` in an immediate (write-locked) transaction and commits.
+fn write_tx<T>(
+    c: &mut Connection,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let out = f(&tx)?;
+    tx.commit().map_err(unavailable)?;
+    Ok(out)
+}
+
+fn update_host(
+    c: &mut Connection,
+    node_id: String,
+    f: impl FnOnce(&rusqlite::Transaction<'_>, &mut HostRecord) -> StoreResult<()>,
+) -> StoreResult<Option<HostRecord>> {
+    write_tx(c, |tx| {
+        let Some(mut h) = get_host(tx, &node_id)? else {
+            return Ok(None);
+        };
+        f(tx, &mut h)?;
+        put_host(tx, &h)?;
+        Ok(Some(h))
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn init_platform(&self, record: &[u8]) -> StoreResult<bool> {
+        let record = record.to_vec();
+        self.run(move |c| {
+            write_tx(c, |tx| {
+                let n = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('platform', ?1)",
+                        params![record],
+                    )
+                    .map_err(unavailable)?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn platform(&self) -> StoreResult<Option<Vec<u8>>> {
+        self.run(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'platform'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+        let t = t.clone();
+        self.run(move |c| write_tx(c, |tx| put_token(tx, &t))).await
+    }
+
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        let id = id.to_string();
+        self.run(move |c| write_tx(c, |tx| get_token(tx, &id)))
+            .await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.run(|c| {
+            let mut st = c
+                .prepare("SELECT json FROM tokens ORDER BY rowid")
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            rows.map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.run(move |c| {
+            write_tx(c, |tx| {
+                let Some(mut t) = get_token(tx, &id)? else {
+                    return Ok(false);
+                };
+                t.revoked = true;
+                put_token(tx, &t)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
+        let r = r.clone();
+        self.run(move |c| {
+            write_tx(c, |tx| {
+                let Some(mut t) = get_token(tx, &r.token_id)? else { return Ok(ReserveOutcome::UnknownToken) };
+                if t.revoked {
+                    return Ok(ReserveOutcome::Revoked);
+                }
+                let existing: Option<String> = tx
+                    .query_row(
+                        "SELECT json FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3",
+                        params![r.token_id, r.key_hash, now as i64],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                if let Some(s) = existing {
+                    return Ok(ReserveOutcome::Existing(Box::new(from_json(&s)?)));
+                }
+                if t.max_uses.is_some_and(|max| t.uses >= max) {
+                    return Ok(ReserveOutcome::UseLimitReached);
+                }
+                t.uses += 1;
+                put_token(tx, &t)?;
+                tx.execute(
+                    "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![r.node_id, r.token_id, r.key_hash, r.expires_at as i64, to_json(&r)?],
+                )
+                .map_err(unavailable)?;
+                Ok(ReserveOutcome::Reserved)
+            })
+        })
+        .await
+    }
+
+    async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>> {
+        let id = node_id.to_string();
+        self.run(move |c| write_tx(c, |tx| get_reservation(tx, &id)))
+            .await
+    }
+
+    async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
+        let id = node_id.to_string();
+        self.run(move |c| {
+            write_tx(c, |tx| {
+                let Some(r) = get_reservation(tx, &id)? else {
+                    return Ok(match get_host(tx, &id)? {
+                        Some(h) => CommitOutcome::AlreadyCommitted(Box::new(h)),
+                        None => CommitOutcome::Unknown,
+                    });
+                };
+                if r.expires_at <= now {
+                    return Ok(CommitOutcome::Unknown);
+                }
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT json FROM hosts WHERE hostname = ?1",
+                        params![r.host.hostname],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                let replaced = match old {
+                    Some(s) => {
+                        let old: HostRecord = from_json(&s)?;
+                        revoke_serials(tx, &old.serials)?;
+                        tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![old.node_id])
+                            .map_err(unavailable)?;
+                        Some(Box::new(old))
+                    }
+                    None => None,
+                };
+                let host = HostRecord {
+                    node_id: r.node_id.clone(),
+                    token_id: r.token_id.clone(),
+                    host: r.host.clone(),
+                    roles: r.roles.clone(),
+                    pending_roles: r.pending_roles.clone(),
+                    spki_der: r.spki_der.clone(),
+                    serials: r.serials.clone(),
+                    cert_not_after: r.cert_not_after,
+                    registered_at: now,
+                    last_heartbeat: now,
+                    memory_used_mb: 0,
+                };
+                put_host(tx, &host)?;
+                tx.execute("DELETE FROM reservations WHERE node_id = ?1", params![id])
+                    .map_err(unavailable)?;
+                Ok(CommitOutcome::Committed {
+                    host: Box::new(host),
+                    replaced,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
+        self.run(move |c| {
+            write_tx(c, |tx| {
+                let mut st = tx
+                    .prepare("SELECT json FROM reservations WHERE expires_at <= ?1")
+                    .map_err(unavailable)?;
+                let expired: Vec<Reservation> = st
+                    .query_map(params![now as i64], |r| r.get::<_, String>(0))
+                    .map_err(unavailable)?
+                    .map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
+                    .collect::<StoreResult<_>>()?;
+                drop(st);
+                for r in &expired {
+                    if let Some(mut t) = get_token(tx, &r.token_id)? {
+                        t.uses = t.uses.saturating_sub(1);
+                        put_token(tx, &t)?;
+                    }
+                    revoke_serials(tx, &r.serials)?;
+                    tx.execute(
+                        "DELETE FROM reservations WHERE node_id = ?1",
+                        params![r.node_id],
+                    )
+                    .map_err(unavailable)?;
+                }
+                Ok(expired)
+            })
+        })
+        .await
+    }
+
+    async fn hosts(&self) -> StoreResult<Vec<HostRecord>> {
+        self.run(|c| {
+            let mut st = c
+                .prepare("SELECT json FROM hosts ORDER BY hostname")
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            rows.map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
+        let id = node_id.to_string();
+        self.run(move |c| write_tx(c, |tx| get_host(tx, &id))).await
+    }
+
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        now: u64,
+        memory_used_mb: u64,
+    ) -> StoreResult<Option<HostRecord>> {
+        let id = node_id.to_string();
+        self.run(move |c| {
+            update_host(c, id, |_, h| {
+                h.last_heartbeat = now;
+                h.memory_used_mb = memory_used_mb;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn set_roles(
+        &self,
+        node_id: &str,
+        roles: &[Role],
+        pending: &[Role],
+    ) -> StoreResult<Option<HostRecord>> {
+        let (id, roles, pending) = (node_id.to_string(), roles.to_vec(), pending.to_vec());
+        self.run(move |c| {
+            update_host(c, id, |_, h| {
+                h.roles = roles;
+                h.pending_roles = pending;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn replace_certs(
+        &self,
+        node_id: &str,
+        serials: &[String],
+        not_after: u64,
+    ) -> StoreResult<Option<HostRecord>> {
+        let (id, serials) = (node_id.to_string(), serials.to_vec());
+        self.run(move |c| {
+            update_host(c, id, |tx, h| {
+                revoke_serials(tx, &h.serials)?;
+                h.serials = serials;
+                h.cert_not_after = not_after;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
+        let id = node_id.to_string();
+        self.run(move |c| {
+            write_tx(c, |tx| {
+                let Some(h) = get_host(tx, &id)? else {
+                    return Ok(None);
+                };
+                revoke_serials(tx, &h.serials)?;
+                tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![id])
+                    .map_err(unavailable)?;
+                Ok(Some(h))
+            })
+        })
+        .await
+    }
+
+    async fn is_revoked(&self, serial: &str) -> StoreResult<bool> {
+        let s = serial.to_string();
+        self.run(move |c| {
+            c.query_row(
+                "SELECT 1 FROM revoked WHERE serial = ?1",
+                params![s],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn audit(&self, e: &AuditEvent) -> StoreResult<u64> {
+        let e = e.clone();
+        self.run(move |c| {
+            write_tx(c, |tx| {
+                tx.execute(
+                    "INSERT INTO audit (json) VALUES (?1)",
+                    params![to_json(&e)?],
+                )
+                .map_err(unavailable)?;
+                Ok(tx.last_insert_rowid() as u64)
+            })
+        })
+        .await
+    }
+
+    async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        self.run(move |c| {
+            let mut st = c
+                .prepare("SELECT seq, json FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map(params![after as i64, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(unavailable)?;
+            rows.map(|r| {
+                let (seq, s) = r.map_err(unavailable)?;
+                let mut e: AuditEvent = from_json(&s)?;
+                e.seq = seq as u64;
+                Ok(e)
+            })
+            .collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn sqlite_passes_conformance() -> anyhow::Result<()> {
+        let d = tempfile::tempdir()?;
+        let s = super::SqliteStore::open(&d.path().join("muster.db"))?;
+        crate::store::conformance::run(&s).await
+    }
+}
