@@ -1,1 +1,67 @@
-fn main() {}
+//! `muster`: parse, dispatch one subcommand, map the result to a documented exit code.
+
+use clap::Parser;
+use muster::cli::{Cli, Cmd, Output, TokenCmd};
+use muster::exit::{Exit, Failure};
+use std::process::ExitCode;
+
+/// A token given as `--roles-token` must not stay in the argument list (`ps` shows it to every
+/// user): re-execute without it, handing it over in the environment, which only this user
+/// and root can read.
+fn scrub_argv() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some((clean, token)) = muster::cli::scrub_token_args(&args) {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let err = std::process::Command::new(exe).arg0(&clean[0]).args(&clean[1..]).env("MUSTER_ROLES_TOKEN", token).exec();
+        eprintln!("muster: could not re-execute to hide the token from the argument list: {err}");
+        std::process::exit(Exit::Other.code().into());
+    }
+}
+
+fn main() -> ExitCode {
+    scrub_argv();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("muster: starting the runtime: {e}");
+            return ExitCode::from(Exit::Other.code());
+        }
+    };
+    let (output, result) = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Install(args) => match args.settings() {
+                Ok(s) => {
+                    let out = s.output;
+                    (out, muster::install::run(s).await.and_then(|o| serde_json::to_value(o).map_err(|e| Failure::new(Exit::Other, e.to_string()))))
+                }
+                Err(e) => (args.output.unwrap_or(Output::Text), Err(e)),
+            },
+            Cmd::Status(a) => (a.output, muster::node::status(&a)),
+            Cmd::Token { cmd: TokenCmd::Inspect { token, output } } => (output, muster::node::inspect(&token, output)),
+            Cmd::Agent { common, interval, count } => (common.output, muster::node::agent(&common, interval, count).await),
+            Cmd::Renew(a) => (a.output, muster::node::renew(&a).await),
+            Cmd::Leave(a) => (a.output, muster::node::leave(&a).await),
+        }
+    });
+    match result {
+        Ok(v) => {
+            if output == Output::Json {
+                println!("{v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            if output == Output::Json {
+                println!("{}", serde_json::json!({"result": "error", "error": f.exit.name(), "exit_code": f.exit.code(), "code": f.code, "message": f.message}));
+            }
+            eprintln!("muster: error: {}", f.message);
+            ExitCode::from(f.exit.code())
+        }
+    }
+}

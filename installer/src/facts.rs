@@ -1,0 +1,57 @@
+//! What a host says about itself: name, addresses, memory, zone. Read from the kernel, never
+//! through NSS.
+
+use muster_protocol::node::HostFacts;
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+}
+
+/// Addresses of the host's interfaces, loopback last (loopback only helps single-box setups).
+pub fn addresses() -> Vec<String> {
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+        for i in ifs {
+            let Some(addr) = i.address else { continue };
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                std::net::IpAddr::V4(v4.ip())
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                let ip = v6.ip();
+                if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                    continue; // link-local: meaningless without a scope
+                }
+                std::net::IpAddr::V6(ip)
+            } else {
+                continue;
+            };
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out.sort_by_key(|ip| ip.is_loopback());
+    out.into_iter().map(|ip| ip.to_string()).collect()
+}
+
+/// Total memory in MiB from /proc/meminfo.
+pub fn memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+pub fn gather(hostname_override: Option<&str>, zone: &str) -> HostFacts {
+    HostFacts {
+        hostname: hostname_override.map(str::to_string).unwrap_or_else(hostname),
+        addresses: addresses(),
+        memory_mb: memory_mb(),
+        zone: zone.to_string(),
+    }
+}

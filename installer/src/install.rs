@@ -1,0 +1,433 @@
+//! `muster install`: the enrollment, step by step.
+//!
+//! 1. check the token locally (format, algorithm, issuer, expiry, roles), before any network call
+//! 2. pre-enroll hooks
+//! 3. keys: generated here and written first (0600); an unfinished earlier run's keys are reused,
+//!    so a retried join with the same key gets the same node id and bundle back
+//! 4. join over TLS pinned to the token's CA pins
+//! 5. write certificates, keystores and config, each atomically
+//! 6. commit on the same connection, proving possession of the new key
+//! 7. post-enroll hooks
+//!
+//! `enrollment.json` records the stage after each step, so a run killed anywhere converges
+//! when run again.
+
+use crate::cli::{Output, Settings};
+use crate::exit::{Exit, Failure, Result};
+use crate::layout::{self, File};
+use crate::net::Client;
+use crate::owner::Owners;
+use crate::state::{NodeConfig, Stage, State, TlsPaths};
+use base64::Engine;
+use muster_protocol::fs::{ensure_dir, failpoint, write_atomic};
+use muster_protocol::node::*;
+use muster_protocol::token::{self, Secret};
+use muster_protocol::{paths, Role};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// Prints progress for a person on stderr (never in JSON mode's stdout).
+pub struct Progress {
+    pub json: bool,
+    step: u32,
+}
+
+impl Progress {
+    pub fn new(output: Output) -> Self {
+        Progress { json: output == Output::Json, step: 0 }
+    }
+    pub fn step(&mut self, what: &str) {
+        self.step += 1;
+        if !self.json {
+            eprintln!("[{}] {what}", self.step);
+        }
+    }
+    pub fn note(&self, what: &str) {
+        if !self.json {
+            eprintln!("    {what}");
+        }
+    }
+}
+
+/// The result of a run, printed as JSON with `--output json`.
+#[derive(Debug, serde::Serialize)]
+pub struct Outcome {
+    pub result: &'static str,
+    pub node_id: Option<String>,
+    pub roles: Vec<Role>,
+    pub pending_roles: Vec<Role>,
+    pub coordinator: Option<String>,
+    pub files: Vec<String>,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn read_state(root: &Path) -> Result<Option<State>> {
+    let p = File::State.path(root);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Failure::new(Exit::Other, format!("{} is damaged ({e}); remove it and run with --force", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::new(Exit::LocalWrite, format!("reading {}: {e}", p.display()))),
+    }
+}
+
+pub fn write_state(root: &Path, o: &Owners, s: &State) -> Result<()> {
+    let json = serde_json::to_vec_pretty(s).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
+    Ok(write_atomic(&File::State.path(root), &json, File::State.perms(o))?)
+}
+
+/// A generated or reloaded private key.
+pub struct Key {
+    pub pair: rcgen::KeyPair,
+}
+
+impl Key {
+    pub fn generate() -> Result<Key> {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map(|pair| Key { pair })
+            .map_err(|e| Failure::new(Exit::Other, format!("generating a key: {e}")))
+    }
+
+    pub fn load(path: &Path) -> Option<Key> {
+        let pem = Zeroizing::new(std::fs::read_to_string(path).ok()?);
+        rcgen::KeyPair::from_pem(&pem).ok().map(|pair| Key { pair })
+    }
+
+    pub fn pem(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.pair.serialize_pem())
+    }
+
+    /// A CSR naming the host and its addresses.
+    pub fn csr(&self, hostname: &str, addresses: &[String]) -> Result<String> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, hostname);
+        if let Ok(n) = hostname.to_string().try_into() {
+            params.subject_alt_names.push(rcgen::SanType::DnsName(n));
+        }
+        for a in addresses {
+            if let Ok(ip) = a.parse() {
+                params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
+            }
+        }
+        params
+            .serialize_request(&self.pair)
+            .and_then(|r| r.pem())
+            .map_err(|e| Failure::new(Exit::Other, format!("making a CSR: {e}")))
+    }
+
+    /// A CSR with no names (renewal: the coordinator certifies the names it has on record).
+    pub fn csr_bare(&self) -> Result<String> {
+        rcgen::CertificateParams::default()
+            .serialize_request(&self.pair)
+            .and_then(|r| r.pem())
+            .map_err(|e| Failure::new(Exit::Other, format!("making a CSR: {e}")))
+    }
+
+    /// Signs the commit message: the proof of possession.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        let rng = ring::rand::SystemRandom::new();
+        let der = Zeroizing::new(self.pair.serialize_der());
+        let kp = ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
+            .map_err(|_| Failure::new(Exit::Other, "loading the node key to sign the commit"))?;
+        kp.sign(&rng, msg).map(|s| s.as_ref().to_vec()).map_err(|_| Failure::new(Exit::Other, "signing the commit"))
+    }
+}
+
+/// Coordinators to try: the one given first, then the token's.
+pub fn coordinator_list(given: Option<&str>, from_token: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(g) = given {
+        let g = g.trim().trim_start_matches("https://").trim_end_matches('/');
+        let with_port = if g.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !g.ends_with(']') {
+            g.to_string()
+        } else {
+            format!("{g}:{}", muster_protocol::DEFAULT_PORT)
+        };
+        out.push(with_port);
+    }
+    for c in from_token {
+        if !out.contains(c) {
+            out.push(c.clone());
+        }
+    }
+    out
+}
+
+pub async fn run(s: Settings) -> Result<Outcome> {
+    let mut p = Progress::new(s.output);
+    let root = s.root.as_path();
+
+    p.step("checking the roles token");
+    let claims = token::inspect(&s.token).map_err(|e| Failure::new(Exit::TokenRefused, format!("{e}; get a new token from the coordinator")))?;
+    token::check_time(&claims, now()).map_err(|e| {
+        Failure::new(Exit::TokenRefused, format!("{e}; if the token is new, check this host's clock"))
+    })?;
+    if claims.pins.is_empty() || !claims.pins.iter().all(|p| muster_protocol::pin::is_well_formed(p)) {
+        return Err(Failure::new(Exit::TokenRefused, "roles token carries no usable CA pin; get a new token"));
+    }
+    let granted = if claims.kind == token::TokenKind::Initial {
+        vec![]
+    } else {
+        token::grant_roles(&claims, &s.roles).map_err(|e| Failure::new(Exit::RoleNotAllowed, format!("{e}")))?
+    };
+    let coordinators = coordinator_list(s.coordinator_host.as_deref(), &claims.coordinators);
+    if coordinators.is_empty() {
+        return Err(Failure::new(Exit::Usage, "no coordinator: pass --coordinator-host HOST[:PORT]"));
+    }
+    p.note(&format!(
+        "token {} ({}), roles [{}], coordinator {}",
+        claims.sub,
+        claims.kind.as_str(),
+        muster_protocol::role::join(if claims.kind == token::TokenKind::Initial { &s.roles } else { &granted }),
+        coordinators[0]
+    ));
+
+    let e = nix::unistd::geteuid().as_raw();
+    let g = nix::unistd::getegid().as_raw();
+    let owners = crate::owner::resolve(root, &s.owner, e, g)?;
+
+    let state = read_state(root)?;
+    if let Some(st) = &state {
+        if st.stage == Stage::Committed && !s.force {
+            p.step("already enrolled: nothing to do (use --force to enroll again)");
+            return Ok(Outcome {
+                result: "already_enrolled",
+                node_id: st.node_id.clone(),
+                roles: st.roles.clone(),
+                pending_roles: st.pending_roles.clone(),
+                coordinator: st.coordinators.first().cloned(),
+                files: vec![],
+            });
+        }
+    }
+
+    if s.dry_run {
+        p.step("dry run: this is what would be written (nothing is)");
+        let files: Vec<String> = File::ALL.iter().map(|f| layout::describe(root, *f, &owners)).collect();
+        for f in &files {
+            p.note(f);
+        }
+        return Ok(Outcome {
+            result: "dry_run",
+            node_id: None,
+            roles: granted,
+            pending_roles: vec![],
+            coordinator: Some(coordinators[0].clone()),
+            files,
+        });
+    }
+
+    let facts = crate::facts::gather(s.hostname.as_deref(), &s.zone);
+    p.step("running pre-enroll hooks");
+    crate::hooks::run(&layout::hook_dir(root, "pre-enroll"), &[("MUSTER_ROLES", muster_protocol::role::join(&s.roles))])?;
+
+    p.step("preparing keys on this host");
+    for (dir, perms) in layout::dirs(root, &owners) {
+        ensure_dir(&dir, perms)?;
+    }
+    // Reuse the keys of an unfinished run so a retried join is recognized; new keys otherwise.
+    let resume = state.as_ref().is_some_and(|st| st.stage != Stage::Committed) && !s.force;
+    let keys = if resume {
+        match (Key::load(&File::NodeKey.path(root)), Key::load(&File::HttpKey.path(root))) {
+            (Some(t), Some(h)) => {
+                p.note("resuming an unfinished enrollment with its keys");
+                Some((t, h))
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let (tkey, hkey) = match keys {
+        Some(k) => k,
+        None => {
+            let (t, h) = (Key::generate()?, Key::generate()?);
+            write_atomic(&File::NodeKey.path(root), t.pem().as_bytes(), File::NodeKey.perms(&owners))?;
+            write_atomic(&File::HttpKey.path(root), h.pem().as_bytes(), File::HttpKey.perms(&owners))?;
+            write_state(root, &owners, &State { token_id: Some(claims.sub.clone()), ..State::new(Stage::Keys) })?;
+            (t, h)
+        }
+    };
+    failpoint("after-keys");
+
+    p.step(&format!("joining through {}", coordinators[0]));
+    let mut client = Client::new(coordinators.clone(), claims.pins.clone(), None, s.timeout)?;
+    client.verbose = !p.json;
+    let req = JoinRequest {
+        token: Secret::new(s.token.as_str()),
+        transport_csr: tkey.csr(&facts.hostname, &facts.addresses)?,
+        http_csr: hkey.csr(&facts.hostname, &facts.addresses)?,
+        host: facts.clone(),
+        roles: s.roles.clone(),
+    };
+    let bundle: Bundle = client.post(paths::JOIN, &req).await?;
+    check_bundle(&bundle, &tkey, &hkey)?;
+    p.note(&format!("node id {}, {}s to commit", bundle.node_id, bundle.remaining_seconds));
+    let mut st = State {
+        node_id: Some(bundle.node_id.clone()),
+        token_id: Some(bundle.token_id.clone()),
+        roles: bundle.roles.clone(),
+        pending_roles: bundle.pending_roles.clone(),
+        coordinators: bundle.coordinators.clone(),
+        reservation_expires: Some(bundle.issued_at + bundle.remaining_seconds),
+        cert_not_after: Some(bundle.cert_not_after),
+        ..State::new(Stage::Joined)
+    };
+    write_state(root, &owners, &st)?;
+    failpoint("after-join");
+
+    p.step("writing certificates, keystores and config");
+    let files = write_bundle(root, &owners, &bundle, &tkey, &facts.zone)?;
+    failpoint("after-files");
+
+    p.step("committing the enrollment");
+    let proof = tkey.sign(&commit_message(&bundle.node_id, bundle.psk.expose()))?;
+    let commit = CommitRequest {
+        node_id: bundle.node_id.clone(),
+        psk: bundle.psk.clone(),
+        proof: base64::engine::general_purpose::STANDARD.encode(proof),
+    };
+    let reply: CommitReply = client.post(paths::COMMIT, &commit).await?;
+    failpoint("after-commit-answer");
+    st.stage = Stage::Committed;
+    st.committed_at = Some(now());
+    st.last_heartbeat = st.committed_at;
+    write_state(root, &owners, &st)?;
+
+    p.step("running post-enroll hooks");
+    crate::hooks::run(&layout::hook_dir(root, "post-enroll"), &hook_env(root, &st))?;
+    if !bundle.pending_roles.is_empty() {
+        p.note(&format!(
+            "roles [{}] wait for an operator to grant them (PUT …/runners/{}/roles)",
+            muster_protocol::role::join(&bundle.pending_roles),
+            bundle.node_id
+        ));
+    }
+    p.step(&format!("enrolled as {} with roles [{}]", reply.node_id, muster_protocol::role::join(&bundle.roles)));
+    Ok(Outcome {
+        result: "enrolled",
+        node_id: Some(reply.node_id),
+        roles: bundle.roles,
+        pending_roles: bundle.pending_roles,
+        coordinator: coordinators.first().cloned(),
+        files,
+    })
+}
+
+pub fn hook_env(root: &Path, st: &State) -> Vec<(&'static str, String)> {
+    vec![
+        ("MUSTER_NODE_ID", st.node_id.clone().unwrap_or_default()),
+        ("MUSTER_ROLES", muster_protocol::role::join(&st.roles)),
+        ("MUSTER_TLS_DIR", root.join("etc/muster/tls").display().to_string()),
+    ]
+}
+
+/// Checks that the bundle's certificates are for our keys and chain to the CAs it names.
+fn check_bundle(b: &Bundle, tkey: &Key, hkey: &Key) -> Result<()> {
+    let check = |pem: &str, ca_pem: &str, key: &Key, what: &str| -> Result<()> {
+        let bad = |why: &str| Failure::new(Exit::Other, format!("the coordinator's {what} certificate is unusable: {why}"));
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| bad("not PEM"))?;
+        let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).map_err(|_| bad("CA not PEM"))?;
+        let leaf = leaf.parse_x509().map_err(|_| bad("not X.509"))?;
+        let ca = ca.parse_x509().map_err(|_| bad("CA not X.509"))?;
+        if leaf.public_key().raw != key.pair.public_key_der().as_slice() {
+            return Err(bad("it is not for this host's key"));
+        }
+        leaf.verify_signature(Some(ca.public_key())).map_err(|_| bad("it is not signed by the platform's CA"))?;
+        Ok(())
+    };
+    check(&b.transport_cert_pem, &b.transport_ca_pem, tkey, "transport")?;
+    check(&b.http_cert_pem, &b.http_ca_pem, hkey, "HTTP")
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map(|(_, p)| p.contents)
+        .map_err(|_| Failure::new(Exit::Other, "a certificate in the bundle is not PEM"))
+}
+
+/// Writes everything the bundle brings. Returns the paths written.
+pub fn write_bundle(root: &Path, o: &Owners, b: &Bundle, tkey: &Key, zone: &str) -> Result<Vec<String>> {
+    let w = |f: File, content: &[u8]| -> Result<String> {
+        write_atomic(&f.path(root), content, f.perms(o))?;
+        Ok(f.path(root).display().to_string())
+    };
+    let mut files = vec![
+        w(File::TransportCa, b.transport_ca_pem.as_bytes())?,
+        w(File::HttpCa, b.http_ca_pem.as_bytes())?,
+        w(File::NodeCert, format!("{}{}", b.transport_cert_pem, b.transport_ca_pem).as_bytes())?,
+        w(File::HttpCert, format!("{}{}", b.http_cert_pem, b.http_ca_pem).as_bytes())?,
+    ];
+    files.extend(write_keystores(root, o, b, tkey)?);
+    let node = NodeConfig {
+        version: 1,
+        node_id: b.node_id.clone(),
+        roles: b.roles.clone(),
+        pending_roles: b.pending_roles.clone(),
+        zone: zone.to_string(),
+        coordinators: b.coordinators.clone(),
+        tls: TlsPaths {
+            transport_ca: format!("/{}", File::TransportCa.rel()),
+            http_ca: format!("/{}", File::HttpCa.rel()),
+            cert: format!("/{}", File::NodeCert.rel()),
+            key: format!("/{}", File::NodeKey.rel()),
+            http_cert: format!("/{}", File::HttpCert.rel()),
+            http_key: format!("/{}", File::HttpKey.rel()),
+            keystore: format!("/{}", File::Keystore.rel()),
+            keystore_password_file: format!("/{}", File::KeystorePassword.rel()),
+            truststore: format!("/{}", File::Truststore.rel()),
+        },
+    };
+    let yaml = serde_norway::to_string(&node).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
+    files.push(w(File::NodeYaml, format!("# Written by muster install; muster renew and leave keep it in step.\n{yaml}").as_bytes())?);
+    Ok(files)
+}
+
+/// The PKCS#12 keystore (transport key and chain), its password file, and the truststore.
+pub fn write_keystores(root: &Path, o: &Owners, b: &Bundle, tkey: &Key) -> Result<Vec<String>> {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKeyChain};
+    let bad = |e: p12_keystore::error::Error| Failure::new(Exit::Other, format!("building a PKCS#12 store: {e}"));
+    let password = {
+        let mut b = [0u8; 24];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    };
+    let leaf = Certificate::from_der(&pem_der(&b.transport_cert_pem)?).map_err(bad)?;
+    let ca = Certificate::from_der(&pem_der(&b.transport_ca_pem)?).map_err(bad)?;
+    let http_ca = Certificate::from_der(&pem_der(&b.http_ca_pem)?).map_err(bad)?;
+    let key_der = Zeroizing::new(tkey.pair.serialize_der());
+    let mut ks = KeyStore::new();
+    let local_id: [u8; 20] = rand::random();
+    ks.add_entry("node", KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(key_der.to_vec(), local_id, vec![leaf, ca.clone()])));
+    let p12 = Zeroizing::new(ks.writer(&password).write().map_err(bad)?);
+    let mut ts = KeyStore::new();
+    ts.add_entry("transport-ca", KeyStoreEntry::Certificate(ca));
+    ts.add_entry("http-ca", KeyStoreEntry::Certificate(http_ca));
+    // A truststore holds only public certificates; its password is a well-known one, as Java's
+    // `changeit`, so any tool can open it.
+    let trust = ts.writer("changeit").write().map_err(bad)?;
+    let mut out = Vec::new();
+    for (f, content) in [(File::KeystorePassword, password.as_bytes()), (File::Keystore, &p12[..]), (File::Truststore, &trust[..])] {
+        write_atomic(&f.path(root), content, f.perms(o))?;
+        out.push(f.path(root).display().to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinator_addresses() {
+        let t = vec!["c1:12443".to_string(), "c2:12443".to_string()];
+        assert_eq!(coordinator_list(Some("c2"), &t), vec!["c2:12443", "c1:12443"]);
+        assert_eq!(coordinator_list(Some("https://10.0.0.1:9443/"), &[]), vec!["10.0.0.1:9443"]);
+        assert_eq!(coordinator_list(None, &t), t);
+    }
+}

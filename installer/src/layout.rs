@@ -1,0 +1,130 @@
+//! What `muster` writes on a host, where, owned by whom, with which mode. One table, used by
+//! the install, `--dry-run`, `renew` and `leave`, so the paths and modes are said once.
+
+use crate::owner::Owners;
+use muster_protocol::fs::Perms;
+use std::path::{Path, PathBuf};
+
+/// Every file Muster writes, relative to `--root`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum File {
+    NodeYaml,
+    TransportCa,
+    HttpCa,
+    NodeCert,
+    NodeKey,
+    HttpCert,
+    HttpKey,
+    Keystore,
+    KeystorePassword,
+    Truststore,
+    State,
+}
+
+/// Which user a file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// root:root
+    Root,
+    /// root:muster
+    RootGroup,
+    /// muster:muster
+    Service,
+}
+
+impl File {
+    pub const ALL: [File; 11] = [
+        File::NodeKey,
+        File::HttpKey,
+        File::TransportCa,
+        File::HttpCa,
+        File::NodeCert,
+        File::HttpCert,
+        File::Keystore,
+        File::KeystorePassword,
+        File::Truststore,
+        File::NodeYaml,
+        File::State,
+    ];
+
+    pub fn rel(self) -> &'static str {
+        match self {
+            File::NodeYaml => "etc/muster/node.yaml",
+            File::TransportCa => "etc/muster/tls/transport-ca.pem",
+            File::HttpCa => "etc/muster/tls/http-ca.pem",
+            File::NodeCert => "etc/muster/tls/node.crt",
+            File::NodeKey => "etc/muster/tls/node.key",
+            File::HttpCert => "etc/muster/tls/http.crt",
+            File::HttpKey => "etc/muster/tls/http.key",
+            File::Keystore => "etc/muster/tls/node.p12",
+            File::KeystorePassword => "etc/muster/tls/node.p12.password",
+            File::Truststore => "etc/muster/tls/truststore.p12",
+            File::State => "var/lib/muster/enrollment.json",
+        }
+    }
+
+    fn who_mode(self) -> (Who, u32) {
+        match self {
+            File::NodeYaml => (Who::RootGroup, 0o640),
+            File::TransportCa | File::HttpCa | File::NodeCert | File::HttpCert | File::Truststore => (Who::RootGroup, 0o644),
+            File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword => (Who::Service, 0o600),
+            File::State => (Who::Root, 0o600),
+        }
+    }
+
+    pub fn path(self, root: &Path) -> PathBuf {
+        root.join(self.rel())
+    }
+
+    pub fn perms(self, o: &Owners) -> Perms {
+        let (who, mode) = self.who_mode();
+        perms(who, mode, o)
+    }
+}
+
+fn perms(who: Who, mode: u32, o: &Owners) -> Perms {
+    match who {
+        Who::Root => Perms { uid: o.root_uid, gid: o.root_gid, mode },
+        Who::RootGroup => Perms { uid: o.root_uid, gid: o.gid, mode },
+        Who::Service => Perms { uid: o.uid, gid: o.gid, mode },
+    }
+}
+
+/// Folders Muster creates, in creation order, with their perms.
+pub fn dirs(root: &Path, o: &Owners) -> Vec<(PathBuf, Perms)> {
+    vec![
+        (root.join("etc/muster"), perms(Who::Root, 0o755, o)),
+        (root.join("etc/muster/tls"), perms(Who::RootGroup, 0o750, o)),
+        (root.join("var/lib/muster"), perms(Who::Root, 0o700, o)),
+    ]
+}
+
+/// The hook folders, run in name order.
+pub fn hook_dir(root: &Path, phase: &str) -> PathBuf {
+    root.join("etc/muster/hooks.d").join(phase)
+}
+
+/// One line of the `--dry-run` plan.
+pub fn describe(root: &Path, f: File, o: &Owners) -> String {
+    let p = f.perms(o);
+    format!("{}  {}:{}  {:04o}", f.path(root).display(), p.uid, p.gid, p.mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_follow_from_content() {
+        let o = Owners { root_uid: 0, root_gid: 0, uid: 990, gid: 985 };
+        for f in File::ALL {
+            let p = f.perms(&o);
+            let secret = matches!(f, File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword | File::State);
+            assert_eq!(p.mode & 0o077 == 0, secret, "{f:?} mode {:o}", p.mode);
+            if matches!(f, File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword) {
+                assert_eq!((p.uid, p.gid), (990, 985), "{f:?} belongs to the service user");
+            }
+        }
+        assert_eq!(File::NodeYaml.perms(&o), Perms { uid: 0, gid: 985, mode: 0o640 });
+    }
+}
