@@ -229,6 +229,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     p.step("preparing keys on this host");
     for (dir, perms) in layout::dirs(root, &owners) {
         ensure_dir(&dir, perms)?;
+        remove_stale_temporaries(&dir);
     }
     // Reuse the keys of an unfinished run so a retried join is recognized; new keys otherwise.
     let resume = state.as_ref().is_some_and(|st| st.stage != Stage::Committed) && !s.force;
@@ -317,6 +318,19 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         coordinator: coordinators.first().cloned(),
         files,
     })
+}
+
+/// A run killed between a temporary file's write and its rename leaves the temporary behind
+/// (the target itself is never half-written); the next run clears them away.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".muster-") && name.ends_with(".tmp") && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = muster_protocol::fs::remove(&e.path());
+        }
+    }
 }
 
 pub fn hook_env(root: &Path, st: &State) -> Vec<(&'static str, String)> {

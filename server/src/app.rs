@@ -819,6 +819,7 @@ async fn join(
         created: now,
         expires_at: now + app.config.reservation_seconds,
         source: source.to_string(),
+        committed: false,
     };
     let r = match app.store.reserve(&r, now).await? {
         ReserveOutcome::Reserved => {

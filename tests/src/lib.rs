@@ -1,1 +1,246 @@
+//! The testkit: starts the real `musterd` on 127.0.0.1 at a free port and runs the real
+//! `muster`, with `curl` and `openssl` as the outside tools a person would use.
+//!
+//! The binaries come from the same target folder as the test (`cargo build --workspace --bins
+//! --features muster/failpoints` first; the README's test command does it).
 
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/e2e-HASH -> target/debug/NAME
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins --features muster/failpoints` first", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A running coordinator in its own scratch data folder.
+pub struct Coordinator {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub secrets: Value,
+    child: Option<Child>,
+}
+
+/// Extra server config lines (YAML).
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub config: String,
+    pub start: bool,
+}
+
+impl Coordinator {
+    pub fn start() -> anyhow::Result<Coordinator> {
+        Coordinator::with(Opts { config: String::new(), start: true })
+    }
+
+    /// Initializes a platform and, if `opts.start`, serves it.
+    pub fn with(opts: Opts) -> anyhow::Result<Coordinator> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let config = format!("listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n{}", opts.config);
+        std::fs::write(dir.path().join("server.yaml"), config)?;
+        let out = Command::new(bin("musterd"))
+            .args(["init", "--output", "json", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(dir.path().join("server.yaml"))
+            .output()?;
+        if !out.status.success() {
+            bail!("musterd init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let secrets: Value = serde_json::from_slice(&out.stdout).context("init --output json")?;
+        let mut c = Coordinator { dir, port, secrets, child: None };
+        if opts.start {
+            c.serve()?;
+        }
+        Ok(c)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("musterd.log")).unwrap_or_default()
+    }
+
+    pub fn serve(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("musterd.log"))?;
+        let child = Command::new(bin("musterd"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data())
+            .arg("--config")
+            .arg(self.dir.path().join("server.yaml"))
+            .env("MUSTERD_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(o) = self.curl(&["-sf", &self.url("/healthz")]) {
+                if o.status.success() {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("musterd did not become healthy; log:\n{}", self.log())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn secret(&self, key: &str) -> String {
+        self.secrets[key].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn user_pass(&self) -> String {
+        format!("admin:{}", self.secret("admin_password"))
+    }
+
+    /// Runs curl against this coordinator, trusting its CA.
+    pub fn curl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(Command::new("curl").arg("--cacert").arg(self.data().join("ca.pem")).args(args).output()?)
+    }
+
+    /// An admin API call: returns (HTTP status, JSON body).
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let up = self.user_pass();
+        let url = self.url(path);
+        let mut args = vec!["-s", "-w", "\n%{http_code}", "-X", method, "-u", &up, "-H", "Content-Type: application/json", &url];
+        if let Some(b) = body {
+            args.push("-d");
+            args.push(b);
+        }
+        let out = self.curl(&args)?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        Ok((code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null)))
+    }
+
+    /// Creates a token through the API; returns (token, token_id).
+    pub fn token(&self, body: &str) -> anyhow::Result<(String, String)> {
+        let (code, v) = self.api("POST", "/api/v1/platform/configuration/security/enrollment-tokens", Some(body))?;
+        if code != 200 {
+            bail!("creating a token: HTTP {code}: {v}");
+        }
+        Ok((v["token"].as_str().unwrap_or_default().into(), v["token_id"].as_str().unwrap_or_default().into()))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A scratch root for one host, with a `muster` user in its etc/passwd.
+pub struct Host {
+    pub root: tempfile::TempDir,
+    pub name: String,
+}
+
+pub const MUSTER_UID: u32 = 4242;
+
+impl Host {
+    pub fn new(name: &str) -> anyhow::Result<Host> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join("etc"))?;
+        std::fs::write(root.path().join("etc/passwd"), format!("root:x:0:0::/root:/bin/sh\nmuster:x:{MUSTER_UID}:{MUSTER_UID}::/var/lib/muster:/usr/sbin/nologin\n"))?;
+        std::fs::write(root.path().join("etc/group"), format!("root:x:0:\nmuster:x:{MUSTER_UID}:\n"))?;
+        Ok(Host { root, name: name.into() })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    /// `muster install` into this root with the token in the environment.
+    pub fn install_cmd(&self, c: &str, token: &str) -> Command {
+        let mut cmd = Command::new(bin("muster"));
+        cmd.args(["install", "--output", "json", "--timeout", "20s", "--coordinator-host", c, "--hostname", &self.name, "--root"])
+            .arg(self.root.path())
+            .env("MUSTER_ROLES_TOKEN", token)
+            .env_remove("MUSTER_FAILPOINT");
+        cmd
+    }
+
+    pub fn install(&self, c: &str, token: &str, extra: &[&str]) -> anyhow::Result<Run> {
+        let out = self.install_cmd(c, token).args(extra).output()?;
+        Ok(Run::from(out))
+    }
+
+    pub fn muster(&self, args: &[&str]) -> anyhow::Result<Run> {
+        let out = Command::new(bin("muster")).args(args).arg("--root").arg(self.root.path()).output()?;
+        Ok(Run::from(out))
+    }
+
+    pub fn state(&self) -> Value {
+        std::fs::read(self.path("var/lib/muster/enrollment.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
+    }
+
+    /// `stat -c '%u:%g %a'` of a file, from the real tool.
+    pub fn stat(&self, rel: &str) -> String {
+        let out = Command::new("stat").args(["-c", "%u:%g %a"]).arg(self.path(rel)).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    }
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or(Value::Null)
+    }
+}
+
+/// Runs a command and returns its stdout, failing with its stderr.
+pub fn tool(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into())
+}

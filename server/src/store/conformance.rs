@@ -45,6 +45,7 @@ fn reservation(
         created: 10,
         expires_at,
         source: "127.0.0.1".into(),
+        committed: false,
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Reservation {
     pub created: u64,
     pub expires_at: u64,
     pub source: String,
+    /// Committed: kept until `expires_at` so that a host that lost the commit's answer and
+    /// joins again with the same key gets its bundle back instead of "use limit reached".
+    #[serde(default)]
+    pub committed: bool,
 }
 
 /// A registered host.

@@ -314,12 +314,16 @@ impl Store for SqliteStore {
         let id = node_id.to_string();
         self.run(move |c| {
             write_tx(c, |tx| {
-                let Some(r) = get_reservation(tx, &id)? else {
-                    return Ok(match get_host(tx, &id)? {
+                let already = |tx: &rusqlite::Transaction<'_>| -> StoreResult<CommitOutcome> {
+                    Ok(match get_host(tx, &id)? {
                         Some(h) => CommitOutcome::AlreadyCommitted(Box::new(h)),
                         None => CommitOutcome::Unknown,
-                    });
+                    })
                 };
+                let Some(mut r) = get_reservation(tx, &id)? else { return already(tx) };
+                if r.committed {
+                    return already(tx);
+                }
                 if r.expires_at <= now {
                     return Ok(CommitOutcome::Unknown);
                 }
@@ -355,7 +359,8 @@ impl Store for SqliteStore {
                     memory_used_mb: 0,
                 };
                 put_host(tx, &host)?;
-                tx.execute("DELETE FROM reservations WHERE node_id = ?1", params![id])
+                r.committed = true;
+                tx.execute("UPDATE reservations SET json = ?2 WHERE node_id = ?1", params![id, to_json(&r)?])
                     .map_err(unavailable)?;
                 Ok(CommitOutcome::Committed {
                     host: Box::new(host),
@@ -372,12 +377,17 @@ impl Store for SqliteStore {
                 let mut st = tx
                     .prepare("SELECT json FROM reservations WHERE expires_at <= ?1")
                     .map_err(unavailable)?;
-                let expired: Vec<Reservation> = st
+                let all: Vec<Reservation> = st
                     .query_map(params![now as i64], |r| r.get::<_, String>(0))
                     .map_err(unavailable)?
                     .map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
                     .collect::<StoreResult<_>>()?;
                 drop(st);
+                // Committed ones only had to outlive a lost answer; they just go.
+                let (done, expired): (Vec<Reservation>, Vec<Reservation>) = all.into_iter().partition(|r| r.committed);
+                for r in &done {
+                    tx.execute("DELETE FROM reservations WHERE node_id = ?1", params![r.node_id]).map_err(unavailable)?;
+                }
                 for r in &expired {
                     if let Some(mut t) = get_token(tx, &r.token_id)? {
                         t.uses = t.uses.saturating_sub(1);
