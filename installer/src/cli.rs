@@ -6,7 +6,11 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "muster", version, about = "Enroll this host into a Muster platform")]
+#[command(
+    name = "muster",
+    version,
+    about = "Enroll this host into a Muster platform"
+)]
 #[command(help_expected = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -182,12 +186,21 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
 }
 
 /// Reads a token from its sources: the flag or environment, else the file.
-pub fn read_token(args: &TokenArgs, file_token: Option<&str>, file_token_path: Option<&PathBuf>) -> Result<zeroize::Zeroizing<String>> {
+pub fn read_token(
+    args: &TokenArgs,
+    file_token: Option<&str>,
+    file_token_path: Option<&PathBuf>,
+) -> Result<zeroize::Zeroizing<String>> {
     if let Some(t) = &args.roles_token {
         return Ok(zeroize::Zeroizing::new(t.trim().to_string()));
     }
     if let Some(p) = args.roles_token_file.as_ref().or(file_token_path) {
-        let t = std::fs::read_to_string(p).map_err(|e| Failure::new(Exit::Usage, format!("reading --roles-token-file {}: {e}", p.display())))?;
+        let t = std::fs::read_to_string(p).map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("reading --roles-token-file {}: {e}", p.display()),
+            )
+        })?;
         return Ok(zeroize::Zeroizing::new(t.trim().to_string()));
     }
     if let Some(t) = file_token {
@@ -201,30 +214,56 @@ impl InstallArgs {
     pub fn settings(&self) -> Result<Settings> {
         let file: FileConfig = match &self.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Failure::new(Exit::Usage, format!("reading --config {}: {e}", p.display())))?;
-                parse_file_config(&text).map_err(|e| Failure::new(Exit::Usage, format!("--config {}: {e}", p.display())))?
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Failure::new(
+                        Exit::Usage,
+                        format!("reading --config {}: {e}", p.display()),
+                    )
+                })?;
+                parse_file_config(&text).map_err(|e| {
+                    Failure::new(Exit::Usage, format!("--config {}: {e}", p.display()))
+                })?
             }
             None => FileConfig::default(),
         };
-        let token = read_token(&self.token, file.roles_token.as_deref(), file.roles_token_file.as_ref())?;
+        let token = read_token(
+            &self.token,
+            file.roles_token.as_deref(),
+            file.roles_token_file.as_ref(),
+        )?;
         let roles = match (&self.roles, &file.roles) {
             (Some(r), _) | (None, Some(RolesValue::One(r))) => r.clone(),
             (None, Some(RolesValue::Many(v))) => v.join(","),
             (None, None) => String::new(),
         };
-        let roles = muster_protocol::role::parse_role_list(&roles).map_err(|e| Failure::new(Exit::Usage, format!("--roles: {e}")))?;
+        let roles = muster_protocol::role::parse_role_list(&roles)
+            .map_err(|e| Failure::new(Exit::Usage, format!("--roles: {e}")))?;
         let timeout = match (self.timeout, &file.timeout) {
             (Some(t), _) => t,
-            (None, Some(t)) => parse_duration(t).map_err(|e| Failure::new(Exit::Usage, format!("timeout: {e}")))?,
+            (None, Some(t)) => {
+                parse_duration(t).map_err(|e| Failure::new(Exit::Usage, format!("timeout: {e}")))?
+            }
             (None, None) => std::time::Duration::from_secs(15 * 60),
         };
         Ok(Settings {
             coordinator_host: self.coordinator_host.clone().or(file.coordinator_host),
             token,
             roles,
-            zone: self.availability_zone.clone().or(file.availability_zone).unwrap_or_default(),
-            root: self.root.clone().or(file.root).unwrap_or_else(|| PathBuf::from("/")),
-            owner: self.owner.clone().or(file.owner).unwrap_or_else(|| "muster".into()),
+            zone: self
+                .availability_zone
+                .clone()
+                .or(file.availability_zone)
+                .unwrap_or_default(),
+            root: self
+                .root
+                .clone()
+                .or(file.root)
+                .unwrap_or_else(|| PathBuf::from("/")),
+            owner: self
+                .owner
+                .clone()
+                .or(file.owner)
+                .unwrap_or_else(|| "muster".into()),
             hostname: self.hostname.clone().or(file.hostname),
             dry_run: self.dry_run,
             force: self.force || file.force.unwrap_or(false),
@@ -238,7 +277,10 @@ impl InstallArgs {
 pub fn parse_file_config(text: &str) -> std::result::Result<FileConfig, String> {
     let c: FileConfig = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     if c.version.is_some_and(|v| v != 1) {
-        return Err(format!("version {} is not supported (this muster reads version 1)", c.version.unwrap_or(0)));
+        return Err(format!(
+            "version {} is not supported (this muster reads version 1)",
+            c.version.unwrap_or(0)
+        ));
     }
     Ok(c)
 }
@@ -274,8 +316,21 @@ mod tests {
     #[test]
     fn scrubs_the_token_from_argv() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let got = scrub_token_args(&a(&["muster", "install", "--roles-token", "SECRET", "--roles", "proxy"]));
-        assert_eq!(got, Some((a(&["muster", "install", "--roles", "proxy"]), "SECRET".into())));
+        let got = scrub_token_args(&a(&[
+            "muster",
+            "install",
+            "--roles-token",
+            "SECRET",
+            "--roles",
+            "proxy",
+        ]));
+        assert_eq!(
+            got,
+            Some((
+                a(&["muster", "install", "--roles", "proxy"]),
+                "SECRET".into()
+            ))
+        );
         let got = scrub_token_args(&a(&["muster", "install", "--roles-token=SECRET"]));
         assert_eq!(got, Some((a(&["muster", "install"]), "SECRET".into())));
         assert_eq!(scrub_token_args(&a(&["muster", "status"])), None);
@@ -294,7 +349,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("15m"), Ok(std::time::Duration::from_secs(900)));
+        assert_eq!(
+            parse_duration("15m"),
+            Ok(std::time::Duration::from_secs(900))
+        );
         assert_eq!(parse_duration("45"), Ok(std::time::Duration::from_secs(45)));
         assert!(parse_duration("soon").is_err());
     }

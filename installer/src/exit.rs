@@ -63,7 +63,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Failure { exit, message: message.into(), code: None }
+        Failure {
+            exit,
+            message: message.into(),
+            code: None,
+        }
     }
 }
 

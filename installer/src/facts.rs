@@ -4,7 +4,10 @@
 use muster_protocol::node::HostFacts;
 
 pub fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Addresses of the host's interfaces, loopback last (loopback only helps single-box setups).
@@ -49,7 +52,9 @@ pub fn memory_mb() -> u64 {
 
 pub fn gather(hostname_override: Option<&str>, zone: &str) -> HostFacts {
     HostFacts {
-        hostname: hostname_override.map(str::to_string).unwrap_or_else(hostname),
+        hostname: hostname_override
+            .map(str::to_string)
+            .unwrap_or_else(hostname),
         addresses: addresses(),
         memory_mb: memory_mb(),
         zone: zone.to_string(),

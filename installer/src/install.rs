@@ -34,7 +34,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(output: Output) -> Self {
-        Progress { json: output == Output::Json, step: 0 }
+        Progress {
+            json: output == Output::Json,
+            step: 0,
+        }
     }
     pub fn step(&mut self, what: &str) {
         self.step += 1;
@@ -61,23 +64,40 @@ pub struct Outcome {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn read_state(root: &Path) -> Result<Option<State>> {
     let p = File::State.path(root);
     match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| Failure::new(Exit::Other, format!("{} is damaged ({e}); remove it and run with --force", p.display()))),
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            Failure::new(
+                Exit::Other,
+                format!(
+                    "{} is damaged ({e}); remove it and run with --force",
+                    p.display()
+                ),
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Failure::new(Exit::LocalWrite, format!("reading {}: {e}", p.display()))),
+        Err(e) => Err(Failure::new(
+            Exit::LocalWrite,
+            format!("reading {}: {e}", p.display()),
+        )),
     }
 }
 
 pub fn write_state(root: &Path, o: &Owners, s: &State) -> Result<()> {
-    let json = serde_json::to_vec_pretty(s).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
-    Ok(write_atomic(&File::State.path(root), &json, File::State.perms(o))?)
+    let json =
+        serde_json::to_vec_pretty(s).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
+    Ok(write_atomic(
+        &File::State.path(root),
+        &json,
+        File::State.perms(o),
+    )?)
 }
 
 /// A generated or reloaded private key.
@@ -105,7 +125,9 @@ impl Key {
     pub fn csr(&self, hostname: &str, addresses: &[String]) -> Result<String> {
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, hostname);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, hostname);
         if let Ok(n) = hostname.to_string().try_into() {
             params.subject_alt_names.push(rcgen::SanType::DnsName(n));
         }
@@ -132,9 +154,15 @@ impl Key {
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
         let rng = ring::rand::SystemRandom::new();
         let der = Zeroizing::new(self.pair.serialize_der());
-        let kp = ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
-            .map_err(|_| Failure::new(Exit::Other, "loading the node key to sign the commit"))?;
-        kp.sign(&rng, msg).map(|s| s.as_ref().to_vec()).map_err(|_| Failure::new(Exit::Other, "signing the commit"))
+        let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &der,
+            &rng,
+        )
+        .map_err(|_| Failure::new(Exit::Other, "loading the node key to sign the commit"))?;
+        kp.sign(&rng, msg)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| Failure::new(Exit::Other, "signing the commit"))
     }
 }
 
@@ -142,8 +170,15 @@ impl Key {
 pub fn coordinator_list(given: Option<&str>, from_token: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(g) = given {
-        let g = g.trim().trim_start_matches("https://").trim_end_matches('/');
-        let with_port = if g.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !g.ends_with(']') {
+        let g = g
+            .trim()
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        let with_port = if g
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !g.ends_with(']')
+        {
             g.to_string()
         } else {
             format!("{g}:{}", muster_protocol::DEFAULT_PORT)
@@ -163,27 +198,51 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     let root = s.root.as_path();
 
     p.step("checking the roles token");
-    let claims = token::inspect(&s.token).map_err(|e| Failure::new(Exit::TokenRefused, format!("{e}; get a new token from the coordinator")))?;
-    token::check_time(&claims, now()).map_err(|e| {
-        Failure::new(Exit::TokenRefused, format!("{e}; if the token is new, check this host's clock"))
+    let claims = token::inspect(&s.token).map_err(|e| {
+        Failure::new(
+            Exit::TokenRefused,
+            format!("{e}; get a new token from the coordinator"),
+        )
     })?;
-    if claims.pins.is_empty() || !claims.pins.iter().all(|p| muster_protocol::pin::is_well_formed(p)) {
-        return Err(Failure::new(Exit::TokenRefused, "roles token carries no usable CA pin; get a new token"));
+    token::check_time(&claims, now()).map_err(|e| {
+        Failure::new(
+            Exit::TokenRefused,
+            format!("{e}; if the token is new, check this host's clock"),
+        )
+    })?;
+    if claims.pins.is_empty()
+        || !claims
+            .pins
+            .iter()
+            .all(|p| muster_protocol::pin::is_well_formed(p))
+    {
+        return Err(Failure::new(
+            Exit::TokenRefused,
+            "roles token carries no usable CA pin; get a new token",
+        ));
     }
     let granted = if claims.kind == token::TokenKind::Initial {
         vec![]
     } else {
-        token::grant_roles(&claims, &s.roles).map_err(|e| Failure::new(Exit::RoleNotAllowed, format!("{e}")))?
+        token::grant_roles(&claims, &s.roles)
+            .map_err(|e| Failure::new(Exit::RoleNotAllowed, format!("{e}")))?
     };
     let coordinators = coordinator_list(s.coordinator_host.as_deref(), &claims.coordinators);
     if coordinators.is_empty() {
-        return Err(Failure::new(Exit::Usage, "no coordinator: pass --coordinator-host HOST[:PORT]"));
+        return Err(Failure::new(
+            Exit::Usage,
+            "no coordinator: pass --coordinator-host HOST[:PORT]",
+        ));
     }
     p.note(&format!(
         "token {} ({}), roles [{}], coordinator {}",
         claims.sub,
         claims.kind.as_str(),
-        muster_protocol::role::join(if claims.kind == token::TokenKind::Initial { &s.roles } else { &granted }),
+        muster_protocol::role::join(if claims.kind == token::TokenKind::Initial {
+            &s.roles
+        } else {
+            &granted
+        }),
         coordinators[0]
     ));
 
@@ -208,7 +267,10 @@ pub async fn run(s: Settings) -> Result<Outcome> {
 
     if s.dry_run {
         p.step("dry run: this is what would be written (nothing is)");
-        let files: Vec<String> = File::ALL.iter().map(|f| layout::describe(root, *f, &owners)).collect();
+        let files: Vec<String> = File::ALL
+            .iter()
+            .map(|f| layout::describe(root, *f, &owners))
+            .collect();
         for f in &files {
             p.note(f);
         }
@@ -224,7 +286,10 @@ pub async fn run(s: Settings) -> Result<Outcome> {
 
     let facts = crate::facts::gather(s.hostname.as_deref(), &s.zone);
     p.step("running pre-enroll hooks");
-    crate::hooks::run(&layout::hook_dir(root, "pre-enroll"), &[("MUSTER_ROLES", muster_protocol::role::join(&s.roles))])?;
+    crate::hooks::run(
+        &layout::hook_dir(root, "pre-enroll"),
+        &[("MUSTER_ROLES", muster_protocol::role::join(&s.roles))],
+    )?;
 
     p.step("preparing keys on this host");
     for (dir, perms) in layout::dirs(root, &owners) {
@@ -232,9 +297,15 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         remove_stale_temporaries(&dir);
     }
     // Reuse the keys of an unfinished run so a retried join is recognized; new keys otherwise.
-    let resume = state.as_ref().is_some_and(|st| st.stage != Stage::Committed) && !s.force;
+    let resume = state
+        .as_ref()
+        .is_some_and(|st| st.stage != Stage::Committed)
+        && !s.force;
     let keys = if resume {
-        match (Key::load(&File::NodeKey.path(root)), Key::load(&File::HttpKey.path(root))) {
+        match (
+            Key::load(&File::NodeKey.path(root)),
+            Key::load(&File::HttpKey.path(root)),
+        ) {
             (Some(t), Some(h)) => {
                 p.note("resuming an unfinished enrollment with its keys");
                 Some((t, h))
@@ -248,9 +319,24 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         Some(k) => k,
         None => {
             let (t, h) = (Key::generate()?, Key::generate()?);
-            write_atomic(&File::NodeKey.path(root), t.pem().as_bytes(), File::NodeKey.perms(&owners))?;
-            write_atomic(&File::HttpKey.path(root), h.pem().as_bytes(), File::HttpKey.perms(&owners))?;
-            write_state(root, &owners, &State { token_id: Some(claims.sub.clone()), ..State::new(Stage::Keys) })?;
+            write_atomic(
+                &File::NodeKey.path(root),
+                t.pem().as_bytes(),
+                File::NodeKey.perms(&owners),
+            )?;
+            write_atomic(
+                &File::HttpKey.path(root),
+                h.pem().as_bytes(),
+                File::HttpKey.perms(&owners),
+            )?;
+            write_state(
+                root,
+                &owners,
+                &State {
+                    token_id: Some(claims.sub.clone()),
+                    ..State::new(Stage::Keys)
+                },
+            )?;
             (t, h)
         }
     };
@@ -268,7 +354,10 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     };
     let bundle: Bundle = client.post(paths::JOIN, &req).await?;
     check_bundle(&bundle, &tkey, &hkey)?;
-    p.note(&format!("node id {}, {}s to commit", bundle.node_id, bundle.remaining_seconds));
+    p.note(&format!(
+        "node id {}, {}s to commit",
+        bundle.node_id, bundle.remaining_seconds
+    ));
     let mut st = State {
         node_id: Some(bundle.node_id.clone()),
         token_id: Some(bundle.token_id.clone()),
@@ -309,7 +398,11 @@ pub async fn run(s: Settings) -> Result<Outcome> {
             bundle.node_id
         ));
     }
-    p.step(&format!("enrolled as {} with roles [{}]", reply.node_id, muster_protocol::role::join(&bundle.roles)));
+    p.step(&format!(
+        "enrolled as {} with roles [{}]",
+        reply.node_id,
+        muster_protocol::role::join(&bundle.roles)
+    ));
     Ok(Outcome {
         result: "enrolled",
         node_id: Some(reply.node_id),
@@ -323,11 +416,16 @@ pub async fn run(s: Settings) -> Result<Outcome> {
 /// A run killed between a temporary file's write and its rename leaves the temporary behind
 /// (the target itself is never half-written); the next run clears them away.
 fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(".muster-") && name.ends_with(".tmp") && e.file_type().is_ok_and(|t| t.is_file()) {
+        if name.starts_with(".muster-")
+            && name.ends_with(".tmp")
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
             let _ = muster_protocol::fs::remove(&e.path());
         }
     }
@@ -337,25 +435,41 @@ pub fn hook_env(root: &Path, st: &State) -> Vec<(&'static str, String)> {
     vec![
         ("MUSTER_NODE_ID", st.node_id.clone().unwrap_or_default()),
         ("MUSTER_ROLES", muster_protocol::role::join(&st.roles)),
-        ("MUSTER_TLS_DIR", root.join("etc/muster/tls").display().to_string()),
+        (
+            "MUSTER_TLS_DIR",
+            root.join("etc/muster/tls").display().to_string(),
+        ),
     ]
 }
 
 /// Checks that the bundle's certificates are for our keys and chain to the CAs it names.
 fn check_bundle(b: &Bundle, tkey: &Key, hkey: &Key) -> Result<()> {
     let check = |pem: &str, ca_pem: &str, key: &Key, what: &str| -> Result<()> {
-        let bad = |why: &str| Failure::new(Exit::Other, format!("the coordinator's {what} certificate is unusable: {why}"));
-        let (_, leaf) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| bad("not PEM"))?;
-        let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).map_err(|_| bad("CA not PEM"))?;
+        let bad = |why: &str| {
+            Failure::new(
+                Exit::Other,
+                format!("the coordinator's {what} certificate is unusable: {why}"),
+            )
+        };
+        let (_, leaf) =
+            x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| bad("not PEM"))?;
+        let (_, ca) =
+            x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).map_err(|_| bad("CA not PEM"))?;
         let leaf = leaf.parse_x509().map_err(|_| bad("not X.509"))?;
         let ca = ca.parse_x509().map_err(|_| bad("CA not X.509"))?;
         if leaf.public_key().raw != key.pair.public_key_der().as_slice() {
             return Err(bad("it is not for this host's key"));
         }
-        leaf.verify_signature(Some(ca.public_key())).map_err(|_| bad("it is not signed by the platform's CA"))?;
+        leaf.verify_signature(Some(ca.public_key()))
+            .map_err(|_| bad("it is not signed by the platform's CA"))?;
         Ok(())
     };
-    check(&b.transport_cert_pem, &b.transport_ca_pem, tkey, "transport")?;
+    check(
+        &b.transport_cert_pem,
+        &b.transport_ca_pem,
+        tkey,
+        "transport",
+    )?;
     check(&b.http_cert_pem, &b.http_ca_pem, hkey, "HTTP")
 }
 
@@ -366,7 +480,13 @@ fn pem_der(pem: &str) -> Result<Vec<u8>> {
 }
 
 /// Writes everything the bundle brings. Returns the paths written.
-pub fn write_bundle(root: &Path, o: &Owners, b: &Bundle, tkey: &Key, zone: &str) -> Result<Vec<String>> {
+pub fn write_bundle(
+    root: &Path,
+    o: &Owners,
+    b: &Bundle,
+    tkey: &Key,
+    zone: &str,
+) -> Result<Vec<String>> {
     let w = |f: File, content: &[u8]| -> Result<String> {
         write_atomic(&f.path(root), content, f.perms(o))?;
         Ok(f.path(root).display().to_string())
@@ -374,8 +494,14 @@ pub fn write_bundle(root: &Path, o: &Owners, b: &Bundle, tkey: &Key, zone: &str)
     let mut files = vec![
         w(File::TransportCa, b.transport_ca_pem.as_bytes())?,
         w(File::HttpCa, b.http_ca_pem.as_bytes())?,
-        w(File::NodeCert, format!("{}{}", b.transport_cert_pem, b.transport_ca_pem).as_bytes())?,
-        w(File::HttpCert, format!("{}{}", b.http_cert_pem, b.http_ca_pem).as_bytes())?,
+        w(
+            File::NodeCert,
+            format!("{}{}", b.transport_cert_pem, b.transport_ca_pem).as_bytes(),
+        )?,
+        w(
+            File::HttpCert,
+            format!("{}{}", b.http_cert_pem, b.http_ca_pem).as_bytes(),
+        )?,
     ];
     files.extend(write_keystores(root, o, b, tkey)?);
     let node = NodeConfig {
@@ -397,15 +523,22 @@ pub fn write_bundle(root: &Path, o: &Owners, b: &Bundle, tkey: &Key, zone: &str)
             truststore: format!("/{}", File::Truststore.rel()),
         },
     };
-    let yaml = serde_norway::to_string(&node).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
-    files.push(w(File::NodeYaml, format!("# Written by muster install; muster renew and leave keep it in step.\n{yaml}").as_bytes())?);
+    let yaml =
+        serde_norway::to_string(&node).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
+    files.push(w(
+        File::NodeYaml,
+        format!("# Written by muster install; muster renew and leave keep it in step.\n{yaml}")
+            .as_bytes(),
+    )?);
     Ok(files)
 }
 
 /// The PKCS#12 keystore (transport key and chain), its password file, and the truststore.
 pub fn write_keystores(root: &Path, o: &Owners, b: &Bundle, tkey: &Key) -> Result<Vec<String>> {
     use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKeyChain};
-    let bad = |e: p12_keystore::error::Error| Failure::new(Exit::Other, format!("building a PKCS#12 store: {e}"));
+    let bad = |e: p12_keystore::error::Error| {
+        Failure::new(Exit::Other, format!("building a PKCS#12 store: {e}"))
+    };
     let password = {
         let mut b = [0u8; 24];
         rand::Rng::fill(&mut rand::thread_rng(), &mut b);
@@ -417,7 +550,14 @@ pub fn write_keystores(root: &Path, o: &Owners, b: &Bundle, tkey: &Key) -> Resul
     let key_der = Zeroizing::new(tkey.pair.serialize_der());
     let mut ks = KeyStore::new();
     let local_id: [u8; 20] = rand::random();
-    ks.add_entry("node", KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(key_der.to_vec(), local_id, vec![leaf, ca.clone()])));
+    ks.add_entry(
+        "node",
+        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(
+            &key_der[..],
+            local_id,
+            vec![leaf, ca.clone()],
+        )),
+    );
     let p12 = Zeroizing::new(ks.writer(&password).write().map_err(bad)?);
     let mut ts = KeyStore::new();
     ts.add_entry("transport-ca", KeyStoreEntry::Certificate(ca));
@@ -426,7 +566,11 @@ pub fn write_keystores(root: &Path, o: &Owners, b: &Bundle, tkey: &Key) -> Resul
     // `changeit`, so any tool can open it.
     let trust = ts.writer("changeit").write().map_err(bad)?;
     let mut out = Vec::new();
-    for (f, content) in [(File::KeystorePassword, password.as_bytes()), (File::Keystore, &p12[..]), (File::Truststore, &trust[..])] {
+    for (f, content) in [
+        (File::KeystorePassword, password.as_bytes()),
+        (File::Keystore, &p12[..]),
+        (File::Truststore, &trust[..]),
+    ] {
         write_atomic(&f.path(root), content, f.perms(o))?;
         out.push(f.path(root).display().to_string());
     }
@@ -440,8 +584,14 @@ mod tests {
     #[test]
     fn coordinator_addresses() {
         let t = vec!["c1:12443".to_string(), "c2:12443".to_string()];
-        assert_eq!(coordinator_list(Some("c2"), &t), vec!["c2:12443", "c1:12443"]);
-        assert_eq!(coordinator_list(Some("https://10.0.0.1:9443/"), &[]), vec!["10.0.0.1:9443"]);
+        assert_eq!(
+            coordinator_list(Some("c2"), &t),
+            vec!["c2:12443", "c1:12443"]
+        );
+        assert_eq!(
+            coordinator_list(Some("https://10.0.0.1:9443/"), &[]),
+            vec!["10.0.0.1:9443"]
+        );
         assert_eq!(coordinator_list(None, &t), t);
     }
 }

@@ -66,8 +66,14 @@ impl File {
     fn who_mode(self) -> (Who, u32) {
         match self {
             File::NodeYaml => (Who::RootGroup, 0o640),
-            File::TransportCa | File::HttpCa | File::NodeCert | File::HttpCert | File::Truststore => (Who::RootGroup, 0o644),
-            File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword => (Who::Service, 0o600),
+            File::TransportCa
+            | File::HttpCa
+            | File::NodeCert
+            | File::HttpCert
+            | File::Truststore => (Who::RootGroup, 0o644),
+            File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword => {
+                (Who::Service, 0o600)
+            }
             File::State => (Who::Root, 0o600),
         }
     }
@@ -84,9 +90,21 @@ impl File {
 
 fn perms(who: Who, mode: u32, o: &Owners) -> Perms {
     match who {
-        Who::Root => Perms { uid: o.root_uid, gid: o.root_gid, mode },
-        Who::RootGroup => Perms { uid: o.root_uid, gid: o.gid, mode },
-        Who::Service => Perms { uid: o.uid, gid: o.gid, mode },
+        Who::Root => Perms {
+            uid: o.root_uid,
+            gid: o.root_gid,
+            mode,
+        },
+        Who::RootGroup => Perms {
+            uid: o.root_uid,
+            gid: o.gid,
+            mode,
+        },
+        Who::Service => Perms {
+            uid: o.uid,
+            gid: o.gid,
+            mode,
+        },
     }
 }
 
@@ -107,7 +125,13 @@ pub fn hook_dir(root: &Path, phase: &str) -> PathBuf {
 /// One line of the `--dry-run` plan.
 pub fn describe(root: &Path, f: File, o: &Owners) -> String {
     let p = f.perms(o);
-    format!("{}  {}:{}  {:04o}", f.path(root).display(), p.uid, p.gid, p.mode)
+    format!(
+        "{}  {}:{}  {:04o}",
+        f.path(root).display(),
+        p.uid,
+        p.gid,
+        p.mode
+    )
 }
 
 #[cfg(test)]
@@ -116,15 +140,41 @@ mod tests {
 
     #[test]
     fn modes_follow_from_content() {
-        let o = Owners { root_uid: 0, root_gid: 0, uid: 990, gid: 985 };
+        let o = Owners {
+            root_uid: 0,
+            root_gid: 0,
+            uid: 990,
+            gid: 985,
+        };
         for f in File::ALL {
             let p = f.perms(&o);
-            let secret = matches!(f, File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword | File::State);
+            let secret = matches!(
+                f,
+                File::NodeKey
+                    | File::HttpKey
+                    | File::Keystore
+                    | File::KeystorePassword
+                    | File::State
+            );
             assert_eq!(p.mode & 0o077 == 0, secret, "{f:?} mode {:o}", p.mode);
-            if matches!(f, File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword) {
-                assert_eq!((p.uid, p.gid), (990, 985), "{f:?} belongs to the service user");
+            if matches!(
+                f,
+                File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword
+            ) {
+                assert_eq!(
+                    (p.uid, p.gid),
+                    (990, 985),
+                    "{f:?} belongs to the service user"
+                );
             }
         }
-        assert_eq!(File::NodeYaml.perms(&o), Perms { uid: 0, gid: 985, mode: 0o640 });
+        assert_eq!(
+            File::NodeYaml.perms(&o),
+            Perms {
+                uid: 0,
+                gid: 985,
+                mode: 0o640
+            }
+        );
     }
 }

@@ -13,7 +13,11 @@ fn scrub_argv() {
     if let Some((clean, token)) = muster::cli::scrub_token_args(&args) {
         use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        let err = std::process::Command::new(exe).arg0(&clean[0]).args(&clean[1..]).env("MUSTER_ROLES_TOKEN", token).exec();
+        let err = std::process::Command::new(exe)
+            .arg0(&clean[0])
+            .args(&clean[1..])
+            .env("MUSTER_ROLES_TOKEN", token)
+            .exec();
         eprintln!("muster: could not re-execute to hide the token from the argument list: {err}");
         std::process::exit(Exit::Other.code().into());
     }
@@ -23,10 +27,16 @@ fn main() -> ExitCode {
     scrub_argv();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("muster: starting the runtime: {e}");
@@ -38,13 +48,28 @@ fn main() -> ExitCode {
             Cmd::Install(args) => match args.settings() {
                 Ok(s) => {
                     let out = s.output;
-                    (out, muster::install::run(s).await.and_then(|o| serde_json::to_value(o).map_err(|e| Failure::new(Exit::Other, e.to_string()))))
+                    (
+                        out,
+                        muster::install::run(s).await.and_then(|o| {
+                            serde_json::to_value(o)
+                                .map_err(|e| Failure::new(Exit::Other, e.to_string()))
+                        }),
+                    )
                 }
                 Err(e) => (args.output.unwrap_or(Output::Text), Err(e)),
             },
             Cmd::Status(a) => (a.output, muster::node::status(&a)),
-            Cmd::Token { cmd: TokenCmd::Inspect { token, output } } => (output, muster::node::inspect(&token, output)),
-            Cmd::Agent { common, interval, count } => (common.output, muster::node::agent(&common, interval, count).await),
+            Cmd::Token {
+                cmd: TokenCmd::Inspect { token, output },
+            } => (output, muster::node::inspect(&token, output)),
+            Cmd::Agent {
+                common,
+                interval,
+                count,
+            } => (
+                common.output,
+                muster::node::agent(&common, interval, count).await,
+            ),
             Cmd::Renew(a) => (a.output, muster::node::renew(&a).await),
             Cmd::Leave(a) => (a.output, muster::node::leave(&a).await),
         }
@@ -58,7 +83,10 @@ fn main() -> ExitCode {
         }
         Err(f) => {
             if output == Output::Json {
-                println!("{}", serde_json::json!({"result": "error", "error": f.exit.name(), "exit_code": f.exit.code(), "code": f.code, "message": f.message}));
+                println!(
+                    "{}",
+                    serde_json::json!({"result": "error", "error": f.exit.name(), "exit_code": f.exit.code(), "code": f.code, "message": f.message})
+                );
             }
             eprintln!("muster: error: {}", f.message);
             ExitCode::from(f.exit.code())

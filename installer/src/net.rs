@@ -52,9 +52,13 @@ fn spki_pin_of(der: &[u8]) -> Option<String> {
 /// Whether a certificate is marked as a coordinator's.
 pub fn is_coordinator_cert(der: &[u8]) -> bool {
     use x509_parser::prelude::*;
-    let Ok((_, cert)) = X509Certificate::from_der(der) else { return false };
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
     let s = cert.subject();
-    s.iter_organization().any(|a| a.as_str() == Ok("Muster")) && s.iter_organizational_unit().any(|a| a.as_str() == Ok("coordinator"))
+    s.iter_organization().any(|a| a.as_str() == Ok("Muster"))
+        && s.iter_organizational_unit()
+            .any(|a| a.as_str() == Ok("coordinator"))
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -66,23 +70,37 @@ impl ServerCertVerifier for PinnedVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let Some(anchor) = intermediates.iter().find(|c| spki_pin_of(c).is_some_and(|p| self.pins.contains(&p))) else {
+        let Some(anchor) = intermediates
+            .iter()
+            .find(|c| spki_pin_of(c).is_some_and(|p| self.pins.contains(&p)))
+        else {
             return Err(self.refuse(format!(
                 "the coordinator's certificate chain has no CA with a pinned public key (pins: {})",
                 self.pins.join(", ")
             )));
         };
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(anchor.clone().into_owned()).map_err(|e| self.refuse(format!("pinned CA certificate is unusable: {e}")))?;
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| self.refuse(format!("building the verifier: {e}")))?;
+        roots
+            .add(anchor.clone().into_owned())
+            .map_err(|e| self.refuse(format!("pinned CA certificate is unusable: {e}")))?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| self.refuse(format!("building the verifier: {e}")))?;
         match webpki.verify_server_cert(end_entity, &[], server_name, ocsp, now) {
             Ok(_) => {}
             // The chain verified (names are checked last); the pin is the trust anchor.
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {}
-            Err(e) => return Err(self.refuse(format!("the coordinator's certificate does not verify against the pinned CA: {e}"))),
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                ..
+            })) => {}
+            Err(e) => {
+                return Err(self.refuse(format!(
+                    "the coordinator's certificate does not verify against the pinned CA: {e}"
+                )))
+            }
         }
         if !is_coordinator_cert(end_entity) {
             return Err(self.refuse(
@@ -98,7 +116,12 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -107,11 +130,18 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -132,7 +162,12 @@ pub struct ClientIdentity {
 }
 
 impl Client {
-    pub fn new(coordinators: Vec<String>, pins: Vec<String>, identity: Option<&ClientIdentity>, timeout: Duration) -> Result<Client> {
+    pub fn new(
+        coordinators: Vec<String>,
+        pins: Vec<String>,
+        identity: Option<&ClientIdentity>,
+        timeout: Duration,
+    ) -> Result<Client> {
         let verifier = PinnedVerifier::new(pins);
         let refusal = verifier.refusal.clone();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -145,14 +180,17 @@ impl Client {
             None => builder.with_no_client_auth(),
             Some(id) => {
                 use rustls::pki_types::pem::PemObject;
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| Failure::new(Exit::Other, format!("reading the node certificate: {e}")))?;
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|e| {
+                            Failure::new(Exit::Other, format!("reading the node certificate: {e}"))
+                        })?;
                 let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
                     .map_err(|e| Failure::new(Exit::Other, format!("reading the node key: {e}")))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| Failure::new(Exit::Other, format!("loading the node certificate: {e}")))?
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    Failure::new(Exit::Other, format!("loading the node certificate: {e}"))
+                })?
             }
         };
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -165,12 +203,22 @@ impl Client {
             .user_agent(concat!("muster/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Failure::new(Exit::Other, format!("HTTP client setup: {e}")))?;
-        Ok(Client { http, coordinators, refusal, deadline: Instant::now() + timeout, verbose: false })
+        Ok(Client {
+            http,
+            coordinators,
+            refusal,
+            deadline: Instant::now() + timeout,
+            verbose: false,
+        })
     }
 
     /// POSTs `body` to `path`, trying each coordinator in turn and backing off while none
     /// answers, until the deadline. A refusal that cannot change is returned at once.
-    pub async fn post<B: Serialize, R: DeserializeOwned>(&mut self, path: &str, body: &B) -> Result<R> {
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &B,
+    ) -> Result<R> {
         let mut attempt: u32 = 0;
         let mut last = String::from("no coordinator address to try");
         loop {
@@ -208,7 +256,12 @@ impl Client {
         }
     }
 
-    async fn try_post<B: Serialize, R: DeserializeOwned>(&self, coord: &str, path: &str, body: &B) -> std::result::Result<R, Attempt> {
+    async fn try_post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        coord: &str,
+        path: &str,
+        body: &B,
+    ) -> std::result::Result<R, Attempt> {
         let url = format!("https://{coord}{path}");
         if let Ok(mut r) = self.refusal.lock() {
             *r = None;
@@ -232,26 +285,44 @@ impl Client {
             .and_then(|d| d.to_str().ok())
             .and_then(|d| httpdate::parse_http_date(d).ok())
             .map(clock_skew);
-        let bytes = resp.bytes().await.map_err(|e| Attempt::Retry(describe(&e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Attempt::Retry(describe(&e)))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
-                Attempt::Final(Failure::new(Exit::Other, format!("{coord} answered {path} with a body that does not parse: {e}")))
+                Attempt::Final(Failure::new(
+                    Exit::Other,
+                    format!("{coord} answered {path} with a body that does not parse: {e}"),
+                ))
             });
         }
         let body: Option<ApiErrorBody> = serde_json::from_slice(&bytes).ok();
         let code = body.as_ref().and_then(|b| b.code());
-        let message = body.as_ref().map(|b| b.message().to_string()).unwrap_or_else(|| format!("HTTP {status}"));
-        if status.is_server_error() || status.as_u16() == 429 || code.is_some_and(|c| c.is_retryable()) {
+        let message = body
+            .as_ref()
+            .map(|b| b.message().to_string())
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        if status.is_server_error()
+            || status.as_u16() == 429
+            || code.is_some_and(|c| c.is_retryable())
+        {
             return Err(Attempt::Retry(format!("{status}: {message}")));
         }
         let exit = match code {
-            Some(ErrorCode::TokenRole) | Some(ErrorCode::TokenEmergencyAllocator) => Exit::RoleNotAllowed,
-            Some(c) if c.as_str().starts_with("token.") || c == ErrorCode::DirectorOnly => Exit::TokenRefused,
+            Some(ErrorCode::TokenRole) | Some(ErrorCode::TokenEmergencyAllocator) => {
+                Exit::RoleNotAllowed
+            }
+            Some(c) if c.as_str().starts_with("token.") || c == ErrorCode::DirectorOnly => {
+                Exit::TokenRefused
+            }
             Some(ErrorCode::NodeUnknown) | Some(ErrorCode::NodeCertRequired) => Exit::NotEnrolled,
             _ => Exit::Other,
         };
         let mut message = format!("{coord} refused: {message}");
-        if let (Some(ErrorCode::TokenExpired | ErrorCode::TokenNotYetValid), Some(skew)) = (code, skew) {
+        if let (Some(ErrorCode::TokenExpired | ErrorCode::TokenNotYetValid), Some(skew)) =
+            (code, skew)
+        {
             if skew.unsigned_abs() > muster_protocol::token::LEEWAY_SECS {
                 message.push_str(&format!(
                     "; this host's clock is {}s {} the coordinator's (more than the {}s allowed): fix the clock (NTP) and run again",

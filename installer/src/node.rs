@@ -15,16 +15,33 @@ use std::path::Path;
 fn enrolled(root: &Path) -> Result<State> {
     match read_state(root)? {
         Some(s) if s.stage == Stage::Committed => Ok(s),
-        _ => Err(Failure::new(Exit::NotEnrolled, format!("this host is not enrolled (no committed {}); run muster install", File::State.path(root).display()))),
+        _ => Err(Failure::new(
+            Exit::NotEnrolled,
+            format!(
+                "this host is not enrolled (no committed {}); run muster install",
+                File::State.path(root).display()
+            ),
+        )),
     }
 }
 
 /// Owners as the files on disk have them (keys belong to the service user).
 fn owners_on_disk(root: &Path) -> Result<Owners> {
     use std::os::unix::fs::MetadataExt;
-    let key = std::fs::metadata(File::NodeKey.path(root)).map_err(|e| Failure::new(Exit::NotEnrolled, format!("reading {}: {e}", File::NodeKey.path(root).display())))?;
-    let st = std::fs::metadata(File::State.path(root)).map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?;
-    Ok(Owners { root_uid: st.uid(), root_gid: st.gid(), uid: key.uid(), gid: key.gid() })
+    let key = std::fs::metadata(File::NodeKey.path(root)).map_err(|e| {
+        Failure::new(
+            Exit::NotEnrolled,
+            format!("reading {}: {e}", File::NodeKey.path(root).display()),
+        )
+    })?;
+    let st = std::fs::metadata(File::State.path(root))
+        .map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?;
+    Ok(Owners {
+        root_uid: st.uid(),
+        root_gid: st.gid(),
+        uid: key.uid(),
+        gid: key.gid(),
+    })
 }
 
 fn cert_not_after(path: &Path) -> Option<i64> {
@@ -50,19 +67,32 @@ pub fn status(a: &CommonArgs) -> Result<serde_json::Value> {
     if a.output == Output::Text {
         eprintln!("enrolled: yes");
         eprintln!("node id: {}", st.node_id.as_deref().unwrap_or("-"));
-        eprintln!("roles: [{}]  pending: [{}]", muster_protocol::role::join(&st.roles), muster_protocol::role::join(&st.pending_roles));
+        eprintln!(
+            "roles: [{}]  pending: [{}]",
+            muster_protocol::role::join(&st.roles),
+            muster_protocol::role::join(&st.pending_roles)
+        );
         eprintln!("coordinators: {}", st.coordinators.join(", "));
         if let Some(e) = expiry {
-            eprintln!("certificate expires: {e} (unix), in {} days", (e - now() as i64) / 86400);
+            eprintln!(
+                "certificate expires: {e} (unix), in {} days",
+                (e - now() as i64) / 86400
+            );
         }
-        eprintln!("last heartbeat: {}", st.last_heartbeat.map(|h| format!("{}s ago", now().saturating_sub(h))).unwrap_or_else(|| "never".into()));
+        eprintln!(
+            "last heartbeat: {}",
+            st.last_heartbeat
+                .map(|h| format!("{}s ago", now().saturating_sub(h)))
+                .unwrap_or_else(|| "never".into())
+        );
     }
     Ok(v)
 }
 
 pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
     let tok = crate::cli::read_token(t, None, None)?;
-    let c = muster_protocol::token::inspect(&tok).map_err(|e| Failure::new(Exit::TokenRefused, e.to_string()))?;
+    let c = muster_protocol::token::inspect(&tok)
+        .map_err(|e| Failure::new(Exit::TokenRefused, e.to_string()))?;
     let status = match muster_protocol::token::check_time(&c, now()) {
         Ok(()) => "valid (signature is checked by the coordinator)".to_string(),
         Err(e) => e.to_string(),
@@ -76,7 +106,12 @@ pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
         eprintln!("token id:      {}", c.sub);
         eprintln!("kind:          {}", c.kind.as_str());
         eprintln!("roles:         [{}]", muster_protocol::role::join(&c.roles));
-        eprintln!("expires:       {}", c.exp.map(|e| format!("{e} (unix), in {}s", e as i64 - now() as i64)).unwrap_or_else(|| "never".into()));
+        eprintln!(
+            "expires:       {}",
+            c.exp
+                .map(|e| format!("{e} (unix), in {}s", e as i64 - now() as i64))
+                .unwrap_or_else(|| "never".into())
+        );
         eprintln!("coordinators:  {}", c.coordinators.join(", "));
         eprintln!("CA pins:       {}", c.pins.join(", "));
         eprintln!("status:        {status}");
@@ -85,13 +120,21 @@ pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
 }
 
 fn client(root: &Path, st: &State, timeout: std::time::Duration) -> Result<Client> {
-    let ca = std::fs::read(File::HttpCa.path(root)).map_err(|e| Failure::new(Exit::NotEnrolled, format!("reading the CA: {e}")))?;
-    let (_, p) = x509_parser::pem::parse_x509_pem(&ca).map_err(|_| Failure::new(Exit::Other, "the saved HTTP CA is not PEM"))?;
-    let c = p.parse_x509().map_err(|_| Failure::new(Exit::Other, "the saved HTTP CA is not X.509"))?;
+    let ca = std::fs::read(File::HttpCa.path(root))
+        .map_err(|e| Failure::new(Exit::NotEnrolled, format!("reading the CA: {e}")))?;
+    let (_, p) = x509_parser::pem::parse_x509_pem(&ca)
+        .map_err(|_| Failure::new(Exit::Other, "the saved HTTP CA is not PEM"))?;
+    let c = p
+        .parse_x509()
+        .map_err(|_| Failure::new(Exit::Other, "the saved HTTP CA is not X.509"))?;
     let pin = muster_protocol::pin::spki_pin(c.public_key().raw);
     let id = ClientIdentity {
-        cert_pem: std::fs::read_to_string(File::NodeCert.path(root)).map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?,
-        key_pem: zeroize::Zeroizing::new(std::fs::read_to_string(File::NodeKey.path(root)).map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?),
+        cert_pem: std::fs::read_to_string(File::NodeCert.path(root))
+            .map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?,
+        key_pem: zeroize::Zeroizing::new(
+            std::fs::read_to_string(File::NodeKey.path(root))
+                .map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?,
+        ),
     };
     Client::new(st.coordinators.clone(), vec![pin], Some(&id), timeout)
 }
@@ -103,14 +146,33 @@ pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
     // The coordinator certifies the names it has on record for this host, so the CSRs
     // carry none.
     let (t, h) = (Key::generate()?, Key::generate()?);
-    let req = RenewRequest { transport_csr: t.csr_bare()?, http_csr: h.csr_bare()? };
+    let req = RenewRequest {
+        transport_csr: t.csr_bare()?,
+        http_csr: h.csr_bare()?,
+    };
     let r: RenewReply = c.post(paths::RENEW, &req).await?;
     // New keys first, then the certificates for them; a crash between leaves a key whose
     // certificate is the next renewal's to fetch, and the agent retries.
-    write_atomic(&File::NodeKey.path(&a.root), t.pem().as_bytes(), File::NodeKey.perms(&o))?;
-    write_atomic(&File::HttpKey.path(&a.root), h.pem().as_bytes(), File::HttpKey.perms(&o))?;
-    write_atomic(&File::NodeCert.path(&a.root), format!("{}{}", r.transport_cert_pem, r.transport_ca_pem).as_bytes(), File::NodeCert.perms(&o))?;
-    write_atomic(&File::HttpCert.path(&a.root), format!("{}{}", r.http_cert_pem, r.http_ca_pem).as_bytes(), File::HttpCert.perms(&o))?;
+    write_atomic(
+        &File::NodeKey.path(&a.root),
+        t.pem().as_bytes(),
+        File::NodeKey.perms(&o),
+    )?;
+    write_atomic(
+        &File::HttpKey.path(&a.root),
+        h.pem().as_bytes(),
+        File::HttpKey.perms(&o),
+    )?;
+    write_atomic(
+        &File::NodeCert.path(&a.root),
+        format!("{}{}", r.transport_cert_pem, r.transport_ca_pem).as_bytes(),
+        File::NodeCert.perms(&o),
+    )?;
+    write_atomic(
+        &File::HttpCert.path(&a.root),
+        format!("{}{}", r.http_cert_pem, r.http_ca_pem).as_bytes(),
+        File::HttpCert.perms(&o),
+    )?;
     let b = Bundle {
         node_id: st.node_id.clone().unwrap_or_default(),
         psk: muster_protocol::token::Secret::new(""),
@@ -130,9 +192,15 @@ pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
     let mut st = st;
     st.cert_not_after = Some(r.cert_not_after);
     write_state(&a.root, &o, &st)?;
-    crate::hooks::run(&layout::hook_dir(&a.root, "post-renew"), &install::hook_env(&a.root, &st))?;
+    crate::hooks::run(
+        &layout::hook_dir(&a.root, "post-renew"),
+        &install::hook_env(&a.root, &st),
+    )?;
     if a.output == Output::Text {
-        eprintln!("renewed: certificates valid until {} (unix)", r.cert_not_after);
+        eprintln!(
+            "renewed: certificates valid until {} (unix)",
+            r.cert_not_after
+        );
     }
     Ok(serde_json::json!({"result": "renewed", "cert_not_after": r.cert_not_after}))
 }

@@ -52,9 +52,17 @@ pub fn resolve(root: &Path, spec: &str, euid: u32, egid: u32) -> Result<Owners> 
         )
     })?;
     let gid = match group {
-        Some(g) => lookup(&read("etc/group"), g).map(|(id, _)| id).ok_or_else(|| {
-            Failure::new(Exit::Usage, format!("group {g:?} is not in {}; pass --owner USER:GROUP", root.join("etc/group").display()))
-        })?,
+        Some(g) => lookup(&read("etc/group"), g)
+            .map(|(id, _)| id)
+            .ok_or_else(|| {
+                Failure::new(
+                    Exit::Usage,
+                    format!(
+                        "group {g:?} is not in {}; pass --owner USER:GROUP",
+                        root.join("etc/group").display()
+                    ),
+                )
+            })?,
         None => primary.unwrap_or(uid),
     };
     let (root_uid, root_gid) = if euid == 0 { (0, 0) } else { (euid, egid) };
@@ -64,7 +72,12 @@ pub fn resolve(root: &Path, spec: &str, euid: u32, egid: u32) -> Result<Owners> 
             format!("only root can give files to {spec} (uid {uid}); run as root or pass --owner {euid}:{egid}"),
         ));
     }
-    Ok(Owners { root_uid, root_gid, uid, gid })
+    Ok(Owners {
+        root_uid,
+        root_gid,
+        uid,
+        gid,
+    })
 }
 
 #[cfg(test)]
@@ -75,8 +88,14 @@ mod tests {
     fn resolves_from_the_target_root() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let d = tempfile::tempdir()?;
         std::fs::create_dir_all(d.path().join("etc"))?;
-        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nmuster:x:990:985::/var/lib/muster:/usr/sbin/nologin\n")?;
-        std::fs::write(d.path().join("etc/group"), "root:x:0:\nmuster:x:985:\nadm:x:4:\n")?;
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nmuster:x:990:985::/var/lib/muster:/usr/sbin/nologin\n",
+        )?;
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nmuster:x:985:\nadm:x:4:\n",
+        )?;
         let cases: &[(&str, Option<(u32, u32)>)] = &[
             ("muster", Some((990, 985))),
             ("muster:adm", Some((990, 4))),
@@ -88,7 +107,10 @@ mod tests {
             let got = resolve(d.path(), spec, 0, 0).ok().map(|o| (o.uid, o.gid));
             assert_eq!(&got, want, "spec {spec}");
         }
-        assert!(resolve(d.path(), "muster", 1000, 1000).is_err(), "non-root cannot give files away");
+        assert!(
+            resolve(d.path(), "muster", 1000, 1000).is_err(),
+            "non-root cannot give files away"
+        );
         Ok(())
     }
 }

@@ -285,14 +285,11 @@ impl App {
     }
 }
 
-/// The one-liner that enrolls a host: the token travels on stdin-free environment, never in a URL.
+/// The line that enrolls a host with a token: the token travels in the environment, never in
+/// a URL or an argument list.
 pub fn install_line(coordinator: &str, roles: &[Role]) -> String {
-    let roles = if roles.is_empty() {
-        String::new()
-    } else {
-        format!(" --roles {}", muster_protocol::role::join(roles))
-    };
-    format!("curl -fsSL --cacert muster-ca.pem https://{coordinator}/install.sh | sudo MUSTER_ROLES_TOKEN='<token>' sh -s -- --coordinator-host {coordinator}{roles}")
+    let roles = if roles.is_empty() { String::new() } else { format!(" --roles {}", muster_protocol::role::join(roles)) };
+    format!("sudo MUSTER_ROLES_TOKEN='<token>' muster install --coordinator-host {coordinator}{roles}")
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
@@ -355,7 +352,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(paths::INSTALL_SH, get(install_sh))
         .route(paths::DOWNLOAD_INSTALLER, get(download_installer))
         .route(
             &format!("{}.sha256", paths::DOWNLOAD_INSTALLER),
@@ -1132,14 +1128,6 @@ async fn metrics(State(app): S) -> Response {
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-async fn install_sh() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/x-shellscript")],
-        crate::INSTALL_SH,
-    )
-        .into_response()
 }
 
 async fn installer_bytes(app: &App) -> Result<Vec<u8>, ApiError> {

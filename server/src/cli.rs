@@ -66,15 +66,6 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
-    /// Run a coordinator in a scratch folder and enroll a host into a scratch root: the main job, end to end.
-    Quickstart {
-        /// Scratch folder (default: a new temporary folder, kept afterwards).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Port to serve on.
-        #[arg(long, default_value_t = 12443)]
-        port: u16,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,7 +145,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::serve::serve(app, addr, shutdown_signal()).await
         }
         Cmd::Token { cmd } => token(cmd).await,
-        Cmd::Quickstart { dir, port } => crate::quickstart::run(dir, port).await,
     }
 }
 
@@ -236,7 +226,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     println!("token_id: {}", reply.token_id);
                     println!("token:    {}", reply.token);
                     if let Some(line) = reply.install_command {
-                        println!("\nOn the new host (muster-ca.pem is {}/ca.pem; put the token in place of <token>):\n  {line}", data.data_dir.display());
+                        println!("\nOn the new host (put the token in place of <token>):\n  {line}");
                     }
                 }
             }

@@ -9,9 +9,5 @@ pub mod config;
 pub mod error;
 pub mod pki;
 pub mod platform;
-pub mod quickstart;
 pub mod serve;
 pub mod store;
-
-/// The one-liner script served at `GET /install.sh`.
-pub const INSTALL_SH: &str = include_str!("../../hooks/install.sh");

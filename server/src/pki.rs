@@ -248,7 +248,14 @@ pub fn check_csr(pem: &str, allowed: &[SanType]) -> Result<CheckedCsr, CsrError>
                             _ => false,
                         };
                         if !ok {
-                            return Err(CsrError::San(format!("{name}")));
+                            let shown = match name {
+                                GeneralName::DNSName(d) => d.to_string(),
+                                GeneralName::IPAddress(b) => ip_from_bytes(b)
+                                    .map(|i| i.to_string())
+                                    .unwrap_or_else(|| "an odd IP".into()),
+                                other => format!("{other}"),
+                            };
+                            return Err(CsrError::San(shown));
                         }
                     }
                 }
@@ -354,7 +361,14 @@ mod tests {
         let mut p = CertificateParams::default();
         p.subject_alt_names = sans;
         if ca {
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            // rcgen will not put basicConstraints in a CSR itself; a hostile client would, so
+            // add it by hand: SEQUENCE { BOOLEAN TRUE } under 2.5.29.19.
+            let mut ext = rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 19],
+                vec![0x30, 0x03, 0x01, 0x01, 0xff],
+            );
+            ext.set_criticality(true);
+            p.custom_extensions.push(ext);
         }
         p.serialize_request(&key)
             .and_then(|r| r.pem())
@@ -380,7 +394,7 @@ mod tests {
             (
                 "foreign SAN",
                 csr(vec![dns("coordinator.example")], false, p256),
-                Err(CsrError::San("DNSName:coordinator.example".into())),
+                Err(CsrError::San("coordinator.example".into())),
             ),
             ("CA request", csr(vec![], true, p256), Err(CsrError::Ca)),
             (

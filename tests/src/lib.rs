@@ -15,14 +15,25 @@ use std::time::{Duration, Instant};
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/debug/deps/e2e-HASH -> target/debug/NAME
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins --features muster/failpoints` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins --features muster/failpoints` first",
+        p.display()
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// A running coordinator in its own scratch data folder.
@@ -42,14 +53,20 @@ pub struct Opts {
 
 impl Coordinator {
     pub fn start() -> anyhow::Result<Coordinator> {
-        Coordinator::with(Opts { config: String::new(), start: true })
+        Coordinator::with(Opts {
+            config: String::new(),
+            start: true,
+        })
     }
 
     /// Initializes a platform and, if `opts.start`, serves it.
     pub fn with(opts: Opts) -> anyhow::Result<Coordinator> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
-        let config = format!("listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n{}", opts.config);
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n{}",
+            opts.config
+        );
         std::fs::write(dir.path().join("server.yaml"), config)?;
         let out = Command::new(bin("musterd"))
             .args(["init", "--output", "json", "--data-dir"])
@@ -58,10 +75,18 @@ impl Coordinator {
             .arg(dir.path().join("server.yaml"))
             .output()?;
         if !out.status.success() {
-            bail!("musterd init failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "musterd init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let secrets: Value = serde_json::from_slice(&out.stdout).context("init --output json")?;
-        let mut c = Coordinator { dir, port, secrets, child: None };
+        let mut c = Coordinator {
+            dir,
+            port,
+            secrets,
+            child: None,
+        };
         if opts.start {
             c.serve()?;
         }
@@ -77,7 +102,10 @@ impl Coordinator {
     }
 
     pub fn serve(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("musterd.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("musterd.log"))?;
         let child = Command::new(bin("musterd"))
             .arg("serve")
             .arg("--data-dir")
@@ -126,14 +154,34 @@ impl Coordinator {
 
     /// Runs curl against this coordinator, trusting its CA.
     pub fn curl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new("curl").arg("--cacert").arg(self.data().join("ca.pem")).args(args).output()?)
+        Ok(Command::new("curl")
+            .arg("--cacert")
+            .arg(self.data().join("ca.pem"))
+            .args(args)
+            .output()?)
     }
 
     /// An admin API call: returns (HTTP status, JSON body).
-    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
         let up = self.user_pass();
         let url = self.url(path);
-        let mut args = vec!["-s", "-w", "\n%{http_code}", "-X", method, "-u", &up, "-H", "Content-Type: application/json", &url];
+        let mut args = vec![
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "-u",
+            &up,
+            "-H",
+            "Content-Type: application/json",
+            &url,
+        ];
         if let Some(b) = body {
             args.push("-d");
             args.push(b);
@@ -141,16 +189,26 @@ impl Coordinator {
         let out = self.curl(&args)?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        Ok((code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null)))
+        Ok((
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        ))
     }
 
     /// Creates a token through the API; returns (token, token_id).
     pub fn token(&self, body: &str) -> anyhow::Result<(String, String)> {
-        let (code, v) = self.api("POST", "/api/v1/platform/configuration/security/enrollment-tokens", Some(body))?;
+        let (code, v) = self.api(
+            "POST",
+            "/api/v1/platform/configuration/security/enrollment-tokens",
+            Some(body),
+        )?;
         if code != 200 {
             bail!("creating a token: HTTP {code}: {v}");
         }
-        Ok((v["token"].as_str().unwrap_or_default().into(), v["token_id"].as_str().unwrap_or_default().into()))
+        Ok((
+            v["token"].as_str().unwrap_or_default().into(),
+            v["token_id"].as_str().unwrap_or_default().into(),
+        ))
     }
 }
 
@@ -173,8 +231,14 @@ impl Host {
         let root = tempfile::tempdir()?;
         std::fs::create_dir_all(root.path().join("etc"))?;
         std::fs::write(root.path().join("etc/passwd"), format!("root:x:0:0::/root:/bin/sh\nmuster:x:{MUSTER_UID}:{MUSTER_UID}::/var/lib/muster:/usr/sbin/nologin\n"))?;
-        std::fs::write(root.path().join("etc/group"), format!("root:x:0:\nmuster:x:{MUSTER_UID}:\n"))?;
-        Ok(Host { root, name: name.into() })
+        std::fs::write(
+            root.path().join("etc/group"),
+            format!("root:x:0:\nmuster:x:{MUSTER_UID}:\n"),
+        )?;
+        Ok(Host {
+            root,
+            name: name.into(),
+        })
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -184,10 +248,21 @@ impl Host {
     /// `muster install` into this root with the token in the environment.
     pub fn install_cmd(&self, c: &str, token: &str) -> Command {
         let mut cmd = Command::new(bin("muster"));
-        cmd.args(["install", "--output", "json", "--timeout", "20s", "--coordinator-host", c, "--hostname", &self.name, "--root"])
-            .arg(self.root.path())
-            .env("MUSTER_ROLES_TOKEN", token)
-            .env_remove("MUSTER_FAILPOINT");
+        cmd.args([
+            "install",
+            "--output",
+            "json",
+            "--timeout",
+            "20s",
+            "--coordinator-host",
+            c,
+            "--hostname",
+            &self.name,
+            "--root",
+        ])
+        .arg(self.root.path())
+        .env("MUSTER_ROLES_TOKEN", token)
+        .env_remove("MUSTER_FAILPOINT");
         cmd
     }
 
@@ -197,18 +272,29 @@ impl Host {
     }
 
     pub fn muster(&self, args: &[&str]) -> anyhow::Result<Run> {
-        let out = Command::new(bin("muster")).args(args).arg("--root").arg(self.root.path()).output()?;
+        let out = Command::new(bin("muster"))
+            .args(args)
+            .arg("--root")
+            .arg(self.root.path())
+            .output()?;
         Ok(Run::from(out))
     }
 
     pub fn state(&self) -> Value {
-        std::fs::read(self.path("var/lib/muster/enrollment.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
+        std::fs::read(self.path("var/lib/muster/enrollment.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
     }
 
     /// `stat -c '%u:%g %a'` of a file, from the real tool.
     pub fn stat(&self, rel: &str) -> String {
-        let out = Command::new("stat").args(["-c", "%u:%g %a"]).arg(self.path(rel)).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+        let out = Command::new("stat")
+            .args(["-c", "%u:%g %a"])
+            .arg(self.path(rel))
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -240,7 +326,11 @@ impl Run {
 pub fn tool(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into())
 }

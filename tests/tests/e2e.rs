@@ -12,7 +12,13 @@ const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens"
 
 fn token_uses(c: &Coordinator, id: &str) -> anyhow::Result<u64> {
     let (_, v) = c.api("GET", TOKENS, None)?;
-    Ok(v["tokens"].as_array().into_iter().flatten().find(|t| t["token_id"] == id).map(|t| t["uses"].as_u64().unwrap_or(0)).unwrap_or(999))
+    Ok(v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["token_id"] == id)
+        .map(|t| t["uses"].as_u64().unwrap_or(0))
+        .unwrap_or(999))
 }
 
 #[test]
@@ -23,14 +29,30 @@ fn init_writes_secrets_once_and_refuses_twice() -> R {
     assert_eq!(stat.trim(), "600");
     let on_disk: Value = serde_json::from_slice(&std::fs::read(&secrets)?)?;
     assert_eq!(on_disk, c.secrets);
-    for key in ["admin_user", "admin_password", "emergency_token", "roles_token", "ca_fingerprint"] {
-        assert!(c.secrets[key].as_str().is_some_and(|s| !s.is_empty()), "missing {key}");
+    for key in [
+        "admin_user",
+        "admin_password",
+        "emergency_token",
+        "roles_token",
+        "ca_fingerprint",
+    ] {
+        assert!(
+            c.secrets[key].as_str().is_some_and(|s| !s.is_empty()),
+            "missing {key}"
+        );
     }
     let before = std::fs::read(c.data().join("muster.db"))?;
-    let again = Command::new(bin("musterd")).args(["init", "--data-dir"]).arg(c.data()).output()?;
+    let again = Command::new(bin("musterd"))
+        .args(["init", "--data-dir"])
+        .arg(c.data())
+        .output()?;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing"));
-    assert_eq!(std::fs::read(c.data().join("muster.db"))?, before, "a refused init changed the store");
+    assert_eq!(
+        std::fs::read(c.data().join("muster.db"))?,
+        before,
+        "a refused init changed the store"
+    );
     // The CA fingerprint is the SPKI pin the tokens carry.
     let claims = muster_protocol::token::inspect(&c.secret("emergency_token"))?;
     assert_eq!(claims.pins, vec![c.secret("ca_fingerprint")]);
@@ -50,17 +72,60 @@ fn seed_curl_lines_work_as_written() -> R {
         let out = tool(Command::new("curl").args(args))?;
         Ok(serde_json::from_str(&out)?)
     };
-    let v = run(&["-k", "-H", "Content-Type: application/json", "-u", &up, &url, "-d", r#"{ "persistent": true, "roles": [ "allocator"] }"#])?;
+    let v = run(&[
+        "-k",
+        "-H",
+        "Content-Type: application/json",
+        "-u",
+        &up,
+        &url,
+        "-d",
+        r#"{ "persistent": true, "roles": [ "allocator"] }"#,
+    ])?;
     let persistent_id = v["token_id"].as_str().unwrap_or_default().to_string();
-    assert!(v["token"].as_str().is_some_and(|t| t.starts_with("eyJ")), "{v}");
-    let v = run(&["-H", "Content-Type: application/json", "-u", &up, "--cacert", &c.data().join("ca.pem").to_string_lossy(), &url, "-d", r#"{ "persistent": false, "roles": [ "allocator"] }"#])?;
+    assert!(
+        v["token"].as_str().is_some_and(|t| t.starts_with("eyJ")),
+        "{v}"
+    );
+    let v = run(&[
+        "-H",
+        "Content-Type: application/json",
+        "-u",
+        &up,
+        "--cacert",
+        &c.data().join("ca.pem").to_string_lossy(),
+        &url,
+        "-d",
+        r#"{ "persistent": false, "roles": [ "allocator"] }"#,
+    ])?;
     let eph = muster_protocol::token::inspect(v["token"].as_str().unwrap_or_default())?;
-    assert_eq!(eph.exp.map(|e| e - eph.iat), Some(3600), "ephemeral tokens default to one hour");
+    assert_eq!(
+        eph.exp.map(|e| e - eph.iat),
+        Some(3600),
+        "ephemeral tokens default to one hour"
+    );
     let list = run(&["-k", "-u", &up, &url])?;
-    let ids: Vec<&str> = list["tokens"].as_array().into_iter().flatten().filter_map(|t| t["token_id"].as_str()).collect();
-    assert!(ids.contains(&persistent_id.as_str()) && ids.len() == 4, "emergency, initial, persistent, ephemeral: {list}");
-    assert!(!list.to_string().contains("eyJ"), "a listing must never hold a token");
-    let del = run(&["-k", "-XDELETE", "-u", &up, &format!("{url}/{persistent_id}")])?;
+    let ids: Vec<&str> = list["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["token_id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&persistent_id.as_str()) && ids.len() == 4,
+        "emergency, initial, persistent, ephemeral: {list}"
+    );
+    assert!(
+        !list.to_string().contains("eyJ"),
+        "a listing must never hold a token"
+    );
+    let del = run(&[
+        "-k",
+        "-XDELETE",
+        "-u",
+        &up,
+        &format!("{url}/{persistent_id}"),
+    ])?;
     assert_eq!(del, serde_json::json!({}));
     let list = run(&["-k", "-u", &up, &url])?;
     assert!(!list.to_string().contains(&persistent_id));
@@ -69,25 +134,60 @@ fn seed_curl_lines_work_as_written() -> R {
 
 #[test]
 fn admin_api_refusals_have_codes() -> R {
-    let c = Coordinator::with(Opts { config: "login_failures_per_minute: 3\n".into(), start: true })?;
-    let (code, v) = c.api("POST", TOKENS, Some(r#"{"persistent":true,"roles":["root"]}"#))?;
-    assert_eq!((code, v["errors"][0]["code"].as_str()), (400, Some("roles.unknown")));
-    let (code, v) = c.api("POST", TOKENS, Some(&format!(r#"{{"persistent":true,"roles":[],"pad":"{}"}}"#, "x".repeat(100_000))))?;
-    assert_eq!((code, v["errors"][0]["code"].as_str()), (413, Some("request.too_large")));
+    let c = Coordinator::with(Opts {
+        config: "login_failures_per_minute: 3\n".into(),
+        start: true,
+    })?;
+    let (code, v) = c.api(
+        "POST",
+        TOKENS,
+        Some(r#"{"persistent":true,"roles":["root"]}"#),
+    )?;
+    assert_eq!(
+        (code, v["errors"][0]["code"].as_str()),
+        (400, Some("roles.unknown"))
+    );
+    let (code, v) = c.api(
+        "POST",
+        TOKENS,
+        Some(&format!(
+            r#"{{"persistent":true,"roles":[],"pad":"{}"}}"#,
+            "x".repeat(100_000)
+        )),
+    )?;
+    assert_eq!(
+        (code, v["errors"][0]["code"].as_str()),
+        (413, Some("request.too_large"))
+    );
     let emergency_id = muster_protocol::token::inspect(&c.secret("emergency_token"))?.sub;
     let (code, v) = c.api("DELETE", &format!("{TOKENS}/{emergency_id}"), None)?;
-    assert_eq!((code, v["errors"][0]["code"].as_str()), (409, Some("token.not_deletable")));
+    assert_eq!(
+        (code, v["errors"][0]["code"].as_str()),
+        (409, Some("token.not_deletable"))
+    );
     let (code, _) = c.api("DELETE", &format!("{TOKENS}/no-such-id"), None)?;
     assert_eq!(code, 404);
     let (code, v) = c.api("GET", "/_security/enroll/node", None)?;
-    assert_eq!((code, v["errors"][0]["code"].as_str()), (403, Some("server.feature_disabled")));
+    assert_eq!(
+        (code, v["errors"][0]["code"].as_str()),
+        (403, Some("server.feature_disabled"))
+    );
     // ApiKey works; a wrong password is refused, then rate-limited per source.
     let key = format!("Authorization: ApiKey {}", c.secret("api_key"));
     let out = c.curl(&["-sf", "-H", &key, &c.url(TOKENS)])?;
     assert!(out.status.success());
     let mut codes = vec![];
     for _ in 0..5 {
-        let out = c.curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u", "admin:wrong", &c.url(TOKENS)])?;
+        let out = c.curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "admin:wrong",
+            &c.url(TOKENS),
+        ])?;
         codes.push(String::from_utf8_lossy(&out.stdout).to_string());
     }
     assert_eq!(codes, ["401", "401", "401", "429", "429"]);
@@ -96,18 +196,35 @@ fn admin_api_refusals_have_codes() -> R {
     assert!(String::from_utf8_lossy(&m.stdout).contains("muster_login_failures_total 3"));
     assert!(c.curl(&["-sf", &c.url("/readyz")])?.status.success());
     let log = c.log();
-    assert!(!log.contains(&c.secret("admin_password")) && !log.contains("wrong"), "secrets in the log");
+    assert!(
+        !log.contains(&c.secret("admin_password")) && !log.contains("wrong"),
+        "secrets in the log"
+    );
     Ok(())
 }
 
 #[test]
 fn es_enroll_node_when_enabled() -> R {
-    let c = Coordinator::with(Opts { config: "es_enroll_node: true\n".into(), start: true })?;
+    let c = Coordinator::with(Opts {
+        config: "es_enroll_node: true\n".into(),
+        start: true,
+    })?;
     let (code, v) = c.api("GET", "/_security/enroll/node", None)?;
     assert_eq!(code, 200, "{v}");
     let b64 = base64::engine::general_purpose::STANDARD;
-    for k in ["http_ca_key", "http_ca_cert", "transport_ca_cert", "transport_key", "transport_cert"] {
-        assert!(v[k].as_str().and_then(|s| b64.decode(s).ok()).is_some_and(|d| d.first() == Some(&0x30)), "{k} is base64 DER");
+    for k in [
+        "http_ca_key",
+        "http_ca_cert",
+        "transport_ca_cert",
+        "transport_key",
+        "transport_cert",
+    ] {
+        assert!(
+            v[k].as_str()
+                .and_then(|s| b64.decode(s).ok())
+                .is_some_and(|d| d.first() == Some(&0x30)),
+            "{k} is base64 DER"
+        );
     }
     assert_eq!(v["nodes_addresses"], serde_json::json!([c.host()]));
     Ok(())
@@ -118,7 +235,11 @@ fn enrolls_a_host_with_the_right_files() -> R {
     let c = Coordinator::start()?;
     let (tok, tid) = c.token(r#"{"persistent":true,"roles":["allocator","proxy"]}"#)?;
     let h = Host::new("alloc-1")?;
-    let r = h.install(&c.host(), &tok, &["--roles", "allocator", "--availability-zone", "zone-b"])?;
+    let r = h.install(
+        &c.host(),
+        &tok,
+        &["--roles", "allocator", "--availability-zone", "zone-b"],
+    )?;
     assert_eq!(r.code, 0, "{r:?}");
     let out = r.json();
     assert_eq!(out["result"], "enrolled");
@@ -141,17 +262,54 @@ fn enrolls_a_host_with_the_right_files() -> R {
         assert_eq!(h.stat(rel), want, "{rel}");
     }
     let tls = h.path("etc/muster/tls");
-    tool(Command::new("openssl").current_dir(&tls).args(["verify", "-CAfile", "transport-ca.pem", "node.crt"]))?;
-    tool(Command::new("openssl").current_dir(&tls).args(["verify", "-CAfile", "http-ca.pem", "http.crt"]))?;
-    let p12 = tool(Command::new("openssl").current_dir(&tls).args(["pkcs12", "-in", "node.p12", "-passin", "file:node.p12.password", "-nodes"]))?;
-    assert!(p12.contains("PRIVATE KEY") && p12.matches("BEGIN CERTIFICATE").count() == 2, "keystore holds key and chain");
-    let trust = tool(Command::new("openssl").current_dir(&tls).args(["pkcs12", "-in", "truststore.p12", "-passin", "pass:changeit", "-nokeys"]))?;
+    tool(Command::new("openssl").current_dir(&tls).args([
+        "verify",
+        "-CAfile",
+        "transport-ca.pem",
+        "node.crt",
+    ]))?;
+    tool(Command::new("openssl").current_dir(&tls).args([
+        "verify",
+        "-CAfile",
+        "http-ca.pem",
+        "http.crt",
+    ]))?;
+    let p12 = tool(Command::new("openssl").current_dir(&tls).args([
+        "pkcs12",
+        "-in",
+        "node.p12",
+        "-passin",
+        "file:node.p12.password",
+        "-nodes",
+    ]))?;
+    assert!(
+        p12.contains("PRIVATE KEY") && p12.matches("BEGIN CERTIFICATE").count() == 2,
+        "keystore holds key and chain"
+    );
+    let trust = tool(Command::new("openssl").current_dir(&tls).args([
+        "pkcs12",
+        "-in",
+        "truststore.p12",
+        "-passin",
+        "pass:changeit",
+        "-nokeys",
+    ]))?;
     assert_eq!(trust.matches("BEGIN CERTIFICATE").count(), 2);
     assert!(!trust.contains("PRIVATE KEY"));
-    let subject = tool(Command::new("openssl").current_dir(&tls).args(["x509", "-in", "node.crt", "-noout", "-subject"]))?;
-    assert!(subject.contains(&node_id) && subject.contains("OU = node"), "{subject}");
+    let subject = tool(
+        Command::new("openssl")
+            .current_dir(&tls)
+            .args(["x509", "-in", "node.crt", "-noout", "-subject"]),
+    )?;
+    assert!(
+        subject.contains(&node_id) && subject.contains("OU = node"),
+        "{subject}"
+    );
     let yaml = std::fs::read_to_string(h.path("etc/muster/node.yaml"))?;
-    assert!(yaml.contains(&format!("node-id: {node_id}")) && yaml.contains("version: 1"), "{yaml}");
+    assert!(
+        yaml.contains(&format!("node-id: {node_id}")) && yaml.contains("version: 1"),
+        "{yaml}"
+    );
     // The allocator list, as the product docs check it.
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/allocators", None)?;
     let zone = &v["zones"][0];
@@ -161,16 +319,39 @@ fn enrolls_a_host_with_the_right_files() -> R {
     assert_eq!(zone["allocators"][0]["public_hostname"], "alloc-1");
     // Audit: created and used, by id only.
     let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;
-    let events: Vec<(String, String)> = audit["events"].as_array().into_iter().flatten()
+    let events: Vec<(String, String)> = audit["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter(|e| e["token_id"] == tid.as_str())
-        .map(|e| (e["event"].as_str().unwrap_or_default().to_string(), e["hostname"].as_str().unwrap_or_default().to_string()))
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or_default().to_string(),
+                e["hostname"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(events, [("created".into(), String::new()), ("used".into(), "alloc-1".into()), ("committed".into(), "alloc-1".into())]);
+    assert_eq!(
+        events,
+        [
+            ("created".into(), String::new()),
+            ("used".into(), "alloc-1".into()),
+            ("committed".into(), "alloc-1".into())
+        ]
+    );
     assert!(!audit.to_string().contains(&tok));
 
     // Running again changes nothing.
     let snapshot = |h: &Host| -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<_> = walk(h.root.path()).into_iter().map(|p| (p.display().to_string(), std::fs::read(&p).unwrap_or_default())).collect();
+        let mut v: Vec<_> = walk(h.root.path())
+            .into_iter()
+            .map(|p| {
+                (
+                    p.display().to_string(),
+                    std::fs::read(&p).unwrap_or_default(),
+                )
+            })
+            .collect();
         v.sort();
         v
     };
@@ -189,8 +370,17 @@ fn enrolls_a_host_with_the_right_files() -> R {
     let rn = h.muster(&["renew", "--output", "json"])?;
     assert_eq!(rn.code, 0, "{rn:?}");
     assert_ne!(std::fs::read(tls.join("node.crt"))?, old);
-    tool(Command::new("openssl").current_dir(&tls).args(["verify", "-CAfile", "transport-ca.pem", "node.crt"]))?;
-    assert_eq!(h.muster(&["agent", "--count", "1"])?.code, 0, "heartbeat with the renewed certificate");
+    tool(Command::new("openssl").current_dir(&tls).args([
+        "verify",
+        "-CAfile",
+        "transport-ca.pem",
+        "node.crt",
+    ]))?;
+    assert_eq!(
+        h.muster(&["agent", "--count", "1"])?.code,
+        0,
+        "heartbeat with the renewed certificate"
+    );
     let lv = h.muster(&["leave", "--output", "json"])?;
     assert_eq!(lv.code, 0, "{lv:?}");
     assert!(!h.path("etc/muster/tls/node.key").exists());
@@ -214,9 +404,16 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 fn forge(token: &str, f: impl Fn(&mut Value)) -> String {
     let parts: Vec<&str> = token.split('.').collect();
-    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap_or_default()).unwrap_or(Value::Null);
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap_or_default())
+            .unwrap_or(Value::Null);
     f(&mut claims);
-    format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2])
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    )
 }
 
 #[test]
@@ -226,14 +423,34 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
     let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
     let (other_tok, _) = (other.secret("roles_token"), ());
     let parts: Vec<&str> = tok.split('.').collect();
-    let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
-    let escalated = forge(&tok, |c| c["roles"] = serde_json::json!(["allocator", "coordinator"]));
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
+    let escalated = forge(&tok, |c| {
+        c["roles"] = serde_json::json!(["allocator", "coordinator"])
+    });
     // Another platform's token, pointed at this coordinator: pins fail first, or the signature.
     let foreign = forge(&other_tok, |cl| cl["coordinators"] = serde_json::json!([]));
-    let cases: Vec<(&str, String, Vec<&str>, i32, Option<&str>)> = vec![
+    // (case, token, extra flags, exit code, coordinator's error code)
+    type Case<'a> = (&'a str, String, Vec<&'a str>, i32, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("alg none", none, vec![], 3, None),
-        ("edited claims", escalated, vec!["--roles", "coordinator"], 3, Some("token.bad_signature")),
-        ("role escalation", tok.clone(), vec!["--roles", "coordinator"], 4, None),
+        (
+            "edited claims",
+            escalated,
+            vec!["--roles", "coordinator"],
+            3,
+            Some("token.bad_signature"),
+        ),
+        (
+            "role escalation",
+            tok.clone(),
+            vec!["--roles", "coordinator"],
+            4,
+            None,
+        ),
         ("garbage", "not-a-token".into(), vec![], 3, None),
         ("another platform", foreign, vec![], 6, None),
     ];
@@ -244,18 +461,32 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
         if let Some(code) = code {
             assert_eq!(r.json()["code"], code, "{name}: {r:?}");
         }
-        assert!(!h.path("etc/muster/tls/node.crt").exists(), "{name}: certificates written");
-        assert!(!r.stderr.contains(&t) || t.len() < 20, "{name}: token echoed");
+        assert!(
+            !h.path("etc/muster/tls/node.crt").exists(),
+            "{name}: certificates written"
+        );
+        assert!(
+            !r.stderr.contains(&t) || t.len() < 20,
+            "{name}: token echoed"
+        );
     }
     // The emergency token never enrolls an allocator.
     let h = Host::new("h")?;
-    let r = h.install(&c.host(), &c.secret("emergency_token"), &["--roles", "allocator"])?;
+    let r = h.install(
+        &c.host(),
+        &c.secret("emergency_token"),
+        &["--roles", "allocator"],
+    )?;
     assert_eq!(r.code, 4, "{r:?}");
     // A revoked token is refused by the coordinator with its own code.
     let (tok2, id2) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     c.api("DELETE", &format!("{TOKENS}/{id2}"), None)?;
     let r = Host::new("h2")?.install(&c.host(), &tok2, &[])?;
-    assert_eq!((r.code, r.json()["code"].as_str()), (3, Some("token.revoked")), "{r:?}");
+    assert_eq!(
+        (r.code, r.json()["code"].as_str()),
+        (3, Some("token.revoked")),
+        "{r:?}"
+    );
     // An expired one is refused locally, before any network call.
     let (tok3, _) = c.token(r#"{"persistent":false,"roles":["proxy"],"validity_in_seconds":1}"#)?;
     std::thread::sleep(Duration::from_secs(1));
@@ -264,7 +495,8 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
     assert_eq!(r.code, 3, "{r:?}");
     assert!(r.stderr.contains("expired"), "{r:?}");
     // Source restriction.
-    let (tok4, _) = c.token(r#"{"persistent":true,"roles":["proxy"],"allowed_sources":["10.9.0.0/16"]}"#)?;
+    let (tok4, _) =
+        c.token(r#"{"persistent":true,"roles":["proxy"],"allowed_sources":["10.9.0.0/16"]}"#)?;
     let r = Host::new("h4")?.install(&c.host(), &tok4, &[])?;
     assert_eq!(r.json()["code"], "token.source_not_allowed", "{r:?}");
     let log = c.log();
@@ -278,12 +510,33 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
 fn one_use_token_raced_by_fifty_installers_succeeds_once() -> R {
     let c = Coordinator::start()?;
     let (tok, id) = c.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
-    let hosts: Vec<Host> = (0..50).map(|i| Host::new(&format!("racer-{i}"))).collect::<anyhow::Result<_>>()?;
-    let children: Vec<_> = hosts.iter().map(|h| h.install_cmd(&c.host(), &tok).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn()).collect::<Result<_, _>>()?;
-    let runs: Vec<Run> = children.into_iter().map(|ch| ch.wait_with_output().map(Run::from)).collect::<Result<_, _>>()?;
+    let hosts: Vec<Host> = (0..50)
+        .map(|i| Host::new(&format!("racer-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let children: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            h.install_cmd(&c.host(), &tok)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|ch| ch.wait_with_output().map(Run::from))
+        .collect::<Result<_, _>>()?;
     let ok = runs.iter().filter(|r| r.code == 0).count();
-    let limited = runs.iter().filter(|r| r.code == 3 && r.json()["code"] == "token.use_limit_reached").count();
-    assert_eq!((ok, limited), (1, 49), "{:?}", runs.iter().filter(|r| r.code != 3).collect::<Vec<_>>());
+    let limited = runs
+        .iter()
+        .filter(|r| r.code == 3 && r.json()["code"] == "token.use_limit_reached")
+        .count();
+    assert_eq!(
+        (ok, limited),
+        (1, 49),
+        "{:?}",
+        runs.iter().filter(|r| r.code != 3).collect::<Vec<_>>()
+    );
     assert_eq!(token_uses(&c, &id)?, 1);
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
     assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
@@ -293,21 +546,45 @@ fn one_use_token_raced_by_fifty_installers_succeeds_once() -> R {
 #[test]
 fn killed_at_every_step_a_rerun_converges() -> R {
     let c = Coordinator::start()?;
-    for point in ["after-keys", "write-before-rename", "after-join", "after-files", "after-commit-answer"] {
+    for point in [
+        "after-keys",
+        "write-before-rename",
+        "after-join",
+        "after-files",
+        "after-commit-answer",
+    ] {
         let (tok, id) = c.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
         let h = Host::new(&format!("crash-{point}"))?;
-        let killed = Run::from(h.install_cmd(&c.host(), &tok).env("MUSTER_FAILPOINT", point).output()?);
+        let killed = Run::from(
+            h.install_cmd(&c.host(), &tok)
+                .env("MUSTER_FAILPOINT", point)
+                .output()?,
+        );
         assert_eq!(killed.code, 137, "{point}: {killed:?}");
         let r = h.install(&c.host(), &tok, &[])?;
-        assert_eq!(r.code, 0, "{point}: the one-use token must still enroll the host: {r:?}");
+        assert_eq!(
+            r.code, 0,
+            "{point}: the one-use token must still enroll the host: {r:?}"
+        );
         assert_eq!(token_uses(&c, &id)?, 1, "{point}");
         let tls = h.path("etc/muster/tls");
-        tool(Command::new("openssl").current_dir(&tls).args(["verify", "-CAfile", "transport-ca.pem", "node.crt"]))?;
-        let litter: Vec<_> = walk(h.root.path()).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
+        tool(Command::new("openssl").current_dir(&tls).args([
+            "verify",
+            "-CAfile",
+            "transport-ca.pem",
+            "node.crt",
+        ]))?;
+        let litter: Vec<_> = walk(h.root.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+            .collect();
         assert!(litter.is_empty(), "{point}: temporaries left: {litter:?}");
         if point == "after-join" || point == "after-files" {
             // Retry-safe redemption: the same key got the same node id back.
-            assert!(r.stderr.contains("resuming") || r.json()["result"] == "enrolled", "{point}");
+            assert!(
+                r.stderr.contains("resuming") || r.json()["result"] == "enrolled",
+                "{point}"
+            );
         }
     }
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
@@ -317,10 +594,17 @@ fn killed_at_every_step_a_rerun_converges() -> R {
 
 #[test]
 fn an_uncommitted_join_expires_and_gives_its_use_back() -> R {
-    let c = Coordinator::with(Opts { config: "reservation_seconds: 2\n".into(), start: true })?;
+    let c = Coordinator::with(Opts {
+        config: "reservation_seconds: 2\n".into(),
+        start: true,
+    })?;
     let (tok, id) = c.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
     let h = Host::new("gone-quiet")?;
-    let killed = Run::from(h.install_cmd(&c.host(), &tok).env("MUSTER_FAILPOINT", "after-join").output()?);
+    let killed = Run::from(
+        h.install_cmd(&c.host(), &tok)
+            .env("MUSTER_FAILPOINT", "after-join")
+            .output()?,
+    );
     assert_eq!(killed.code, 137);
     assert_eq!(token_uses(&c, &id)?, 1);
     let mut uses = 1;
@@ -333,7 +617,11 @@ fn an_uncommitted_join_expires_and_gives_its_use_back() -> R {
     }
     assert_eq!(uses, 0, "the expired reservation must give its use back");
     let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;
-    assert!(audit["events"].as_array().into_iter().flatten().any(|e| e["event"] == "returned" && e["token_id"] == id.as_str()));
+    assert!(audit["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["event"] == "returned" && e["token_id"] == id.as_str()));
     let r = Host::new("next")?.install(&c.host(), &tok, &[])?;
     assert_eq!(r.code, 0, "{r:?}");
     Ok(())
@@ -358,10 +646,32 @@ fn a_symlink_at_a_target_is_refused() -> R {
 #[test]
 fn installer_waits_for_a_coordinator_that_starts_late() -> R {
     let mut c = Coordinator::with(Opts::default())?;
-    let out = tool(Command::new(bin("musterd")).args(["token", "create", "--roles", "proxy", "--persistent", "--output", "json", "--data-dir"]).arg(c.data()).arg("--config").arg(c.dir.path().join("server.yaml")))?;
-    let tok = serde_json::from_str::<Value>(&out)?["token"].as_str().unwrap_or_default().to_string();
+    let out = tool(
+        Command::new(bin("musterd"))
+            .args([
+                "token",
+                "create",
+                "--roles",
+                "proxy",
+                "--persistent",
+                "--output",
+                "json",
+                "--data-dir",
+            ])
+            .arg(c.data())
+            .arg("--config")
+            .arg(c.dir.path().join("server.yaml")),
+    )?;
+    let tok = serde_json::from_str::<Value>(&out)?["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let h = Host::new("early-bird")?;
-    let child = h.install_cmd(&c.host(), &tok).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
+    let child = h
+        .install_cmd(&c.host(), &tok)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
     // The token travels in the environment, never in the argument list.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
     assert!(!String::from_utf8_lossy(&cmdline).contains(&tok));
@@ -379,7 +689,16 @@ fn roles_token_on_the_command_line_leaves_the_argument_list() -> R {
     let tok = c.secret("roles_token");
     let h = Host::new("argv")?;
     let child = Command::new(bin("muster"))
-        .args(["install", "--timeout", "3s", "--coordinator-host", "127.0.0.1:1", "--roles-token", &tok, "--root"])
+        .args([
+            "install",
+            "--timeout",
+            "3s",
+            "--coordinator-host",
+            "127.0.0.1:1",
+            "--roles-token",
+            &tok,
+            "--root",
+        ])
         .arg(h.root.path())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
@@ -387,7 +706,10 @@ fn roles_token_on_the_command_line_leaves_the_argument_list() -> R {
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
     let r = Run::from(child.wait_with_output()?);
     assert!(!cmdline.is_empty());
-    assert!(!String::from_utf8_lossy(&cmdline).contains(&tok), "token still in argv");
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&tok),
+        "token still in argv"
+    );
     assert_eq!(r.code, 5, "unreachable is its own exit code: {r:?}");
     assert!(!r.stderr.contains(&tok));
     Ok(())
@@ -397,23 +719,49 @@ fn roles_token_on_the_command_line_leaves_the_argument_list() -> R {
 fn a_roleless_host_waits_for_roles_and_removal_revokes_it() -> R {
     let c = Coordinator::start()?;
     let h = Host::new("waiting")?;
-    let r = h.install(&c.host(), &c.secret("roles_token"), &["--roles", "allocator"])?;
+    let r = h.install(
+        &c.host(),
+        &c.secret("roles_token"),
+        &["--roles", "allocator"],
+    )?;
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["pending_roles"], serde_json::json!(["allocator"]));
     let id = r.json()["node_id"].as_str().unwrap_or_default().to_string();
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/allocators", None)?;
-    assert_eq!(v["zones"].as_array().map(Vec::len), Some(0), "not an allocator yet");
-    let (code, _) = c.api("PUT", &format!("/api/v1/platform/infrastructure/runners/{id}/roles"), Some(r#"{"roles":["allocator"]}"#))?;
+    assert_eq!(
+        v["zones"].as_array().map(Vec::len),
+        Some(0),
+        "not an allocator yet"
+    );
+    let (code, _) = c.api(
+        "PUT",
+        &format!("/api/v1/platform/infrastructure/runners/{id}/roles"),
+        Some(r#"{"roles":["allocator"]}"#),
+    )?;
     assert_eq!(code, 200);
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"][0]["roles"], serde_json::json!([{"role_name": "allocator"}]));
+    assert_eq!(
+        v["runners"][0]["roles"],
+        serde_json::json!([{"role_name": "allocator"}])
+    );
     assert_eq!(v["runners"][0]["pending_roles"], serde_json::json!([]));
     assert_eq!(h.muster(&["agent", "--count", "1"])?.code, 0);
-    assert_eq!(h.state()["roles"], serde_json::json!(["allocator"]), "the heartbeat brings the granted roles home");
-    let (code, _) = c.api("DELETE", &format!("/api/v1/platform/infrastructure/runners/{id}"), None)?;
+    assert_eq!(
+        h.state()["roles"],
+        serde_json::json!(["allocator"]),
+        "the heartbeat brings the granted roles home"
+    );
+    let (code, _) = c.api(
+        "DELETE",
+        &format!("/api/v1/platform/infrastructure/runners/{id}"),
+        None,
+    )?;
     assert_eq!(code, 200);
     let hb = h.muster(&["agent", "--count", "1", "--timeout", "2s"])?;
-    assert_eq!(hb.code, 9, "a removed host's certificate stops working: {hb:?}");
+    assert_eq!(
+        hb.code, 9,
+        "a removed host's certificate stops working: {hb:?}"
+    );
     Ok(())
 }
 
@@ -429,7 +777,13 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
     assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
     assert_eq!(v["runners"][0]["runner_id"], r.json()["node_id"]);
-    assert_eq!(first.muster(&["agent", "--count", "1", "--timeout", "2s"])?.code, 9, "the old host's certificates are revoked");
+    assert_eq!(
+        first
+            .muster(&["agent", "--count", "1", "--timeout", "2s"])?
+            .code,
+        9,
+        "the old host's certificates are revoked"
+    );
     Ok(())
 }
 
@@ -445,7 +799,18 @@ fn a_node_certificate_does_not_pass_for_a_coordinator() -> R {
     let tls = h.path("etc/muster/tls");
     let mut server = Command::new("openssl")
         .current_dir(&tls)
-        .args(["s_server", "-quiet", "-accept", &port.to_string(), "-cert", "http.crt", "-key", "http.key", "-cert_chain", "http-ca.pem"])
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            "http.crt",
+            "-key",
+            "http.key",
+            "-cert_chain",
+            "http-ca.pem",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -470,7 +835,12 @@ fn a_full_disk_fails_cleanly_and_keeps_earlier_files() -> R {
     let h = Host::new("full")?;
     let tls = h.path("etc/muster/tls");
     std::fs::create_dir_all(&tls)?;
-    tool(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k"]).arg("tmpfs").arg(&tls))?;
+    tool(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k"])
+            .arg("tmpfs")
+            .arg(&tls),
+    )?;
     let guard = Unmount(tls.clone());
     // Fill the disk, leaving room for the keys but not for the certificates and keystores.
     let filler = tls.join("filler");
@@ -498,7 +868,11 @@ impl Drop for Unmount {
 }
 
 fn nix_is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 #[test]
@@ -514,13 +888,23 @@ fn dry_run_writes_nothing_and_config_file_works() -> R {
     // The cloud-init style config file, same keys as the flags.
     let cfg = h.path("enroll.yaml");
     std::fs::write(&cfg, format!("version: 1\ncoordinator-host: {}\nroles-token: {tok}\nroles: [proxy]\nhostname: from-config\n", c.host()))?;
-    let out = Command::new(bin("muster")).args(["install", "--output", "json", "--config"]).arg(&cfg).arg("--root").arg(h.root.path()).output()?;
+    let out = Command::new(bin("muster"))
+        .args(["install", "--output", "json", "--config"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(h.root.path())
+        .output()?;
     let r = Run::from(out);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["roles"], serde_json::json!(["proxy"]));
     let bad = h.path("bad.yaml");
     std::fs::write(&bad, "coordinator_host: x\n")?;
-    let r = Run::from(Command::new(bin("muster")).args(["install", "--config"]).arg(&bad).output()?);
+    let r = Run::from(
+        Command::new(bin("muster"))
+            .args(["install", "--config"])
+            .arg(&bad)
+            .output()?,
+    );
     assert_eq!(r.code, 2, "{r:?}");
     Ok(())
 }

@@ -320,7 +320,9 @@ impl Store for SqliteStore {
                         None => CommitOutcome::Unknown,
                     })
                 };
-                let Some(mut r) = get_reservation(tx, &id)? else { return already(tx) };
+                let Some(mut r) = get_reservation(tx, &id)? else {
+                    return already(tx);
+                };
                 if r.committed {
                     return already(tx);
                 }
@@ -360,8 +362,11 @@ impl Store for SqliteStore {
                 };
                 put_host(tx, &host)?;
                 r.committed = true;
-                tx.execute("UPDATE reservations SET json = ?2 WHERE node_id = ?1", params![id, to_json(&r)?])
-                    .map_err(unavailable)?;
+                tx.execute(
+                    "UPDATE reservations SET json = ?2 WHERE node_id = ?1",
+                    params![id, to_json(&r)?],
+                )
+                .map_err(unavailable)?;
                 Ok(CommitOutcome::Committed {
                     host: Box::new(host),
                     replaced,
@@ -384,9 +389,14 @@ impl Store for SqliteStore {
                     .collect::<StoreResult<_>>()?;
                 drop(st);
                 // Committed ones only had to outlive a lost answer; they just go.
-                let (done, expired): (Vec<Reservation>, Vec<Reservation>) = all.into_iter().partition(|r| r.committed);
+                let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
+                    all.into_iter().partition(|r| r.committed);
                 for r in &done {
-                    tx.execute("DELETE FROM reservations WHERE node_id = ?1", params![r.node_id]).map_err(unavailable)?;
+                    tx.execute(
+                        "DELETE FROM reservations WHERE node_id = ?1",
+                        params![r.node_id],
+                    )
+                    .map_err(unavailable)?;
                 }
                 for r in &expired {
                     if let Some(mut t) = get_token(tx, &r.token_id)? {
