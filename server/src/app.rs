@@ -288,8 +288,14 @@ impl App {
 /// The line that enrolls a host with a token: the token travels in the environment, never in
 /// a URL or an argument list.
 pub fn install_line(coordinator: &str, roles: &[Role]) -> String {
-    let roles = if roles.is_empty() { String::new() } else { format!(" --roles {}", muster_protocol::role::join(roles)) };
-    format!("sudo MUSTER_ROLES_TOKEN='<token>' muster install --coordinator-host {coordinator}{roles}")
+    let roles = if roles.is_empty() {
+        String::new()
+    } else {
+        format!(" --roles {}", muster_protocol::role::join(roles))
+    };
+    format!(
+        "sudo MUSTER_ROLES_TOKEN='<token>' muster install --coordinator-host {coordinator}{roles}"
+    )
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {

@@ -226,7 +226,9 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     println!("token_id: {}", reply.token_id);
                     println!("token:    {}", reply.token);
                     if let Some(line) = reply.install_command {
-                        println!("\nOn the new host (put the token in place of <token>):\n  {line}");
+                        println!(
+                            "\nOn the new host (put the token in place of <token>):\n  {line}"
+                        );
                     }
                 }
             }
