@@ -487,23 +487,13 @@ pub fn write_bundle(
     tkey: &Key,
     zone: &str,
 ) -> Result<Vec<String>> {
-    let w = |f: File, content: &[u8]| -> Result<String> {
-        write_atomic(&f.path(root), content, f.perms(o))?;
-        Ok(f.path(root).display().to_string())
+    let certs = Certs {
+        transport_ca_pem: &b.transport_ca_pem,
+        http_ca_pem: &b.http_ca_pem,
+        transport_cert_pem: &b.transport_cert_pem,
+        http_cert_pem: &b.http_cert_pem,
     };
-    let mut files = vec![
-        w(File::TransportCa, b.transport_ca_pem.as_bytes())?,
-        w(File::HttpCa, b.http_ca_pem.as_bytes())?,
-        w(
-            File::NodeCert,
-            format!("{}{}", b.transport_cert_pem, b.transport_ca_pem).as_bytes(),
-        )?,
-        w(
-            File::HttpCert,
-            format!("{}{}", b.http_cert_pem, b.http_ca_pem).as_bytes(),
-        )?,
-    ];
-    files.extend(write_keystores(root, o, b, tkey)?);
+    let mut files = write_certs(root, o, &certs, tkey)?;
     let node = NodeConfig {
         version: 1,
         node_id: b.node_id.clone(),
@@ -525,16 +515,46 @@ pub fn write_bundle(
     };
     let yaml =
         serde_norway::to_string(&node).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
-    files.push(w(
-        File::NodeYaml,
-        format!("# Written by muster install; muster renew and leave keep it in step.\n{yaml}")
-            .as_bytes(),
-    )?);
+    let yaml = format!("# Written by muster install; muster leave removes it.\n{yaml}");
+    let f = File::NodeYaml;
+    write_atomic(&f.path(root), yaml.as_bytes(), f.perms(o))?;
+    files.push(f.path(root).display().to_string());
+    Ok(files)
+}
+
+/// The certificates a join or a renewal brings.
+pub struct Certs<'a> {
+    pub transport_ca_pem: &'a str,
+    pub http_ca_pem: &'a str,
+    pub transport_cert_pem: &'a str,
+    pub http_cert_pem: &'a str,
+}
+
+/// Writes the CA certificates, the node certificates (leaf then CA) and the keystores built
+/// from them and the transport key. Returns the paths written.
+pub fn write_certs(root: &Path, o: &Owners, b: &Certs, tkey: &Key) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    for (f, content) in [
+        (File::TransportCa, b.transport_ca_pem.to_string()),
+        (File::HttpCa, b.http_ca_pem.to_string()),
+        (
+            File::NodeCert,
+            format!("{}{}", b.transport_cert_pem, b.transport_ca_pem),
+        ),
+        (
+            File::HttpCert,
+            format!("{}{}", b.http_cert_pem, b.http_ca_pem),
+        ),
+    ] {
+        write_atomic(&f.path(root), content.as_bytes(), f.perms(o))?;
+        files.push(f.path(root).display().to_string());
+    }
+    files.extend(write_keystores(root, o, b, tkey)?);
     Ok(files)
 }
 
 /// The PKCS#12 keystore (transport key and chain), its password file, and the truststore.
-pub fn write_keystores(root: &Path, o: &Owners, b: &Bundle, tkey: &Key) -> Result<Vec<String>> {
+fn write_keystores(root: &Path, o: &Owners, b: &Certs, tkey: &Key) -> Result<Vec<String>> {
     use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKeyChain};
     let bad = |e: p12_keystore::error::Error| {
         Failure::new(Exit::Other, format!("building a PKCS#12 store: {e}"))
@@ -544,9 +564,9 @@ pub fn write_keystores(root: &Path, o: &Owners, b: &Bundle, tkey: &Key) -> Resul
         rand::Rng::fill(&mut rand::thread_rng(), &mut b);
         Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
     };
-    let leaf = Certificate::from_der(&pem_der(&b.transport_cert_pem)?).map_err(bad)?;
-    let ca = Certificate::from_der(&pem_der(&b.transport_ca_pem)?).map_err(bad)?;
-    let http_ca = Certificate::from_der(&pem_der(&b.http_ca_pem)?).map_err(bad)?;
+    let leaf = Certificate::from_der(&pem_der(b.transport_cert_pem)?).map_err(bad)?;
+    let ca = Certificate::from_der(&pem_der(b.transport_ca_pem)?).map_err(bad)?;
+    let http_ca = Certificate::from_der(&pem_der(b.http_ca_pem)?).map_err(bad)?;
     let key_der = Zeroizing::new(tkey.pair.serialize_der());
     let mut ks = KeyStore::new();
     let local_id: [u8; 20] = rand::random();

@@ -43,24 +43,6 @@ impl PinnedVerifier {
     }
 }
 
-fn spki_pin_of(der: &[u8]) -> Option<String> {
-    use x509_parser::prelude::*;
-    let (_, c) = X509Certificate::from_der(der).ok()?;
-    Some(muster_protocol::pin::spki_pin(c.public_key().raw))
-}
-
-/// Whether a certificate is marked as a coordinator's.
-pub fn is_coordinator_cert(der: &[u8]) -> bool {
-    use x509_parser::prelude::*;
-    let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return false;
-    };
-    let s = cert.subject();
-    s.iter_organization().any(|a| a.as_str() == Ok("Muster"))
-        && s.iter_organizational_unit()
-            .any(|a| a.as_str() == Ok("coordinator"))
-}
-
 impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
@@ -70,10 +52,9 @@ impl ServerCertVerifier for PinnedVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let Some(anchor) = intermediates
-            .iter()
-            .find(|c| spki_pin_of(c).is_some_and(|p| self.pins.contains(&p)))
-        else {
+        let Some(anchor) = intermediates.iter().find(|c| {
+            muster_protocol::cert::spki_pin_of_cert(c).is_some_and(|p| self.pins.contains(&p))
+        }) else {
             return Err(self.refuse(format!(
                 "the coordinator's certificate chain has no CA with a pinned public key (pins: {})",
                 self.pins.join(", ")
@@ -102,7 +83,7 @@ impl ServerCertVerifier for PinnedVerifier {
                 )))
             }
         }
-        if !is_coordinator_cert(end_entity) {
+        if !muster_protocol::cert::is_coordinator_cert(end_entity) {
             return Err(self.refuse(
                 "the server's certificate is signed by the pinned CA but is not a coordinator's (it belongs to an ordinary node)".into(),
             ));

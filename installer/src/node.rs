@@ -122,12 +122,9 @@ pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
 fn client(root: &Path, st: &State, timeout: std::time::Duration) -> Result<Client> {
     let ca = std::fs::read(File::HttpCa.path(root))
         .map_err(|e| Failure::new(Exit::NotEnrolled, format!("reading the CA: {e}")))?;
-    let (_, p) = x509_parser::pem::parse_x509_pem(&ca)
-        .map_err(|_| Failure::new(Exit::Other, "the saved HTTP CA is not PEM"))?;
-    let c = p
-        .parse_x509()
-        .map_err(|_| Failure::new(Exit::Other, "the saved HTTP CA is not X.509"))?;
-    let pin = muster_protocol::pin::spki_pin(c.public_key().raw);
+    let pin = muster_protocol::cert::pem_to_der(&ca)
+        .and_then(|der| muster_protocol::cert::spki_pin_of_cert(&der))
+        .ok_or_else(|| Failure::new(Exit::Other, "the saved HTTP CA is not a PEM certificate"))?;
     let id = ClientIdentity {
         cert_pem: std::fs::read_to_string(File::NodeCert.path(root))
             .map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?,
@@ -163,32 +160,13 @@ pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
         h.pem().as_bytes(),
         File::HttpKey.perms(&o),
     )?;
-    write_atomic(
-        &File::NodeCert.path(&a.root),
-        format!("{}{}", r.transport_cert_pem, r.transport_ca_pem).as_bytes(),
-        File::NodeCert.perms(&o),
-    )?;
-    write_atomic(
-        &File::HttpCert.path(&a.root),
-        format!("{}{}", r.http_cert_pem, r.http_ca_pem).as_bytes(),
-        File::HttpCert.perms(&o),
-    )?;
-    let b = Bundle {
-        node_id: st.node_id.clone().unwrap_or_default(),
-        psk: muster_protocol::token::Secret::new(""),
-        roles: st.roles.clone(),
-        pending_roles: st.pending_roles.clone(),
-        token_id: String::new(),
-        transport_ca_pem: r.transport_ca_pem.clone(),
-        http_ca_pem: r.http_ca_pem.clone(),
-        transport_cert_pem: r.transport_cert_pem.clone(),
-        http_cert_pem: r.http_cert_pem.clone(),
-        coordinators: st.coordinators.clone(),
-        remaining_seconds: 0,
-        issued_at: now(),
-        cert_not_after: r.cert_not_after,
+    let certs = install::Certs {
+        transport_ca_pem: &r.transport_ca_pem,
+        http_ca_pem: &r.http_ca_pem,
+        transport_cert_pem: &r.transport_cert_pem,
+        http_cert_pem: &r.http_cert_pem,
     };
-    install::write_keystores(&a.root, &o, &b, &t)?;
+    install::write_certs(&a.root, &o, &certs, &t)?;
     let mut st = st;
     st.cert_not_after = Some(r.cert_not_after);
     write_state(&a.root, &o, &st)?;

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+#[cfg(feature = "x509")]
+pub mod cert;
 pub mod error;
 #[cfg(feature = "fs")]
 pub mod fs;

@@ -203,13 +203,7 @@ impl App {
         req: &CreateTokenRequest,
         source: Option<IpAddr>,
     ) -> Result<CreateTokenReply, ApiError> {
-        let mut roles = Vec::new();
-        for r in &req.roles {
-            roles.push(
-                r.parse::<Role>()
-                    .map_err(|e| ApiError::new(ErrorCode::RoleUnknown, e.to_string()))?,
-            );
-        }
+        let roles = parse_roles(&req.roles)?;
         for s in &req.allowed_sources {
             parse_cidr(s).ok_or_else(|| {
                 ApiError::new(
@@ -296,6 +290,19 @@ pub fn install_line(coordinator: &str, roles: &[Role]) -> String {
     format!(
         "sudo MUSTER_ROLES_TOKEN='<token>' muster install --coordinator-host {coordinator}{roles}"
     )
+}
+
+/// Role names from a request body, sorted and without repeats; an unknown name is refused.
+fn parse_roles(names: &[String]) -> Result<Vec<Role>, ApiError> {
+    let mut roles = names
+        .iter()
+        .map(|r| {
+            r.parse::<Role>()
+                .map_err(|e| ApiError::new(ErrorCode::RoleUnknown, e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    muster_protocol::role::normalize(&mut roles);
+    Ok(roles)
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
@@ -550,14 +557,7 @@ async fn set_runner_roles(
 ) -> Result<Json<RunnerRolesRequest>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
     let req: RunnerRolesRequest = parse_json(body)?;
-    let mut roles = Vec::new();
-    for r in &req.roles {
-        roles.push(
-            r.parse::<Role>()
-                .map_err(|e| ApiError::new(ErrorCode::RoleUnknown, e.to_string()))?,
-        );
-    }
-    muster_protocol::role::normalize(&mut roles);
+    let roles = parse_roles(&req.roles)?;
     let Some(host) = app.store.host(&id).await? else {
         return Err(ApiError::new(
             ErrorCode::NodeUnknown,

@@ -15,12 +15,7 @@ use rcgen::{
 use std::net::IpAddr;
 use x509_parser::prelude::*;
 
-/// The organizational unit that marks a coordinator's certificate.
-pub const OU_COORDINATOR: &str = "coordinator";
-/// The organizational unit of every other certificate Muster issues.
-pub const OU_NODE: &str = "node";
-/// The organization every Muster certificate names.
-pub const ORG: &str = "Muster";
+pub use muster_protocol::cert::{is_coordinator_cert, ORG, OU_COORDINATOR, OU_NODE};
 
 /// Largest CSR accepted, in bytes of PEM.
 pub const MAX_CSR_LEN: usize = 16 * 1024;
@@ -324,19 +319,6 @@ pub fn verify_proof(spki_der: &[u8], message: &[u8], signature: &[u8]) -> bool {
     ring::signature::UnparsedPublicKey::new(alg, &spki.subject_public_key.data)
         .verify(message, signature)
         .is_ok()
-}
-
-/// Whether a DER certificate is marked as a coordinator's (`O=Muster`, `OU=coordinator`).
-pub fn is_coordinator_cert(der: &[u8]) -> bool {
-    let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return false;
-    };
-    let subject = cert.subject();
-    let org = subject.iter_organization().any(|a| a.as_str() == Ok(ORG));
-    let ou = subject
-        .iter_organizational_unit()
-        .any(|a| a.as_str() == Ok(OU_COORDINATOR));
-    org && ou
 }
 
 /// Common name and serial (lowercase hex) of a DER certificate.

@@ -238,19 +238,21 @@ impl Platform {
         Ok((token, rec))
     }
 
+    fn psk_hmac(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.psk_key)
+    }
+
     /// The PSK of a node: an HMAC of its id, so a retried join gets the same one back without
     /// the server storing it.
     pub fn psk(&self, node_id: &str) -> String {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.psk_key);
-        let tag = ring::hmac::sign(&key, node_id.as_bytes());
+        let tag = ring::hmac::sign(&self.psk_hmac(), node_id.as_bytes());
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
     }
 
     /// Checks a PSK in constant time.
     pub fn check_psk(&self, node_id: &str, psk: &str) -> bool {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.psk_key);
         match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(psk) {
-            Ok(tag) => ring::hmac::verify(&key, node_id.as_bytes(), &tag).is_ok(),
+            Ok(tag) => ring::hmac::verify(&self.psk_hmac(), node_id.as_bytes(), &tag).is_ok(),
             Err(_) => false,
         }
     }

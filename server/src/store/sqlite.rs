@@ -172,6 +172,20 @@ fn get_reservation(
     s.map(|s| from_json(&s)).transpose()
 }
 
+/// Every JSON record a query returns, decoded.
+fn query_json<T: for<'de> Deserialize<'de>>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<T>> {
+    let mut st = c.prepare(sql).map_err(unavailable)?;
+    let rows = st
+        .query_map(params, |r| r.get::<_, String>(0))
+        .map_err(unavailable)?;
+    rows.map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
+        .collect()
+}
+
 /// Runs `f` in an immediate (write-locked) transaction and commits.
 fn write_tx<T>(
     c: &mut Connection,
@@ -241,17 +255,8 @@ impl Store for SqliteStore {
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        self.run(|c| {
-            let mut st = c
-                .prepare("SELECT json FROM tokens ORDER BY rowid")
-                .map_err(unavailable)?;
-            let rows = st
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(unavailable)?;
-            rows.map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
-                .collect()
-        })
-        .await
+        self.run(|c| query_json(c, "SELECT json FROM tokens ORDER BY rowid", []))
+            .await
     }
 
     async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
@@ -379,15 +384,11 @@ impl Store for SqliteStore {
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
         self.run(move |c| {
             write_tx(c, |tx| {
-                let mut st = tx
-                    .prepare("SELECT json FROM reservations WHERE expires_at <= ?1")
-                    .map_err(unavailable)?;
-                let all: Vec<Reservation> = st
-                    .query_map(params![now as i64], |r| r.get::<_, String>(0))
-                    .map_err(unavailable)?
-                    .map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
-                    .collect::<StoreResult<_>>()?;
-                drop(st);
+                let all: Vec<Reservation> = query_json(
+                    tx,
+                    "SELECT json FROM reservations WHERE expires_at <= ?1",
+                    params![now as i64],
+                )?;
                 // Committed ones only had to outlive a lost answer; they just go.
                 let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
                     all.into_iter().partition(|r| r.committed);
@@ -417,17 +418,8 @@ impl Store for SqliteStore {
     }
 
     async fn hosts(&self) -> StoreResult<Vec<HostRecord>> {
-        self.run(|c| {
-            let mut st = c
-                .prepare("SELECT json FROM hosts ORDER BY hostname")
-                .map_err(unavailable)?;
-            let rows = st
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(unavailable)?;
-            rows.map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
-                .collect()
-        })
-        .await
+        self.run(|c| query_json(c, "SELECT json FROM hosts ORDER BY hostname", []))
+            .await
     }
 
     async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
