@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 need=""
-for tool in curl:curl openssl:openssl stat:coreutils mount:mount; do
+for tool in curl:curl openssl:openssl stat:coreutils mount:mount file:file; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 if [ -n "$need" ]; then
@@ -17,4 +17,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features muster/failpoints -- -D warnings
 # The end-to-end tests run these binaries; the crash tests need the failpoints build.
 cargo build --workspace --bins --features muster/failpoints
+# The shipped installer: one static binary, enrolled with for real by a test.
+sh scripts/build-static.sh
 cargo test --workspace --features muster/failpoints

@@ -211,8 +211,6 @@ pub fn check_csr(pem: &str, allowed: &[SanType]) -> Result<CheckedCsr, CsrError>
     if !rest.is_empty() {
         return Err(CsrError::Invalid("trailing data".into()));
     }
-    csr.verify_signature()
-        .map_err(|_| CsrError::Invalid("signature does not verify".into()))?;
     let spki = &csr.certification_request_info.subject_pki;
     let key = spki
         .parsed()
@@ -225,12 +223,16 @@ pub fn check_csr(pem: &str, allowed: &[SanType]) -> Result<CheckedCsr, CsrError>
             if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => {}
         other => {
             return Err(CsrError::KeyType(format!(
-                "{} bits of {:?}",
+                "{} bits of algorithm {}",
                 other.key_size(),
-                spki.algorithm.algorithm
+                spki.algorithm.algorithm.to_id_string()
             )))
         }
     }
+    // Key type first: ring cannot check a signature by a key it refuses (RSA < 2048), and
+    // "key not accepted" is the more useful answer.
+    csr.verify_signature()
+        .map_err(|_| CsrError::Invalid("signature does not verify".into()))?;
     if let Some(exts) = csr.requested_extensions() {
         for ext in exts {
             match ext {

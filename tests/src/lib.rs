@@ -29,6 +29,23 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The static release installer built by `scripts/build-static.sh`.
+pub fn static_installer() -> PathBuf {
+    let debug = bin("muster");
+    let target = debug
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let p = target.join("x86_64-unknown-linux-gnu/release/muster");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-static.sh first",
+        p.display()
+    );
+    p
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -247,7 +264,12 @@ impl Host {
 
     /// `muster install` into this root with the token in the environment.
     pub fn install_cmd(&self, c: &str, token: &str) -> Command {
-        let mut cmd = Command::new(bin("muster"));
+        self.install_cmd_with(&bin("muster"), c, token)
+    }
+
+    /// `muster install` with a given installer binary.
+    pub fn install_cmd_with(&self, exe: &Path, c: &str, token: &str) -> Command {
+        let mut cmd = Command::new(exe);
         cmd.args([
             "install",
             "--output",

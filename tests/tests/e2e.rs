@@ -908,3 +908,152 @@ fn dry_run_writes_nothing_and_config_file_works() -> R {
     assert_eq!(r.code, 2, "{r:?}");
     Ok(())
 }
+
+/// A CSR made by openssl with the given extra `req` arguments.
+fn openssl_csr(dir: &std::path::Path, name: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = dir.join(format!("{name}.csr"));
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-new", "-nodes", "-subj", "/CN=hostile", "-keyout"])
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(&out)
+        .args(args);
+    tool(&mut cmd)?;
+    Ok(std::fs::read_to_string(out)?)
+}
+
+#[test]
+fn hostile_csrs_are_refused_and_nothing_is_stored() -> R {
+    let c = Coordinator::start()?;
+    let (tok, id) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let d = tempfile::tempdir()?;
+    let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let good = openssl_csr(d.path(), "good", &p256)?;
+    let with = |extra: &[&str]| -> Vec<String> {
+        p256.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let csr = |name: &str, args: Vec<String>| -> anyhow::Result<String> {
+        openssl_csr(
+            d.path(),
+            name,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let cases = vec![
+        (
+            "foreign SAN",
+            csr(
+                "san",
+                with(&["-addext", "subjectAltName=DNS:coordinator.example"]),
+            )?,
+            "csr.san_not_allowed",
+        ),
+        (
+            "CA request",
+            csr(
+                "ca",
+                with(&["-addext", "basicConstraints=critical,CA:TRUE"]),
+            )?,
+            "csr.ca_requested",
+        ),
+        (
+            "RSA 1024",
+            csr("rsa", vec!["-newkey".into(), "rsa:1024".into()])?,
+            "csr.key_type",
+        ),
+        (
+            "not a CSR",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(),
+            "csr.invalid",
+        ),
+        (
+            "huge",
+            format!("{}{}", good, "#".repeat(20_000)),
+            "csr.invalid",
+        ),
+    ];
+    for (name, bad, want) in cases {
+        let body = serde_json::json!({
+            "token": tok, "transport_csr": bad, "http_csr": good,
+            "host": {"hostname": "hostile", "addresses": ["127.0.0.1"]}, "roles": ["allocator"],
+        });
+        let f = d.path().join("body.json");
+        std::fs::write(&f, body.to_string())?;
+        let out = c.curl(&[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", f.display()),
+            &c.url("/api/v1/node/join"),
+        ])?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        assert_eq!(
+            (status, v["errors"][0]["code"].as_str()),
+            ("400", Some(want)),
+            "{name}: {text}"
+        );
+    }
+    assert_eq!(token_uses(&c, &id)?, 0, "a refused join spends no use");
+    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(v["runners"].as_array().map(Vec::len), Some(0));
+    Ok(())
+}
+
+#[test]
+fn a_director_answers_only_the_emergency_token() -> R {
+    let c = Coordinator::with(Opts {
+        config: "mode: director\n".into(),
+        start: true,
+    })?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let r = Host::new("ordinary")?.install(&c.host(), &tok, &[])?;
+    assert_eq!(
+        (r.code, r.json()["code"].as_str()),
+        (3, Some("server.director_mode")),
+        "{r:?}"
+    );
+    let r = Host::new("rescuer")?.install(
+        &c.host(),
+        &c.secret("emergency_token"),
+        &["--roles", "proxy"],
+    )?;
+    assert_eq!(r.code, 0, "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn the_static_installer_enrolls_a_host() -> R {
+    let exe = static_installer();
+    let file = tool(Command::new("file").arg("-L").arg(&exe))?;
+    assert!(
+        file.contains("statically linked") || file.contains("static-pie linked"),
+        "{file}"
+    );
+    let size = std::fs::metadata(&exe)?.len();
+    println!(
+        "static installer: {size} bytes ({:.2} MiB)",
+        size as f64 / (1024.0 * 1024.0)
+    );
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("static-1")?;
+    let started = std::time::Instant::now();
+    let r = Run::from(h.install_cmd_with(&exe, &c.host(), &tok).output()?);
+    let wall = started.elapsed();
+    assert_eq!(r.code, 0, "{r:?}");
+    println!(
+        "static installer: one enrollment on loopback took {:.1} ms (wall)",
+        wall.as_secs_f64() * 1000.0
+    );
+    tool(
+        Command::new("openssl")
+            .current_dir(h.path("etc/muster/tls"))
+            .args(["verify", "-CAfile", "transport-ca.pem", "node.crt"]),
+    )?;
+    Ok(())
+}
