@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 need=""
-for tool in curl:curl openssl:openssl stat:coreutils mount:mount file:file; do
+for tool in curl:curl openssl:openssl stat:coreutils mount:mount file:file faketime:faketime; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 if [ -n "$need" ]; then

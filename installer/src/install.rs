@@ -204,12 +204,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
             format!("{e}; get a new token from the coordinator"),
         )
     })?;
-    token::check_time(&claims, now()).map_err(|e| {
-        Failure::new(
-            Exit::TokenRefused,
-            format!("{e}; if the token is new, check this host's clock"),
-        )
-    })?;
+
     if claims.pins.is_empty()
         || !claims
             .pins
@@ -233,6 +228,19 @@ pub async fn run(s: Settings) -> Result<Outcome> {
             Exit::Usage,
             "no coordinator: pass --coordinator-host HOST[:PORT]",
         ));
+    }
+    if let Err(e) = token::check_time(&claims, now()) {
+        // Still no enrollment traffic: one pinned look at a coordinator's clock, to say
+        // whether this host's clock is the problem and by how much.
+        let mut message = format!("{e}");
+        let skew = match Client::clock_probe(coordinators.clone(), claims.pins.clone()) {
+            Ok(c) => c.probe_skew().await,
+            Err(_) => None,
+        };
+        if let Some(note) = skew.and_then(crate::net::skew_note) {
+            message.push_str(&note);
+        }
+        return Err(Failure::new(Exit::TokenRefused, message));
     }
     p.note(&format!(
         "token {} ({}), roles [{}], coordinator {}",
@@ -408,7 +416,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         node_id: Some(reply.node_id),
         roles: bundle.roles,
         pending_roles: bundle.pending_roles,
-        coordinator: coordinators.first().cloned(),
+        coordinator: client.current().map(str::to_string),
         files,
     })
 }

@@ -24,6 +24,9 @@ pub struct PinnedVerifier {
     provider: Arc<rustls::crypto::CryptoProvider>,
     /// Why the last handshake was refused, for a clear error.
     pub refusal: Arc<Mutex<Option<String>>>,
+    /// Check the chain at a time inside the server certificate's validity instead of this
+    /// host's clock: only for reading a coordinator's clock when this host's is suspect.
+    ignore_clock: bool,
 }
 
 impl PinnedVerifier {
@@ -32,6 +35,7 @@ impl PinnedVerifier {
             pins,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             refusal: Arc::new(Mutex::new(None)),
+            ignore_clock: false,
         }
     }
 
@@ -41,6 +45,14 @@ impl PinnedVerifier {
         }
         rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
     }
+}
+
+/// A moment inside a certificate's validity (a minute after its start).
+fn valid_time_of(der: &[u8]) -> Option<UnixTime> {
+    use x509_parser::prelude::*;
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    let start = u64::try_from(c.validity().not_before.timestamp()).ok()?;
+    Some(UnixTime::since_unix_epoch(Duration::from_secs(start + 60)))
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -70,8 +82,23 @@ impl ServerCertVerifier for PinnedVerifier {
         )
         .build()
         .map_err(|e| self.refuse(format!("building the verifier: {e}")))?;
+        let now = if self.ignore_clock {
+            valid_time_of(end_entity).unwrap_or(now)
+        } else {
+            now
+        };
         match webpki.verify_server_cert(end_entity, &[], server_name, ocsp, now) {
             Ok(_) => {}
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet
+                | CertificateError::Expired
+                | CertificateError::NotValidYetContext { .. }
+                | CertificateError::ExpiredContext { .. },
+            )) => {
+                return Err(self.refuse(
+                    "the coordinator's certificate is not valid at this host's time: check this host's clock (NTP)".into(),
+                ))
+            }
             // The chain verified (names are checked last); the pin is the trust anchor.
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
@@ -149,7 +176,26 @@ impl Client {
         identity: Option<&ClientIdentity>,
         timeout: Duration,
     ) -> Result<Client> {
-        let verifier = PinnedVerifier::new(pins);
+        Client::with_verifier(coordinators, PinnedVerifier::new(pins), identity, timeout)
+    }
+
+    /// A client for reading coordinators' clocks only: the pin and the coordinator mark are
+    /// checked, but at a time inside the server certificate's validity, since this host's
+    /// clock is what is in doubt. Nothing secret is sent with it.
+    pub fn clock_probe(coordinators: Vec<String>, pins: Vec<String>) -> Result<Client> {
+        let verifier = PinnedVerifier {
+            ignore_clock: true,
+            ..PinnedVerifier::new(pins)
+        };
+        Client::with_verifier(coordinators, verifier, None, Duration::from_secs(5))
+    }
+
+    fn with_verifier(
+        coordinators: Vec<String>,
+        verifier: PinnedVerifier,
+        identity: Option<&ClientIdentity>,
+        timeout: Duration,
+    ) -> Result<Client> {
         let refusal = verifier.refusal.clone();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -237,6 +283,32 @@ impl Client {
         }
     }
 
+    /// The coordinator that answered last (the first given, before any answer).
+    pub fn current(&self) -> Option<&str> {
+        self.coordinators.first().map(String::as_str)
+    }
+
+    /// This host's clock minus a coordinator's (from its `Date` header), asking each in turn
+    /// once; none if none answers.
+    pub async fn probe_skew(&self) -> Option<i64> {
+        for coord in &self.coordinators {
+            let resp = self
+                .http
+                .get(format!("https://{coord}/healthz"))
+                .send()
+                .await;
+            if let Some(date) = resp.ok().and_then(|r| {
+                r.headers()
+                    .get(reqwest::header::DATE)
+                    .and_then(|d| d.to_str().ok())
+                    .and_then(|d| httpdate::parse_http_date(d).ok())
+            }) {
+                return Some(clock_skew(date));
+            }
+        }
+        None
+    }
+
     async fn try_post<B: Serialize, R: DeserializeOwned>(
         &self,
         coord: &str,
@@ -301,17 +373,10 @@ impl Client {
             _ => Exit::Other,
         };
         let mut message = format!("{coord} refused: {message}");
-        if let (Some(ErrorCode::TokenExpired | ErrorCode::TokenNotYetValid), Some(skew)) =
-            (code, skew)
+        if let (Some(ErrorCode::TokenExpired | ErrorCode::TokenNotYetValid), Some(note)) =
+            (code, skew.and_then(skew_note))
         {
-            if skew.unsigned_abs() > muster_protocol::token::LEEWAY_SECS {
-                message.push_str(&format!(
-                    "; this host's clock is {}s {} the coordinator's (more than the {}s allowed): fix the clock (NTP) and run again",
-                    skew.unsigned_abs(),
-                    if skew > 0 { "ahead of" } else { "behind" },
-                    muster_protocol::token::LEEWAY_SECS
-                ));
-            }
+            message.push_str(&note);
         }
         let mut f = Failure::new(exit, message);
         f.code = code.map(|c| c.as_str().to_string());
@@ -322,6 +387,18 @@ impl Client {
 enum Attempt {
     Retry(String),
     Final(Failure),
+}
+
+/// What to say about a clock difference beyond the tokens' leeway; nothing within it.
+pub fn skew_note(skew: i64) -> Option<String> {
+    let leeway = muster_protocol::token::LEEWAY_SECS;
+    (skew.unsigned_abs() > leeway).then(|| {
+        format!(
+            "; this host's clock is {}s {} the coordinator's (more than the {leeway}s allowed): fix the clock (NTP) and run again",
+            skew.unsigned_abs(),
+            if skew > 0 { "ahead of" } else { "behind" },
+        )
+    })
 }
 
 /// This host's clock minus the coordinator's, in seconds.

@@ -1057,3 +1057,129 @@ fn the_static_installer_enrolls_a_host() -> R {
     )?;
     Ok(())
 }
+
+#[test]
+fn a_wrong_host_clock_is_named_with_its_size() -> R {
+    // libfaketime sets this host's clock two hours back for the installer alone.
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("late-clock")?;
+    let mut cmd = Command::new("faketime");
+    cmd.args(["-f", "-2h"]).arg(bin("muster"));
+    cmd.args([
+        "install",
+        "--timeout",
+        "10s",
+        "--coordinator-host",
+        &c.host(),
+        "--root",
+    ])
+    .arg(h.root.path())
+    .env("MUSTER_ROLES_TOKEN", &tok)
+    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let r = Run::from(cmd.output()?);
+    assert_eq!(r.code, 3, "{r:?}");
+    let behind = r
+        .stderr
+        .split("this host's clock is ")
+        .nth(1)
+        .and_then(|t| t.split('s').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(behind.is_some_and(|s| (7100..=7300).contains(&s)), "{r:?}");
+    assert!(r.stderr.contains("behind the coordinator's"), "{r:?}");
+    assert!(!h.path("etc/muster").exists(), "nothing written");
+    Ok(())
+}
+
+fn hook(h: &Host, phase: &str, name: &str, body: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = h.path(&format!("etc/muster/hooks.d/{phase}"));
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n"))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+#[test]
+fn hooks_run_in_order_and_a_failing_pre_enroll_hook_stops_everything() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator","proxy"]}"#)?;
+    let h = Host::new("hooked")?;
+    let log = h.path("hooks.log");
+    hook(
+        &h,
+        "pre-enroll",
+        "10-refuse",
+        "echo 'disk not ready' >&2; exit 1",
+    )?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 8, "{r:?}");
+    assert!(r.stderr.contains("disk not ready"), "{r:?}");
+    assert!(
+        !h.path("etc/muster/tls").exists() && !h.path("var/lib/muster").exists(),
+        "nothing written"
+    );
+    std::fs::remove_file(h.path("etc/muster/hooks.d/pre-enroll/10-refuse"))?;
+    let l = log.display();
+    hook(
+        &h,
+        "post-enroll",
+        "20-second",
+        &format!("echo second >> {l}"),
+    )?;
+    hook(&h, "post-enroll", "10-first", &format!("echo \"first $MUSTER_NODE_ID $MUSTER_ROLES $MUSTER_TLS_DIR ${{MUSTER_ROLES_TOKEN:-no-token}}\" >> {l}"))?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = r.json()["node_id"].as_str().unwrap_or_default().to_string();
+    let want = format!(
+        "first {id} allocator,proxy {} no-token\nsecond\n",
+        h.path("etc/muster/tls").display()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log)?,
+        want,
+        "hooks in name order, with the MUSTER_* variables and never the token"
+    );
+    Ok(())
+}
+
+#[test]
+fn token_inspect_shows_claims_never_the_signature() -> R {
+    let c = Coordinator::with(Opts::default())?;
+    let tok = c.secret("emergency_token");
+    let out = Command::new(bin("muster"))
+        .args(["token", "inspect", "--output", "json"])
+        .env("MUSTER_ROLES_TOKEN", &tok)
+        .output()?;
+    let r = Run::from(out);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["kind"], "emergency");
+    assert_eq!(
+        v["roles"],
+        serde_json::json!(["coordinator", "proxy", "director"])
+    );
+    assert_eq!(
+        v["ca_pins"],
+        serde_json::json!([c.secret("ca_fingerprint")])
+    );
+    assert_eq!(v["coordinators"], serde_json::json!([c.host()]));
+    let sig = tok.rsplit('.').next().unwrap_or_default();
+    assert!(
+        !r.stdout.contains(sig) && !r.stderr.contains(sig),
+        "signature shown"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_dead_coordinator_address_fails_over_to_the_tokens_others() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    // Nothing listens on port 1; the token names the live coordinator.
+    let r = Host::new("failover")?.install("127.0.0.1:1", &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["coordinator"], c.host().as_str(), "{r:?}");
+    Ok(())
+}
