@@ -1183,3 +1183,50 @@ fn a_dead_coordinator_address_fails_over_to_the_tokens_others() -> R {
     assert_eq!(r.json()["coordinator"], c.host().as_str(), "{r:?}");
     Ok(())
 }
+
+#[test]
+fn the_server_refuses_a_token_from_the_future() -> R {
+    // A token minted with the coordinator's clock two hours ahead (libfaketime on `musterd
+    // token create`), then presented to the server straight, past the installer's own check.
+    let c = Coordinator::start()?;
+    let mut cmd = Command::new("faketime");
+    cmd.args(["-f", "+2h"]).arg(bin("musterd"));
+    cmd.args([
+        "token",
+        "create",
+        "--roles",
+        "proxy",
+        "--persistent",
+        "--output",
+        "json",
+        "--data-dir",
+    ])
+    .arg(c.data())
+    .arg("--config")
+    .arg(c.dir.path().join("server.yaml"));
+    let tok = serde_json::from_str::<Value>(&tool(&mut cmd)?)?["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let d = tempfile::tempdir()?;
+    let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let csr = openssl_csr(d.path(), "t", &p256)?;
+    let body = serde_json::json!({"token": tok, "transport_csr": csr, "http_csr": csr, "host": {"hostname": "early"}});
+    let f = d.path().join("body.json");
+    std::fs::write(&f, body.to_string())?;
+    let out = c.curl(&[
+        "-s",
+        "--data-binary",
+        &format!("@{}", f.display()),
+        &c.url("/api/v1/node/join"),
+    ])?;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(v["errors"][0]["code"], "token.not_yet_valid", "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("clock")),
+        "{v}"
+    );
+    Ok(())
+}
