@@ -109,6 +109,12 @@ pub fn ensure_dir(dir: &Path, perms: Perms) -> Result<(), WriteError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    // The parent of a bare relative name is the empty path: the current folder.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let d = fs::File::open(dir).map_err(io_err("opening folder", dir))?;
     d.sync_all().map_err(io_err("syncing folder", dir))
 }
@@ -210,6 +216,12 @@ mod tests {
         // No temporary file stays behind.
         assert_eq!(fs::read_dir(p.parent().ok_or("no parent")?)?.count(), 1);
         Ok(())
+    }
+
+    #[test]
+    fn syncs_the_current_folder_for_a_bare_name() {
+        // `ensure_dir("data")` syncs the parent of "data", which is the empty path.
+        assert!(sync_dir(Path::new("")).is_ok());
     }
 
     #[test]

@@ -39,5 +39,6 @@ pub mod paths {
     pub const LEAVE: &str = "/api/v1/node/leave";
     pub const ES_ENROLL_NODE: &str = "/_security/enroll/node";
     pub const INSTALL_SH: &str = "/install.sh";
+    pub const INSTALL_SCRIPT: &str = "/install.sh";
     pub const DOWNLOAD_INSTALLER: &str = "/download/muster-x86_64";
 }

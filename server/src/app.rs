@@ -48,6 +48,8 @@ pub struct App {
     pub platform: Platform,
     pub config: Config,
     pub advertise: Vec<String>,
+    /// The key of the TLS serving certificate, kept in the data folder.
+    pub serving_key: pki::ServingKey,
     pub metrics: Metrics,
     login_failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
     /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
@@ -63,13 +65,19 @@ pub fn system_now() -> u64 {
 }
 
 impl App {
-    pub fn new(store: Arc<dyn Store>, platform: Platform, config: Config) -> Arc<App> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        platform: Platform,
+        config: Config,
+        serving_key: pki::ServingKey,
+    ) -> Arc<App> {
         let advertise = config.advertise_or_default();
         Arc::new(App {
             store,
             platform,
             config,
             advertise,
+            serving_key,
             metrics: Metrics::default(),
             login_failures: Mutex::new(HashMap::new()),
             verified_password: Mutex::new(None),
@@ -243,7 +251,10 @@ impl App {
         self.metrics.tokens_created.fetch_add(1, Ordering::Relaxed);
         self.audit("created", Some(&rec.id), None, source, None)
             .await;
-        let install_command = self.advertise.first().map(|c| install_line(c, &rec.roles));
+        let install_command = self
+            .advertise
+            .first()
+            .map(|c| install_line(c, &self.serving_key.curl_pin(), &tok));
         Ok(CreateTokenReply {
             token: tok,
             token_id: rec.id,
@@ -279,16 +290,12 @@ impl App {
     }
 }
 
-/// The line that enrolls a host with a token: the token travels in the environment, never in
-/// a URL or an argument list.
-pub fn install_line(coordinator: &str, roles: &[Role]) -> String {
-    let roles = if roles.is_empty() {
-        String::new()
-    } else {
-        format!(" --roles {}", muster_protocol::role::join(roles))
-    };
+/// The line that enrolls a host with a token: fetch `install.sh` over TLS pinned to this
+/// coordinator's serving key and hand it the token. The script passes the token on to `muster`
+/// in its environment, never in a URL or an argument list of its own making.
+pub fn install_line(coordinator: &str, curl_pin: &str, token: &str) -> String {
     format!(
-        "sudo MUSTER_ROLES_TOKEN='<token>' muster install --coordinator-host {coordinator}{roles}"
+        "curl -fsSk --pinnedpubkey '{curl_pin}' https://{coordinator}/install.sh | sudo sh -s -- --roles-token '{token}'"
     )
 }
 
@@ -365,6 +372,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(paths::INSTALL_SCRIPT, get(install_script))
         .route(paths::DOWNLOAD_INSTALLER, get(download_installer))
         .route(
             &format!("{}.sha256", paths::DOWNLOAD_INSTALLER),
@@ -375,15 +383,27 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// `?install_command=true` adds the ready-to-paste install line to the answer.
+#[derive(serde::Deserialize)]
+struct CreateTokenQuery {
+    #[serde(default)]
+    install_command: bool,
+}
+
 async fn create_token(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
+    Query(query): Query<CreateTokenQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<CreateTokenReply>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
     let req: CreateTokenRequest = parse_json(body)?;
-    Ok(Json(app.create_token(&req, Some(c.remote.ip())).await?))
+    let mut reply = app.create_token(&req, Some(c.remote.ip())).await?;
+    if !query.install_command {
+        reply.install_command = None;
+    }
+    Ok(Json(reply))
 }
 
 fn token_info(t: &TokenRecord) -> TokenInfo {
@@ -1148,6 +1168,45 @@ async fn installer_bytes(app: &App) -> Result<Vec<u8>, ApiError> {
             "no installer binary on this coordinator (set installer_path in the server config)",
         )
     })
+}
+
+/// `hooks/install.sh`, as served: musterd fills in the address it was reached at, its serving
+/// key's pin and the HTTP CA, so the script fetches the installer over the same pinned TLS.
+const INSTALL_SH: &str = include_str!("../../hooks/install.sh");
+
+async fn install_script(State(app): S, headers: HeaderMap) -> Response {
+    // The address the client used, when it is a plain host[:port]; it ends up inside a
+    // single-quoted shell string, so anything else falls back to the advertised address.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(str::to_string)
+        .or_else(|| app.advertise.first().cloned())
+        .unwrap_or_default();
+    let script = render_install_script(
+        &host,
+        &app.serving_key.curl_pin(),
+        &app.platform.http_ca.cert_pem,
+    );
+    (
+        [(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")],
+        script,
+    )
+        .into_response()
+}
+
+/// Fills the served values into `install.sh`.
+pub fn render_install_script(coordinator: &str, curl_pin: &str, ca_pem: &str) -> String {
+    INSTALL_SH
+        .replacen("@COORDINATOR@", coordinator, 1)
+        .replacen("@PIN@", curl_pin, 1)
+        .replacen("@CA_PEM@", ca_pem.trim_end(), 1)
 }
 
 async fn download_installer(State(app): S) -> Result<Response, ApiError> {

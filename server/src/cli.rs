@@ -126,7 +126,8 @@ async fn load_app(data: &DataArgs) -> anyhow::Result<Arc<App>> {
     let config = Config::load(data.config.as_deref())?;
     let store = open_store(&data.data_dir).await?;
     let platform = Platform::load(store.as_ref()).await?;
-    Ok(App::new(store, platform, config))
+    let serving_key = crate::pki::ServingKey::load_or_create(&data.data_dir)?;
+    Ok(App::new(store, platform, config, serving_key))
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -226,9 +227,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     println!("token_id: {}", reply.token_id);
                     println!("token:    {}", reply.token);
                     if let Some(line) = reply.install_command {
-                        println!(
-                            "\nOn the new host (put the token in place of <token>):\n  {line}"
-                        );
+                        println!("\nOn the new host, as a user who may sudo:\n  {line}");
                     }
                 }
             }

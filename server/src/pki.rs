@@ -12,7 +12,9 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use std::io::Write;
 use std::net::IpAddr;
+use std::path::Path;
 use x509_parser::prelude::*;
 
 pub use muster_protocol::cert::{is_coordinator_cert, ORG, OU_COORDINATOR, OU_NODE};
@@ -115,6 +117,78 @@ impl Ca {
             serial: hex::encode(serial.to_bytes()),
             not_after,
         })
+    }
+}
+
+/// The key of the coordinator's TLS serving certificate. It is kept in the data folder, so the
+/// key, and with it the `--pinnedpubkey` pin of the install one-liner, survives restarts; the
+/// certificate over it is made anew at each start.
+pub struct ServingKey {
+    key: KeyPair,
+}
+
+impl ServingKey {
+    /// The key file's name inside the data folder.
+    pub const FILE: &'static str = "serving-key.pem";
+
+    /// Loads the key from `data_dir`, or makes it there (mode 0600) if there is none. Two
+    /// processes starting at once agree on one key: the file is linked into place only if
+    /// absent, never replaced.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<ServingKey> {
+        let path = data_dir.join(Self::FILE);
+        if let Some(k) = Self::load(&path)? {
+            return Ok(k);
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let pem = zeroize::Zeroizing::new(key.serialize_pem());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".serving-key-")
+            .tempfile_in(data_dir)
+            .map_err(|e| anyhow::anyhow!("creating a file in {}: {e}", data_dir.display()))?;
+        tmp.write_all(pem.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        match std::fs::hard_link(tmp.path(), &path) {
+            Ok(()) => {
+                if let Ok(d) = std::fs::File::open(data_dir) {
+                    let _ = d.sync_all();
+                }
+                Ok(ServingKey { key })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(&path)?
+                .ok_or_else(|| anyhow::anyhow!("{} vanished while being read", path.display())),
+            Err(e) => Err(anyhow::anyhow!("writing {}: {e}", path.display())),
+        }
+    }
+
+    fn load(path: &Path) -> anyhow::Result<Option<ServingKey>> {
+        let pem = match std::fs::read_to_string(path) {
+            Ok(p) => zeroize::Zeroizing::new(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+        };
+        let key = KeyPair::from_pem(&pem).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a PEM private key; remove it and a new one is made at the next start                  (install lines printed before then stop working)",
+                path.display()
+            )
+        })?;
+        Ok(Some(ServingKey { key }))
+    }
+
+    pub fn key_pair(&self) -> &KeyPair {
+        &self.key
+    }
+
+    /// The pin in curl's `--pinnedpubkey` form: `sha256//` and the base64 SHA-256 of the
+    /// public key's SubjectPublicKeyInfo.
+    pub fn curl_pin(&self) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.key.public_key_der());
+        format!(
+            "sha256//{}",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
     }
 }
 

@@ -20,7 +20,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the TLS config: a fresh serving certificate from the HTTP CA, marked as a
+/// Builds the TLS config: a fresh serving certificate over the data folder's serving key, from
+/// the HTTP CA, marked as a
 /// coordinator's, naming the advertised hosts, this host, and loopback.
 pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -49,7 +50,7 @@ pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
             sans.push(san);
         }
     }
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let key = app.serving_key.key_pair();
     let leaf = Leaf {
         common_name: "musterd".into(),
         sans,
@@ -57,7 +58,7 @@ pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
         validity: time::Duration::days(30),
     };
     let now = time::OffsetDateTime::now_utc();
-    let cert = app.platform.http_ca.sign(&key, &leaf, now)?;
+    let cert = app.platform.http_ca.sign(key, &leaf, now)?;
     let chain = vec![
         CertificateDer::from(cert.der),
         CertificateDer::from(app.platform.http_ca.cert_der.clone()),
