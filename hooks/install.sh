@@ -41,6 +41,7 @@ case $served_ca in @*@) served_ca= ;; esac
 coordinator=${MUSTER_COORDINATOR_HOST:-$served_coordinator}
 pin=${MUSTER_PIN:-$served_pin}
 root=
+owner_given=0
 have_coordinator=0
 
 # Take the token out of the arguments; keep everything else, in order, for `muster install`.
@@ -76,6 +77,7 @@ for arg do
     --coordinator-host=*) coordinator=${arg#*=} have_coordinator=1 ;;
     --root) want=root ;;
     --root=*) root=${arg#*=} ;;
+    --owner | --owner=*) owner_given=1 ;;
     -h | --help)
         sed -n '2,21p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' ||
             say "usage: install.sh --roles-token TOKEN [muster install options]"
@@ -159,6 +161,16 @@ mkdir -p "$bindir" || die 7 "cannot make $bindir"
 { cp "$tmp/muster" "$dest.new" && chmod 0755 "$dest.new" && mv -f "$dest.new" "$dest"; } ||
     die 7 "cannot install $dest"
 say "installed $dest ($actual)"
+
+# Node keys belong to the `muster` system user, as the OS packages make it.
+if [ "$owner_given" = 0 ] && ! grep -q '^muster:' "${root%/}/etc/passwd" 2>/dev/null; then
+    command -v useradd >/dev/null 2>&1 ||
+        die 1 "there is no muster user and no useradd to make one; make it, or pass --owner"
+    useradd ${root:+--root "$root"} --system --user-group --home-dir /var/lib/muster \
+        --no-create-home --shell /usr/sbin/nologin muster ||
+        die 7 "could not make the muster system user"
+    say "made the muster system user"
+fi
 
 status=0
 "$dest" install "$@" || status=$?

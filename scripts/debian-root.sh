@@ -7,6 +7,7 @@
 set -eu
 dir=${1:?usage: debian-root.sh DIR}
 [ -e "$dir/.muster-root-ready" ] && exit 0
+# shellcheck source=/dev/null
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 mirror=${MUSTER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 rm -rf "$dir.tmp"

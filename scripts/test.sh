@@ -1,22 +1,35 @@
 #!/bin/sh
 # The whole test suite, from a bare Debian machine with a Rust toolchain: installs what the
-# tests need, checks formatting and lints, builds the real binaries, runs every test.
+# tests need, checks formatting and lints, builds the real binaries and packages, runs every
+# test. Run as root: the tests mount overlays, make network namespaces and install packages
+# into a Debian root of their own (made once by debootstrap, cached in target/debian-root).
 set -eu
 cd "$(dirname "$0")/.."
 
+# command:package for each outside tool a test runs.
 need=""
-for tool in curl:curl openssl:openssl stat:coreutils mount:mount file:file faketime:faketime; do
+for tool in curl:curl wget:wget openssl:openssl stat:coreutils mount:mount file:file \
+  faketime:faketime setpriv:util-linux ip:iproute2 shellcheck:shellcheck lintian:lintian \
+  rpm:rpm rpmlint:rpmlint cloud-init:cloud-init debootstrap:debootstrap \
+  dpkg-scanpackages:dpkg-dev systemd-analyze:systemd; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 if [ -n "$need" ]; then
   echo "installing:$need"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
+  apt-get update -qq
+  # shellcheck disable=SC2086 # a list of package names, split on purpose
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
 fi
+for sub in cargo-deb cargo-generate-rpm; do
+  command -v "$sub" >/dev/null 2>&1 || cargo install --locked --quiet "$sub"
+done
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features muster/failpoints -- -D warnings
 # The end-to-end tests run these binaries; the crash tests need the failpoints build.
 cargo build --workspace --bins --features muster/failpoints
-# The shipped installer: one static binary, enrolled with for real by a test.
-sh scripts/build-static.sh
+# The shipped binaries (static, release) and the deb and rpm made from them.
+sh packaging/build
+# The Debian root the package and cloud-init tests install into (cached).
+sh scripts/debian-root.sh target/debian-root
 cargo test --workspace --features muster/failpoints

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod os;
+
 /// Path of a workspace binary next to the running test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -58,21 +60,39 @@ pub struct Coordinator {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub secrets: Value,
+    /// The network namespace musterd runs in, if not the test's own.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
-/// Extra server config lines (YAML).
+/// Extra server config lines (YAML), and where the coordinator runs.
 #[derive(Default, Clone)]
 pub struct Opts {
     pub config: String,
     pub start: bool,
+    /// Run musterd (and `curl`, `api`) in this network namespace, listening on every address.
+    pub netns: Option<String>,
+    /// The address put into tokens (default 127.0.0.1:PORT).
+    pub advertise: Option<String>,
+}
+
+/// `cmd`, run inside network namespace `ns` if there is one.
+pub fn in_netns(ns: Option<&str>, program: &Path) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Coordinator {
     pub fn start() -> anyhow::Result<Coordinator> {
         Coordinator::with(Opts {
-            config: String::new(),
             start: true,
+            ..Opts::default()
         })
     }
 
@@ -80,8 +100,17 @@ impl Coordinator {
     pub fn with(opts: Opts) -> anyhow::Result<Coordinator> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
+        let listen = if opts.netns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
+        let advertise = opts
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
         let config = format!(
-            "listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n{}",
+            "listen: {listen}:{port}\nadvertise: [\"{advertise}\"]\n{}",
             opts.config
         );
         std::fs::write(dir.path().join("server.yaml"), config)?;
@@ -102,6 +131,7 @@ impl Coordinator {
             dir,
             port,
             secrets,
+            netns: opts.netns.clone(),
             child: None,
         };
         if opts.start {
@@ -123,7 +153,7 @@ impl Coordinator {
             .create(true)
             .append(true)
             .open(self.dir.path().join("musterd.log"))?;
-        let child = Command::new(bin("musterd"))
+        let child = in_netns(self.netns.as_deref(), &bin("musterd"))
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data())
@@ -171,7 +201,7 @@ impl Coordinator {
 
     /// Runs curl against this coordinator, trusting its CA.
     pub fn curl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new("curl")
+        Ok(in_netns(self.netns.as_deref(), Path::new("curl"))
             .arg("--cacert")
             .arg(self.data().join("ca.pem"))
             .args(args)

@@ -137,6 +137,7 @@ fn admin_api_refusals_have_codes() -> R {
     let c = Coordinator::with(Opts {
         config: "login_failures_per_minute: 3\n".into(),
         start: true,
+        ..Default::default()
     })?;
     let (code, v) = c.api(
         "POST",
@@ -208,6 +209,7 @@ fn es_enroll_node_when_enabled() -> R {
     let c = Coordinator::with(Opts {
         config: "es_enroll_node: true\n".into(),
         start: true,
+        ..Default::default()
     })?;
     let (code, v) = c.api("GET", "/_security/enroll/node", None)?;
     assert_eq!(code, 200, "{v}");
@@ -597,6 +599,7 @@ fn an_uncommitted_join_expires_and_gives_its_use_back() -> R {
     let c = Coordinator::with(Opts {
         config: "reservation_seconds: 2\n".into(),
         start: true,
+        ..Default::default()
     })?;
     let (tok, id) = c.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
     let h = Host::new("gone-quiet")?;
@@ -1009,6 +1012,7 @@ fn a_director_answers_only_the_emergency_token() -> R {
     let c = Coordinator::with(Opts {
         config: "mode: director\n".into(),
         start: true,
+        ..Default::default()
     })?;
     let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     let r = Host::new("ordinary")?.install(&c.host(), &tok, &[])?;
