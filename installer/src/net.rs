@@ -372,7 +372,10 @@ impl Client {
             Some(ErrorCode::NodeUnknown) | Some(ErrorCode::NodeCertRequired) => Exit::NotEnrolled,
             _ => Exit::Other,
         };
-        let mut message = format!("{coord} refused: {message}");
+        let mut message = match code {
+            Some(c) => format!("{coord} refused: {message} ({})", c.as_str()),
+            None => format!("{coord} refused: {message}"),
+        };
         if let (Some(ErrorCode::TokenExpired | ErrorCode::TokenNotYetValid), Some(note)) =
             (code, skew.and_then(skew_note))
         {

@@ -72,7 +72,7 @@ pub struct Opts {
     pub start: bool,
     /// Run musterd (and `curl`, `api`) in this network namespace, listening on every address.
     pub netns: Option<String>,
-    /// The address put into tokens (default 127.0.0.1:PORT).
+    /// The address put into tokens (default 127.0.0.1:PORT); `{port}` stands for the port.
     pub advertise: Option<String>,
 }
 
@@ -107,8 +107,9 @@ impl Coordinator {
         };
         let advertise = opts
             .advertise
-            .clone()
-            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+            .as_deref()
+            .unwrap_or("127.0.0.1:{port}")
+            .replace("{port}", &port.to_string());
         let config = format!(
             "listen: {listen}:{port}\nadvertise: [\"{advertise}\"]\n{}",
             opts.config

@@ -149,6 +149,113 @@ impl Overlay {
     }
 }
 
+/// Runs `$3` in root `$1` as host `$2`: in PID, UTS and mount namespaces of its own, with
+/// /proc, /sys, /run and a minimal /dev (/dev/null over /dev/console) mounted for it.
+const INSTANCE: &str = r#"
+set -eu
+r=$1; name=$2
+hostname "$name"
+mount -t proc proc "$r/proc"
+mount -t sysfs sysfs "$r/sys"
+mount -t tmpfs tmpfs "$r/run"
+mount -t tmpfs -o mode=0755 tmpfs "$r/dev"
+for d in null zero full random urandom tty; do
+    touch "$r/dev/$d"
+    mount --bind "/dev/$d" "$r/dev/$d"
+done
+touch "$r/dev/console"
+mount --bind /dev/null "$r/dev/console"
+ln -s /proc/self/fd "$r/dev/fd"
+mkdir "$r/dev/pts" "$r/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$r/dev/pts"
+ln -s pts/ptmx "$r/dev/ptmx"
+exec chroot "$r" /bin/sh -c "$3"
+"#;
+
+/// cloud-init's four boot stages, in order.
+const STAGES: &str = "cloud-init init --local; cloud-init init; \
+    cloud-init modules --mode config; cloud-init modules --mode final";
+
+impl Overlay {
+    /// Runs `script` in this root as host `name`, in network namespace `netns` (see
+    /// [`INSTANCE`]).
+    pub fn instance(&self, netns: &str, name: &str, script: &str) -> anyhow::Result<crate::Run> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(["unshare", "--uts", "--mount", "--pid", "--fork"])
+            .args(["--propagation", "private", "--", "sh", "-c", INSTANCE, "sh"])
+            .arg(self.root())
+            .arg(name)
+            .arg(script)
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("LC_ALL", "C")
+            .output()?;
+        Ok(crate::Run::from(out))
+    }
+
+    /// Boots cloud-init over a NoCloud seed in this root as host `name` in network namespace
+    /// `netns`: its four stages, as the boot runs them. Module lists are pinned and the network
+    /// config, growpart and resize_rootfs are off, so nothing reaches the machine.
+    pub fn boot_cloud_init(
+        &self,
+        netns: &str,
+        name: &str,
+        user_data: &str,
+    ) -> anyhow::Result<crate::Run> {
+        let seed = self.path("var/lib/cloud/seed/nocloud");
+        std::fs::create_dir_all(&seed)?;
+        std::fs::write(
+            seed.join("meta-data"),
+            format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
+        )?;
+        std::fs::write(seed.join("user-data"), user_data)?;
+        std::fs::write(
+            self.path("etc/cloud/cloud.cfg.d/99-muster-test.cfg"),
+            "datasource_list: [NoCloud, None]\n\
+             network: {config: disabled}\n\
+             growpart: {mode: \"off\"}\n\
+             resize_rootfs: false\n\
+             cloud_init_modules: [write_files]\n\
+             cloud_config_modules: [runcmd]\n\
+             cloud_final_modules: [package_update_upgrade_install, scripts_user, final_message]\n",
+        )?;
+        self.instance(netns, name, STAGES)
+    }
+
+    /// What systemd does to start a `Type=oneshot` unit of this root: if its
+    /// `ConditionPathExists=` holds, `ExecStart=` then, if that succeeded, `ExecStartPost=`.
+    /// As a shell snippet to run inside the root.
+    pub fn oneshot_unit(&self, unit: &str) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.path(&format!("lib/systemd/system/{unit}")))?;
+        let get = |key: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(str::to_string)
+                .collect()
+        };
+        anyhow::ensure!(get("Type") == ["oneshot"], "{unit} is not Type=oneshot");
+        let conditions = get("ConditionPathExists")
+            .iter()
+            .map(|p| format!("[ -e '{p}' ]"))
+            .collect::<Vec<_>>();
+        let mut run = get("ExecStart");
+        run.extend(get("ExecStartPost"));
+        anyhow::ensure!(!run.is_empty(), "{unit} runs nothing");
+        Ok(format!(
+            "if {}; then {}; else echo '{unit}: condition failed, skipped'; fi",
+            if conditions.is_empty() {
+                "true".to_string()
+            } else {
+                conditions.join(" && ")
+            },
+            run.join(" && ")
+        ))
+    }
+}
+
 impl Drop for Overlay {
     fn drop(&mut self) {
         let _ = Command::new("umount")

@@ -308,3 +308,181 @@ fn rpm_packages_install_and_erase_in_a_scratch_root() -> R {
     accounts_as_before(&o, &base)?;
     Ok(())
 }
+
+/// A coordinator in its own network namespace, reached by the booting host over a veth
+/// pair, serving the static installer.
+fn coordinator_across(net: &NetPair) -> anyhow::Result<Coordinator> {
+    Coordinator::with(Opts {
+        config: format!("installer_path: {}\n", static_installer().display()),
+        start: true,
+        netns: Some(net.server.clone()),
+        advertise: Some(format!("{}:{{port}}", NetPair::SERVER_IP)),
+    })
+}
+
+/// Token, token id and install line from the API.
+fn one_liner(c: &Coordinator, body: &str) -> anyhow::Result<(String, String, String)> {
+    let (code, v) = c.api(
+        "POST",
+        &format!("{TOKENS}?install_command=true"),
+        Some(body),
+    )?;
+    anyhow::ensure!(code == 200, "creating a token: HTTP {code}: {v}");
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Ok((s("token"), s("token_id"), s("install_command")))
+}
+
+/// One of `hooks/cloud-init/`, with the example's coordinator, pin and token replaced.
+fn user_data(example: &str, coordinator: &str, pin: &str, token: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(repo().join("hooks/cloud-init").join(example))?;
+    anyhow::ensure!(
+        text.contains("ROLES-TOKEN"),
+        "{example} has no token placeholder"
+    );
+    Ok(text
+        .replace("coordinator.example.net:12443", coordinator)
+        .replace("sha256//COORDINATOR-KEY-PIN", pin)
+        .replace("ROLES-TOKEN", token))
+}
+
+fn hostnames(c: &Coordinator) -> anyhow::Result<Vec<String>> {
+    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    Ok(v["runners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["public_hostname"].as_str().map(str::to_string))
+        .collect())
+}
+
+#[test]
+fn cloud_init_runcmd_one_liner_enrolls_the_instance_and_logs_a_refusal() -> R {
+    let base = debian_root()?;
+    let net = NetPair::new()?;
+    let c = coordinator_across(&net)?;
+    let (token, _, line) = one_liner(&c, r#"{"persistent":false,"roles":["allocator"]}"#)?;
+    assert!(
+        line.contains(&format!("https://{}:{}/", NetPair::SERVER_IP, c.port)),
+        "{line}"
+    );
+    let pin = line
+        .split("--pinnedpubkey '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_default();
+    let coordinator = format!("{}:{}", NetPair::SERVER_IP, c.port);
+
+    let o = Overlay::new(&base)?;
+    let ud = user_data("one-liner.yaml", &coordinator, pin, &token)?;
+    let boot = std::time::Instant::now();
+    o.boot_cloud_init(&net.host, "ci-one-liner", &ud)?;
+    let r = o.instance(&net.host, "ci-one-liner", "muster status --output json")?;
+    println!(
+        "boot with the one-liner: {:.1} s",
+        boot.elapsed().as_secs_f64()
+    );
+    let log = std::fs::read_to_string(o.path("var/log/cloud-init-output.log"))?;
+    assert!(log.contains("] enrolled as "), "{log}\n{r:?}");
+    assert!(
+        !log.contains(&token),
+        "the token reached cloud-init-output.log"
+    );
+    assert!(r.stdout.contains("\"enrolled\":true"), "{r:?}");
+    assert_eq!(o.stat("/etc/muster/tls/node.key")?, "muster:muster 600");
+    assert!(hostnames(&c)?.contains(&"ci-one-liner".to_string()));
+
+    // A refused token: the log names the refusal, cloud-init reports the failed script, and
+    // the instance holds no identity.
+    let (bad, bad_id, _) = one_liner(&c, r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let (code, _) = c.api("DELETE", &format!("{TOKENS}/{bad_id}"), None)?;
+    assert_eq!(code, 200);
+    let o = Overlay::new(&base)?;
+    let ud = user_data("one-liner.yaml", &coordinator, pin, &bad)?;
+    o.boot_cloud_init(&net.host, "ci-refused", &ud)?;
+    let log = std::fs::read_to_string(o.path("var/log/cloud-init-output.log"))?;
+    println!(
+        "cloud-init-output.log on a refused token, from the one-liner on:\n{}",
+        log.lines()
+            .skip_while(|l| !l.contains("muster-install"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(log.contains("token.revoked"), "{log}");
+    assert!(
+        log.contains("Failed to run module scripts_user"),
+        "cloud-init names the failed module: {log}"
+    );
+    // The keys made for the join stay for a retry; no certificate was issued.
+    assert!(!o.path("etc/muster/tls/node.crt").exists());
+    assert!(!log.contains(&bad));
+    Ok(())
+}
+
+#[test]
+fn cloud_init_write_files_and_package_enroll_through_the_oneshot_unit() -> R {
+    let base = debian_root()?;
+    let net = NetPair::new()?;
+    let c = coordinator_across(&net)?;
+    let (token, _, _) = one_liner(&c, r#"{"persistent":false,"roles":["allocator","proxy"]}"#)?;
+    let coordinator = format!("{}:{}", NetPair::SERVER_IP, c.port);
+
+    let o = Overlay::new(&base)?;
+    // The image's package source is a local repository holding the muster package.
+    let repo_dir = o.path("srv/muster-repo");
+    std::fs::create_dir_all(&repo_dir)?;
+    std::fs::copy(package("muster", "deb")?, repo_dir.join("muster.deb"))?;
+    let index = tool(
+        Command::new("dpkg-scanpackages")
+            .args(["--multiversion", "."])
+            .current_dir(&repo_dir),
+    )?;
+    std::fs::write(repo_dir.join("Packages"), index)?;
+    std::fs::write(
+        o.path("etc/apt/sources.list"),
+        "deb [trusted=yes] file:/srv/muster-repo ./\n",
+    )?;
+
+    let ud = user_data("enroll-on-boot.yaml", &coordinator, "", &token)?;
+    let boot = std::time::Instant::now();
+    let r = o.boot_cloud_init(&net.host, "ci-package", &ud)?;
+    println!(
+        "boot with write_files and the package: {:.1} s",
+        boot.elapsed().as_secs_f64()
+    );
+    let log = std::fs::read_to_string(o.path("var/log/cloud-init-output.log"))?;
+    assert!(
+        log.contains("Setting up muster"),
+        "cloud-init installed the package: {log}\n{r:?}"
+    );
+    assert!(
+        !log.contains(&token),
+        "the token reached cloud-init-output.log"
+    );
+    assert_eq!(o.stat("/etc/muster/enroll.yaml")?, "root:root 600");
+    assert!(enabled(&o, "muster-enroll.service") && enabled(&o, "muster-agent.service"));
+    assert!(
+        !o.path("var/lib/muster/enrollment.json").exists(),
+        "nothing enrolled yet"
+    );
+
+    // systemd would now start the enabled muster-enroll.service. None runs here, so the
+    // unit's own lines run as systemd runs a oneshot unit.
+    let unit = o.oneshot_unit("muster-enroll.service")?;
+    let r = o.instance(
+        &net.host,
+        "ci-package",
+        &format!("{unit} && muster status --output json"),
+    )?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("\"enrolled\":true"), "{r:?}");
+    assert!(
+        !o.path("etc/muster/enroll.yaml").exists(),
+        "the token file is gone"
+    );
+    assert_eq!(o.stat("/etc/muster/tls/node.key")?, "muster:muster 600");
+    assert!(hostnames(&c)?.contains(&"ci-package".to_string()));
+    // Started again (the next boot), the unit's condition no longer holds: nothing runs.
+    let r = o.instance(&net.host, "ci-package", &unit)?;
+    assert!(r.stdout.contains("condition failed, skipped"), "{r:?}");
+    Ok(())
+}
