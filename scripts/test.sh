@@ -11,9 +11,12 @@ need=""
 for tool in curl:curl wget:wget openssl:openssl stat:coreutils mount:mount file:file \
   faketime:faketime setpriv:util-linux ip:iproute2 shellcheck:shellcheck lintian:lintian \
   rpm:rpm rpmlint:rpmlint cloud-init:cloud-init debootstrap:debootstrap \
-  dpkg-scanpackages:dpkg-dev systemd-analyze:systemd; do
+  dpkg-scanpackages:dpkg-dev systemd-analyze:systemd etcd:etcd-server etcdctl:etcd-client \
+  protoc:protobuf-compiler; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
+# etcd-client compiles etcd's protobuf files, which import protobuf's well-known types.
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need="$need libprotobuf-dev"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq

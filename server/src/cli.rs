@@ -1,8 +1,9 @@
 //! The `musterd` command line.
 
 use crate::app::{system_now, App};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::platform::Platform;
+use crate::store::etcd::EtcdStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use anyhow::{bail, Context};
@@ -115,16 +116,19 @@ fn me(mode: u32) -> Perms {
     }
 }
 
-async fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+/// The store the config names: SQLite in the data folder, or the etcd cluster.
+async fn open_store(data_dir: &Path, config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     ensure_dir(data_dir, me(0o700))
         .with_context(|| format!("preparing data folder {}", data_dir.display()))?;
-    let store = SqliteStore::open(&data_dir.join("muster.db"))?;
-    Ok(Arc::new(store))
+    Ok(match config.store.backend {
+        Backend::Sqlite => Arc::new(SqliteStore::open(&data_dir.join("muster.db"))?),
+        Backend::Etcd => Arc::new(EtcdStore::connect(&config.store.etcd).await?),
+    })
 }
 
 async fn load_app(data: &DataArgs) -> anyhow::Result<Arc<App>> {
     let config = Config::load(data.config.as_deref())?;
-    let store = open_store(&data.data_dir).await?;
+    let store = open_store(&data.data_dir, &config).await?;
     let platform = Platform::load(store.as_ref()).await?;
     let serving_key = crate::pki::ServingKey::load_or_create(&data.data_dir)?;
     Ok(App::new(store, platform, config, serving_key))
@@ -139,6 +143,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => init(&data, advertise, output).await,
         Cmd::Serve { data, listen } => {
             let app = load_app(&data).await?;
+            // The HTTP CA next to the data, as `init` leaves it: what curl --cacert and wget
+            // --ca-certificate take. A coordinator that joined a shared store gets it here.
+            let ca = data.data_dir.join("ca.pem");
+            if std::fs::read(&ca).ok().as_deref() != Some(app.platform.http_ca.cert_pem.as_bytes())
+            {
+                write_atomic(&ca, app.platform.http_ca.cert_pem.as_bytes(), me(0o644))
+                    .with_context(|| format!("writing {}", ca.display()))?;
+            }
             let listen = listen.unwrap_or_else(|| app.config.listen.clone());
             let addr = listen
                 .parse()
@@ -167,7 +179,7 @@ async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow
     if secrets_path.exists() {
         bail!("{} exists: this data folder already holds a platform; refusing to create another over it", secrets_path.display());
     }
-    let store = open_store(&data.data_dir).await?;
+    let store = open_store(&data.data_dir, &config).await?;
     let (platform, secrets) =
         Platform::init(store.as_ref(), &config.advertise_or_default(), system_now()).await?;
     let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&secrets)?);

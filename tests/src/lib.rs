@@ -72,8 +72,11 @@ pub struct Opts {
     pub start: bool,
     /// Run musterd (and `curl`, `api`) in this network namespace, listening on every address.
     pub netns: Option<String>,
-    /// The address put into tokens (default 127.0.0.1:PORT); `{port}` stands for the port.
+    /// The addresses put into tokens, comma-separated (default 127.0.0.1:PORT); `{port}`
+    /// stands for the port.
     pub advertise: Option<String>,
+    /// Listen on this port rather than a free one picked here.
+    pub port: Option<u16>,
 }
 
 /// `cmd`, run inside network namespace `ns` if there is one.
@@ -98,8 +101,18 @@ impl Coordinator {
 
     /// Initializes a platform and, if `opts.start`, serves it.
     pub fn with(opts: Opts) -> anyhow::Result<Coordinator> {
+        Coordinator::make(opts, None)
+    }
+
+    /// Another coordinator over the platform `first` made in their shared store (etcd in
+    /// `opts.config`): no init, the same admin secrets.
+    pub fn alongside(first: &Coordinator, opts: Opts) -> anyhow::Result<Coordinator> {
+        Coordinator::make(opts, Some(first.secrets.clone()))
+    }
+
+    fn make(opts: Opts, shared: Option<Value>) -> anyhow::Result<Coordinator> {
         let dir = tempfile::tempdir()?;
-        let port = free_port();
+        let port = opts.port.unwrap_or_else(free_port);
         let listen = if opts.netns.is_some() {
             "0.0.0.0"
         } else {
@@ -110,11 +123,29 @@ impl Coordinator {
             .as_deref()
             .unwrap_or("127.0.0.1:{port}")
             .replace("{port}", &port.to_string());
+        let advertise = advertise
+            .split(',')
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let config = format!(
-            "listen: {listen}:{port}\nadvertise: [\"{advertise}\"]\n{}",
+            "listen: {listen}:{port}\nadvertise: [{advertise}]\n{}",
             opts.config
         );
         std::fs::write(dir.path().join("server.yaml"), config)?;
+        if let Some(secrets) = shared {
+            let mut c = Coordinator {
+                dir,
+                port,
+                secrets,
+                netns: opts.netns.clone(),
+                child: None,
+            };
+            if opts.start {
+                c.serve()?;
+            }
+            return Ok(c);
+        }
         let out = Command::new(bin("musterd"))
             .args(["init", "--output", "json", "--data-dir"])
             .arg(dir.path().join("data"))
@@ -160,7 +191,7 @@ impl Coordinator {
             .arg(self.data())
             .arg("--config")
             .arg(self.dir.path().join("server.yaml"))
-            .env("MUSTERD_LOG", "debug")
+            .env("MUSTERD_LOG", "info,musterd=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -386,4 +417,116 @@ pub fn tool(cmd: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into())
+}
+
+/// A real etcd cluster of `n` members on loopback ports, each in a scratch folder; stopped
+/// on drop.
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    members: Vec<(String, Child)>,
+    pub client_urls: Vec<String>,
+    peer_urls: Vec<String>,
+}
+
+impl Etcd {
+    pub fn start(n: usize) -> anyhow::Result<Etcd> {
+        let dir = tempfile::tempdir()?;
+        let client_urls: Vec<String> = (0..n)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let peer_urls: Vec<String> = (0..n)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let mut e = Etcd {
+            dir,
+            members: Vec::new(),
+            client_urls,
+            peer_urls,
+        };
+        for i in 0..n {
+            let child = e.spawn(i)?;
+            e.members.push((format!("m{i}"), child));
+        }
+        e.wait_healthy()?;
+        Ok(e)
+    }
+
+    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
+        let cluster = self
+            .peer_urls
+            .iter()
+            .enumerate()
+            .map(|(j, u)| format!("m{j}={u}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("m{i}.log")))?;
+        Command::new("etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("m{i}")))
+            .args(["--listen-client-urls", &self.client_urls[i]])
+            .args(["--advertise-client-urls", &self.client_urls[i]])
+            .args(["--listen-peer-urls", &self.peer_urls[i]])
+            .args(["--initial-advertise-peer-urls", &self.peer_urls[i]])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-token", "muster-test"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian's etcd-server)")
+    }
+
+    /// Waits until every running member answers `endpoint health`.
+    pub fn wait_healthy(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &self.client_urls.join(","),
+                    "endpoint",
+                    "health",
+                ])
+                .output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd did not become healthy: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills member `i` (kill -9).
+    pub fn kill(&mut self, i: usize) {
+        if let Some((_, c)) = self.members.get_mut(i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The `store:` lines of a server config using this cluster under `prefix`.
+    pub fn store_config(&self, prefix: &str) -> String {
+        format!(
+            "store:\n  backend: etcd\n  etcd:\n    endpoints: [{}]\n    prefix: {prefix}\n",
+            self.client_urls.join(", ")
+        )
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.members {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

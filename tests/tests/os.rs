@@ -317,6 +317,7 @@ fn coordinator_across(net: &NetPair) -> anyhow::Result<Coordinator> {
         start: true,
         netns: Some(net.server.clone()),
         advertise: Some(format!("{}:{{port}}", NetPair::SERVER_IP)),
+        ..Opts::default()
     })
 }
 

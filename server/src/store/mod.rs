@@ -2,9 +2,11 @@
 //!
 //! Each method is one atomic step of the protocol (reserve a join, commit it, expire it,
 //! revoke a token), so a backend maps it to one transaction: an SQLite `BEGIN IMMEDIATE`, an etcd
-//! `Txn` with compare-and-swap. Records are plain serde values; backends store them as JSON.
+//! `Txn` with compare-and-swap ([`etcd`]). Records are plain serde values; backends store them
+//! as JSON.
 //! The conformance tests in [`conformance`] run against every backend.
 
+pub mod etcd;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -1,0 +1,699 @@
+//! The etcd backend: several coordinators share one etcd cluster.
+//!
+//! Records are the same JSON values SQLite keeps, one key each, under a prefix (default
+//! `/muster/`):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `platform` | the platform record |
+//! | `tokens/{id}` | [`TokenRecord`]; ephemeral ones under a lease that outlives their expiry |
+//! | `resv/{node_id}` | [`Reservation`], under a lease that outlives `expires_at` |
+//! | `resv-key/{token_id}/{key_hash}` | the node id holding that key's reservation (same lease) |
+//! | `hosts/{node_id}` | [`HostRecord`] |
+//! | `hostname/{hostname}` | the node id registered under that hostname |
+//! | `revoked/{serial}` | empty: a revoked certificate |
+//! | `audit-seq`, `audit/{seq:020}` | the audit counter and events |
+//!
+//! Every protocol step is one etcd transaction guarded by the mod revisions of the keys it
+//! read: a step that lost a race to another coordinator reads again and retries. So a one-use
+//! token is used once across coordinators, and a revoked token is refused by every coordinator
+//! from the moment the revocation commits: every check reads etcd (linearizable reads), there is
+//! no cache to invalidate. The leases are a safety net: the sweeper on every coordinator expires
+//! reservations (returning their token use exactly once, by the same compare-and-swap) long
+//! before their lease runs out.
+
+use super::*;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp,
+};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// How long a lease outlives the expiry it covers.
+const LEASE_GRACE_SECS: i64 = 3600;
+/// How long an expired ephemeral token stays readable (for audit and clear refusals).
+const TOKEN_RETENTION_SECS: i64 = 86_400;
+/// Compare-and-swap rounds before a step gives up as contended.
+const MAX_ROUNDS: u32 = 1000;
+
+pub struct EtcdStore {
+    /// One client per endpoint. The one in use changes when its member stops answering:
+    /// tonic's balancer keeps sending to a dead member, so failover is done here.
+    clients: Vec<Client>,
+    current: std::sync::atomic::AtomicUsize,
+    prefix: String,
+}
+
+/// A value read with what its transaction must guard on.
+struct Got<T> {
+    value: T,
+    rev: i64,
+    lease: i64,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+/// Whether the member could not be reached (so another may answer), rather than refusing.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> StoreResult<T> {
+    serde_json::from_slice(kv.value())
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(kv.key()))))
+}
+
+fn json<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl EtcdStore {
+    /// Connects to `cfg.endpoints` (TLS when `cfg.tls` is set) and checks the cluster answers.
+    pub async fn connect(cfg: &crate::config::EtcdConfig) -> anyhow::Result<EtcdStore> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(tls) = &cfg.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| anyhow::anyhow!("reading etcd CA {}: {e}", ca.display()))?;
+                t = t.ca_certificate(Certificate::from_pem(pem));
+            }
+            match (&tls.cert, &tls.key) {
+                (Some(c), Some(k)) => {
+                    let cert = std::fs::read(c)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", c.display()))?;
+                    let key = zeroize::Zeroizing::new(
+                        std::fs::read(k)
+                            .map_err(|e| anyhow::anyhow!("reading {}: {e}", k.display()))?,
+                    );
+                    t = t.identity(Identity::from_pem(cert, key.as_slice()));
+                }
+                (None, None) => {}
+                _ => anyhow::bail!("store.etcd.tls needs both cert and key, or neither"),
+            }
+            opts = opts.with_tls(t);
+        }
+        anyhow::ensure!(!cfg.endpoints.is_empty(), "store.etcd.endpoints is empty");
+        let mut clients = Vec::new();
+        for ep in &cfg.endpoints {
+            // Connections are made lazily: a member that is down now is tried when needed.
+            clients.push(
+                Client::connect([ep], Some(opts.clone()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("etcd endpoint {ep}: {e}"))?,
+            );
+        }
+        let mut prefix = cfg.prefix.clone();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let store = EtcdStore {
+            clients,
+            current: 0.into(),
+            prefix,
+        };
+        store
+            .call(|mut c| async move { c.status().await })
+            .await
+            .map_err(|e| anyhow::anyhow!("etcd at {:?} does not answer: {e}", cfg.endpoints))?;
+        Ok(store)
+    }
+
+    /// Runs one etcd request, moving on to the next member when one cannot be reached. A
+    /// request retried this way may have been applied already; every step reads again and
+    /// guards its writes, so it then finds its own result.
+    async fn call<T, F, Fut>(&self, f: F) -> StoreResult<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let n = self.clients.len();
+        let mut last = None;
+        for _ in 0..2 * n {
+            let i = self.current.load(Ordering::Relaxed) % n;
+            match f(self.clients[i].clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if unreachable(&e) => {
+                    let _ = self.current.compare_exchange(
+                        i,
+                        (i + 1) % n,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    last = Some(e);
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(unavailable(last.map(|e| e.to_string()).unwrap_or_default()))
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, rest: &str) -> StoreResult<Option<Got<T>>> {
+        let key = self.key(rest);
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Some(Got {
+                value: decode(kv)?,
+                rev: kv.mod_revision(),
+                lease: kv.lease(),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record under `rest`, in key order.
+    async fn list<T: DeserializeOwned>(&self, rest: &str) -> StoreResult<Vec<T>> {
+        let key = self.key(rest);
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        resp.kvs().iter().map(decode).collect()
+    }
+
+    /// The guard that `rest` is as it was read: same mod revision, or still absent.
+    fn unchanged(&self, rest: &str, rev: Option<i64>) -> Compare {
+        match rev {
+            Some(r) => Compare::mod_revision(self.key(rest), CompareOp::Equal, r),
+            None => Compare::version(self.key(rest), CompareOp::Equal, 0),
+        }
+    }
+
+    fn put<T: Serialize>(&self, rest: &str, v: &T, lease: i64) -> StoreResult<TxnOp> {
+        let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        Ok(TxnOp::put(self.key(rest), json(v)?, opts))
+    }
+
+    fn delete(&self, rest: &str) -> TxnOp {
+        TxnOp::delete(self.key(rest), None)
+    }
+
+    /// Runs `ops` if every guard holds; whether it ran.
+    async fn txn(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> StoreResult<bool> {
+        let txn = Txn::new().when(guards).and_then(ops);
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn lease(&self, ttl_secs: i64) -> StoreResult<i64> {
+        let resp = self
+            .call(|mut c| async move { c.lease_grant(ttl_secs.max(1), None).await })
+            .await?;
+        Ok(resp.id())
+    }
+
+    fn revoke_ops(&self, serials: &[String]) -> StoreResult<Vec<TxnOp>> {
+        serials
+            .iter()
+            .map(|s| self.put(&format!("revoked/{s}"), &(), 0))
+            .collect()
+    }
+
+    /// Reads a host, changes it with `f`, writes it back if nobody changed it meanwhile.
+    async fn update_host(
+        &self,
+        node_id: &str,
+        mut f: impl FnMut(&mut HostRecord) -> Vec<String>,
+    ) -> StoreResult<Option<HostRecord>> {
+        let rest = format!("hosts/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut h) = self.get::<HostRecord>(&rest).await? else {
+                return Ok(None);
+            };
+            let revoke = f(&mut h.value);
+            let mut ops = vec![self.put(&rest, &h.value, 0)?];
+            ops.extend(self.revoke_ops(&revoke)?);
+            if self
+                .txn(vec![self.unchanged(&rest, Some(h.rev))], ops)
+                .await?
+            {
+                return Ok(Some(h.value));
+            }
+        }
+        Err(contended())
+    }
+
+    async fn already_committed(&self, node_id: &str) -> StoreResult<CommitOutcome> {
+        Ok(
+            match self.get::<HostRecord>(&format!("hosts/{node_id}")).await? {
+                Some(h) => CommitOutcome::AlreadyCommitted(Box::new(h.value)),
+                None => CommitOutcome::Unknown,
+            },
+        )
+    }
+}
+
+fn contended() -> StoreError {
+    StoreError::Unavailable("etcd: too many concurrent changes to the same records; retry".into())
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn init_platform(&self, record: &[u8]) -> StoreResult<bool> {
+        self.txn(
+            vec![self.unchanged("platform", None)],
+            vec![TxnOp::put(self.key("platform"), record, None)],
+        )
+        .await
+    }
+
+    async fn platform(&self) -> StoreResult<Option<Vec<u8>>> {
+        let key = self.key("platform");
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+        let lease = match t.expires {
+            Some(e) => {
+                let ttl = e.saturating_sub(t.created) as i64
+                    + muster_protocol::token::LEEWAY_SECS as i64
+                    + TOKEN_RETENTION_SECS;
+                self.lease(ttl).await?
+            }
+            None => 0,
+        };
+        let op = self.put(&format!("tokens/{}", t.id), t, lease)?;
+        self.txn(vec![], vec![op]).await?;
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        Ok(self
+            .get::<TokenRecord>(&format!("tokens/{id}"))
+            .await?
+            .map(|g| g.value))
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let mut all: Vec<TokenRecord> = self.list("tokens/").await?;
+        all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(all)
+    }
+
+    async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
+        let rest = format!("tokens/{id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut t) = self.get::<TokenRecord>(&rest).await? else {
+                return Ok(false);
+            };
+            t.value.revoked = true;
+            let op = self.put(&rest, &t.value, t.lease)?;
+            if self
+                .txn(vec![self.unchanged(&rest, Some(t.rev))], vec![op])
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(contended())
+    }
+
+    async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
+        let token_key = format!("tokens/{}", r.token_id);
+        let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
+        let mut lease = 0;
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut t) = self.get::<TokenRecord>(&token_key).await? else {
+                return Ok(ReserveOutcome::UnknownToken);
+            };
+            if t.value.revoked {
+                return Ok(ReserveOutcome::Revoked);
+            }
+            let index = self.get::<String>(&index_key).await?;
+            if let Some(ix) = &index {
+                if let Some(existing) = self
+                    .get::<Reservation>(&format!("resv/{}", ix.value))
+                    .await?
+                {
+                    if existing.value.expires_at > now {
+                        return Ok(ReserveOutcome::Existing(Box::new(existing.value)));
+                    }
+                }
+            }
+            if t.value.max_uses.is_some_and(|max| t.value.uses >= max) {
+                return Ok(ReserveOutcome::UseLimitReached);
+            }
+            t.value.uses += 1;
+            if lease == 0 {
+                lease = self
+                    .lease(r.expires_at.saturating_sub(now) as i64 + LEASE_GRACE_SECS)
+                    .await?;
+            }
+            let guards = vec![
+                self.unchanged(&token_key, Some(t.rev)),
+                self.unchanged(&index_key, index.as_ref().map(|i| i.rev)),
+            ];
+            let ops = vec![
+                self.put(&token_key, &t.value, t.lease)?,
+                self.put(&format!("resv/{}", r.node_id), r, lease)?,
+                self.put(&index_key, &r.node_id, lease)?,
+            ];
+            if self.txn(guards, ops).await? {
+                return Ok(ReserveOutcome::Reserved);
+            }
+        }
+        Err(contended())
+    }
+
+    async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>> {
+        Ok(self
+            .get::<Reservation>(&format!("resv/{node_id}"))
+            .await?
+            .map(|g| g.value))
+    }
+
+    async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
+        let resv_key = format!("resv/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut r) = self.get::<Reservation>(&resv_key).await? else {
+                return self.already_committed(node_id).await;
+            };
+            if r.value.committed {
+                return self.already_committed(node_id).await;
+            }
+            if r.value.expires_at <= now {
+                return Ok(CommitOutcome::Unknown);
+            }
+            let name_key = format!("hostname/{}", r.value.host.hostname);
+            let index = self.get::<String>(&name_key).await?;
+            let old = match &index {
+                Some(ix) if ix.value != node_id => {
+                    self.get::<HostRecord>(&format!("hosts/{}", ix.value))
+                        .await?
+                }
+                _ => None,
+            };
+            let v = &r.value;
+            let host = HostRecord {
+                node_id: v.node_id.clone(),
+                token_id: v.token_id.clone(),
+                host: v.host.clone(),
+                roles: v.roles.clone(),
+                pending_roles: v.pending_roles.clone(),
+                spki_der: v.spki_der.clone(),
+                serials: v.serials.clone(),
+                cert_not_after: v.cert_not_after,
+                registered_at: now,
+                last_heartbeat: now,
+                memory_used_mb: 0,
+            };
+            r.value.committed = true;
+            let mut guards = vec![
+                self.unchanged(&resv_key, Some(r.rev)),
+                self.unchanged(&name_key, index.as_ref().map(|i| i.rev)),
+            ];
+            let mut ops = vec![
+                self.put(&format!("hosts/{node_id}"), &host, 0)?,
+                self.put(&name_key, &node_id.to_string(), 0)?,
+                self.put(&resv_key, &r.value, r.lease)?,
+            ];
+            if let Some(o) = &old {
+                let old_key = format!("hosts/{}", o.value.node_id);
+                guards.push(self.unchanged(&old_key, Some(o.rev)));
+                ops.push(self.delete(&old_key));
+                ops.extend(self.revoke_ops(&o.value.serials)?);
+            }
+            if self.txn(guards, ops).await? {
+                return Ok(CommitOutcome::Committed {
+                    host: Box::new(host),
+                    replaced: old.map(|o| Box::new(o.value)),
+                });
+            }
+        }
+        Err(contended())
+    }
+
+    async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
+        let key = self.key("resv/");
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let mut expired = Vec::new();
+        for kv in resp.kvs() {
+            let r: Reservation = decode(kv)?;
+            if r.expires_at > now {
+                continue;
+            }
+            let resv_key = format!("resv/{}", r.node_id);
+            let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
+            let mut guards = vec![self.unchanged(&resv_key, Some(kv.mod_revision()))];
+            let mut ops = vec![self.delete(&resv_key), self.delete(&index_key)];
+            if !r.committed {
+                // Give the use back in the same transaction; if another coordinator expires
+                // this reservation first, the guard fails and the use is not given twice.
+                let token_key = format!("tokens/{}", r.token_id);
+                if let Some(mut t) = self.get::<TokenRecord>(&token_key).await? {
+                    t.value.uses = t.value.uses.saturating_sub(1);
+                    guards.push(self.unchanged(&token_key, Some(t.rev)));
+                    ops.push(self.put(&token_key, &t.value, t.lease)?);
+                }
+                ops.extend(self.revoke_ops(&r.serials)?);
+            }
+            if self.txn(guards, ops).await? && !r.committed {
+                expired.push(r);
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn hosts(&self) -> StoreResult<Vec<HostRecord>> {
+        let mut all: Vec<HostRecord> = self.list("hosts/").await?;
+        all.sort_by(|a, b| a.host.hostname.cmp(&b.host.hostname));
+        Ok(all)
+    }
+
+    async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
+        Ok(self
+            .get::<HostRecord>(&format!("hosts/{node_id}"))
+            .await?
+            .map(|g| g.value))
+    }
+
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        now: u64,
+        memory_used_mb: u64,
+    ) -> StoreResult<Option<HostRecord>> {
+        self.update_host(node_id, |h| {
+            h.last_heartbeat = now;
+            h.memory_used_mb = memory_used_mb;
+            vec![]
+        })
+        .await
+    }
+
+    async fn set_roles(
+        &self,
+        node_id: &str,
+        roles: &[Role],
+        pending: &[Role],
+    ) -> StoreResult<Option<HostRecord>> {
+        self.update_host(node_id, |h| {
+            h.roles = roles.to_vec();
+            h.pending_roles = pending.to_vec();
+            vec![]
+        })
+        .await
+    }
+
+    async fn replace_certs(
+        &self,
+        node_id: &str,
+        serials: &[String],
+        not_after: u64,
+    ) -> StoreResult<Option<HostRecord>> {
+        self.update_host(node_id, |h| {
+            h.cert_not_after = not_after;
+            std::mem::replace(&mut h.serials, serials.to_vec())
+        })
+        .await
+    }
+
+    async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
+        let host_key = format!("hosts/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(h) = self.get::<HostRecord>(&host_key).await? else {
+                return Ok(None);
+            };
+            let name_key = format!("hostname/{}", h.value.host.hostname);
+            let mut guards = vec![self.unchanged(&host_key, Some(h.rev))];
+            let mut ops = vec![self.delete(&host_key)];
+            if let Some(ix) = self.get::<String>(&name_key).await? {
+                if ix.value == node_id {
+                    guards.push(self.unchanged(&name_key, Some(ix.rev)));
+                    ops.push(self.delete(&name_key));
+                }
+            }
+            ops.extend(self.revoke_ops(&h.value.serials)?);
+            if self.txn(guards, ops).await? {
+                return Ok(Some(h.value));
+            }
+        }
+        Err(contended())
+    }
+
+    async fn is_revoked(&self, serial: &str) -> StoreResult<bool> {
+        let key = self.key(&format!("revoked/{serial}"));
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
+        Ok(resp.count() > 0)
+    }
+
+    async fn audit(&self, e: &AuditEvent) -> StoreResult<u64> {
+        for _ in 0..MAX_ROUNDS {
+            let seq = self.get::<u64>("audit-seq").await?;
+            let next = seq.as_ref().map(|s| s.value).unwrap_or(0) + 1;
+            let mut e = e.clone();
+            e.seq = next;
+            let guards = vec![self.unchanged("audit-seq", seq.as_ref().map(|s| s.rev))];
+            let ops = vec![
+                self.put("audit-seq", &next, 0)?,
+                self.put(&format!("audit/{next:020}"), &e, 0)?,
+            ];
+            if self.txn(guards, ops).await? {
+                return Ok(next);
+            }
+        }
+        Err(contended())
+    }
+
+    async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        let from = self.key(&format!("audit/{:020}", after.saturating_add(1)));
+        // "audit0" is the first key after every "audit/…" key.
+        let end = self.key("audit0");
+        let resp = self
+            .call(|mut c| {
+                let (from, end) = (from.clone(), end.clone());
+                async move {
+                    let opts = GetOptions::new()
+                        .with_range(end)
+                        .with_limit(i64::from(limit));
+                    c.get(from, Some(opts)).await
+                }
+            })
+            .await?;
+        resp.kvs().iter().map(decode).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A one-member etcd on loopback ports of its own, in a scratch folder; stopped on drop.
+    pub struct Etcd {
+        child: Child,
+        _dir: tempfile::TempDir,
+        pub endpoint: String,
+    }
+
+    impl Etcd {
+        pub fn start() -> anyhow::Result<Etcd> {
+            let dir = tempfile::tempdir()?;
+            let port = |_: ()| -> anyhow::Result<u16> {
+                Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port())
+            };
+            let (client, peer) = (port(())?, port(())?);
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let child = Command::new("etcd")
+                .arg("--data-dir")
+                .arg(dir.path().join("etcd"))
+                .args(["--listen-client-urls", &endpoint])
+                .args(["--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &format!("default=http://127.0.0.1:{peer}"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("starting etcd (apt-get install etcd-server): {e}"))?;
+            Ok(Etcd {
+                child,
+                _dir: dir,
+                endpoint,
+            })
+        }
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn etcd_passes_conformance() -> anyhow::Result<()> {
+        let etcd = Etcd::start()?;
+        let cfg = crate::config::EtcdConfig {
+            endpoints: vec![etcd.endpoint.clone()],
+            prefix: "/conformance/".into(),
+            tls: None,
+        };
+        let mut store = None;
+        for _ in 0..100 {
+            match EtcdStore::connect(&cfg).await {
+                Ok(s) => {
+                    store = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let store = store.ok_or_else(|| anyhow::anyhow!("etcd did not come up"))?;
+        crate::store::conformance::run(&store).await
+    }
+}

@@ -1,0 +1,202 @@
+//! Several coordinators over one real etcd cluster: shared tokens, revocation seen by every
+//! coordinator at once, a one-use token raced through two coordinators, failover when a
+//! coordinator dies mid-enrollment, and an etcd member lost during enrollments.
+
+use muster_tests::*;
+use std::process::{Command, Stdio};
+
+type R = anyhow::Result<()>;
+const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens";
+
+/// Two coordinators serving one platform from `etcd`; both addresses go into tokens.
+fn pair(etcd: &Etcd) -> anyhow::Result<(Coordinator, Coordinator)> {
+    let (p1, p2) = (free_port(), free_port());
+    let opts = |port| Opts {
+        config: etcd.store_config("/muster/"),
+        start: true,
+        port: Some(port),
+        advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
+        ..Opts::default()
+    };
+    let c1 = Coordinator::with(opts(p1))?;
+    let c2 = Coordinator::alongside(&c1, opts(p2))?;
+    Ok((c1, c2))
+}
+
+#[test]
+fn two_coordinators_share_tokens_and_a_revocation_is_refused_by_both_at_once() -> R {
+    let etcd = Etcd::start(1)?;
+    let (c1, c2) = pair(&etcd)?;
+    let (tok, id) = c1.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    // The token made on one is listed by the other.
+    let (_, v) = c2.api("GET", TOKENS, None)?;
+    assert!(
+        v["tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["token_id"] == id.as_str()),
+        "{v}"
+    );
+    // A host enrolls through the second; the first lists it.
+    let h = Host::new("via-second")?;
+    let r = h.install(&c2.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let (_, v) = c1.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(v["runners"][0]["public_hostname"], "via-second", "{v}");
+
+    // Revoked on the first, refused by the second on the very next request.
+    let (code, _) = c1.api("DELETE", &format!("{TOKENS}/{id}"), None)?;
+    assert_eq!(code, 200);
+    let h = Host::new("after-revoke")?;
+    let r = h.install(&c2.host(), &tok, &[])?;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(r.json()["code"], "token.revoked", "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn one_use_token_raced_through_two_coordinators_by_fifty_installers_enrolls_once() -> R {
+    let etcd = Etcd::start(1)?;
+    let (c1, c2) = pair(&etcd)?;
+    let (tok, id) = c1.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
+    let hosts: Vec<Host> = (0..50)
+        .map(|i| Host::new(&format!("racer-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let children: Vec<_> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let c = if i % 2 == 0 { &c1 } else { &c2 };
+            h.install_cmd(&c.host(), &tok)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|ch| ch.wait_with_output().map(Run::from))
+        .collect::<Result<_, _>>()?;
+    let ok = runs.iter().filter(|r| r.code == 0).count();
+    let limited = runs
+        .iter()
+        .filter(|r| r.code == 3 && r.json()["code"] == "token.use_limit_reached")
+        .count();
+    println!("50 installers, two coordinators, one use: {ok} enrolled, {limited} refused");
+    assert_eq!(
+        (ok, limited),
+        (1, 49),
+        "{:?}",
+        runs.iter().filter(|r| r.code != 3).collect::<Vec<_>>()
+    );
+    let (_, v) = c2.api("GET", TOKENS, None)?;
+    let uses = v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["token_id"] == id.as_str())
+        .map(|t| t["uses"].clone());
+    assert_eq!(uses, Some(serde_json::json!(1)), "{v}");
+    let (_, v) = c1.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[test]
+fn the_installer_fails_over_when_its_coordinator_dies_mid_enrollment() -> R {
+    let etcd = Etcd::start(1)?;
+    let (mut c1, c2) = pair(&etcd)?;
+    let (tok, id) = c1.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
+    let h = Host::new("failover")?;
+    // Joined through the first coordinator, then the installer dies before committing ...
+    let r = Run::from(
+        h.install_cmd(&c1.host(), &tok)
+            .env("MUSTER_FAILPOINT", "after-join")
+            .output()?,
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    // ... and the first coordinator dies too.
+    c1.stop();
+    // The re-run, still naming the dead one first, goes to the second (the token lists both),
+    // which knows the join from the shared store: same node, one use.
+    let r = h.install(&c1.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["coordinator"], c2.host(), "{r:?}");
+    let (_, v) = c2.api("GET", TOKENS, None)?;
+    let t = v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["token_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(t["uses"], 1, "{v}");
+    Ok(())
+}
+
+#[test]
+fn losing_one_etcd_member_of_three_during_enrollments_loses_nothing() -> R {
+    let mut etcd = Etcd::start(3)?;
+    let (c1, c2) = pair(&etcd)?;
+    let (tok, _) = c1.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let hosts: Vec<Host> = (0..20)
+        .map(|i| Host::new(&format!("quorum-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let mut children = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let c = if i % 2 == 0 { &c1 } else { &c2 };
+        children.push(
+            h.install_cmd(&c.host(), &tok)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?,
+        );
+        if i == 5 {
+            // A member goes away while the rest are in flight.
+            etcd.kill(0);
+        }
+    }
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|ch| ch.wait_with_output().map(Run::from))
+        .collect::<Result<_, _>>()?;
+    let failed: Vec<&Run> = runs.iter().filter(|r| r.code != 0).collect();
+    let errors = |c: &Coordinator| {
+        c.log()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        failed.is_empty(),
+        "{failed:?}\n{}\n{}",
+        errors(&c1),
+        errors(&c2)
+    );
+    // Every acknowledged enrollment is in the store, as both coordinators see it.
+    for c in [&c1, &c2] {
+        let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+        let mut names: Vec<String> = v["runners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["public_hostname"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        want.sort();
+        assert_eq!(names, want);
+    }
+    // And etcd agrees: one host record each.
+    let out = tool(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.client_urls[1..].join(",")])
+            .args(["get", "--prefix", "--keys-only", "/muster/hosts/"]),
+    )?;
+    assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 20, "{out}");
+    Ok(())
+}
