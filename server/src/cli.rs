@@ -3,6 +3,7 @@
 use crate::app::{system_now, App};
 use crate::config::{Backend, Config};
 use crate::platform::Platform;
+use crate::seal::{emergency_token, DataKey, UNSEAL_KEY_FILE};
 use crate::store::etcd::EtcdStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -67,6 +68,36 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Give this data folder the key that unseals the platform's secrets, unwrapped with the
+    /// emergency token (from MUSTER_EMERGENCY_TOKEN or --emergency-token-file, never argv).
+    Unseal {
+        #[command(flatten)]
+        data: DataArgs,
+        /// File holding the emergency token.
+        #[arg(long)]
+        emergency_token_file: Option<PathBuf>,
+    },
+    /// Take a consistent snapshot of the embedded store while serving; secrets stay sealed.
+    Backup {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Where to write it (`-` for stdout).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Rebuild a platform from a backup into a new data folder, unsealing it with the
+    /// emergency token (from MUSTER_EMERGENCY_TOKEN or --emergency-token-file, never argv).
+    Restore {
+        /// The new data folder.
+        #[arg(long, env = "MUSTERD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The backup file (`-` for stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// File holding the emergency token.
+        #[arg(long)]
+        emergency_token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,7 +160,8 @@ async fn open_store(data_dir: &Path, config: &Config) -> anyhow::Result<Arc<dyn 
 async fn load_app(data: &DataArgs) -> anyhow::Result<Arc<App>> {
     let config = Config::load(data.config.as_deref())?;
     let store = open_store(&data.data_dir, &config).await?;
-    let platform = Platform::load(store.as_ref()).await?;
+    let key = read_unseal_key(&data.data_dir)?;
+    let platform = Platform::load(store.as_ref(), &key).await?;
     let serving_key = crate::pki::ServingKey::load_or_create(&data.data_dir)?;
     Ok(App::new(store, platform, config, serving_key))
 }
@@ -158,7 +190,151 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::serve::serve(app, addr, shutdown_signal()).await
         }
         Cmd::Token { cmd } => token(cmd).await,
+        Cmd::Unseal {
+            data,
+            emergency_token_file,
+        } => unseal(&data, emergency_token_file.as_deref()).await,
+        Cmd::Backup { data, output } => backup(&data, &output).await,
+        Cmd::Restore {
+            data_dir,
+            input,
+            emergency_token_file,
+        } => restore(&data_dir, &input, emergency_token_file.as_deref()).await,
     }
+}
+
+fn write_unseal_key(data_dir: &Path, key: &DataKey) -> anyhow::Result<()> {
+    let p = data_dir.join(UNSEAL_KEY_FILE);
+    write_atomic(&p, key.encode().as_bytes(), me(0o600))
+        .with_context(|| format!("writing {}", p.display()))
+}
+
+fn read_unseal_key(data_dir: &Path) -> anyhow::Result<DataKey> {
+    let p = data_dir.join(UNSEAL_KEY_FILE);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => zeroize::Zeroizing::new(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} is missing: this coordinator cannot unseal the platform's secrets yet; \
+             run once: MUSTER_EMERGENCY_TOKEN=… musterd unseal --data-dir {} [--config FILE]",
+            p.display(),
+            data_dir.display()
+        ),
+        Err(e) => bail!("reading {}: {e}", p.display()),
+    };
+    DataKey::decode(&text).with_context(|| format!("reading {}", p.display()))
+}
+
+/// `musterd unseal`: the data key from the store, unwrapped with the emergency token.
+async fn unseal(data: &DataArgs, token_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(data.config.as_deref())?;
+    let token = emergency_token(token_file)?;
+    let store = open_store(&data.data_dir, &config).await?;
+    let key = Platform::unwrap_key(store.as_ref(), &token).await?;
+    write_unseal_key(&data.data_dir, &key)?;
+    eprintln!(
+        "musterd: unsealed; {} written (mode 0600)",
+        data.data_dir.join(UNSEAL_KEY_FILE).display()
+    );
+    Ok(())
+}
+
+/// `musterd backup`: a consistent snapshot of the embedded store, secrets still sealed.
+async fn backup(data: &DataArgs, output: &Path) -> anyhow::Result<()> {
+    let config = Config::load(data.config.as_deref())?;
+    if config.store.backend != Backend::Sqlite {
+        bail!(
+            "musterd backup copies the embedded store; back etcd up with `etcdctl snapshot save`"
+        );
+    }
+    let db = data.data_dir.join("muster.db");
+    if !db.exists() {
+        bail!(
+            "{} is missing: no platform in this data folder",
+            db.display()
+        );
+    }
+    let store = SqliteStore::open(&db)?;
+    let tmp_dir = tempfile::tempdir()?;
+    let snap = tmp_dir.path().join("backup.db");
+    store.backup_to(snap.clone()).await?;
+    let bytes = std::fs::read(&snap)?;
+    if output == Path::new("-") {
+        use std::io::Write;
+        std::io::stdout().write_all(&bytes)?;
+    } else {
+        write_atomic(output, &bytes, me(0o600))
+            .with_context(|| format!("writing {}", output.display()))?;
+        eprintln!(
+            "musterd: backup written to {} ({} bytes; its secrets stay sealed)",
+            output.display(),
+            bytes.len()
+        );
+    }
+    Ok(())
+}
+
+/// `musterd restore`: a backup into a new data folder, unsealed with the emergency token.
+/// Everything is checked in a scratch folder first; the data folder appears whole or not at all.
+async fn restore(data_dir: &Path, input: &Path, token_file: Option<&Path>) -> anyhow::Result<()> {
+    let token = emergency_token(token_file)?;
+    if let Ok(mut entries) = std::fs::read_dir(data_dir) {
+        if entries.next().is_some() {
+            bail!(
+                "{} is not empty; restore into a new (or empty) data folder",
+                data_dir.display()
+            );
+        }
+    }
+    let bytes = if input == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+        b
+    } else {
+        std::fs::read(input).with_context(|| format!("reading {}", input.display()))?
+    };
+    let parent = match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".musterd-restore-")
+        .tempdir_in(&parent)?;
+    let db = scratch.path().join("muster.db");
+    write_atomic(&db, &bytes, me(0o600))?;
+    let store = SqliteStore::open(&db)
+        .with_context(|| format!("{} is not a musterd backup", input.display()))?;
+    let key = Platform::unwrap_key(&store, &token).await?;
+    let platform = Platform::load(&store, &key).await?;
+    drop(store);
+    write_unseal_key(scratch.path(), &key)?;
+    write_atomic(
+        &scratch.path().join("ca.pem"),
+        platform.http_ca.cert_pem.as_bytes(),
+        me(0o644),
+    )?;
+    // The data folder: the scratch folder renamed into place, or its files moved into an
+    // empty folder that already exists.
+    let scratch = scratch.keep();
+    std::fs::set_permissions(
+        &scratch,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    if data_dir.exists() {
+        for e in std::fs::read_dir(&scratch)? {
+            let e = e?;
+            std::fs::rename(e.path(), data_dir.join(e.file_name()))?;
+        }
+        std::fs::remove_dir(&scratch)?;
+    } else {
+        std::fs::rename(&scratch, data_dir)?;
+    }
+    eprintln!(
+        "musterd: platform restored into {} and unsealed; serve it with musterd serve --data-dir {}",
+        data_dir.display(),
+        data_dir.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -180,8 +356,9 @@ async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow
         bail!("{} exists: this data folder already holds a platform; refusing to create another over it", secrets_path.display());
     }
     let store = open_store(&data.data_dir, &config).await?;
-    let (platform, secrets) =
+    let (platform, secrets, key) =
         Platform::init(store.as_ref(), &config.advertise_or_default(), system_now()).await?;
+    write_unseal_key(&data.data_dir, &key)?;
     let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&secrets)?);
     write_atomic(&secrets_path, json.as_bytes(), me(0o600))
         .with_context(|| format!("writing {}", secrets_path.display()))?;

@@ -9,5 +9,6 @@ pub mod config;
 pub mod error;
 pub mod pki;
 pub mod platform;
+pub mod seal;
 pub mod serve;
 pub mod store;

@@ -2,6 +2,7 @@
 //! `musterd init` and loaded by every other command.
 
 use crate::pki::Ca;
+use crate::seal::DataKey;
 use crate::store::{Store, TokenRecord};
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -12,30 +13,70 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// The platform record as the store keeps it.
-///
-/// Limit, stated plainly: on the embedded store the record sits in the SQLite file (mode 0600 in
-/// a 0700 folder); sealing it under the emergency token is the etcd/recovery work's job.
+/// The platform record as the store keeps it: public parts in the clear, secrets sealed (see
+/// [`crate::seal`]).
 #[derive(Serialize, Deserialize)]
 struct PlatformRecord {
     version: u32,
     created: u64,
     transport_ca_cert: String,
-    transport_ca_key: String,
     http_ca_cert: String,
-    http_ca_key: String,
-    /// base64 PKCS#8 Ed25519.
-    signing_key: String,
     /// base64 raw Ed25519 public key.
     verify_key: String,
-    /// base64 key for the per-node PSKs.
-    psk_key: String,
     admin_user: String,
     admin_password_hash: String,
     /// hex SHA-256 of the API key.
     api_key_hash: String,
     emergency_token_id: String,
+    /// [`Secrets`] as JSON, sealed with the data key.
+    sealed: String,
+    /// The data key, sealed with the key derived from the emergency token.
+    wrapped_key: String,
+    /// base64 salt of that derivation.
+    kdf_salt: String,
 }
+
+/// What is public.
+struct Public {
+    created: u64,
+    transport_ca_cert: String,
+    http_ca_cert: String,
+    verify_key: String,
+    admin_user: String,
+    admin_password_hash: String,
+    api_key_hash: String,
+    emergency_token_id: String,
+}
+
+impl PlatformRecord {
+    fn public(&self) -> Public {
+        Public {
+            created: self.created,
+            transport_ca_cert: self.transport_ca_cert.clone(),
+            http_ca_cert: self.http_ca_cert.clone(),
+            verify_key: self.verify_key.clone(),
+            admin_user: self.admin_user.clone(),
+            admin_password_hash: self.admin_password_hash.clone(),
+            api_key_hash: self.api_key_hash.clone(),
+            emergency_token_id: self.emergency_token_id.clone(),
+        }
+    }
+}
+
+/// What is sealed.
+#[derive(Serialize, Deserialize)]
+struct Secrets {
+    transport_ca_key: String,
+    http_ca_key: String,
+    /// base64 PKCS#8 Ed25519.
+    signing_key: String,
+    /// base64 key for the per-node PSKs.
+    psk_key: String,
+}
+
+const RECORD_VERSION: u32 = 2;
+const SEALED_CONTEXT: &str = "muster platform secrets v2";
+const WRAP_CONTEXT: &str = "muster data key v2";
 
 /// A loaded platform, ready to sign.
 pub struct Platform {
@@ -77,7 +118,7 @@ impl Platform {
         store: &dyn Store,
         advertise: &[String],
         now: u64,
-    ) -> anyhow::Result<(Platform, BootstrapSecrets)> {
+    ) -> anyhow::Result<(Platform, BootstrapSecrets, DataKey)> {
         if store.platform().await?.is_some() {
             bail!("this data folder already holds a platform; refusing to create another over it");
         }
@@ -102,22 +143,23 @@ impl Platform {
                 .to_string()
         };
         let emergency_token_id = uuid::Uuid::new_v4().to_string();
-        let rec = PlatformRecord {
-            version: 1,
-            created: now,
-            transport_ca_cert: transport_ca.cert_pem.clone(),
+        let secrets = Secrets {
             transport_ca_key: transport_ca.key_pem(),
-            http_ca_cert: http_ca.cert_pem.clone(),
             http_ca_key: http_ca.key_pem(),
             signing_key: B64.encode(pkcs8.as_ref()),
-            verify_key: B64.encode(&verify_key),
             psk_key: psk_key.to_string(),
+        };
+        let public = Public {
+            created: now,
+            transport_ca_cert: transport_ca.cert_pem.clone(),
+            http_ca_cert: http_ca.cert_pem.clone(),
+            verify_key: B64.encode(&verify_key),
             admin_user: "admin".into(),
             admin_password_hash,
             api_key_hash: sha256_hex(api_key.as_bytes()),
             emergency_token_id: emergency_token_id.clone(),
         };
-        let platform = Platform::from_record(&rec)?;
+        let platform = Platform::from_parts(&public, &secrets)?;
         let (emergency_token, emergency) = platform.make_token(
             Some(emergency_token_id),
             TokenKind::Emergency,
@@ -138,13 +180,33 @@ impl Platform {
             advertise,
             now,
         )?;
+        // Seal: the secrets under a new data key, the data key under the emergency token.
+        let key = DataKey::generate()?;
+        let mut salt = [0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut salt[..]);
+        let wrapping = DataKey::from_emergency_token(&emergency_token, &salt)?;
+        let secrets_json = Zeroizing::new(serde_json::to_vec(&secrets)?);
+        let rec = PlatformRecord {
+            version: RECORD_VERSION,
+            created: public.created,
+            transport_ca_cert: public.transport_ca_cert.clone(),
+            http_ca_cert: public.http_ca_cert.clone(),
+            verify_key: public.verify_key.clone(),
+            admin_user: public.admin_user.clone(),
+            admin_password_hash: public.admin_password_hash.clone(),
+            api_key_hash: public.api_key_hash.clone(),
+            emergency_token_id: public.emergency_token_id.clone(),
+            sealed: key.seal(&secrets_json, SEALED_CONTEXT)?,
+            wrapped_key: wrapping.seal(key.encode().as_bytes(), WRAP_CONTEXT)?,
+            kdf_salt: B64.encode(salt),
+        };
         let bytes = Zeroizing::new(serde_json::to_vec(&rec)?);
         store.insert_token(&emergency).await?;
         store.insert_token(&initial).await?;
         if !store.init_platform(&bytes).await? {
             bail!("another musterd created a platform in this store at the same time");
         }
-        let secrets = BootstrapSecrets {
+        let bootstrap = BootstrapSecrets {
             admin_user: rec.admin_user.clone(),
             admin_password: admin_password.to_string(),
             emergency_token,
@@ -152,37 +214,78 @@ impl Platform {
             ca_fingerprint: platform.http_ca.pin(),
             api_key: api_key.to_string(),
         };
-        Ok((platform, secrets))
+        Ok((platform, bootstrap, key))
     }
 
-    pub async fn load(store: &dyn Store) -> anyhow::Result<Platform> {
+    async fn record(store: &dyn Store) -> anyhow::Result<PlatformRecord> {
         let bytes = store
             .platform()
             .await?
             .context("no platform in this store: run `musterd init` first")?;
         let rec: PlatformRecord =
             serde_json::from_slice(&bytes).context("reading the platform record")?;
-        Platform::from_record(&rec)
+        anyhow::ensure!(
+            rec.version == RECORD_VERSION,
+            "the platform record is version {}; this musterd reads version {RECORD_VERSION}",
+            rec.version
+        );
+        Ok(rec)
     }
 
-    fn from_record(rec: &PlatformRecord) -> anyhow::Result<Platform> {
+    /// Loads the platform, unsealing its secrets with this coordinator's data key.
+    pub async fn load(store: &dyn Store, key: &DataKey) -> anyhow::Result<Platform> {
+        let rec = Platform::record(store).await?;
+        let json = key.open(&rec.sealed, SEALED_CONTEXT).map_err(|_| {
+            anyhow::anyhow!(
+                "this data folder's unseal key does not open this store's platform; \
+                 run `musterd unseal` with the emergency token"
+            )
+        })?;
+        let secrets: Secrets =
+            serde_json::from_slice(&json).context("reading the unsealed secrets")?;
+        Platform::from_parts(&rec.public(), &secrets)
+    }
+
+    /// The data key, unwrapped with the emergency token.
+    pub async fn unwrap_key(store: &dyn Store, emergency_token: &str) -> anyhow::Result<DataKey> {
+        let rec = Platform::record(store).await?;
+        if let Ok(claims) = muster_protocol::token::inspect(emergency_token) {
+            anyhow::ensure!(
+                claims.sub == rec.emergency_token_id,
+                "that is not this platform's emergency token (its id is {}, the platform's {})",
+                claims.sub,
+                rec.emergency_token_id
+            );
+        }
+        let salt = B64.decode(&rec.kdf_salt).context("reading the key salt")?;
+        let wrapping = DataKey::from_emergency_token(emergency_token, &salt)?;
+        let key = wrapping
+            .open(&rec.wrapped_key, WRAP_CONTEXT)
+            .map_err(|_| anyhow::anyhow!("the emergency token does not unseal this platform"))?;
+        let key = DataKey::decode(std::str::from_utf8(&key).context("unwrapped key")?)?;
+        // Check it opens the secrets before anyone writes it down.
+        key.open(&rec.sealed, SEALED_CONTEXT)
+            .map_err(|_| anyhow::anyhow!("the unwrapped key does not open the secrets"))?;
+        Ok(key)
+    }
+
+    fn from_parts(p: &Public, s: &Secrets) -> anyhow::Result<Platform> {
         Ok(Platform {
-            transport_ca: Ca::load(&rec.transport_ca_cert, &rec.transport_ca_key)
+            transport_ca: Ca::load(&p.transport_ca_cert, &s.transport_ca_key)
                 .context("loading the transport CA")?,
-            http_ca: Ca::load(&rec.http_ca_cert, &rec.http_ca_key)
-                .context("loading the HTTP CA")?,
+            http_ca: Ca::load(&p.http_ca_cert, &s.http_ca_key).context("loading the HTTP CA")?,
             signing_key: Zeroizing::new(
-                B64.decode(&rec.signing_key)
+                B64.decode(&s.signing_key)
                     .context("decoding the signing key")?,
             ),
             verify_key: B64
-                .decode(&rec.verify_key)
+                .decode(&p.verify_key)
                 .context("decoding the verify key")?,
-            psk_key: Zeroizing::new(rec.psk_key.as_bytes().to_vec()),
-            admin_user: rec.admin_user.clone(),
-            admin_password_hash: rec.admin_password_hash.clone(),
-            api_key_hash: rec.api_key_hash.clone(),
-            emergency_token_id: rec.emergency_token_id.clone(),
+            psk_key: Zeroizing::new(s.psk_key.as_bytes().to_vec()),
+            admin_user: p.admin_user.clone(),
+            admin_password_hash: p.admin_password_hash.clone(),
+            api_key_hash: p.api_key_hash.clone(),
+            emergency_token_id: p.emergency_token_id.clone(),
         })
     }
 

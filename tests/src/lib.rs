@@ -134,6 +134,24 @@ impl Coordinator {
         );
         std::fs::write(dir.path().join("server.yaml"), config)?;
         if let Some(secrets) = shared {
+            // A new coordinator over the shared store: its data folder gets the unseal key
+            // from the emergency token.
+            let out = Command::new(bin("musterd"))
+                .args(["unseal", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .arg("--config")
+                .arg(dir.path().join("server.yaml"))
+                .env(
+                    "MUSTER_EMERGENCY_TOKEN",
+                    secrets["emergency_token"].as_str().unwrap_or_default(),
+                )
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "musterd unseal failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             let mut c = Coordinator {
                 dir,
                 port,
