@@ -444,13 +444,29 @@ pub struct Etcd {
     members: Vec<(String, Child)>,
     pub client_urls: Vec<String>,
     peer_urls: Vec<String>,
+    /// Clients must present a certificate from this CA (`tls/ca.pem`, `tls/client.pem`,
+    /// `tls/client.key` in `dir`), and the members serve HTTPS.
+    pub tls: bool,
 }
 
 impl Etcd {
     pub fn start(n: usize) -> anyhow::Result<Etcd> {
+        Etcd::make(n, false)
+    }
+
+    /// One member that serves HTTPS and requires client certificates, all made by openssl.
+    pub fn start_tls() -> anyhow::Result<Etcd> {
+        Etcd::make(1, true)
+    }
+
+    fn make(n: usize, tls: bool) -> anyhow::Result<Etcd> {
         let dir = tempfile::tempdir()?;
+        if tls {
+            make_etcd_certs(&dir.path().join("tls"))?;
+        }
+        let scheme = if tls { "https" } else { "http" };
         let client_urls: Vec<String> = (0..n)
-            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .map(|_| format!("{scheme}://127.0.0.1:{}", free_port()))
             .collect();
         let peer_urls: Vec<String> = (0..n)
             .map(|_| format!("http://127.0.0.1:{}", free_port()))
@@ -460,6 +476,7 @@ impl Etcd {
             members: Vec::new(),
             client_urls,
             peer_urls,
+            tls,
         };
         for i in 0..n {
             let child = e.spawn(i)?;
@@ -481,8 +498,18 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("m{i}.log")))?;
-        Command::new("etcd")
-            .args(["--name", &format!("m{i}")])
+        let mut cmd = Command::new("etcd");
+        if self.tls {
+            let t = self.dir.path().join("tls");
+            cmd.arg("--cert-file")
+                .arg(t.join("server.pem"))
+                .arg("--key-file")
+                .arg(t.join("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(t.join("ca.pem"))
+                .arg("--client-cert-auth");
+        }
+        cmd.args(["--name", &format!("m{i}")])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("m{i}")))
             .args(["--listen-client-urls", &self.client_urls[i]])
@@ -501,8 +528,8 @@ impl Etcd {
     pub fn wait_healthy(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
+            let out = self
+                .etcdctl()
                 .args([
                     "--endpoints",
                     &self.client_urls.join(","),
@@ -514,13 +541,40 @@ impl Etcd {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let logs: String = (0..self.members.len())
+                    .map(|i| {
+                        let l = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                            .unwrap_or_default();
+                        let tail: Vec<&str> = l.lines().rev().take(15).collect();
+                        format!(
+                            "m{i}: {}\n",
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
                 bail!(
-                    "etcd did not become healthy: {}",
+                    "etcd did not become healthy: {}\n{logs}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// `etcdctl` (v3 API) with this cluster's client certificate when it has one.
+    pub fn etcdctl(&self) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3");
+        if self.tls {
+            let t = self.dir.path().join("tls");
+            c.arg("--cacert")
+                .arg(t.join("ca.pem"))
+                .arg("--cert")
+                .arg(t.join("client.pem"))
+                .arg("--key")
+                .arg(t.join("client.key"));
+        }
+        c
     }
 
     /// Kills member `i` (kill -9).
@@ -533,10 +587,20 @@ impl Etcd {
 
     /// The `store:` lines of a server config using this cluster under `prefix`.
     pub fn store_config(&self, prefix: &str) -> String {
-        format!(
+        let mut s = format!(
             "store:\n  backend: etcd\n  etcd:\n    endpoints: [{}]\n    prefix: {prefix}\n",
             self.client_urls.join(", ")
-        )
+        );
+        if self.tls {
+            let t = self.dir.path().join("tls");
+            s.push_str(&format!(
+                "    tls: {{ ca: {}, cert: {}, key: {} }}\n",
+                t.join("ca.pem").display(),
+                t.join("client.pem").display(),
+                t.join("client.key").display()
+            ));
+        }
+        s
     }
 }
 
@@ -547,4 +611,67 @@ impl Drop for Etcd {
             let _ = c.wait();
         }
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl.
+fn make_etcd_certs(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ossl = |args: &[&str]| tool(Command::new("openssl").args(args).current_dir(dir));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=etcd test CA",
+    ]);
+    ossl(&ca)?;
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+        let (key, csr, pem, extf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req", "-new"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=etcd"]);
+        ossl(&req)?;
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ])?;
+    }
+    Ok(())
 }

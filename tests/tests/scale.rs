@@ -200,3 +200,46 @@ fn losing_one_etcd_member_of_three_during_enrollments_loses_nothing() -> R {
     assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 20, "{out}");
     Ok(())
 }
+
+#[test]
+fn coordinators_reach_etcd_over_mutual_tls_and_refuse_to_start_without_a_client_certificate() -> R {
+    let etcd = Etcd::start_tls()?;
+    let c = Coordinator::with(Opts {
+        config: etcd.store_config("/muster/"),
+        start: true,
+        ..Opts::default()
+    })?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("over-tls")?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = tool(
+        etcd.etcdctl()
+            .args(["--endpoints", &etcd.client_urls[0]])
+            .args(["get", "--prefix", "--keys-only", "/muster/hosts/"]),
+    )?;
+    assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 1, "{out}");
+
+    // The same config without the client certificate: etcd refuses, musterd says so.
+    let d = tempfile::tempdir()?;
+    let no_cert = etcd.store_config("/muster/").replace(
+        &format!(
+            ", cert: {}, key: {} }}",
+            etcd.dir.path().join("tls/client.pem").display(),
+            etcd.dir.path().join("tls/client.key").display()
+        ),
+        " }",
+    );
+    assert!(!no_cert.contains("client.pem"), "{no_cert}");
+    std::fs::write(d.path().join("server.yaml"), &no_cert)?;
+    let out = Command::new(bin("musterd"))
+        .args(["init", "--data-dir"])
+        .arg(d.path().join("data"))
+        .arg("--config")
+        .arg(d.path().join("server.yaml"))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("etcd"), "{err}");
+    Ok(())
+}
