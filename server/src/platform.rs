@@ -18,6 +18,19 @@ use zeroize::Zeroizing;
 #[derive(Serialize, Deserialize)]
 struct PlatformRecord {
     version: u32,
+    #[serde(flatten)]
+    public: Public,
+    /// [`Secrets`] as JSON, sealed with the data key.
+    sealed: String,
+    /// The data key, sealed with the key derived from the emergency token.
+    wrapped_key: String,
+    /// base64 salt of that derivation.
+    kdf_salt: String,
+}
+
+/// What is public.
+#[derive(Serialize, Deserialize)]
+struct Public {
     created: u64,
     transport_ca_cert: String,
     http_ca_cert: String,
@@ -28,39 +41,6 @@ struct PlatformRecord {
     /// hex SHA-256 of the API key.
     api_key_hash: String,
     emergency_token_id: String,
-    /// [`Secrets`] as JSON, sealed with the data key.
-    sealed: String,
-    /// The data key, sealed with the key derived from the emergency token.
-    wrapped_key: String,
-    /// base64 salt of that derivation.
-    kdf_salt: String,
-}
-
-/// What is public.
-struct Public {
-    created: u64,
-    transport_ca_cert: String,
-    http_ca_cert: String,
-    verify_key: String,
-    admin_user: String,
-    admin_password_hash: String,
-    api_key_hash: String,
-    emergency_token_id: String,
-}
-
-impl PlatformRecord {
-    fn public(&self) -> Public {
-        Public {
-            created: self.created,
-            transport_ca_cert: self.transport_ca_cert.clone(),
-            http_ca_cert: self.http_ca_cert.clone(),
-            verify_key: self.verify_key.clone(),
-            admin_user: self.admin_user.clone(),
-            admin_password_hash: self.admin_password_hash.clone(),
-            api_key_hash: self.api_key_hash.clone(),
-            emergency_token_id: self.emergency_token_id.clone(),
-        }
-    }
 }
 
 /// What is sealed.
@@ -188,14 +168,7 @@ impl Platform {
         let secrets_json = Zeroizing::new(serde_json::to_vec(&secrets)?);
         let rec = PlatformRecord {
             version: RECORD_VERSION,
-            created: public.created,
-            transport_ca_cert: public.transport_ca_cert.clone(),
-            http_ca_cert: public.http_ca_cert.clone(),
-            verify_key: public.verify_key.clone(),
-            admin_user: public.admin_user.clone(),
-            admin_password_hash: public.admin_password_hash.clone(),
-            api_key_hash: public.api_key_hash.clone(),
-            emergency_token_id: public.emergency_token_id.clone(),
+            public,
             sealed: key.seal(&secrets_json, SEALED_CONTEXT)?,
             wrapped_key: wrapping.seal(key.encode().as_bytes(), WRAP_CONTEXT)?,
             kdf_salt: B64.encode(salt),
@@ -207,7 +180,7 @@ impl Platform {
             bail!("another musterd created a platform in this store at the same time");
         }
         let bootstrap = BootstrapSecrets {
-            admin_user: rec.admin_user.clone(),
+            admin_user: rec.public.admin_user.clone(),
             admin_password: admin_password.to_string(),
             emergency_token,
             roles_token,
@@ -243,7 +216,7 @@ impl Platform {
         })?;
         let secrets: Secrets =
             serde_json::from_slice(&json).context("reading the unsealed secrets")?;
-        Platform::from_parts(&rec.public(), &secrets)
+        Platform::from_parts(&rec.public, &secrets)
     }
 
     /// The data key, unwrapped with the emergency token.
@@ -251,10 +224,10 @@ impl Platform {
         let rec = Platform::record(store).await?;
         if let Ok(claims) = muster_protocol::token::inspect(emergency_token) {
             anyhow::ensure!(
-                claims.sub == rec.emergency_token_id,
+                claims.sub == rec.public.emergency_token_id,
                 "that is not this platform's emergency token (its id is {}, the platform's {})",
                 claims.sub,
-                rec.emergency_token_id
+                rec.public.emergency_token_id
             );
         }
         let salt = B64.decode(&rec.kdf_salt).context("reading the key salt")?;

@@ -133,50 +133,29 @@ impl Coordinator {
             opts.config
         );
         std::fs::write(dir.path().join("server.yaml"), config)?;
-        if let Some(secrets) = shared {
-            // A new coordinator over the shared store: its data folder gets the unseal key
-            // from the emergency token.
-            let out = Command::new(bin("musterd"))
-                .args(["unseal", "--data-dir"])
+        let musterd = |args: &[&str]| {
+            let mut c = Command::new(bin("musterd"));
+            c.args(args)
+                .arg("--data-dir")
                 .arg(dir.path().join("data"))
                 .arg("--config")
-                .arg(dir.path().join("server.yaml"))
-                .env(
-                    "MUSTER_EMERGENCY_TOKEN",
-                    secrets["emergency_token"].as_str().unwrap_or_default(),
-                )
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "musterd unseal failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                .arg(dir.path().join("server.yaml"));
+            c
+        };
+        let secrets = match shared {
+            // A new coordinator over the shared store: its data folder gets the unseal key
+            // from the emergency token.
+            Some(secrets) => {
+                let token = secrets["emergency_token"].as_str().unwrap_or_default();
+                tool(musterd(&["unseal"]).env("MUSTER_EMERGENCY_TOKEN", token))
+                    .context("musterd unseal")?;
+                secrets
             }
-            let mut c = Coordinator {
-                dir,
-                port,
-                secrets,
-                netns: opts.netns.clone(),
-                child: None,
-            };
-            if opts.start {
-                c.serve()?;
-            }
-            return Ok(c);
-        }
-        let out = Command::new(bin("musterd"))
-            .args(["init", "--output", "json", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(dir.path().join("server.yaml"))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "musterd init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let secrets: Value = serde_json::from_slice(&out.stdout).context("init --output json")?;
+            None => serde_json::from_str(
+                &tool(&mut musterd(&["init", "--output", "json"])).context("musterd init")?,
+            )
+            .context("init --output json")?,
+        };
         let mut c = Coordinator {
             dir,
             port,
@@ -292,6 +271,21 @@ impl Coordinator {
         ))
     }
 
+    /// Creates a token through the API with its install line
+    /// (`?install_command=true`): (token, token_id, line).
+    pub fn token_with_line(&self, body: &str) -> anyhow::Result<(String, String, String)> {
+        let (code, v) = self.api(
+            "POST",
+            "/api/v1/platform/configuration/security/enrollment-tokens?install_command=true",
+            Some(body),
+        )?;
+        if code != 200 {
+            bail!("creating a token: HTTP {code}: {v}");
+        }
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Ok((s("token"), s("token_id"), s("install_command")))
+    }
+
     /// Creates a token through the API; returns (token, token_id).
     pub fn token(&self, body: &str) -> anyhow::Result<(String, String)> {
         let (code, v) = self.api(
@@ -398,6 +392,18 @@ impl Host {
         out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     }
+}
+
+/// Starts every command at once and waits for all: the racing installers of the tests.
+pub fn run_all(cmds: impl IntoIterator<Item = Command>) -> anyhow::Result<Vec<Run>> {
+    let children: Vec<Child> = cmds
+        .into_iter()
+        .map(|mut c| c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn())
+        .collect::<Result<_, _>>()?;
+    Ok(children
+        .into_iter()
+        .map(|ch| ch.wait_with_output().map(Run::from))
+        .collect::<Result<_, _>>()?)
 }
 
 /// A finished command.

@@ -515,19 +515,7 @@ fn one_use_token_raced_by_fifty_installers_succeeds_once() -> R {
     let hosts: Vec<Host> = (0..50)
         .map(|i| Host::new(&format!("racer-{i}")))
         .collect::<anyhow::Result<_>>()?;
-    let children: Vec<_> = hosts
-        .iter()
-        .map(|h| {
-            h.install_cmd(&c.host(), &tok)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    let runs: Vec<Run> = children
-        .into_iter()
-        .map(|ch| ch.wait_with_output().map(Run::from))
-        .collect::<Result<_, _>>()?;
+    let runs = run_all(hosts.iter().map(|h| h.install_cmd(&c.host(), &tok)))?;
     let ok = runs.iter().filter(|r| r.code == 0).count();
     let limited = runs
         .iter()

@@ -22,17 +22,7 @@ fn serving_coordinator() -> anyhow::Result<Coordinator> {
 
 /// Creates a token through the API, asking for its install line: (token, line).
 fn one_liner(c: &Coordinator, body: &str) -> anyhow::Result<(String, String)> {
-    let (code, v) = c.api(
-        "POST",
-        &format!("{TOKENS}?install_command=true"),
-        Some(body),
-    )?;
-    anyhow::ensure!(code == 200, "creating a token: HTTP {code}: {v}");
-    let token = v["token"].as_str().unwrap_or_default().to_string();
-    let line = v["install_command"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (token, _, line) = c.token_with_line(body)?;
     Ok((token, line))
 }
 

@@ -321,18 +321,6 @@ fn coordinator_across(net: &NetPair) -> anyhow::Result<Coordinator> {
     })
 }
 
-/// Token, token id and install line from the API.
-fn one_liner(c: &Coordinator, body: &str) -> anyhow::Result<(String, String, String)> {
-    let (code, v) = c.api(
-        "POST",
-        &format!("{TOKENS}?install_command=true"),
-        Some(body),
-    )?;
-    anyhow::ensure!(code == 200, "creating a token: HTTP {code}: {v}");
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-    Ok((s("token"), s("token_id"), s("install_command")))
-}
-
 /// One of `hooks/cloud-init/`, with the example's coordinator, pin and token replaced.
 fn user_data(example: &str, coordinator: &str, pin: &str, token: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(repo().join("hooks/cloud-init").join(example))?;
@@ -361,7 +349,7 @@ fn cloud_init_runcmd_one_liner_enrolls_the_instance_and_logs_a_refusal() -> R {
     let base = debian_root()?;
     let net = NetPair::new()?;
     let c = coordinator_across(&net)?;
-    let (token, _, line) = one_liner(&c, r#"{"persistent":false,"roles":["allocator"]}"#)?;
+    let (token, _, line) = c.token_with_line(r#"{"persistent":false,"roles":["allocator"]}"#)?;
     assert!(
         line.contains(&format!("https://{}:{}/", NetPair::SERVER_IP, c.port)),
         "{line}"
@@ -394,7 +382,7 @@ fn cloud_init_runcmd_one_liner_enrolls_the_instance_and_logs_a_refusal() -> R {
 
     // A refused token: the log names the refusal, cloud-init reports the failed script, and
     // the instance holds no identity.
-    let (bad, bad_id, _) = one_liner(&c, r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let (bad, bad_id, _) = c.token_with_line(r#"{"persistent":true,"roles":["allocator"]}"#)?;
     let (code, _) = c.api("DELETE", &format!("{TOKENS}/{bad_id}"), None)?;
     assert_eq!(code, 200);
     let o = Overlay::new(&base)?;
@@ -424,7 +412,8 @@ fn cloud_init_write_files_and_package_enroll_through_the_oneshot_unit() -> R {
     let base = debian_root()?;
     let net = NetPair::new()?;
     let c = coordinator_across(&net)?;
-    let (token, _, _) = one_liner(&c, r#"{"persistent":false,"roles":["allocator","proxy"]}"#)?;
+    let (token, _, _) =
+        c.token_with_line(r#"{"persistent":false,"roles":["allocator","proxy"]}"#)?;
     let coordinator = format!("{}:{}", NetPair::SERVER_IP, c.port);
 
     let o = Overlay::new(&base)?;

@@ -63,21 +63,10 @@ fn one_use_token_raced_through_two_coordinators_by_fifty_installers_enrolls_once
     let hosts: Vec<Host> = (0..50)
         .map(|i| Host::new(&format!("racer-{i}")))
         .collect::<anyhow::Result<_>>()?;
-    let children: Vec<_> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let c = if i % 2 == 0 { &c1 } else { &c2 };
-            h.install_cmd(&c.host(), &tok)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    let runs: Vec<Run> = children
-        .into_iter()
-        .map(|ch| ch.wait_with_output().map(Run::from))
-        .collect::<Result<_, _>>()?;
+    let runs = run_all(hosts.iter().enumerate().map(|(i, h)| {
+        let c = if i % 2 == 0 { &c1 } else { &c2 };
+        h.install_cmd(&c.host(), &tok)
+    }))?;
     let ok = runs.iter().filter(|r| r.code == 0).count();
     let limited = runs
         .iter()
