@@ -20,12 +20,6 @@ fn serving_coordinator() -> anyhow::Result<Coordinator> {
     })
 }
 
-/// Creates a token through the API, asking for its install line: (token, line).
-fn one_liner(c: &Coordinator, body: &str) -> anyhow::Result<(String, String)> {
-    let (token, _, line) = c.token_with_line(body)?;
-    Ok((token, line))
-}
-
 /// The pinned `curl … | sh -s -- …` line as a test runs it: already root, so no sudo, and
 /// into the host's scratch root.
 fn local(line: &str, h: &Host) -> String {
@@ -58,7 +52,7 @@ fn executable(p: &Path, body: &str) -> R {
 #[test]
 fn the_one_liner_enrolls_a_host_over_pinned_tls_without_showing_the_token() -> R {
     let c = serving_coordinator()?;
-    let (token, line) = one_liner(&c, r#"{"persistent":false,"roles":["allocator"]}"#)?;
+    let (token, _, line) = c.token_with_line(r#"{"persistent":false,"roles":["allocator"]}"#)?;
     assert!(
         line.starts_with("curl -fsSk --pinnedpubkey 'sha256//")
             && line.contains(&format!("https://{}/install.sh", c.host()))
@@ -110,7 +104,7 @@ fn the_one_liner_enrolls_a_host_over_pinned_tls_without_showing_the_token() -> R
 #[test]
 fn the_one_liner_refuses_a_coordinator_with_another_key() -> R {
     let c = serving_coordinator()?;
-    let (_, line) = one_liner(&c, r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let (_, _, line) = c.token_with_line(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     let (_, rest) = line
         .split_once("sha256//")
         .ok_or_else(|| anyhow::anyhow!("no pin in {line}"))?;
@@ -317,7 +311,7 @@ fn token_create_prints_the_install_line_and_the_api_only_on_request() -> R {
     )?;
     assert_eq!(code, 200);
     assert!(v.get("install_command").is_none(), "{v}");
-    let (_, line) = one_liner(&c, r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let (_, _, line) = c.token_with_line(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     assert!(line.contains("--pinnedpubkey"), "{line}");
     Ok(())
 }

@@ -24,8 +24,8 @@
 
 use super::*;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    PutOptions, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp,
 };
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -166,14 +166,18 @@ impl EtcdStore {
         format!("{}{rest}", self.prefix)
     }
 
-    async fn get<T: DeserializeOwned>(&self, rest: &str) -> StoreResult<Option<Got<T>>> {
+    /// One read of `rest` (under the prefix) with `opts`.
+    async fn range(&self, rest: &str, opts: Option<GetOptions>) -> StoreResult<GetResponse> {
         let key = self.key(rest);
-        let resp = self
-            .call(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
+        self.call(|mut c| {
+            let (key, opts) = (key.clone(), opts.clone());
+            async move { c.get(key, opts).await }
+        })
+        .await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, rest: &str) -> StoreResult<Option<Got<T>>> {
+        let resp = self.range(rest, None).await?;
         match resp.kvs().first() {
             Some(kv) => Ok(Some(Got {
                 value: decode(kv)?,
@@ -186,12 +190,8 @@ impl EtcdStore {
 
     /// Every record under `rest`, in key order.
     async fn list<T: DeserializeOwned>(&self, rest: &str) -> StoreResult<Vec<T>> {
-        let key = self.key(rest);
         let resp = self
-            .call(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
-            })
+            .range(rest, Some(GetOptions::new().with_prefix()))
             .await?;
         resp.kvs().iter().map(decode).collect()
     }
@@ -288,13 +288,7 @@ impl Store for EtcdStore {
     }
 
     async fn platform(&self) -> StoreResult<Option<Vec<u8>>> {
-        let key = self.key("platform");
-        let resp = self
-            .call(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
+        let resp = self.range("platform", None).await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -460,12 +454,8 @@ impl Store for EtcdStore {
     }
 
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
-        let key = self.key("resv/");
         let resp = self
-            .call(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
-            })
+            .range("resv/", Some(GetOptions::new().with_prefix()))
             .await?;
         let mut expired = Vec::new();
         for kv in resp.kvs() {
@@ -573,12 +563,11 @@ impl Store for EtcdStore {
     }
 
     async fn is_revoked(&self, serial: &str) -> StoreResult<bool> {
-        let key = self.key(&format!("revoked/{serial}"));
         let resp = self
-            .call(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
-            })
+            .range(
+                &format!("revoked/{serial}"),
+                Some(GetOptions::new().with_count_only()),
+            )
             .await?;
         Ok(resp.count() > 0)
     }
@@ -602,19 +591,15 @@ impl Store for EtcdStore {
     }
 
     async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
-        let from = self.key(&format!("audit/{:020}", after.saturating_add(1)));
         // "audit0" is the first key after every "audit/…" key.
-        let end = self.key("audit0");
+        let opts = GetOptions::new()
+            .with_range(self.key("audit0"))
+            .with_limit(i64::from(limit));
         let resp = self
-            .call(|mut c| {
-                let (from, end) = (from.clone(), end.clone());
-                async move {
-                    let opts = GetOptions::new()
-                        .with_range(end)
-                        .with_limit(i64::from(limit));
-                    c.get(from, Some(opts)).await
-                }
-            })
+            .range(
+                &format!("audit/{:020}", after.saturating_add(1)),
+                Some(opts),
+            )
             .await?;
         resp.kvs().iter().map(decode).collect()
     }
@@ -623,77 +608,17 @@ impl Store for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Child, Command, Stdio};
-
-    /// A one-member etcd on loopback ports of its own, in a scratch folder; stopped on drop.
-    pub struct Etcd {
-        child: Child,
-        _dir: tempfile::TempDir,
-        pub endpoint: String,
-    }
-
-    impl Etcd {
-        pub fn start() -> anyhow::Result<Etcd> {
-            let dir = tempfile::tempdir()?;
-            let port = |_: ()| -> anyhow::Result<u16> {
-                Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port())
-            };
-            let (client, peer) = (port(())?, port(())?);
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let child = Command::new("etcd")
-                .arg("--data-dir")
-                .arg(dir.path().join("etcd"))
-                .args(["--listen-client-urls", &endpoint])
-                .args(["--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                ])
-                .args([
-                    "--initial-cluster",
-                    &format!("default=http://127.0.0.1:{peer}"),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("starting etcd (apt-get install etcd-server): {e}"))?;
-            Ok(Etcd {
-                child,
-                _dir: dir,
-                endpoint,
-            })
-        }
-    }
-
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 
     #[tokio::test]
     async fn etcd_passes_conformance() -> anyhow::Result<()> {
-        let etcd = Etcd::start()?;
+        // The testkit's etcd: a real member on loopback ports, answering before it returns.
+        let etcd = muster_tests::Etcd::start(1)?;
         let cfg = crate::config::EtcdConfig {
-            endpoints: vec![etcd.endpoint.clone()],
+            endpoints: etcd.client_urls.clone(),
             prefix: "/conformance/".into(),
             tls: None,
         };
-        let mut store = None;
-        for _ in 0..100 {
-            match EtcdStore::connect(&cfg).await {
-                Ok(s) => {
-                    store = Some(s);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let store = store.ok_or_else(|| anyhow::anyhow!("etcd did not come up"))?;
+        let store = EtcdStore::connect(&cfg).await?;
         crate::store::conformance::run(&store).await
     }
 }
