@@ -110,6 +110,11 @@ pub struct InstallArgs {
     /// Host name to enroll as (default: this host's name).
     #[arg(long, env = "MUSTER_HOSTNAME")]
     pub hostname: Option<String>,
+    /// When this host takes the coordinator role with the emergency token (recovery): the
+    /// HOST:PORT its musterd serves at and puts into tokens (default: this host's name, port
+    /// 12443).
+    #[arg(long, env = "MUSTER_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Print what would be written, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -141,6 +146,7 @@ pub struct FileConfig {
     pub root: Option<PathBuf>,
     pub owner: Option<String>,
     pub hostname: Option<String>,
+    pub advertise: Option<String>,
     pub timeout: Option<String>,
     pub output: Option<Output>,
     pub force: Option<bool>,
@@ -164,6 +170,7 @@ pub struct Settings {
     pub root: PathBuf,
     pub owner: String,
     pub hostname: Option<String>,
+    pub advertise: Option<String>,
     pub dry_run: bool,
     pub force: bool,
     pub timeout: std::time::Duration,
@@ -265,6 +272,7 @@ impl InstallArgs {
                 .or(file.owner)
                 .unwrap_or_else(|| "muster".into()),
             hostname: self.hostname.clone().or(file.hostname),
+            advertise: self.advertise.clone().or(file.advertise),
             dry_run: self.dry_run,
             force: self.force || file.force.unwrap_or(false),
             timeout,

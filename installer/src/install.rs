@@ -350,8 +350,39 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     };
     failpoint("after-keys");
 
-    p.step(&format!("joining through {}", coordinators[0]));
-    let mut client = Client::new(coordinators.clone(), claims.pins.clone(), None, s.timeout)?;
+    // The emergency token with the coordinator role: this host becomes the platform's
+    // coordinator (recovery), then enrolls through itself.
+    let mut join_through = coordinators.clone();
+    let mut recovered_files = vec![];
+    if claims.kind == token::TokenKind::Emergency && granted.contains(&Role::Coordinator) {
+        let advertise = s
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", facts.hostname, muster_protocol::DEFAULT_PORT));
+        p.step(&format!(
+            "recovering the coordinator role through {}",
+            coordinators[0]
+        ));
+        let mut rc = Client::new(coordinators.clone(), claims.pins.clone(), None, s.timeout)?;
+        rc.verbose = !p.json;
+        let r = crate::recover::recover(&mut rc, root, &s.token, &granted, &advertise).await?;
+        for f in &r.files {
+            p.note(&format!("wrote {f}"));
+        }
+        start_musterd(root, &mut p);
+        p.step(&format!(
+            "waiting for this host's coordinator on {} (advertised as {}; started by musterd.service, or: musterd serve --config {} --data-dir {})",
+            r.local,
+            r.advertise,
+            Path::new("/").join(crate::recover::MUSTERD_YAML).display(),
+            Path::new("/").join(crate::recover::MUSTERD_DATA).display(),
+        ));
+        join_through = vec![r.local];
+        recovered_files = r.files;
+    }
+
+    p.step(&format!("joining through {}", join_through[0]));
+    let mut client = Client::new(join_through, claims.pins.clone(), None, s.timeout)?;
     client.verbose = !p.json;
     let req = JoinRequest {
         token: Secret::new(s.token.as_str()),
@@ -380,7 +411,8 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     failpoint("after-join");
 
     p.step("writing certificates, keystores and config");
-    let files = write_bundle(root, &owners, &bundle, &tkey, &facts.zone)?;
+    let mut files = write_bundle(root, &owners, &bundle, &tkey, &facts.zone)?;
+    files.extend(recovered_files);
     failpoint("after-files");
 
     p.step("committing the enrollment");
@@ -419,6 +451,21 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         coordinator: client.current().map(str::to_string),
         files,
     })
+}
+
+/// On a live systemd host (root `/`), starts the package's `musterd.service` now that its
+/// files are there; elsewhere whoever manages the root starts it.
+fn start_musterd(root: &Path, p: &mut Progress) {
+    if root != Path::new("/") || !Path::new("/run/systemd/system").is_dir() {
+        return;
+    }
+    match std::process::Command::new("systemctl")
+        .args(["start", "--no-block", "musterd.service"])
+        .status()
+    {
+        Ok(st) if st.success() => p.note("started musterd.service"),
+        _ => p.note("could not start musterd.service; start it by hand"),
+    }
 }
 
 /// A run killed between a temporary file's write and its rename leaves the temporary behind

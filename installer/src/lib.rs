@@ -12,4 +12,5 @@ pub mod layout;
 pub mod net;
 pub mod node;
 pub mod owner;
+pub mod recover;
 pub mod state;

@@ -363,10 +363,14 @@ impl Client {
             return Err(Attempt::Retry(format!("{status}: {message}")));
         }
         let exit = match code {
-            Some(ErrorCode::TokenRole) | Some(ErrorCode::TokenEmergencyAllocator) => {
-                Exit::RoleNotAllowed
-            }
-            Some(c) if c.as_str().starts_with("token.") || c == ErrorCode::DirectorOnly => {
+            Some(ErrorCode::TokenRole)
+            | Some(ErrorCode::TokenEmergencyAllocator)
+            | Some(ErrorCode::RecoveryRole) => Exit::RoleNotAllowed,
+            Some(c)
+                if c.as_str().starts_with("token.")
+                    || c == ErrorCode::DirectorOnly
+                    || c == ErrorCode::RecoveryToken =>
+            {
                 Exit::TokenRefused
             }
             Some(ErrorCode::NodeUnknown) | Some(ErrorCode::NodeCertRequired) => Exit::NotEnrolled,

@@ -115,6 +115,12 @@ codes! {
     NodeUnknown = "node.unknown",
     /// The server is in director mode and only answers emergency joins.
     DirectorOnly = "server.director_mode",
+    /// Recovery takes the emergency token.
+    RecoveryToken = "recovery.emergency_token_required",
+    /// Recovery brings up a coordinator: ask for the coordinator role.
+    RecoveryRole = "recovery.coordinator_role_required",
+    /// This coordinator's store is embedded in its data folder; another cannot share it.
+    RecoveryStore = "recovery.embedded_store",
     /// The feature is switched off in the server config.
     FeatureDisabled = "server.feature_disabled",
     /// The store could not be reached; retry.

@@ -18,6 +18,8 @@ pub mod fs;
 pub mod node;
 pub mod pin;
 pub mod role;
+#[cfg(feature = "seal")]
+pub mod seal;
 pub mod token;
 
 pub use error::{ApiErrorBody, ErrorCode, ErrorItem};
@@ -33,6 +35,7 @@ pub mod paths {
     pub const RUNNERS: &str = "/api/v1/platform/infrastructure/runners";
     pub const AUDIT: &str = "/api/v1/platform/configuration/security/enrollment-tokens/_audit";
     pub const JOIN: &str = "/api/v1/node/join";
+    pub const RECOVER: &str = "/api/v1/node/recover";
     pub const COMMIT: &str = "/api/v1/node/commit";
     pub const HEARTBEAT: &str = "/api/v1/node/heartbeat";
     pub const RENEW: &str = "/api/v1/node/renew";

@@ -8,6 +8,12 @@
 //! 3. `POST /api/v1/node/heartbeat`, `…/renew`, `…/leave` over mutual TLS with the node's
 //!    transport certificate.
 //!
+//!
+//! Recovery: `POST /api/v1/node/recover` with the emergency token and the coordinator role
+//! answers a [`Recovery`]: what a new coordinator needs to serve the platform from the shared
+//! store. A director answers it without holding any unsealed secret: the data key travels
+//! wrapped under the emergency token, which only the caller has.
+//!
 //! The full description, with every error code, is in `docs/protocol.md`.
 
 use crate::role::Role;
@@ -132,4 +138,53 @@ pub struct RenewReply {
     pub transport_ca_pem: String,
     pub http_ca_pem: String,
     pub cert_not_after: u64,
+}
+
+/// `POST /api/v1/node/recover`: the emergency token, asking for the coordinator role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    pub token: Secret,
+    pub roles: Vec<Role>,
+}
+
+/// Where the platform's shared store is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSettings {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix of the platform in etcd.
+    pub prefix: String,
+    /// Whether etcd wants TLS; its CA, client certificate and key are in the sealed secrets
+    /// (`store_tls`).
+    pub tls: bool,
+}
+
+/// The answer to a recovery: the store, and the platform's secrets still sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recovery {
+    pub store: StoreSettings,
+    /// The data key, sealed under the key derived from the emergency token.
+    pub wrapped_key: String,
+    /// base64 salt of that derivation.
+    pub kdf_salt: String,
+    /// The platform's secrets, sealed under the data key.
+    pub sealed: String,
+    pub http_ca_pem: String,
+    pub transport_ca_pem: String,
+}
+
+/// The part of the sealed secrets a recovering host reads: etcd's TLS material, if any.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SealedStoreTls {
+    #[serde(default)]
+    pub store_tls: Option<StoreTls>,
+}
+
+/// PEM material for TLS to etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreTls {
+    pub ca_pem: Option<String>,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<Secret>,
 }

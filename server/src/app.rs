@@ -1,6 +1,6 @@
 //! The HTTP API: admin calls (ECE-compatible) and the node protocol.
 
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::pki::{self, Leaf};
 use crate::platform::{sha256_hex, Platform};
@@ -57,6 +57,46 @@ pub struct App {
     pub clock: fn() -> u64,
 }
 
+/// Appends to the audit log; a failure is logged, never fatal to the request.
+pub async fn audit(
+    store: &dyn Store,
+    at: u64,
+    event: &str,
+    token_id: Option<&str>,
+    node: Option<(&str, &str)>,
+    source: Option<IpAddr>,
+    reason: Option<ErrorCode>,
+) {
+    let e = AuditEvent {
+        seq: 0,
+        at,
+        event: event.into(),
+        token_id: token_id.map(str::to_string),
+        node_id: node.map(|n| n.0.to_string()),
+        hostname: node.map(|n| n.1.to_string()),
+        source: source.map(|s| s.to_string()),
+        reason: reason.map(|c| c.as_str().to_string()),
+    };
+    if let Err(err) = store.audit(&e).await {
+        tracing::error!(error = %err, event, "could not append to the audit log");
+    }
+}
+
+/// Audits and logs a refused token.
+pub async fn refusal_logged(store: &dyn Store, r: &Refusal, source: IpAddr, now: u64) {
+    audit(
+        store,
+        now,
+        "refused",
+        r.token_id.as_deref(),
+        None,
+        Some(source),
+        Some(r.code),
+    )
+    .await;
+    tracing::info!(%source, code = r.code.as_str(), token_id = r.token_id.as_deref().unwrap_or("-"), "token refused");
+}
+
 pub fn system_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -97,19 +137,16 @@ impl App {
         source: Option<IpAddr>,
         reason: Option<ErrorCode>,
     ) {
-        let e = AuditEvent {
-            seq: 0,
-            at: self.now(),
-            event: event.into(),
-            token_id: token_id.map(str::to_string),
-            node_id: node.map(|n| n.0.to_string()),
-            hostname: node.map(|n| n.1.to_string()),
-            source: source.map(|s| s.to_string()),
-            reason: reason.map(|c| c.as_str().to_string()),
-        };
-        if let Err(err) = self.store.audit(&e).await {
-            tracing::error!(error = %err, event, "could not append to the audit log");
-        }
+        audit(
+            self.store.as_ref(),
+            self.now(),
+            event,
+            token_id,
+            node,
+            source,
+            reason,
+        )
+        .await
     }
 
     /// Checks admin credentials: HTTP Basic or `Authorization: ApiKey KEY`; rate-limits
@@ -327,7 +364,7 @@ fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
 }
 
 /// Reads a JSON body, answering our error shape for bad or oversized bodies.
-fn parse_json<T: DeserializeOwned>(
+pub(crate) fn parse_json<T: DeserializeOwned>(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
@@ -364,6 +401,7 @@ pub fn router(app: Arc<App>) -> Router {
             put(set_runner_roles),
         )
         .route(paths::JOIN, post(join))
+        .route(paths::RECOVER, post(recover))
         .route(paths::COMMIT, post(commit))
         .route(paths::HEARTBEAT, post(heartbeat))
         .route(paths::RENEW, post(renew))
@@ -657,6 +695,81 @@ fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Why a roles token was refused: its code, the message for the caller, and the token id it
+/// names (only a claim when the signature did not verify), for the audit log.
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    pub token_id: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: &str, token_id: Option<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.to_string(),
+            token_id,
+        }
+    }
+}
+
+/// Verifies a token against the platform's public key and the store: signature, times, known,
+/// not revoked, allowed from `source`. Needs no secret, so a director runs it too.
+pub async fn verify_token(
+    store: &dyn Store,
+    verify_key: &[u8],
+    tok: &Secret,
+    source: IpAddr,
+    now: u64,
+) -> Result<Result<(token::Claims, TokenRecord), Refusal>, ApiError> {
+    let claims = match token::verify(tok.expose(), verify_key, now) {
+        Ok(c) => c,
+        Err(e) => {
+            // The id of a token that fails verification is only a claim; audit it as such.
+            let id = token::inspect(tok.expose()).ok().map(|c| c.sub);
+            return Ok(Err(Refusal::new(e.code(), &e.to_string(), id)));
+        }
+    };
+    let unknown = |id: String| {
+        Refusal::new(
+            ErrorCode::TokenUnknown,
+            "roles token is not known to this platform",
+            Some(id),
+        )
+    };
+    let Some(rec) = store.token(&claims.sub).await? else {
+        return Ok(Err(unknown(claims.sub)));
+    };
+    if !constant_eq(&rec.hash, &sha256_hex(tok.expose().trim().as_bytes())) {
+        return Ok(Err(unknown(claims.sub)));
+    }
+    if rec.revoked {
+        return Ok(Err(if rec.expires.is_some_and(|e| e < now) {
+            Refusal::new(ErrorCode::TokenExpired, "roles token expired", Some(rec.id))
+        } else {
+            Refusal::new(
+                ErrorCode::TokenRevoked,
+                "roles token was revoked",
+                Some(rec.id),
+            )
+        }));
+    }
+    if !rec.allowed_sources.is_empty()
+        && !rec
+            .allowed_sources
+            .iter()
+            .filter_map(|s| parse_cidr(s))
+            .any(|n| n.contains(&source))
+    {
+        return Ok(Err(Refusal {
+            code: ErrorCode::TokenSource,
+            message: format!("roles token may not be used from {source}"),
+            token_id: Some(rec.id),
+        }));
+    }
+    Ok(Ok((claims, rec)))
+}
+
 impl App {
     /// Verifies a token against the signature and the store. Refusals are audited.
     async fn check_token(
@@ -664,80 +777,25 @@ impl App {
         tok: &Secret,
         source: IpAddr,
     ) -> Result<(token::Claims, TokenRecord), ApiError> {
-        let refuse = |code: ErrorCode, msg: String, token_id: Option<String>| async move {
-            self.metrics.refusals.fetch_add(1, Ordering::Relaxed);
-            self.audit(
-                "refused",
-                token_id.as_deref(),
-                None,
-                Some(source),
-                Some(code),
-            )
-            .await;
-            tracing::info!(%source, code = code.as_str(), token_id = token_id.as_deref().unwrap_or("-"), "join refused");
-            Err(ApiError::new(code, msg))
-        };
-        let claims = match token::verify(tok.expose(), &self.platform.verify_key, self.now()) {
-            Ok(c) => c,
-            Err(e) => {
-                // The id of a token that fails verification is only a claim; audit it as such.
-                let id = token::inspect(tok.expose()).ok().map(|c| c.sub);
-                return refuse(e.code(), e.to_string(), id).await;
-            }
-        };
-        let Some(rec) = self.store.token(&claims.sub).await? else {
-            return refuse(
-                ErrorCode::TokenUnknown,
-                "roles token is not known to this platform".into(),
-                Some(claims.sub),
-            )
-            .await;
-        };
-        if !constant_eq(&rec.hash, &sha256_hex(tok.expose().trim().as_bytes())) {
-            return refuse(
-                ErrorCode::TokenUnknown,
-                "roles token is not known to this platform".into(),
-                Some(claims.sub),
-            )
-            .await;
-        }
-        if rec.revoked {
-            let msg = if rec.expires.is_some_and(|e| e < self.now()) {
-                "roles token expired"
-            } else {
-                "roles token was revoked"
-            };
-            let code = if msg.ends_with("expired") {
-                ErrorCode::TokenExpired
-            } else {
-                ErrorCode::TokenRevoked
-            };
-            return refuse(code, msg.into(), Some(rec.id)).await;
-        }
-        if !rec.allowed_sources.is_empty()
-            && !rec
-                .allowed_sources
-                .iter()
-                .filter_map(|s| parse_cidr(s))
-                .any(|n| n.contains(&source))
+        match verify_token(
+            self.store.as_ref(),
+            &self.platform.verify_key,
+            tok,
+            source,
+            self.now(),
+        )
+        .await?
         {
-            return refuse(
-                ErrorCode::TokenSource,
-                format!("roles token may not be used from {source}"),
-                Some(rec.id),
-            )
-            .await;
+            Ok(ok) => Ok(ok),
+            Err(r) => Err(self.refused(r, source).await),
         }
-        if self.config.mode == Mode::Director && rec.kind != TokenKind::Emergency {
-            return refuse(
-                ErrorCode::DirectorOnly,
-                "this musterd is a director: it answers only joins made with the emergency token"
-                    .into(),
-                Some(rec.id),
-            )
-            .await;
-        }
-        Ok((claims, rec))
+    }
+
+    /// Counts, audits and logs a refused token; the error to answer.
+    pub(crate) async fn refused(&self, r: Refusal, source: IpAddr) -> ApiError {
+        self.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+        refusal_logged(self.store.as_ref(), &r, source, self.now()).await;
+        ApiError::new(r.code, r.message)
     }
 
     fn leaf(&self, node_id: &str, host: &HostFacts, coordinator: bool) -> Leaf {
@@ -886,6 +944,24 @@ async fn join(
         }
     };
     Ok(Json(app.bundle(&r, now)))
+}
+
+/// A coordinator answers recovery as a director does (a new coordinator joining a live
+/// platform over its shared store).
+async fn recover(
+    State(app): S,
+    Extension(c): Conn,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Recovery>, ApiError> {
+    crate::director::recover(
+        app.store.as_ref(),
+        &app.config,
+        body,
+        c.remote.ip(),
+        app.now(),
+    )
+    .await
+    .map(Json)
 }
 
 async fn commit(

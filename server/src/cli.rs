@@ -1,7 +1,7 @@
 //! The `musterd` command line.
 
 use crate::app::{system_now, App};
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, Mode};
 use crate::platform::Platform;
 use crate::seal::{emergency_token, DataKey, UNSEAL_KEY_FILE};
 use crate::store::etcd::EtcdStore;
@@ -76,6 +76,21 @@ pub enum Cmd {
         /// File holding the emergency token.
         #[arg(long)]
         emergency_token_file: Option<PathBuf>,
+    },
+    /// Issue a director's serving certificate (from the HTTP CA, marked as a coordinator's, so
+    /// installers' pins hold) and its key, into a folder to copy to the director's data folder.
+    DirectorCert {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Addresses (host:port or host) the director is reached at; comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        address: Vec<String>,
+        /// Folder to write director-cert.pem and director-key.pem (mode 0600) into.
+        #[arg(long)]
+        output: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
     },
     /// Take a consistent snapshot of the embedded store while serving; secrets stay sealed.
     Backup {
@@ -174,15 +189,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => init(&data, advertise, output).await,
         Cmd::Serve { data, listen } => {
+            let config = Config::load(data.config.as_deref())?;
+            if config.mode == Mode::Director {
+                return serve_director(&data, config, listen).await;
+            }
             let app = load_app(&data).await?;
             // The HTTP CA next to the data, as `init` leaves it: what curl --cacert and wget
             // --ca-certificate take. A coordinator that joined a shared store gets it here.
-            let ca = data.data_dir.join("ca.pem");
-            if std::fs::read(&ca).ok().as_deref() != Some(app.platform.http_ca.cert_pem.as_bytes())
-            {
-                write_atomic(&ca, app.platform.http_ca.cert_pem.as_bytes(), me(0o644))
-                    .with_context(|| format!("writing {}", ca.display()))?;
-            }
+            write_ca_pem(&data.data_dir, &app.platform.http_ca.cert_pem)?;
             let listen = listen.unwrap_or_else(|| app.config.listen.clone());
             let addr = listen
                 .parse()
@@ -190,6 +204,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::serve::serve(app, addr, shutdown_signal()).await
         }
         Cmd::Token { cmd } => token(cmd).await,
+        Cmd::DirectorCert {
+            data,
+            address,
+            output,
+            days,
+        } => director_cert(&data, &address, &output, days).await,
         Cmd::Unseal {
             data,
             emergency_token_file,
@@ -201,6 +221,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             emergency_token_file,
         } => restore(&data_dir, &input, emergency_token_file.as_deref()).await,
     }
+}
+
+/// `DATA_DIR/ca.pem`, the HTTP CA, unless it is there already.
+fn write_ca_pem(data_dir: &Path, pem: &str) -> anyhow::Result<()> {
+    let ca = data_dir.join("ca.pem");
+    if std::fs::read(&ca).ok().as_deref() != Some(pem.as_bytes()) {
+        write_atomic(&ca, pem.as_bytes(), me(0o644))
+            .with_context(|| format!("writing {}", ca.display()))?;
+    }
+    Ok(())
 }
 
 fn write_unseal_key(data_dir: &Path, key: &DataKey) -> anyhow::Result<()> {
@@ -337,6 +367,108 @@ async fn restore(data_dir: &Path, input: &Path, token_file: Option<&Path>) -> an
     Ok(())
 }
 
+/// etcd's TLS material from the files the config names, to keep sealed in the platform so a
+/// recovered coordinator reaches etcd as this one does.
+fn store_tls(config: &Config) -> anyhow::Result<Option<muster_protocol::node::StoreTls>> {
+    let Some(tls) = config
+        .store
+        .etcd
+        .tls
+        .as_ref()
+        .filter(|_| config.store.backend == Backend::Etcd)
+    else {
+        return Ok(None);
+    };
+    let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+        p.as_ref()
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+            .transpose()
+    };
+    Ok(Some(muster_protocol::node::StoreTls {
+        ca_pem: read(&tls.ca)?,
+        cert_pem: read(&tls.cert)?,
+        key_pem: read(&tls.key)?.map(muster_protocol::token::Secret::new),
+    }))
+}
+
+/// `musterd serve` in director mode: the public half of the platform, a certificate issued
+/// ahead of time, no unseal key.
+async fn serve_director(
+    data: &DataArgs,
+    config: Config,
+    listen: Option<String>,
+) -> anyhow::Result<()> {
+    let tls = crate::serve::director_tls_config(&data.data_dir)?;
+    let store = open_store(&data.data_dir, &config).await?;
+    // Fail at start, not at the first recovery, when the store holds no platform.
+    let public = crate::platform::PublicPlatform::load(store.as_ref()).await?;
+    write_ca_pem(&data.data_dir, &public.http_ca_pem)?;
+    let listen = listen.unwrap_or_else(|| config.listen.clone());
+    let addr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not ADDR:PORT"))?;
+    let director = Arc::new(crate::director::Director {
+        store,
+        config,
+        clock: system_now,
+    });
+    eprintln!("musterd: director mode (no unsealed secret; answers only recovery)");
+    crate::serve::serve_director(director, tls, addr, shutdown_signal()).await
+}
+
+/// `musterd director-cert`: a serving certificate for a director, from this coordinator.
+async fn director_cert(
+    data: &DataArgs,
+    addresses: &[String],
+    output: &Path,
+    days: u32,
+) -> anyhow::Result<()> {
+    let app = load_app(data).await?;
+    let mut sans = Vec::new();
+    for a in addresses {
+        let host = match a.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => a.as_str(),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let san = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(
+                host.to_string()
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("--address {a:?} is not a host name or IP"))?,
+            ),
+        };
+        sans.push(san);
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let leaf = crate::pki::Leaf {
+        common_name: "musterd director".into(),
+        sans,
+        coordinator: true,
+        validity: time::Duration::days(days.into()),
+    };
+    let cert = app
+        .platform
+        .http_ca
+        .sign(&key, &leaf, time::OffsetDateTime::now_utc())?;
+    ensure_dir(output, me(0o700)).with_context(|| format!("preparing {}", output.display()))?;
+    let key_path = output.join(crate::director::KEY_FILE);
+    write_atomic(&key_path, key.serialize_pem().as_bytes(), me(0o600))
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    let chain = format!("{}{}", cert.pem, app.platform.http_ca.cert_pem);
+    let cert_path = output.join(crate::director::CERT_FILE);
+    write_atomic(&cert_path, chain.as_bytes(), me(0o644))
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    eprintln!(
+        "musterd: director certificate for {} written to {} (valid {days} days); copy both files \
+         into the director's data folder",
+        addresses.join(", "),
+        output.display()
+    );
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
@@ -355,9 +487,18 @@ async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow
     if secrets_path.exists() {
         bail!("{} exists: this data folder already holds a platform; refusing to create another over it", secrets_path.display());
     }
+    if config.mode == Mode::Director {
+        bail!("a director holds no secret and creates no platform; run `musterd init` on a coordinator");
+    }
+    let store_tls = store_tls(&config)?;
     let store = open_store(&data.data_dir, &config).await?;
-    let (platform, secrets, key) =
-        Platform::init(store.as_ref(), &config.advertise_or_default(), system_now()).await?;
+    let (platform, secrets, key) = Platform::init(
+        store.as_ref(),
+        &config.advertise_or_default(),
+        store_tls,
+        system_now(),
+    )
+    .await?;
     write_unseal_key(&data.data_dir, &key)?;
     let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&secrets)?);
     write_atomic(&secrets_path, json.as_bytes(), me(0o600))

@@ -41,7 +41,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | TokenEmergencyAllocator
         | JoinProof
         | NodeCertRequired => StatusCode::FORBIDDEN,
-        DirectorOnly | FeatureDisabled => StatusCode::FORBIDDEN,
+        DirectorOnly | FeatureDisabled | RecoveryToken => StatusCode::FORBIDDEN,
+        RecoveryRole => StatusCode::BAD_REQUEST,
+        RecoveryStore => StatusCode::CONFLICT,
         TokenNotDeletable => StatusCode::CONFLICT,
         RequestInvalid | RoleUnknown | CsrInvalid | CsrKeyType | CsrCa | CsrSan => {
             StatusCode::BAD_REQUEST

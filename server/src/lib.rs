@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod director;
 pub mod error;
 pub mod pki;
 pub mod platform;

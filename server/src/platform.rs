@@ -2,11 +2,12 @@
 //! `musterd init` and loaded by every other command.
 
 use crate::pki::Ca;
-use crate::seal::DataKey;
+use crate::seal::{unwrap_data_key, DataKey, SEALED_CONTEXT, WRAP_CONTEXT};
 use crate::store::{Store, TokenRecord};
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use muster_protocol::node::{Recovery, StoreSettings, StoreTls};
 use muster_protocol::token::{Claims, TokenKind, ISSUER};
 use muster_protocol::Role;
 use serde::{Deserialize, Serialize};
@@ -52,11 +53,53 @@ struct Secrets {
     signing_key: String,
     /// base64 key for the per-node PSKs.
     psk_key: String,
+    /// TLS material for etcd, handed (still sealed) to a coordinator that recovers the platform.
+    #[serde(default)]
+    store_tls: Option<StoreTls>,
 }
 
 const RECORD_VERSION: u32 = 2;
-const SEALED_CONTEXT: &str = "muster platform secrets v2";
-const WRAP_CONTEXT: &str = "muster data key v2";
+
+/// The platform as a director sees it: public keys and certificates, and the secrets still
+/// sealed. Nothing here signs anything.
+pub struct PublicPlatform {
+    pub verify_key: Vec<u8>,
+    pub http_ca_pem: String,
+    pub transport_ca_pem: String,
+    pub emergency_token_id: String,
+    wrapped_key: String,
+    kdf_salt: String,
+    sealed: String,
+}
+
+impl PublicPlatform {
+    pub async fn load(store: &dyn Store) -> anyhow::Result<PublicPlatform> {
+        let rec = Platform::record(store).await?;
+        Ok(PublicPlatform {
+            verify_key: B64
+                .decode(&rec.public.verify_key)
+                .context("decoding the verify key")?,
+            http_ca_pem: rec.public.http_ca_cert,
+            transport_ca_pem: rec.public.transport_ca_cert,
+            emergency_token_id: rec.public.emergency_token_id,
+            wrapped_key: rec.wrapped_key,
+            kdf_salt: rec.kdf_salt,
+            sealed: rec.sealed,
+        })
+    }
+
+    /// What a recovering coordinator gets: useless without the emergency token.
+    pub fn recovery(&self, store: StoreSettings) -> Recovery {
+        Recovery {
+            store,
+            wrapped_key: self.wrapped_key.clone(),
+            kdf_salt: self.kdf_salt.clone(),
+            sealed: self.sealed.clone(),
+            http_ca_pem: self.http_ca_pem.clone(),
+            transport_ca_pem: self.transport_ca_pem.clone(),
+        }
+    }
+}
 
 /// A loaded platform, ready to sign.
 pub struct Platform {
@@ -97,6 +140,7 @@ impl Platform {
     pub async fn init(
         store: &dyn Store,
         advertise: &[String],
+        store_tls: Option<StoreTls>,
         now: u64,
     ) -> anyhow::Result<(Platform, BootstrapSecrets, DataKey)> {
         if store.platform().await?.is_some() {
@@ -128,6 +172,7 @@ impl Platform {
             http_ca_key: http_ca.key_pem(),
             signing_key: B64.encode(pkcs8.as_ref()),
             psk_key: psk_key.to_string(),
+            store_tls,
         };
         let public = Public {
             created: now,
@@ -230,16 +275,12 @@ impl Platform {
                 rec.public.emergency_token_id
             );
         }
-        let salt = B64.decode(&rec.kdf_salt).context("reading the key salt")?;
-        let wrapping = DataKey::from_emergency_token(emergency_token, &salt)?;
-        let key = wrapping
-            .open(&rec.wrapped_key, WRAP_CONTEXT)
-            .map_err(|_| anyhow::anyhow!("the emergency token does not unseal this platform"))?;
-        let key = DataKey::decode(std::str::from_utf8(&key).context("unwrapped key")?)?;
-        // Check it opens the secrets before anyone writes it down.
-        key.open(&rec.sealed, SEALED_CONTEXT)
-            .map_err(|_| anyhow::anyhow!("the unwrapped key does not open the secrets"))?;
-        Ok(key)
+        Ok(unwrap_data_key(
+            emergency_token,
+            &rec.kdf_salt,
+            &rec.wrapped_key,
+            &rec.sealed,
+        )?)
     }
 
     fn from_parts(p: &Public, s: &Secrets) -> anyhow::Result<Platform> {

@@ -83,26 +83,14 @@ pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
     Ok(cfg)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves the coordinator until `shutdown` resolves.
 pub async fn serve(
     app: Arc<App>,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&app)?));
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let local = listener.local_addr()?;
-    let router = crate::app::router(app.clone()).layer(tower::ServiceBuilder::new().layer(
-        tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ),
-    ));
-    eprintln!("musterd listening on https://{local}");
-    tracing::info!(%local, "listening");
-
+    let router = crate::app::router(app.clone());
     let sweeper = {
         let app = app.clone();
         let every = Duration::from_secs((app.config.reservation_seconds / 2).clamp(1, 5));
@@ -116,6 +104,79 @@ pub async fn serve(
             }
         })
     };
+    let served = run(router, acceptor, listen, shutdown).await;
+    sweeper.abort();
+    served
+}
+
+/// The TLS config of a director: the certificate a coordinator issued it
+/// (`musterd director-cert`), from its data folder. No client certificates: a director serves
+/// no enrolled node.
+pub fn director_tls_config(data_dir: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = data_dir.join(crate::director::CERT_FILE);
+    let key = data_dir.join(crate::director::KEY_FILE);
+    let missing = |p: &std::path::Path| {
+        format!(
+            "reading {}: a director serves with a certificate a coordinator issues it; run on a \
+             coordinator: musterd director-cert --address HOST:PORT --output DIR, and copy DIR's \
+             files into {}",
+            p.display(),
+            data_dir.display()
+        )
+    };
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .with_context(|| missing(&cert))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+    let key = PrivateKeyDer::from_pem_file(&key).with_context(|| missing(&key))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serves a director until `shutdown` resolves.
+pub async fn serve_director(
+    director: Arc<crate::director::Director>,
+    tls: rustls::ServerConfig,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    run(
+        crate::director::router(director),
+        acceptor,
+        listen,
+        shutdown,
+    )
+    .await
+}
+
+/// The accept loop: bounded concurrent handshakes, each with a deadline, then HTTP/1.1 or
+/// HTTP/2 with a header-read timeout and a per-request timeout.
+async fn run(
+    router: axum::Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let local = listener.local_addr()?;
+    let router = router.layer(tower::ServiceBuilder::new().layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ),
+    ));
+    eprintln!("musterd listening on https://{local}");
+    tracing::info!(%local, "listening");
 
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::pin!(shutdown);
@@ -175,6 +236,5 @@ pub async fn serve(
             }
         });
     }
-    sweeper.abort();
     Ok(())
 }

@@ -62,6 +62,8 @@ pub struct Coordinator {
     pub secrets: Value,
     /// The network namespace musterd runs in, if not the test's own.
     pub netns: Option<String>,
+    data_dir: PathBuf,
+    config_file: PathBuf,
     child: Option<Child>,
 }
 
@@ -157,6 +159,8 @@ impl Coordinator {
             .context("init --output json")?,
         };
         let mut c = Coordinator {
+            data_dir: dir.path().join("data"),
+            config_file: dir.path().join("server.yaml"),
             dir,
             port,
             secrets,
@@ -169,8 +173,28 @@ impl Coordinator {
         Ok(c)
     }
 
+    /// A musterd over a config file and data folder made elsewhere (by `muster install`
+    /// recovering the coordinator role), listening on `port`, with the platform's `secrets`.
+    /// Not started.
+    pub fn adopt(
+        config_file: &Path,
+        data_dir: &Path,
+        port: u16,
+        secrets: Value,
+    ) -> anyhow::Result<Coordinator> {
+        Ok(Coordinator {
+            dir: tempfile::tempdir()?,
+            port,
+            secrets,
+            netns: None,
+            data_dir: data_dir.to_path_buf(),
+            config_file: config_file.to_path_buf(),
+            child: None,
+        })
+    }
+
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir.clone()
     }
 
     pub fn log(&self) -> String {
@@ -187,7 +211,7 @@ impl Coordinator {
             .arg("--data-dir")
             .arg(self.data())
             .arg("--config")
-            .arg(self.dir.path().join("server.yaml"))
+            .arg(&self.config_file)
             .env("MUSTERD_LOG", "info,musterd=debug")
             .stdout(Stdio::null())
             .stderr(log)

@@ -150,3 +150,228 @@ fn backup_while_serving_and_restore_with_the_emergency_token_give_the_same_platf
     assert_eq!(r.code, 0, "{r:?}");
     Ok(())
 }
+
+/// `curl -sk -X POST` of a JSON body (from a file, so no token reaches an argument list) to
+/// `path` on `c`: the HTTP status and the body.
+fn post_file(
+    c: &Coordinator,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let f = c.dir.path().join("body.json");
+    std::fs::write(&f, body.to_string())?;
+    let at = format!("@{}", f.display());
+    let out = c.curl(&[
+        "-s",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-w",
+        "\n%{http_code}",
+        "-d",
+        &at,
+        &c.url(path),
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Ok((
+        code.trim().parse()?,
+        serde_json::from_str(body).unwrap_or_default(),
+    ))
+}
+
+#[test]
+fn with_every_coordinator_gone_a_director_and_the_emergency_token_bring_the_platform_back() -> R {
+    let mut etcd = Etcd::start(3)?;
+    let (p1, p2) = (free_port(), free_port());
+    let opts = |port| Opts {
+        config: etcd.store_config("/muster/"),
+        start: true,
+        port: Some(port),
+        advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
+        ..Opts::default()
+    };
+    let mut c1 = Coordinator::with(opts(p1))?;
+    let mut c2 = Coordinator::alongside(&c1, opts(p2))?;
+    let emergency = c1.secret("emergency_token");
+    let (kept, _) = c1.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let (revoked, revoked_id) = c2.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let old1 = Host::new("old-1")?;
+    let old2 = Host::new("old-2")?;
+    assert_eq!(old1.install(&c1.host(), &kept, &[])?.code, 0);
+    assert_eq!(old2.install(&c2.host(), &kept, &[])?.code, 0);
+    let (code, _) = c1.api("DELETE", &format!("{TOKENS}/{revoked_id}"), None)?;
+    assert_eq!(code, 200);
+
+    // A director, its serving certificate issued by a coordinator ahead of time.
+    let dport = free_port();
+    let ddir = tempfile::tempdir()?;
+    let ddata = ddir.path().join("data");
+    let out = musterd(&[
+        "director-cert",
+        "--address",
+        &format!("127.0.0.1:{dport}"),
+        "--data-dir",
+    ])
+    .arg(c1.data())
+    .arg("--config")
+    .arg(c1.dir.path().join("server.yaml"))
+    .arg("--output")
+    .arg(&ddata)
+    .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let dconf = ddir.path().join("director.yaml");
+    std::fs::write(
+        &dconf,
+        format!(
+            "listen: 127.0.0.1:{dport}\nmode: director\n{}",
+            etcd.store_config("/muster/")
+        ),
+    )?;
+    let mut director = Coordinator::adopt(&dconf, &ddata, dport, c1.secrets.clone())?;
+    director.serve()?;
+    // It holds no unsealed secret: its folder has its own serving key, certificates, nothing else.
+    let mut held: Vec<String> = std::fs::read_dir(&ddata)?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .collect();
+    held.sort();
+    assert_eq!(held, ["ca.pem", "director-cert.pem", "director-key.pem"]);
+
+    // It answers no join, and recovery only with the emergency token and the coordinator role.
+    let h = Host::new("via-director")?;
+    let r = h.install(&director.host(), &kept, &[])?;
+    assert_eq!(
+        (r.code, r.json()["code"].as_str()),
+        (3, Some("server.director_mode")),
+        "{r:?}"
+    );
+    let r = h.install(&director.host(), &emergency, &["--roles", "allocator"])?;
+    assert_eq!(
+        r.code, 4,
+        "the emergency token never enrolls an allocator: {r:?}"
+    );
+    assert!(!h.path("etc/muster/tls/node.crt").exists());
+    for (token, roles, status, code) in [
+        (
+            &emergency,
+            vec!["allocator"],
+            403,
+            "token.emergency_allocator",
+        ),
+        (
+            &emergency,
+            vec!["proxy"],
+            400,
+            "recovery.coordinator_role_required",
+        ),
+        (
+            &kept,
+            vec!["coordinator"],
+            403,
+            "recovery.emergency_token_required",
+        ),
+        (&revoked, vec!["proxy"], 403, "token.revoked"),
+    ] {
+        let body = serde_json::json!({"token": token, "roles": roles});
+        let (got, v) = post_file(&director, "/api/v1/node/recover", &body)?;
+        assert_eq!(
+            (got, v["errors"][0]["code"].as_str()),
+            (status, Some(code)),
+            "{v}"
+        );
+    }
+
+    // Every coordinator is lost, data folders and all, and one etcd member with them.
+    c1.stop();
+    c2.stop();
+    std::fs::remove_dir_all(c1.data())?;
+    std::fs::remove_dir_all(c2.data())?;
+    etcd.kill(2);
+
+    // On a fresh host: the emergency token, through the director.
+    let nport = free_port();
+    let new = Host::new("new-coordinator")?;
+    let mut child = new
+        .install_cmd(&director.host(), &emergency)
+        .args(["--roles", "coordinator,director,proxy"])
+        .args(["--advertise", &format!("127.0.0.1:{nport}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // It writes musterd's files, then waits for its coordinator; start it as musterd.service
+    // would.
+    let yaml = new.path("etc/muster/musterd.yaml");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !yaml.exists() && std::time::Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    anyhow::ensure!(
+        yaml.exists(),
+        "no musterd.yaml: {:?}",
+        child.wait_with_output()?
+    );
+    let mut c3 = Coordinator::adopt(
+        &yaml,
+        &new.path("var/lib/musterd"),
+        nport,
+        c1.secrets.clone(),
+    )?;
+    c3.serve()?;
+    let r = Run::from(child.wait_with_output()?);
+    assert_eq!(r.code, 0, "{r:?}\n{}", c3.log());
+    assert_eq!(
+        r.json()["roles"],
+        serde_json::json!(["coordinator", "proxy", "director"]),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains(&emergency) && !r.stderr.contains(&emergency));
+    assert!(!director.log().contains(&emergency));
+    assert_eq!(new.stat("var/lib/musterd/unseal.key"), "0:0 600");
+    assert_eq!(
+        new.stat("etc/muster/musterd.yaml").split(' ').nth(1),
+        Some("640")
+    );
+
+    // Same CAs: old node certificates verify against the recovered platform's.
+    for old in [&old1, &old2] {
+        tool(
+            Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(new.path("etc/muster/tls/transport-ca.pem"))
+                .arg(old.path("etc/muster/tls/node.crt")),
+        )?;
+    }
+    assert_eq!(
+        std::fs::read(c3.data().join("ca.pem"))?,
+        std::fs::read(old1.path("etc/muster/tls/http-ca.pem"))?
+    );
+    // Same hosts, same tokens: the kept token enrolls a new allocator, the revoked one stays
+    // refused.
+    let after = Host::new("after-recovery")?;
+    let r = after.install(&c3.host(), &kept, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = Host::new("revoked-after")?.install(&c3.host(), &revoked, &[])?;
+    assert_eq!(
+        (r.code, r.json()["code"].as_str()),
+        (3, Some("token.revoked")),
+        "{r:?}"
+    );
+    let (_, v) = c3.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    let mut names: Vec<&str> = v["runners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["public_hostname"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["after-recovery", "new-coordinator", "old-1", "old-2"]
+    );
+    Ok(())
+}

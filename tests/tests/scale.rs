@@ -209,6 +209,58 @@ fn coordinators_reach_etcd_over_mutual_tls_and_refuse_to_start_without_a_client_
     )?;
     assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 1, "{out}");
 
+    // etcd's client certificate and key are in the platform, sealed: a host that takes the
+    // coordinator role with the emergency token gets them, and its musterd reaches etcd.
+    let new = Host::new("tls-recovered")?;
+    let nport = free_port();
+    let mut child = new
+        .install_cmd(&c.host(), &c.secret("emergency_token"))
+        .args(["--advertise", &format!("127.0.0.1:{nport}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let yaml = new.path("etc/muster/musterd.yaml");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !yaml.exists() && std::time::Instant::now() < deadline && child.try_wait()?.is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    anyhow::ensure!(
+        yaml.exists(),
+        "no musterd.yaml: {:?}",
+        child.wait_with_output()?
+    );
+    let tls = etcd.dir.path().join("tls");
+    for (theirs, ours, mode) in [
+        ("ca.pem", "ca.pem", "644"),
+        ("client.pem", "client.pem", "644"),
+        ("client.key", "client-key.pem", "600"),
+    ] {
+        let rel = format!("etc/muster/etcd/{ours}");
+        assert_eq!(
+            std::fs::read(tls.join(theirs))?,
+            std::fs::read(new.path(&rel))?
+        );
+        assert_eq!(new.stat(&rel).split(' ').nth(1), Some(mode), "{rel}");
+    }
+    // musterd.yaml names them where they are on the host; here the host is a scratch root.
+    let text = std::fs::read_to_string(&yaml)?;
+    assert!(text.contains("/etc/muster/etcd/client-key.pem"), "{text}");
+    let local = new.path("musterd-local.yaml");
+    let root = new.root.path().display().to_string();
+    std::fs::write(
+        &local,
+        text.replace("/etc/muster/etcd/", &format!("{root}/etc/muster/etcd/")),
+    )?;
+    let mut c2 = Coordinator::adopt(
+        &local,
+        &new.path("var/lib/musterd"),
+        nport,
+        c.secrets.clone(),
+    )?;
+    c2.serve()?;
+    let r = Run::from(child.wait_with_output()?);
+    assert_eq!(r.code, 0, "{r:?}\n{}", c2.log());
+
     // The same config without the client certificate: etcd refuses, musterd says so.
     let d = tempfile::tempdir()?;
     let no_cert = etcd.store_config("/muster/").replace(
