@@ -48,6 +48,13 @@ fn two_coordinators_share_tokens_and_a_revocation_is_refused_by_both_at_once() -
     // Revoked on the first, refused by the second on the very next request.
     let (code, _) = c1.api("DELETE", &format!("{TOKENS}/{id}"), None)?;
     assert_eq!(code, 200);
+    // The second heard of it through its watch on etcd, without asking.
+    let heard = format!("token revoked; dropped on this coordinator token_id={id}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !c2.log().contains(&heard) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(c2.log().contains(&heard), "{}", c2.log());
     let h = Host::new("after-revoke")?;
     let r = h.install(&c2.host(), &tok, &[])?;
     assert_eq!(r.code, 3, "{r:?}");

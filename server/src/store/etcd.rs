@@ -17,17 +17,25 @@
 //! Every protocol step is one etcd transaction guarded by the mod revisions of the keys it
 //! read: a step that lost a race to another coordinator reads again and retries. So a one-use
 //! token is used once across coordinators, and a revoked token is refused by every coordinator
-//! from the moment the revocation commits: every check reads etcd (linearizable reads), there is
-//! no cache to invalidate. The leases are a safety net: the sweeper on every coordinator expires
-//! reservations (returning their token use exactly once, by the same compare-and-swap) long
-//! before their lease runs out.
+//! from the moment the revocation commits. The leases are a safety net: the sweeper on every
+//! coordinator expires reservations (returning their token use exactly once, by the same
+//! compare-and-swap) long before their lease runs out.
+//!
+//! A watch on `tokens/` drops a revoked token on every coordinator at once: each keeps the
+//! revoked token records the watch delivers and refuses them without asking etcd again.
+//! Revocation is final, so such a record never goes stale; every other token read goes to etcd
+//! (linearizable), and the reservation re-reads its token inside its transaction, so a watch
+//! event still in flight can never let a revoked token through.
 
 use super::*;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse,
+    Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// How long a lease outlives the expiry it covers.
@@ -43,6 +51,111 @@ pub struct EtcdStore {
     clients: Vec<Client>,
     current: std::sync::atomic::AtomicUsize,
     prefix: String,
+    tokens_seen: Arc<TokenCopy>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// The revoked token records, as the watch on `tokens/` delivered them.
+#[derive(Default)]
+struct TokenCopy {
+    revoked: RwLock<HashMap<String, TokenRecord>>,
+}
+
+impl TokenCopy {
+    fn get(&self, id: &str) -> Option<TokenRecord> {
+        self.revoked.read().ok()?.get(id).cloned()
+    }
+
+    fn set(&self, records: HashMap<String, TokenRecord>) {
+        if let Ok(mut r) = self.revoked.write() {
+            *r = records;
+        }
+    }
+
+    fn apply(&self, tokens_key: &str, kind: EventType, kv: &KeyValue) {
+        let Some(id) = kv
+            .key_str()
+            .ok()
+            .and_then(|k| k.strip_prefix(tokens_key))
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let Ok(mut r) = self.revoked.write() else {
+            return;
+        };
+        match kind {
+            // An expired ephemeral token's lease ran out: etcd says it is gone.
+            EventType::Delete => {
+                r.remove(&id);
+            }
+            EventType::Put => {
+                if let Ok(t) = decode::<TokenRecord>(kv) {
+                    if t.revoked && !r.contains_key(&id) {
+                        tracing::info!(token_id = %id, "token revoked; dropped on this coordinator");
+                        r.insert(id, t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `copy` current: reads every token record, then watches from the next revision, so no
+/// change falls between the two; starts over on the next member when the stream breaks.
+async fn watch_tokens(clients: Vec<Client>, tokens_key: String, copy: Arc<TokenCopy>) {
+    let mut attempt = 0usize;
+    loop {
+        let mut c = clients[attempt % clients.len()].clone();
+        attempt += 1;
+        let run = async {
+            let all = c
+                .get(tokens_key.clone(), Some(GetOptions::new().with_prefix()))
+                .await?;
+            let rev = all.header().map(|h| h.revision()).unwrap_or(0);
+            let mut records = HashMap::new();
+            for kv in all.kvs() {
+                if let Ok(t) = decode::<TokenRecord>(kv) {
+                    if t.revoked {
+                        records.insert(t.id.clone(), t);
+                    }
+                }
+            }
+            copy.set(records);
+            let mut stream = c
+                .watch(
+                    tokens_key.clone(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(rev + 1),
+                    ),
+                )
+                .await?;
+            while let Some(resp) = stream.message().await? {
+                if resp.canceled() {
+                    break;
+                }
+                for ev in resp.events() {
+                    if let Some(kv) = ev.kv() {
+                        copy.apply(&tokens_key, ev.event_type(), kv);
+                    }
+                }
+            }
+            Ok::<(), etcd_client::Error>(())
+        };
+        match run.await {
+            Ok(()) => tracing::debug!("token watch ended; starting it again"),
+            Err(e) => tracing::debug!(error = %e, "token watch broke; starting it again"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A value read with what its transaction must guard on.
@@ -120,10 +233,18 @@ impl EtcdStore {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
+        let tokens_seen = Arc::new(TokenCopy::default());
+        let watcher = tokio::spawn(watch_tokens(
+            clients.clone(),
+            format!("{prefix}tokens/"),
+            tokens_seen.clone(),
+        ));
         let store = EtcdStore {
             clients,
             current: 0.into(),
             prefix,
+            tokens_seen,
+            watcher,
         };
         store
             .call(|mut c| async move { c.status().await })
@@ -140,7 +261,6 @@ impl EtcdStore {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        use std::sync::atomic::Ordering;
         let n = self.clients.len();
         let mut last = None;
         for _ in 0..2 * n {
@@ -308,6 +428,9 @@ impl Store for EtcdStore {
     }
 
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        if let Some(t) = self.tokens_seen.get(id) {
+            return Ok(Some(t));
+        }
         Ok(self
             .get::<TokenRecord>(&format!("tokens/{id}"))
             .await?
