@@ -89,6 +89,8 @@ codes! {
     TokenNotYetValid = "token.not_yet_valid",
     /// The token's use limit is reached.
     TokenUseLimit = "token.use_limit_reached",
+    /// Too many refused tokens from this source address; wait and retry.
+    TokenRateLimited = "token.rate_limited",
     /// The token may not be used from this source address.
     TokenSource = "token.source_not_allowed",
     /// The token does not grant a requested role.
@@ -134,7 +136,10 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::StoreUnavailable | ErrorCode::Internal | ErrorCode::AuthRateLimited
+            ErrorCode::StoreUnavailable
+                | ErrorCode::Internal
+                | ErrorCode::AuthRateLimited
+                | ErrorCode::TokenRateLimited
         )
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::limit::FailureLimiter;
 use crate::pki::{self, Leaf};
 use crate::platform::{sha256_hex, Platform};
 use crate::store::{CommitOutcome, HostRecord, Reservation, ReserveOutcome, Store, TokenRecord};
@@ -17,7 +18,6 @@ use muster_protocol::node::*;
 use muster_protocol::token::{self, Secret, TokenKind};
 use muster_protocol::{paths, ErrorCode, Role};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,8 @@ pub struct App {
     /// The key of the TLS serving certificate, kept in the data folder.
     pub serving_key: pki::ServingKey,
     pub metrics: Metrics,
-    login_failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    login_failures: FailureLimiter,
+    pub token_failures: FailureLimiter,
     /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
     verified_password: Mutex<Option<String>>,
     pub clock: fn() -> u64,
@@ -80,6 +81,15 @@ pub async fn audit(
     if let Err(err) = store.audit(&e).await {
         tracing::error!(error = %err, event, "could not append to the audit log");
     }
+}
+
+/// The answer to a source that has used up its budget of refused tokens.
+pub fn rate_limited(source: IpAddr, wait: u64) -> ApiError {
+    tracing::warn!(%source, wait, "token refusals over budget; source held off");
+    ApiError::new(
+        ErrorCode::TokenRateLimited,
+        format!("too many refused roles tokens from {source}; wait {wait}s"),
+    )
 }
 
 /// Audits and logs a refused token.
@@ -112,6 +122,8 @@ impl App {
         serving_key: pki::ServingKey,
     ) -> Arc<App> {
         let advertise = config.advertise_or_default();
+        let login_failures = FailureLimiter::new(config.login_failures_per_minute);
+        let token_failures = FailureLimiter::new(config.token_failures_per_minute);
         Arc::new(App {
             store,
             platform,
@@ -119,7 +131,8 @@ impl App {
             advertise,
             serving_key,
             metrics: Metrics::default(),
-            login_failures: Mutex::new(HashMap::new()),
+            login_failures,
+            token_failures,
             verified_password: Mutex::new(None),
             clock: system_now,
         })
@@ -153,23 +166,11 @@ impl App {
     /// failures per source address.
     fn authenticate(&self, headers: &HeaderMap, source: IpAddr) -> Result<(), ApiError> {
         let now = self.now();
-        let limit = self.config.login_failures_per_minute;
-        {
-            let map = self
-                .login_failures
-                .lock()
-                .map_err(|_| ApiError::new(ErrorCode::Internal, "lock"))?;
-            if let Some((start, n)) = map.get(&source) {
-                if now < start + 60 && *n >= limit {
-                    return Err(ApiError::new(
-                        ErrorCode::AuthRateLimited,
-                        format!(
-                            "too many failed logins from {source}; wait {}s",
-                            start + 60 - now
-                        ),
-                    ));
-                }
-            }
+        if let Some(wait) = self.login_failures.blocked(source, now) {
+            return Err(ApiError::new(
+                ErrorCode::AuthRateLimited,
+                format!("too many failed logins from {source}; wait {wait}s"),
+            ));
         }
         let header = headers
             .get(header::AUTHORIZATION)
@@ -203,15 +204,7 @@ impl App {
             return Ok(());
         }
         self.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
-        let mut map = self
-            .login_failures
-            .lock()
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "lock"))?;
-        let entry = map.entry(source).or_insert((now, 0));
-        if now >= entry.0 + 60 {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
+        self.login_failures.failed(source, now);
         tracing::warn!(%source, "admin authentication failed");
         Err(ApiError::new(
             ErrorCode::AuthInvalid,
@@ -777,6 +770,9 @@ impl App {
         tok: &Secret,
         source: IpAddr,
     ) -> Result<(token::Claims, TokenRecord), ApiError> {
+        if let Some(wait) = self.token_failures.blocked(source, self.now()) {
+            return Err(rate_limited(source, wait));
+        }
         match verify_token(
             self.store.as_ref(),
             &self.platform.verify_key,
@@ -794,6 +790,7 @@ impl App {
     /// Counts, audits and logs a refused token; the error to answer.
     pub(crate) async fn refused(&self, r: Refusal, source: IpAddr) -> ApiError {
         self.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+        self.token_failures.failed(source, self.now());
         refusal_logged(self.store.as_ref(), &r, source, self.now()).await;
         ApiError::new(r.code, r.message)
     }
@@ -956,6 +953,7 @@ async fn recover(
     crate::director::recover(
         app.store.as_ref(),
         &app.config,
+        &app.token_failures,
         body,
         c.remote.ip(),
         app.now(),

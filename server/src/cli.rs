@@ -409,6 +409,7 @@ async fn serve_director(
         .with_context(|| format!("--listen {listen:?} is not ADDR:PORT"))?;
     let director = Arc::new(crate::director::Director {
         store,
+        token_failures: crate::limit::FailureLimiter::new(config.token_failures_per_minute),
         config,
         clock: system_now,
     });

@@ -84,6 +84,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Failed admin logins from one address allowed per minute.
     pub login_failures_per_minute: u32,
+    /// Refused roles tokens (bad signature, unknown, revoked, expired…) from one address
+    /// allowed per minute; past it, that address's joins are answered 429 until the minute ends.
+    pub token_failures_per_minute: u32,
     /// Path of the static installer served at `/download/muster-x86_64`.
     pub installer_path: Option<PathBuf>,
 }
@@ -103,6 +106,7 @@ impl Default for Config {
             default_zone: "zone-1".into(),
             max_body_bytes: 64 * 1024,
             login_failures_per_minute: 10,
+            token_failures_per_minute: 30,
             installer_path: None,
         }
     }

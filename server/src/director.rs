@@ -8,9 +8,12 @@
 //! the answer is worth nothing to anyone who does not already hold that token. Everything else
 //! (joins with other tokens, the admin API) is refused: a director signs nothing.
 
-use crate::app::{audit, parse_json, refusal_logged, verify_token, ConnInfo, Refusal};
+use crate::app::{
+    audit, parse_json, rate_limited, refusal_logged, verify_token, ConnInfo, Refusal,
+};
 use crate::config::{Backend, Config};
 use crate::error::ApiError;
+use crate::limit::FailureLimiter;
 use crate::platform::PublicPlatform;
 use crate::store::Store;
 use axum::body::Bytes;
@@ -33,6 +36,7 @@ pub const KEY_FILE: &str = "director-key.pem";
 pub struct Director {
     pub store: Arc<dyn Store>,
     pub config: Config,
+    pub token_failures: FailureLimiter,
     pub clock: fn() -> u64,
 }
 
@@ -54,13 +58,18 @@ pub fn store_settings(config: &Config) -> Option<StoreSettings> {
 pub async fn recover(
     store: &dyn Store,
     config: &Config,
+    limiter: &FailureLimiter,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     source: IpAddr,
     now: u64,
 ) -> Result<Recovery, ApiError> {
+    if let Some(wait) = limiter.blocked(source, now) {
+        return Err(rate_limited(source, wait));
+    }
     let req: RecoverRequest = parse_json(body)?;
     let public = PublicPlatform::load(store).await?;
     let refuse = |r: Refusal| async move {
+        limiter.failed(source, now);
         refusal_logged(store, &r, source, now).await;
         ApiError::new(r.code, r.message)
     };
@@ -150,9 +159,16 @@ async fn recover_handler(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Recovery>, ApiError> {
     let now = (d.clock)();
-    recover(d.store.as_ref(), &d.config, body, c.remote.ip(), now)
-        .await
-        .map(Json)
+    recover(
+        d.store.as_ref(),
+        &d.config,
+        &d.token_failures,
+        body,
+        c.remote.ip(),
+        now,
+    )
+    .await
+    .map(Json)
 }
 
 async fn readyz(State(d): S) -> Response {

@@ -25,7 +25,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
         AuthRequired | AuthInvalid => StatusCode::UNAUTHORIZED,
-        AuthRateLimited => StatusCode::TOO_MANY_REQUESTS,
+        AuthRateLimited | TokenRateLimited => StatusCode::TOO_MANY_REQUESTS,
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         NotFound | TokenUnknown | JoinUnknown | NodeUnknown => StatusCode::NOT_FOUND,
         TokenMalformed

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod director;
 pub mod error;
+pub mod limit;
 pub mod pki;
 pub mod platform;
 pub mod seal;

@@ -16,6 +16,9 @@ use tower::ServiceExt;
 
 /// Concurrent TLS handshakes allowed; more wait, so a connection flood cannot grow memory.
 const MAX_HANDSHAKES: usize = 256;
+/// Handshakes one source address may have in flight; its next connections are closed at once,
+/// so one slow client (slowloris) cannot hold the shared handshake slots from everyone else.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -179,6 +182,7 @@ async fn run(
     tracing::info!(%local, "listening");
 
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let per_source = Arc::new(PerSource::default());
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -191,6 +195,10 @@ async fn run(
                     continue;
                 }
             },
+        };
+        let Some(slot) = per_source.take(remote.ip()) else {
+            tracing::debug!(%remote, "too many handshakes in flight from this address; closed");
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
@@ -212,6 +220,7 @@ async fn run(
                 }
             };
             drop(permit);
+            drop(slot);
             let peer_cert = tls
                 .get_ref()
                 .1
@@ -237,4 +246,62 @@ async fn run(
         });
     }
     Ok(())
+}
+
+/// Handshakes in flight per source address.
+#[derive(Default)]
+struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One handshake slot of a source; given back when dropped.
+struct Slot {
+    map: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.0.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_a_bounded_number_of_handshake_slots() {
+        let p = Arc::new(PerSource::default());
+        let a: std::net::IpAddr = [10, 0, 0, 1].into();
+        let held: Vec<Slot> = (0..MAX_HANDSHAKES_PER_SOURCE)
+            .filter_map(|_| p.take(a))
+            .collect();
+        assert_eq!(held.len(), MAX_HANDSHAKES_PER_SOURCE);
+        assert!(p.take(a).is_none());
+        assert!(p.take([10, 0, 0, 2].into()).is_some());
+        drop(held);
+        assert!(p.take(a).is_some());
+        assert!(p.0.lock().map(|m| m.len() <= 1).unwrap_or(false));
+    }
 }

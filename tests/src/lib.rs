@@ -197,6 +197,11 @@ impl Coordinator {
         self.data_dir.clone()
     }
 
+    /// The process id of the serving musterd.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("musterd.log")).unwrap_or_default()
     }

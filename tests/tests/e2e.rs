@@ -953,6 +953,11 @@ fn hostile_csrs_are_refused_and_nothing_is_stored() -> R {
             "csr.key_type",
         ),
         (
+            "Ed448 key",
+            csr("ed448", vec!["-newkey".into(), "ed448".into()])?,
+            "csr.key_type",
+        ),
+        (
             "not a CSR",
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(),
             "csr.invalid",
@@ -992,29 +997,6 @@ fn hostile_csrs_are_refused_and_nothing_is_stored() -> R {
     assert_eq!(token_uses(&c, &id)?, 0, "a refused join spends no use");
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
     assert_eq!(v["runners"].as_array().map(Vec::len), Some(0));
-    Ok(())
-}
-
-#[test]
-fn a_director_answers_only_the_emergency_token() -> R {
-    let c = Coordinator::with(Opts {
-        config: "mode: director\n".into(),
-        start: true,
-        ..Default::default()
-    })?;
-    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
-    let r = Host::new("ordinary")?.install(&c.host(), &tok, &[])?;
-    assert_eq!(
-        (r.code, r.json()["code"].as_str()),
-        (3, Some("server.director_mode")),
-        "{r:?}"
-    );
-    let r = Host::new("rescuer")?.install(
-        &c.host(),
-        &c.secret("emergency_token"),
-        &["--roles", "proxy"],
-    )?;
-    assert_eq!(r.code, 0, "{r:?}");
     Ok(())
 }
 

@@ -1,0 +1,92 @@
+//! Per-source failure budgets: failed admin logins and refused roles tokens, each counted per
+//! client address over a one-minute window. A source over its budget is refused at once
+//! (`429`) until its window ends, whatever it sends, so guessing cannot go faster than the
+//! budget; other sources are not affected.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// Window length in seconds.
+const WINDOW: u64 = 60;
+/// Above this many tracked sources, finished windows are dropped, so a flood of addresses
+/// cannot grow the map without bound.
+const PRUNE_ABOVE: usize = 4096;
+
+pub struct FailureLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<IpAddr, (u64, u32)>>,
+}
+
+impl FailureLimiter {
+    pub fn new(per_minute: u32) -> FailureLimiter {
+        FailureLimiter {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seconds `source` must wait, if it has used up its budget in the current window.
+    pub fn blocked(&self, source: IpAddr, now: u64) -> Option<u64> {
+        let map = self.windows.lock().ok()?;
+        match map.get(&source) {
+            Some((start, n)) if now < start + WINDOW && *n >= self.per_minute => {
+                Some(start + WINDOW - now)
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts one failure from `source`.
+    pub fn failed(&self, source: IpAddr, now: u64) {
+        let Ok(mut map) = self.windows.lock() else {
+            return;
+        };
+        if map.len() > PRUNE_ABOVE {
+            map.retain(|_, (start, _)| now < *start + WINDOW);
+        }
+        let entry = map.entry(source).or_insert((now, 0));
+        if now >= entry.0 + WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.windows.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_over_budget_waits_out_its_window_and_others_do_not() {
+        let l = FailureLimiter::new(3);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..3 {
+            assert_eq!(l.blocked(a, 100), None);
+            l.failed(a, 100);
+        }
+        assert_eq!(l.blocked(a, 100), Some(60));
+        assert_eq!(l.blocked(a, 159), Some(1));
+        assert_eq!(l.blocked(b, 120), None);
+        assert_eq!(l.blocked(a, 160), None);
+        l.failed(a, 160);
+        assert_eq!(l.blocked(a, 161), None, "a new window starts from zero");
+    }
+
+    #[test]
+    fn many_sources_do_not_grow_the_map_without_bound() {
+        let l = FailureLimiter::new(3);
+        for i in 0..(PRUNE_ABOVE as u32 * 3) {
+            // Each source fails once, a minute after the previous batch.
+            let now = u64::from(i / 1000) * 61;
+            l.failed(IpAddr::from(i.to_be_bytes()), now);
+        }
+        assert!(l.tracked() <= PRUNE_ABOVE + 1001, "{}", l.tracked());
+    }
+}

@@ -1,0 +1,364 @@
+//! Hostile input at the coordinator itself, past the installer's own checks: forged tokens,
+//! brute force from one address, slow clients and connection floods.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use muster_tests::*;
+use serde_json::Value;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+type R = anyhow::Result<()>;
+const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens";
+const JOIN: &str = "/api/v1/node/join";
+
+/// A CSR from openssl, P-256.
+fn csr(dir: &std::path::Path) -> anyhow::Result<String> {
+    let key = dir.join("k.pem");
+    tool(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-subj", "/CN=h", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(dir.join("c.pem")),
+    )?;
+    Ok(std::fs::read_to_string(dir.join("c.pem"))?)
+}
+
+/// POSTs a join with `token` from `source` (a loopback address): status and error code.
+fn join_as(c: &Coordinator, source: &str, token: &str, csr: &str) -> anyhow::Result<(u16, String)> {
+    let body = serde_json::json!({
+        "token": token, "transport_csr": csr, "http_csr": csr,
+        "host": {"hostname": "h"}, "roles": ["allocator"],
+    });
+    let f = c.dir.path().join(format!("join-{source}.json"));
+    std::fs::write(&f, body.to_string())?;
+    let out = c.curl(&[
+        "-s",
+        "--interface",
+        source,
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", f.display()),
+        &c.url(JOIN),
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    Ok((
+        status.trim().parse()?,
+        v["errors"][0]["code"].as_str().unwrap_or("-").to_string(),
+    ))
+}
+
+/// `musterd token create` with the coordinator's clock moved by `shift` (libfaketime).
+fn token_at(c: &Coordinator, shift: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new("faketime");
+    cmd.args(["-f", shift])
+        .arg(bin("musterd"))
+        .args([
+            "token",
+            "create",
+            "--roles",
+            "allocator",
+            "--output",
+            "json",
+        ])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(c.data())
+        .arg("--config")
+        .arg(c.dir.path().join("server.yaml"));
+    let v: Value = serde_json::from_str(&tool(&mut cmd)?)?;
+    Ok(v["token"].as_str().unwrap_or_default().to_string())
+}
+
+fn b64(s: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(s)
+}
+
+/// `header.claims` signed HS256 with `key` (by openssl): the classic key-confusion forgery,
+/// keyed with what the attacker can read, here the CA certificate the coordinator serves.
+fn hs256(header_claims: &str, key: &[u8], dir: &std::path::Path) -> anyhow::Result<String> {
+    let input = dir.join("hs-input");
+    std::fs::write(&input, header_claims)?;
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-binary", "-mac", "HMAC", "-macopt"])
+        .arg(format!("hexkey:{}", hex(key)))
+        .arg(&input)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "openssl dgst: {out:?}");
+    Ok(b64(&out.stdout))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn forged_tokens_at_the_server_are_each_refused_with_their_own_code_and_nothing_is_stored() -> R {
+    let c = Coordinator::with(Opts {
+        config: "token_failures_per_minute: 1000\n".into(),
+        start: true,
+        ..Opts::default()
+    })?;
+    let other = Coordinator::with(Opts::default())?;
+    let (tok, id) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let (revoked, revoked_id) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    assert_eq!(
+        c.api("DELETE", &format!("{TOKENS}/{revoked_id}"), None)?.0,
+        200
+    );
+    let d = tempfile::tempdir()?;
+    let csr = csr(d.path())?;
+
+    let parts: Vec<&str> = tok.split('.').collect();
+    let (header, claims, sig) = (parts[0], parts[1], parts[2]);
+    let claims_json: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims)?)?;
+    let with_claims = |f: &dyn Fn(&mut Value)| {
+        let mut v = claims_json.clone();
+        f(&mut v);
+        b64(v.to_string().as_bytes())
+    };
+    let hs_header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let ca = std::fs::read(c.data().join("ca.pem"))?;
+    let confused = {
+        let hc = format!("{hs_header}.{claims}");
+        format!("{hc}.{}", hs256(&hc, &ca, d.path())?)
+    };
+    let escalated = with_claims(&|v| v["roles"] = serde_json::json!(["allocator", "coordinator"]));
+    let reissued = with_claims(&|v| v["iss"] = serde_json::json!("someone-else"));
+    let future = token_at(&c, "+2h", &["--persistent"])?;
+    let expired = token_at(&c, "-3h", &["--validity", "600"])?;
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "alg none",
+            format!("{}.{claims}.", b64(br#"{"alg":"none","typ":"JWT"}"#)),
+            403,
+            "token.algorithm_not_allowed",
+        ),
+        (
+            "alg switched to ES256",
+            format!("{}.{claims}.{sig}", b64(br#"{"alg":"ES256","typ":"JWT"}"#)),
+            403,
+            "token.algorithm_not_allowed",
+        ),
+        (
+            "HS256 keyed with the CA (key confusion)",
+            confused,
+            403,
+            "token.algorithm_not_allowed",
+        ),
+        (
+            "edited claims (roles)",
+            format!("{header}.{escalated}.{sig}"),
+            403,
+            "token.bad_signature",
+        ),
+        (
+            "edited issuer",
+            format!("{header}.{reissued}.{sig}"),
+            403,
+            "token.bad_signature",
+        ),
+        (
+            // 80 of its 86 characters: still base64, 60 bytes of an Ed25519 signature's 64.
+            "truncated signature",
+            format!("{header}.{claims}.{}", &sig[..80]),
+            403,
+            "token.bad_signature",
+        ),
+        (
+            "truncated to two parts",
+            format!("{header}.{claims}"),
+            403,
+            "token.malformed",
+        ),
+        (
+            "oversized",
+            format!("{header}.{}.{sig}", "A".repeat(9000)),
+            403,
+            "token.malformed",
+        ),
+        (
+            "another platform's",
+            other.secret("roles_token"),
+            403,
+            "token.bad_signature",
+        ),
+        (
+            "nbf and iat two hours ahead",
+            future,
+            403,
+            "token.not_yet_valid",
+        ),
+        ("expired", expired, 403, "token.expired"),
+        ("revoked", revoked, 403, "token.revoked"),
+    ];
+    let mut seen = Vec::new();
+    for (name, forged, status, code) in &cases {
+        let got = join_as(&c, "127.0.0.1", forged, &csr)?;
+        assert_eq!(got, (*status, code.to_string()), "{name}");
+        seen.push(format!("{name}: {status} {code}"));
+    }
+    println!("forged tokens refused:\n  {}", seen.join("\n  "));
+
+    // Nothing stored: no use spent, no host, and each refusal audited by its reason.
+    let (_, v) = c.api("GET", TOKENS, None)?;
+    let uses = v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["token_id"] == id.as_str())
+        .and_then(|t| t["uses"].as_u64());
+    assert_eq!(uses, Some(0));
+    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(v["runners"].as_array().map(Vec::len), Some(0), "{v}");
+    let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;
+    let refused: Vec<&str> = audit["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["event"] == "refused")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(refused.len(), cases.len(), "{audit}");
+    for (name, _, _, code) in &cases {
+        assert!(refused.contains(code), "{name}: {code} not audited");
+    }
+    // And the real token, untouched by all that, still enrolls.
+    let h = Host::new("after-forgeries")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    Ok(())
+}
+
+#[test]
+fn token_guessing_from_one_address_is_held_off_and_others_carry_on() -> R {
+    let c = Coordinator::with(Opts {
+        config: "token_failures_per_minute: 5\n".into(),
+        start: true,
+        ..Opts::default()
+    })?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let d = tempfile::tempdir()?;
+    let csr = csr(d.path())?;
+    let forged = format!("{}x", &tok[..tok.len() - 1]);
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(join_as(&c, "127.0.0.2", &forged, &csr)?);
+    }
+    let refused = answers.iter().filter(|a| a.0 == 403).count();
+    let held = answers
+        .iter()
+        .filter(|a| *a == &(429, "token.rate_limited".to_string()))
+        .count();
+    println!("8 guesses from 127.0.0.2: {refused} refused (403), {held} held off (429)");
+    assert_eq!((refused, held), (5, 3), "{answers:?}");
+    // Held off means held off: the right token from that address waits too.
+    assert_eq!(join_as(&c, "127.0.0.2", &tok, &csr)?.0, 429);
+    // Another address is not affected: a host enrolls from 127.0.0.1.
+    let h = Host::new("neighbour")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    Ok(())
+}
+
+/// Opens a TCP connection to `to` from loopback address `from`.
+fn connect_from(from: &str, to: SocketAddr) -> anyhow::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(from.parse()?, 0).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    Ok(s.into())
+}
+
+/// musterd's resident memory now and at its peak, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn slow_clients_and_connection_floods_leave_the_server_responsive() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let addr: SocketAddr = c.host().parse()?;
+    let pid = c.pid().unwrap_or(0);
+    let (rss0, _) = rss_kib(pid);
+
+    // Slowloris: 300 connections from one address that send one byte of a TLS hello and stall.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        if let Ok(mut s) = connect_from("127.0.0.3", addr) {
+            let _ = s.write_all(&[0x16]);
+            slow.push(s);
+        }
+    }
+    // A flood: 2,000 connections from 20 other addresses, opened and dropped.
+    for i in 0..2000 {
+        let from = format!("127.0.1.{}", 1 + i % 20);
+        drop(connect_from(&from, addr));
+    }
+    // A client that sends its headers one byte a second after the handshake.
+    let mut dribble = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(printf 'POST {JOIN} HTTP/1.1\\r\\n'; i=0; while [ $i -lt 30 ]; do printf x; sleep 1; i=$((i+1)); done) | openssl s_client -quiet -connect {addr} >/dev/null 2>&1"
+        ))
+        .spawn()?;
+
+    // Meanwhile a real host enrolls, and the API answers.
+    let start = Instant::now();
+    let h = Host::new("during-the-flood")?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    let took = start.elapsed();
+    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    let (code, _) = c.api("GET", TOKENS, None)?;
+    assert_eq!(code, 200);
+    let (rss1, hwm) = rss_kib(pid);
+    println!(
+        "under 300 stalled handshakes, a 2,000-connection flood and a header dribbler: \
+         enrollment took {took:?}; musterd RSS {rss0} KiB before, {rss1} KiB after, peak {hwm} KiB"
+    );
+    // A body larger than the limit (64 KiB) is refused by its size.
+    let big = c.dir.path().join("big.json");
+    std::fs::write(&big, vec![b'x'; 200 * 1024])?;
+    let out = c.curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &c.url(JOIN),
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+    drop(slow);
+    let _ = dribble.kill();
+    let _ = dribble.wait();
+    Ok(())
+}
