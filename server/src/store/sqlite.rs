@@ -1,19 +1,36 @@
 //! The embedded store: one SQLite file in the data folder, WAL, every commit fsynced.
 //!
-//! Records are JSON in a few tables keyed the way the protocol looks them up. Each [`Store`]
-//! method is one `BEGIN IMMEDIATE` transaction, so concurrent joins serialize on the write lock
-//! and a one-use token is spent exactly once. Calls run on the blocking pool.
+//! Records are JSON in a few tables keyed the way the protocol looks them up.
+//!
+//! Every [`Store`] method that reads to decide or writes runs on one writer thread, in order,
+//! each in its own savepoint inside a shared `BEGIN IMMEDIATE` transaction: group commit. The
+//! writer takes whatever steps are queued (up to [`MAX_BATCH`]), runs them one after another,
+//! commits once (one fsync for the lot), and only then answers each step. So steps are
+//! serialized exactly as with one transaction each (a one-use token is spent exactly once), a
+//! step that fails rolls back its own savepoint only, nothing is acknowledged before it is on
+//! disk, and a storm of joins costs one fsync per batch rather than per step. Plain reads (lists,
+//! the platform record, revocation checks, backups) use a second connection on the blocking
+//! pool, which WAL lets read while the writer writes.
 
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+
+/// Most steps committed together.
+pub const MAX_BATCH: usize = 256;
+
+/// A step for the writer: run inside the batch's transaction; what it returns is called with
+/// whether the batch committed.
+type Step = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Done + Send>;
+type Done = Box<dyn FnOnce(bool) + Send>;
 
 /// The schema this build writes. Bump it with a migration in [`migrate`].
 pub const SCHEMA_VERSION: i64 = 1;
 
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    steps: mpsc::Sender<Step>,
+    reader: Arc<Mutex<Connection>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -63,28 +80,75 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
-        let mut conn = Connection::open(path)
-            .map_err(|e| unavailable(format!("opening {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        let connect = || -> StoreResult<Connection> {
+            let conn = Connection::open(path)
+                .map_err(|e| unavailable(format!("opening {}: {e}", path.display())))?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(unavailable)?;
+            // WAL with synchronous=FULL: every commit is fsynced before it is acknowledged.
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(unavailable)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(unavailable)?;
+            conn.pragma_update(None, "foreign_keys", "ON")
+                .map_err(unavailable)?;
+            Ok(conn)
+        };
+        let mut writer = connect()?;
+        migrate(&mut writer)?;
+        let reader = connect()?;
+        let (steps, queue) = mpsc::channel::<Step>();
+        std::thread::Builder::new()
+            .name("muster-sqlite-writer".into())
+            .spawn(move || write_loop(writer, queue))
             .map_err(unavailable)?;
-        // WAL with synchronous=FULL: every commit is fsynced before it is acknowledged.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(unavailable)?;
-        migrate(&mut conn)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            steps,
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
+    /// Runs `f` as one step of the writer's next batch; answers once that batch is on disk.
+    async fn tx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let step: Step = Box::new(move |tx: &mut rusqlite::Transaction<'_>| {
+            let out = match tx.savepoint() {
+                Ok(mut sp) => {
+                    let out = f(&sp);
+                    if out.is_ok() {
+                        sp.commit().map_err(unavailable).and(out)
+                    } else {
+                        let _ = sp.rollback();
+                        out
+                    }
+                }
+                Err(e) => Err(unavailable(e)),
+            };
+            Box::new(move |committed: bool| {
+                let _ = reply.send(if committed {
+                    out
+                } else {
+                    Err(unavailable("the store could not commit"))
+                });
+            })
+        });
+        self.steps
+            .send(step)
+            .map_err(|_| unavailable("the store's writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the store's writer has stopped"))?
+    }
+
+    /// A plain read on the reader connection, on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let conn = self.conn.clone();
+        let conn = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
@@ -106,7 +170,39 @@ impl SqliteStore {
     }
 }
 
-fn get_token(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<TokenRecord>> {
+/// The writer thread: batches of queued steps, one transaction and one commit each.
+fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
+    while let Ok(first) = queue.recv() {
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot begin a transaction");
+                // Dropping the step drops its reply: the caller hears the store is unavailable.
+                drop(first);
+                continue;
+            }
+        };
+        let mut done = vec![first(&mut tx)];
+        while done.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(step) => done.push(step(&mut tx)),
+                Err(_) => break,
+            }
+        }
+        let committed = match tx.commit() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "store: commit failed");
+                false
+            }
+        };
+        for d in done {
+            d(committed);
+        }
+    }
+}
+
+fn get_token(tx: &Connection, id: &str) -> StoreResult<Option<TokenRecord>> {
     let s: Option<String> = tx
         .query_row("SELECT json FROM tokens WHERE id = ?1", params![id], |r| {
             r.get(0)
@@ -116,7 +212,7 @@ fn get_token(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<Tok
     s.map(|s| from_json(&s)).transpose()
 }
 
-fn put_token(tx: &rusqlite::Transaction<'_>, t: &TokenRecord) -> StoreResult<()> {
+fn put_token(tx: &Connection, t: &TokenRecord) -> StoreResult<()> {
     tx.execute(
         "INSERT OR REPLACE INTO tokens (id, json) VALUES (?1, ?2)",
         params![t.id, to_json(t)?],
@@ -125,7 +221,7 @@ fn put_token(tx: &rusqlite::Transaction<'_>, t: &TokenRecord) -> StoreResult<()>
     Ok(())
 }
 
-fn get_host(tx: &rusqlite::Transaction<'_>, node_id: &str) -> StoreResult<Option<HostRecord>> {
+fn get_host(tx: &Connection, node_id: &str) -> StoreResult<Option<HostRecord>> {
     let s: Option<String> = tx
         .query_row(
             "SELECT json FROM hosts WHERE node_id = ?1",
@@ -137,7 +233,7 @@ fn get_host(tx: &rusqlite::Transaction<'_>, node_id: &str) -> StoreResult<Option
     s.map(|s| from_json(&s)).transpose()
 }
 
-fn put_host(tx: &rusqlite::Transaction<'_>, h: &HostRecord) -> StoreResult<()> {
+fn put_host(tx: &Connection, h: &HostRecord) -> StoreResult<()> {
     tx.execute(
         "INSERT OR REPLACE INTO hosts (node_id, hostname, json) VALUES (?1, ?2, ?3)",
         params![h.node_id, h.host.hostname, to_json(h)?],
@@ -146,7 +242,7 @@ fn put_host(tx: &rusqlite::Transaction<'_>, h: &HostRecord) -> StoreResult<()> {
     Ok(())
 }
 
-fn revoke_serials(tx: &rusqlite::Transaction<'_>, serials: &[String]) -> StoreResult<()> {
+fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult<()> {
     for s in serials {
         tx.execute(
             "INSERT OR IGNORE INTO revoked (serial) VALUES (?1)",
@@ -157,10 +253,7 @@ fn revoke_serials(tx: &rusqlite::Transaction<'_>, serials: &[String]) -> StoreRe
     Ok(())
 }
 
-fn get_reservation(
-    tx: &rusqlite::Transaction<'_>,
-    node_id: &str,
-) -> StoreResult<Option<Reservation>> {
+fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
     let s: Option<String> = tx
         .query_row(
             "SELECT json FROM reservations WHERE node_id = ?1",
@@ -186,48 +279,31 @@ fn query_json<T: for<'de> Deserialize<'de>>(
         .collect()
 }
 
-/// Runs `f` in an immediate (write-locked) transaction and commits.
-fn write_tx<T>(
-    c: &mut Connection,
-    f: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T>,
-) -> StoreResult<T> {
-    let tx = c
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(unavailable)?;
-    let out = f(&tx)?;
-    tx.commit().map_err(unavailable)?;
-    Ok(out)
-}
-
 fn update_host(
-    c: &mut Connection,
+    tx: &Connection,
     node_id: String,
-    f: impl FnOnce(&rusqlite::Transaction<'_>, &mut HostRecord) -> StoreResult<()>,
+    f: impl FnOnce(&Connection, &mut HostRecord) -> StoreResult<()>,
 ) -> StoreResult<Option<HostRecord>> {
-    write_tx(c, |tx| {
-        let Some(mut h) = get_host(tx, &node_id)? else {
-            return Ok(None);
-        };
-        f(tx, &mut h)?;
-        put_host(tx, &h)?;
-        Ok(Some(h))
-    })
+    let Some(mut h) = get_host(tx, &node_id)? else {
+        return Ok(None);
+    };
+    f(tx, &mut h)?;
+    put_host(tx, &h)?;
+    Ok(Some(h))
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn init_platform(&self, record: &[u8]) -> StoreResult<bool> {
         let record = record.to_vec();
-        self.run(move |c| {
-            write_tx(c, |tx| {
-                let n = tx
-                    .execute(
-                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('platform', ?1)",
-                        params![record],
-                    )
-                    .map_err(unavailable)?;
-                Ok(n == 1)
-            })
+        self.tx(move |tx| {
+            let n = tx
+                .execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('platform', ?1)",
+                    params![record],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
         })
         .await
     }
@@ -245,13 +321,12 @@ impl Store for SqliteStore {
 
     async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
         let t = t.clone();
-        self.run(move |c| write_tx(c, |tx| put_token(tx, &t))).await
+        self.tx(move |tx| put_token(tx, &t)).await
     }
 
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
         let id = id.to_string();
-        self.run(move |c| write_tx(c, |tx| get_token(tx, &id)))
-            .await
+        self.tx(move |tx| get_token(tx, &id)).await
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
@@ -261,158 +336,149 @@ impl Store for SqliteStore {
 
     async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_string();
-        self.run(move |c| {
-            write_tx(c, |tx| {
-                let Some(mut t) = get_token(tx, &id)? else {
-                    return Ok(false);
-                };
-                t.revoked = true;
-                put_token(tx, &t)?;
-                Ok(true)
-            })
+        self.tx(move |tx| {
+            let Some(mut t) = get_token(tx, &id)? else {
+                return Ok(false);
+            };
+            t.revoked = true;
+            put_token(tx, &t)?;
+            Ok(true)
         })
         .await
     }
 
     async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
         let r = r.clone();
-        self.run(move |c| {
-            write_tx(c, |tx| {
-                let Some(mut t) = get_token(tx, &r.token_id)? else { return Ok(ReserveOutcome::UnknownToken) };
-                if t.revoked {
-                    return Ok(ReserveOutcome::Revoked);
-                }
-                let existing: Option<String> = tx
-                    .query_row(
-                        "SELECT json FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3",
-                        params![r.token_id, r.key_hash, now as i64],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(unavailable)?;
-                if let Some(s) = existing {
-                    return Ok(ReserveOutcome::Existing(Box::new(from_json(&s)?)));
-                }
-                if t.max_uses.is_some_and(|max| t.uses >= max) {
-                    return Ok(ReserveOutcome::UseLimitReached);
-                }
-                t.uses += 1;
-                put_token(tx, &t)?;
-                tx.execute(
-                    "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![r.node_id, r.token_id, r.key_hash, r.expires_at as i64, to_json(&r)?],
+        self.tx(move |tx| {
+            let Some(mut t) = get_token(tx, &r.token_id)? else { return Ok(ReserveOutcome::UnknownToken) };
+            if t.revoked {
+                return Ok(ReserveOutcome::Revoked);
+            }
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT json FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3",
+                    params![r.token_id, r.key_hash, now as i64],
+                    |row| row.get(0),
                 )
+                .optional()
                 .map_err(unavailable)?;
-                Ok(ReserveOutcome::Reserved)
-            })
+            if let Some(s) = existing {
+                return Ok(ReserveOutcome::Existing(Box::new(from_json(&s)?)));
+            }
+            if t.max_uses.is_some_and(|max| t.uses >= max) {
+                return Ok(ReserveOutcome::UseLimitReached);
+            }
+            t.uses += 1;
+            put_token(tx, &t)?;
+            tx.execute(
+                "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.node_id, r.token_id, r.key_hash, r.expires_at as i64, to_json(&r)?],
+            )
+            .map_err(unavailable)?;
+            Ok(ReserveOutcome::Reserved)
         })
         .await
     }
 
     async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>> {
         let id = node_id.to_string();
-        self.run(move |c| write_tx(c, |tx| get_reservation(tx, &id)))
-            .await
+        self.tx(move |tx| get_reservation(tx, &id)).await
     }
 
     async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
         let id = node_id.to_string();
-        self.run(move |c| {
-            write_tx(c, |tx| {
-                let already = |tx: &rusqlite::Transaction<'_>| -> StoreResult<CommitOutcome> {
-                    Ok(match get_host(tx, &id)? {
-                        Some(h) => CommitOutcome::AlreadyCommitted(Box::new(h)),
-                        None => CommitOutcome::Unknown,
-                    })
-                };
-                let Some(mut r) = get_reservation(tx, &id)? else {
-                    return already(tx);
-                };
-                if r.committed {
-                    return already(tx);
-                }
-                if r.expires_at <= now {
-                    return Ok(CommitOutcome::Unknown);
-                }
-                let old: Option<String> = tx
-                    .query_row(
-                        "SELECT json FROM hosts WHERE hostname = ?1",
-                        params![r.host.hostname],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(unavailable)?;
-                let replaced = match old {
-                    Some(s) => {
-                        let old: HostRecord = from_json(&s)?;
-                        revoke_serials(tx, &old.serials)?;
-                        tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![old.node_id])
-                            .map_err(unavailable)?;
-                        Some(Box::new(old))
-                    }
-                    None => None,
-                };
-                let host = HostRecord {
-                    node_id: r.node_id.clone(),
-                    token_id: r.token_id.clone(),
-                    host: r.host.clone(),
-                    roles: r.roles.clone(),
-                    pending_roles: r.pending_roles.clone(),
-                    spki_der: r.spki_der.clone(),
-                    serials: r.serials.clone(),
-                    cert_not_after: r.cert_not_after,
-                    registered_at: now,
-                    last_heartbeat: now,
-                    memory_used_mb: 0,
-                };
-                put_host(tx, &host)?;
-                r.committed = true;
-                tx.execute(
-                    "UPDATE reservations SET json = ?2 WHERE node_id = ?1",
-                    params![id, to_json(&r)?],
-                )
-                .map_err(unavailable)?;
-                Ok(CommitOutcome::Committed {
-                    host: Box::new(host),
-                    replaced,
+        self.tx(move |tx| {
+            let already = |tx: &Connection| -> StoreResult<CommitOutcome> {
+                Ok(match get_host(tx, &id)? {
+                    Some(h) => CommitOutcome::AlreadyCommitted(Box::new(h)),
+                    None => CommitOutcome::Unknown,
                 })
+            };
+            let Some(mut r) = get_reservation(tx, &id)? else {
+                return already(tx);
+            };
+            if r.committed {
+                return already(tx);
+            }
+            if r.expires_at <= now {
+                return Ok(CommitOutcome::Unknown);
+            }
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT json FROM hosts WHERE hostname = ?1",
+                    params![r.host.hostname],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let replaced = match old {
+                Some(s) => {
+                    let old: HostRecord = from_json(&s)?;
+                    revoke_serials(tx, &old.serials)?;
+                    tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![old.node_id])
+                        .map_err(unavailable)?;
+                    Some(Box::new(old))
+                }
+                None => None,
+            };
+            let host = HostRecord {
+                node_id: r.node_id.clone(),
+                token_id: r.token_id.clone(),
+                host: r.host.clone(),
+                roles: r.roles.clone(),
+                pending_roles: r.pending_roles.clone(),
+                spki_der: r.spki_der.clone(),
+                serials: r.serials.clone(),
+                cert_not_after: r.cert_not_after,
+                registered_at: now,
+                last_heartbeat: now,
+                memory_used_mb: 0,
+            };
+            put_host(tx, &host)?;
+            r.committed = true;
+            tx.execute(
+                "UPDATE reservations SET json = ?2 WHERE node_id = ?1",
+                params![id, to_json(&r)?],
+            )
+            .map_err(unavailable)?;
+            Ok(CommitOutcome::Committed {
+                host: Box::new(host),
+                replaced,
             })
         })
         .await
     }
 
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
-        self.run(move |c| {
-            write_tx(c, |tx| {
-                let all: Vec<Reservation> = query_json(
-                    tx,
-                    "SELECT json FROM reservations WHERE expires_at <= ?1",
-                    params![now as i64],
-                )?;
-                // Committed ones only had to outlive a lost answer; they just go.
-                let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
-                    all.into_iter().partition(|r| r.committed);
-                for r in &done {
-                    tx.execute(
-                        "DELETE FROM reservations WHERE node_id = ?1",
-                        params![r.node_id],
-                    )
-                    .map_err(unavailable)?;
+        self.tx(move |tx| {
+            let all: Vec<Reservation> = query_json(
+                tx,
+                "SELECT json FROM reservations WHERE expires_at <= ?1",
+                params![now as i64],
+            )?;
+            // Committed ones only had to outlive a lost answer; they just go.
+            let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
+                all.into_iter().partition(|r| r.committed);
+            for r in &done {
+                tx.execute(
+                    "DELETE FROM reservations WHERE node_id = ?1",
+                    params![r.node_id],
+                )
+                .map_err(unavailable)?;
+            }
+            for r in &expired {
+                if let Some(mut t) = get_token(tx, &r.token_id)? {
+                    t.uses = t.uses.saturating_sub(1);
+                    put_token(tx, &t)?;
                 }
-                for r in &expired {
-                    if let Some(mut t) = get_token(tx, &r.token_id)? {
-                        t.uses = t.uses.saturating_sub(1);
-                        put_token(tx, &t)?;
-                    }
-                    revoke_serials(tx, &r.serials)?;
-                    tx.execute(
-                        "DELETE FROM reservations WHERE node_id = ?1",
-                        params![r.node_id],
-                    )
-                    .map_err(unavailable)?;
-                }
-                Ok(expired)
-            })
+                revoke_serials(tx, &r.serials)?;
+                tx.execute(
+                    "DELETE FROM reservations WHERE node_id = ?1",
+                    params![r.node_id],
+                )
+                .map_err(unavailable)?;
+            }
+            Ok(expired)
         })
         .await
     }
@@ -424,7 +490,7 @@ impl Store for SqliteStore {
 
     async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
         let id = node_id.to_string();
-        self.run(move |c| write_tx(c, |tx| get_host(tx, &id))).await
+        self.tx(move |tx| get_host(tx, &id)).await
     }
 
     async fn heartbeat(
@@ -434,8 +500,8 @@ impl Store for SqliteStore {
         memory_used_mb: u64,
     ) -> StoreResult<Option<HostRecord>> {
         let id = node_id.to_string();
-        self.run(move |c| {
-            update_host(c, id, |_, h| {
+        self.tx(move |tx| {
+            update_host(tx, id, |_, h| {
                 h.last_heartbeat = now;
                 h.memory_used_mb = memory_used_mb;
                 Ok(())
@@ -451,8 +517,8 @@ impl Store for SqliteStore {
         pending: &[Role],
     ) -> StoreResult<Option<HostRecord>> {
         let (id, roles, pending) = (node_id.to_string(), roles.to_vec(), pending.to_vec());
-        self.run(move |c| {
-            update_host(c, id, |_, h| {
+        self.tx(move |tx| {
+            update_host(tx, id, |_, h| {
                 h.roles = roles;
                 h.pending_roles = pending;
                 Ok(())
@@ -468,8 +534,8 @@ impl Store for SqliteStore {
         not_after: u64,
     ) -> StoreResult<Option<HostRecord>> {
         let (id, serials) = (node_id.to_string(), serials.to_vec());
-        self.run(move |c| {
-            update_host(c, id, |tx, h| {
+        self.tx(move |tx| {
+            update_host(tx, id, |tx, h| {
                 revoke_serials(tx, &h.serials)?;
                 h.serials = serials;
                 h.cert_not_after = not_after;
@@ -481,16 +547,14 @@ impl Store for SqliteStore {
 
     async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
         let id = node_id.to_string();
-        self.run(move |c| {
-            write_tx(c, |tx| {
-                let Some(h) = get_host(tx, &id)? else {
-                    return Ok(None);
-                };
-                revoke_serials(tx, &h.serials)?;
-                tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![id])
-                    .map_err(unavailable)?;
-                Ok(Some(h))
-            })
+        self.tx(move |tx| {
+            let Some(h) = get_host(tx, &id)? else {
+                return Ok(None);
+            };
+            revoke_serials(tx, &h.serials)?;
+            tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![id])
+                .map_err(unavailable)?;
+            Ok(Some(h))
         })
         .await
     }
@@ -512,15 +576,13 @@ impl Store for SqliteStore {
 
     async fn audit(&self, e: &AuditEvent) -> StoreResult<u64> {
         let e = e.clone();
-        self.run(move |c| {
-            write_tx(c, |tx| {
-                tx.execute(
-                    "INSERT INTO audit (json) VALUES (?1)",
-                    params![to_json(&e)?],
-                )
-                .map_err(unavailable)?;
-                Ok(tx.last_insert_rowid() as u64)
-            })
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT INTO audit (json) VALUES (?1)",
+                params![to_json(&e)?],
+            )
+            .map_err(unavailable)?;
+            Ok(tx.last_insert_rowid() as u64)
         })
         .await
     }

@@ -1,0 +1,290 @@
+//! The load generator: N simulated installers, each on its own TLS connection from its own
+//! loopback address, doing the real protocol against one of three targets.
+
+use muster::install::Key;
+use muster::net::PinnedVerifier;
+use muster_protocol::node::{
+    commit_message, Bundle, CommitReply, CommitRequest, HostFacts, JoinRequest,
+};
+use muster_protocol::paths;
+use muster_protocol::token::Secret;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the installers talk to.
+#[derive(Clone)]
+pub enum Target {
+    /// musterd: join, then commit on the same connection.
+    Muster { base: String, token: String },
+    /// The floor server: one request, one handshake, one token check, one CSR check, one
+    /// signature.
+    Floor { base: String, token: String },
+    /// `cfssl serve`: one authenticated sign request (HMAC-SHA256 over the request).
+    Cfssl { base: String, auth_key: Vec<u8> },
+}
+
+/// One installer's material, made before the clock starts: fresh keys and CSRs.
+pub struct Prepared {
+    hostname: String,
+    tkey: Key,
+    transport_csr: String,
+    http_csr: String,
+}
+
+/// Makes `n` installers' keys and CSRs, host names `{prefix}-{i}`.
+pub fn prepare(prefix: &str, n: usize) -> anyhow::Result<Vec<Prepared>> {
+    (0..n)
+        .map(|i| prepare_one(&format!("{prefix}-{i}")))
+        .collect()
+}
+
+fn prepare_one(hostname: &str) -> anyhow::Result<Prepared> {
+    let tkey = Key::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hkey = Key::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let transport_csr = tkey
+        .csr(hostname, &[])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let http_csr = hkey
+        .csr(hostname, &[])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Prepared {
+        hostname: hostname.to_string(),
+        tkey,
+        transport_csr,
+        http_csr,
+    })
+}
+
+/// The TLS client config every installer uses: pinned to the target's CA, as `muster` is.
+pub fn tls(pins: Vec<String>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedVerifier::new(pins)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Installer `w`'s source address: one per concurrent installer, as if each were its own
+/// host (127.20.0.1, 127.20.0.2, …).
+fn source(w: usize) -> IpAddr {
+    IpAddr::from([
+        127,
+        20 + (w / 62_500) as u8,
+        ((w / 250) % 250) as u8,
+        (w % 250 + 1) as u8,
+    ])
+}
+
+/// What one storm measured on the client side.
+pub struct Run {
+    pub ok: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
+    pub wall: Duration,
+    /// Sorted latencies of the successful enrollments.
+    pub latencies: Vec<Duration>,
+}
+
+impl Run {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub fn pct(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i.min(self.latencies.len() - 1)]
+    }
+}
+
+/// Runs `work.len()` enrollments with `concurrency` installers in flight.
+pub async fn storm(
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    concurrency: usize,
+    work: Arc<Vec<Prepared>>,
+) -> Run {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency.min(work.len()) {
+        let (target, tls, work, next) = (target.clone(), tls.clone(), work.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0usize;
+            let mut first_error = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(p) = work.get(i) else { break };
+                let t0 = Instant::now();
+                match once(&target, &tls, source(w), p).await {
+                    Ok(()) => lat.push(t0.elapsed()),
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(format!("{e:#}"));
+                    }
+                }
+            }
+            (lat, failed, first_error)
+        }));
+    }
+    let mut run = Run {
+        ok: 0,
+        failed: 0,
+        first_error: None,
+        wall: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for t in tasks {
+        if let Ok((lat, failed, err)) = t.await {
+            run.latencies.extend(lat);
+            run.failed += failed;
+            if run.first_error.is_none() {
+                run.first_error = err;
+            }
+        }
+    }
+    run.wall = start.elapsed();
+    run.ok = run.latencies.len();
+    run.latencies.sort();
+    run
+}
+
+/// One installer: a new client (so a new connection and TLS handshake), then the requests.
+async fn once(
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    from: IpAddr,
+    p: &Prepared,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((**tls).clone())
+        .local_address(from)
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let host = HostFacts {
+        hostname: p.hostname.clone(),
+        addresses: vec![],
+        memory_mb: 4096,
+        zone: String::new(),
+    };
+    match target {
+        Target::Muster { base, token } => {
+            let join = JoinRequest {
+                token: Secret::new(token.as_str()),
+                transport_csr: p.transport_csr.clone(),
+                http_csr: p.http_csr.clone(),
+                host,
+                roles: vec![],
+            };
+            let b: Bundle = ok(http.post(format!("{base}{}", paths::JOIN)).json(&join))
+                .await?
+                .json()
+                .await?;
+            let proof = p
+                .tkey
+                .sign(&commit_message(&b.node_id, b.psk.expose()))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let commit = CommitRequest {
+                node_id: b.node_id.clone(),
+                psk: b.psk.clone(),
+                proof: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, proof),
+            };
+            let _: CommitReply = ok(http.post(format!("{base}{}", paths::COMMIT)).json(&commit))
+                .await?
+                .json()
+                .await?;
+        }
+        Target::Floor { base, token } => {
+            let join = JoinRequest {
+                token: Secret::new(token.as_str()),
+                transport_csr: p.transport_csr.clone(),
+                http_csr: String::new(),
+                host,
+                roles: vec![],
+            };
+            ok(http.post(format!("{base}/join")).json(&join)).await?;
+        }
+        Target::Cfssl { base, auth_key } => {
+            use base64::engine::general_purpose::STANDARD;
+            use base64::Engine;
+            let request = serde_json::to_vec(&serde_json::json!({
+                "certificate_request": p.transport_csr,
+                "hosts": [p.hostname],
+            }))?;
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, auth_key);
+            let tag = ring::hmac::sign(&key, &request);
+            let body = serde_json::json!({
+                "token": STANDARD.encode(tag.as_ref()),
+                "request": STANDARD.encode(&request),
+            });
+            let v: serde_json::Value = ok(http
+                .post(format!("{base}/api/v1/cfssl/authsign"))
+                .json(&body))
+            .await?
+            .json()
+            .await?;
+            anyhow::ensure!(v["success"] == true, "cfssl: {v}");
+        }
+    }
+    Ok(())
+}
+
+async fn ok(req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    let r = req.send().await?;
+    if !r.status().is_success() {
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        anyhow::bail!("{status}: {}", body.chars().take(300).collect::<String>());
+    }
+    Ok(r)
+}
+
+/// Enrolls `n` more hosts as fast as it can, keys made on the way: grows the registry between
+/// measured storms. Returns how many failed.
+pub async fn fill(
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> usize {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (target, tls, next, prefix) = (
+            target.clone(),
+            tls.clone(),
+            next.clone(),
+            prefix.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let done = match prepare_one(&format!("{prefix}-{i}")) {
+                    Ok(p) => once(&target, &tls, source(w), &p).await.is_ok(),
+                    Err(_) => false,
+                };
+                failed += usize::from(!done);
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap_or(0);
+    }
+    failed
+}

@@ -1,0 +1,598 @@
+//! `muster-storm`: the enrollment-storm benchmark.
+//!
+//! Starts a real `musterd` on the embedded store (SQLite, WAL, fsynced commits), then storms it
+//! with simulated installers doing the real protocol: a new TLS connection each (from its own
+//! loopback address, as separate hosts would), a real roles token, fresh keys and CSRs, join,
+//! and the commit on the join's connection. The same load generator then storms two
+//! references: the floor (see `floor.rs`) and Debian's `cfssl serve`. It prints figures and
+//! writes them to a Markdown report; it asserts nothing about time.
+//!
+//! Run it with `scripts/bench.sh` (builds in release mode and writes docs/benchmarks.md).
+
+mod floor;
+mod load;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use load::{Run, Target};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "muster-storm", about = "Muster's enrollment-storm benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark and print the figures.
+    Run {
+        /// A small run (seconds, not minutes): checks the benchmark works; figures are rough.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the report here (Markdown).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The static installer to time one real enrollment with.
+        #[arg(long)]
+        installer: Option<PathBuf>,
+    },
+    /// Serve the floor (used by `run`).
+    Floor {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Floor { listen, dir } => rt.block_on(floor::serve(listen, &dir)),
+        Cmd::Run {
+            quick,
+            report,
+            installer,
+        } => rt.block_on(run(quick, report.as_deref(), installer.as_deref())),
+    }
+}
+
+/// A server process under measurement: CPU time and peak RSS from /proc.
+struct Server {
+    child: Child,
+    name: &'static str,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User plus system CPU seconds so far.
+    fn cpu(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // Fields 14 and 15 of stat; after the command name, indexes 11 and 12.
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        ticks as f64 / clock_ticks()
+    }
+
+    /// Peak resident memory since the last reset, KiB.
+    fn peak_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One measured storm: the client's view and the server's cost.
+struct Row {
+    target: &'static str,
+    concurrency: usize,
+    registered: usize,
+    run: Run,
+    cpu_per: f64,
+    peak_mib: f64,
+}
+
+async fn measure(
+    server: &Server,
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    concurrency: usize,
+    n: usize,
+    registered: usize,
+    prefix: &str,
+) -> anyhow::Result<Row> {
+    let work = Arc::new(load::prepare(prefix, n)?);
+    server.reset_peak();
+    let cpu0 = server.cpu();
+    let run = load::storm(target, tls, concurrency, work).await;
+    let cpu = server.cpu() - cpu0;
+    let row = Row {
+        target: server.name,
+        concurrency,
+        registered,
+        cpu_per: cpu / run.ok.max(1) as f64,
+        peak_mib: server.peak_kib() as f64 / 1024.0,
+        run,
+    };
+    println!("{}", line(&row));
+    if let Some(e) = &row.run.first_error {
+        println!("    {} failed; first error: {e}", row.run.failed);
+    }
+    Ok(row)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn line(r: &Row) -> String {
+    format!(
+        "{:<7} {:>5} concurrent  {:>6} registered  {:>6} ok {:>3} failed  {:>7.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>6.3} ms/enrollment  peak RSS {:>6.1} MiB",
+        r.target,
+        r.concurrency,
+        r.registered,
+        r.run.ok,
+        r.run.failed,
+        r.run.rate(),
+        ms(r.run.pct(0.50)),
+        ms(r.run.pct(0.95)),
+        ms(r.run.pct(0.99)),
+        r.cpu_per * 1000.0,
+        r.peak_mib
+    )
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} is missing: build it next to muster-storm (scripts/bench.sh does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on port {port}")
+}
+
+fn tool(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into())
+}
+
+/// A coordinator on the embedded store in `dir`, and a persistent allocator token for it.
+async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
+    let musterd = sibling("musterd")?;
+    let port = free_port()?;
+    let data = dir.join("musterd");
+    let config = dir.join("musterd.yaml");
+    std::fs::write(
+        &config,
+        format!("listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n"),
+    )?;
+    let base = |cmd: &mut Command| {
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config);
+    };
+    let mut init = Command::new(&musterd);
+    init.args(["init", "--output", "json"]);
+    base(&mut init);
+    tool(&mut init)?;
+    let mut create = Command::new(&musterd);
+    create.args([
+        "token",
+        "create",
+        "--persistent",
+        "--roles",
+        "allocator",
+        "--output",
+        "json",
+    ]);
+    base(&mut create);
+    let v: serde_json::Value = serde_json::from_str(&tool(&mut create)?)?;
+    let token = v["token"].as_str().unwrap_or_default().to_string();
+    let mut serve = Command::new(&musterd);
+    serve.arg("serve");
+    base(&mut serve);
+    let child = serve
+        .env("MUSTERD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("musterd.log"))?)
+        .spawn()?;
+    let server = Server {
+        child,
+        name: "muster",
+    };
+    wait_port(port).await?;
+    Ok((server, port, token))
+}
+
+async fn start_floor(dir: &Path) -> anyhow::Result<(Server, floor::Ready)> {
+    let port = free_port()?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["floor", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let server = Server {
+        child,
+        name: "floor",
+    };
+    wait_port(port).await?;
+    let ready: floor::Ready = serde_json::from_slice(&std::fs::read(dir.join("ready.json"))?)?;
+    Ok((server, ready))
+}
+
+/// `cfssl serve` over TLS with an authenticated signing profile, its CA made like musterd's.
+async fn start_cfssl(dir: &Path) -> anyhow::Result<Option<(Server, u16, Vec<u8>, Vec<String>)>> {
+    if Command::new("cfssl").arg("version").output().is_err() {
+        return Ok(None);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let ca = musterd::pki::Ca::generate("cfssl CA", now)?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let leaf = musterd::pki::Leaf {
+        common_name: "cfssl".into(),
+        sans: vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
+        coordinator: true,
+        validity: time::Duration::days(1),
+    };
+    let cert = ca.sign(&key, &leaf, now)?;
+    let mut auth_key = vec![0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut auth_key[..]);
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
+    std::fs::write(dir.join("ca-key.pem"), ca.key_pem())?;
+    std::fs::write(dir.join("tls.pem"), format!("{}{}", cert.pem, ca.cert_pem))?;
+    std::fs::write(dir.join("tls-key.pem"), key.serialize_pem())?;
+    let config = serde_json::json!({
+        "signing": {"default": {
+            "auth_key": "storm", "expiry": "2160h",
+            "usages": ["digital signature", "key encipherment", "server auth", "client auth"]
+        }},
+        "auth_keys": {"storm": {"type": "standard", "key": hex::encode(&auth_key)}}
+    });
+    std::fs::write(dir.join("config.json"), config.to_string())?;
+    let port = free_port()?;
+    let f = |n: &str| dir.join(n);
+    let child = Command::new("cfssl")
+        .args([
+            "serve",
+            "-address",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+            "-loglevel",
+            "5",
+        ])
+        .arg("-ca")
+        .arg(f("ca.pem"))
+        .arg("-ca-key")
+        .arg(f("ca-key.pem"))
+        .arg("-config")
+        .arg(f("config.json"))
+        .arg("-tls-cert")
+        .arg(f("tls.pem"))
+        .arg("-tls-key")
+        .arg(f("tls-key.pem"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("cfssl.log"))?)
+        .spawn()?;
+    let server = Server {
+        child,
+        name: "cfssl",
+    };
+    wait_port(port).await?;
+    Ok(Some((server, port, auth_key, vec![ca.pin()])))
+}
+
+/// Wall time of one real enrollment by the `muster` binary, and its size.
+fn time_installer(installer: &Path, port: u16, token: &str) -> anyhow::Result<(Vec<f64>, u64)> {
+    let size = std::fs::metadata(installer)?.len();
+    let mut times = Vec::new();
+    for i in 0..5 {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join("etc"))?;
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nmuster:x:0:0::/:/bin/sh\n",
+        )?;
+        std::fs::write(root.path().join("etc/group"), "root:x:0:\n")?;
+        let t0 = Instant::now();
+        let out = Command::new(installer)
+            .args(["install", "--output", "json", "--coordinator-host"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--hostname", &format!("timed-{i}"), "--root"])
+            .arg(root.path())
+            .env("MUSTER_ROLES_TOKEN", token)
+            .output()?;
+        let took = t0.elapsed();
+        if !out.status.success() {
+            bail!("muster install: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        times.push(ms(took));
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, size))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|x| x.1.trim().to_string())
+        .unwrap_or_default();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cfssl = Command::new("cfssl")
+        .arg("version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "absent".into());
+    format!(
+        "{model}, {cores} cores, {mem} MiB, Linux {}; cfssl: {cfssl}",
+        kernel.trim()
+    )
+}
+
+async fn run(quick: bool, report: Option<&Path>, installer: Option<&Path>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let scale = |full: usize, small: usize| if quick { small } else { full };
+    let started = Instant::now();
+    println!("machine: {}", machine());
+    let mut rows = Vec::new();
+
+    // Muster.
+    let mdir = dir.path().join("muster");
+    std::fs::create_dir_all(&mdir)?;
+    let (server, port, token) = start_musterd(&mdir).await?;
+    let claims = muster_protocol::token::inspect(&token)?;
+    let tls = load::tls(claims.pins.clone())?;
+    let target = Target::Muster {
+        base: format!("https://127.0.0.1:{port}"),
+        token: token.clone(),
+    };
+    let mut registered = 0usize;
+    for (c, n) in [
+        (1, scale(300, 20)),
+        (100, scale(3000, 200)),
+        (1000, scale(6000, 0)),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        rows.push(measure(&server, &target, &tls, c, n, registered, &format!("m{c}")).await?);
+        registered += rows.last().map(|r| r.run.ok).unwrap_or(0);
+    }
+    for goal in [scale(10_000, 0), scale(100_000, 0)] {
+        if goal == 0 {
+            continue;
+        }
+        let t0 = Instant::now();
+        let more = goal.saturating_sub(registered);
+        let failed = load::fill(&target, &tls, &format!("fill{goal}"), more, 64).await;
+        registered += more - failed;
+        println!(
+            "        grew the registry to {registered} hosts in {:.0} s ({failed} failed)",
+            t0.elapsed().as_secs_f64()
+        );
+        rows.push(
+            measure(
+                &server,
+                &target,
+                &tls,
+                100,
+                3000,
+                registered,
+                &format!("at{goal}"),
+            )
+            .await?,
+        );
+        registered += rows.last().map(|r| r.run.ok).unwrap_or(0);
+    }
+    let installer_times = match installer {
+        Some(p) => Some(time_installer(p, port, &token)?),
+        None => None,
+    };
+    drop(server);
+
+    // The floor.
+    let fdir = dir.path().join("floor");
+    std::fs::create_dir_all(&fdir)?;
+    let (fserver, ready) = start_floor(&fdir).await?;
+    let ftarget = Target::Floor {
+        base: format!("https://127.0.0.1:{}", ready.port),
+        token: ready.token.clone(),
+    };
+    let ftls = load::tls(ready.pins.clone())?;
+    for (c, n) in [(100, scale(3000, 200)), (1000, scale(6000, 0))] {
+        if n > 0 {
+            rows.push(measure(&fserver, &ftarget, &ftls, c, n, 0, &format!("f{c}")).await?);
+        }
+    }
+    drop(fserver);
+
+    // cfssl.
+    let cdir = dir.path().join("cfssl");
+    std::fs::create_dir_all(&cdir)?;
+    match start_cfssl(&cdir).await? {
+        Some((cserver, cport, key, pins)) => {
+            let ctarget = Target::Cfssl {
+                base: format!("https://127.0.0.1:{cport}"),
+                auth_key: key,
+            };
+            let ctls = load::tls(pins)?;
+            for (c, n) in [(100, scale(3000, 200)), (1000, scale(6000, 0))] {
+                if n > 0 {
+                    rows.push(measure(&cserver, &ctarget, &ctls, c, n, 0, &format!("c{c}")).await?);
+                }
+            }
+        }
+        None => println!("cfssl is not installed (apt install golang-cfssl): no peer figures"),
+    }
+
+    let summary = summarize(&rows, installer_times.as_ref());
+    println!("{summary}");
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = report {
+        std::fs::write(path, markdown(&rows, &summary, quick))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The throughput of the first storm of `target` at `c` concurrent installers.
+fn rate_of(rows: &[Row], target: &str, c: usize) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.target == target && r.concurrency == c)
+        .map(|r| r.run.rate())
+}
+
+fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
+    let mut s = String::new();
+    for c in [100, 1000] {
+        let Some(m) = rate_of(rows, "muster", c) else {
+            continue;
+        };
+        for peer in ["floor", "cfssl"] {
+            if let Some(p) = rate_of(rows, peer, c) {
+                let _ = writeln!(
+                    s,
+                    "at {c} concurrent: muster {m:.0}/s is {:.2}x {peer} ({p:.0}/s)",
+                    m / p
+                );
+            }
+        }
+    }
+    if let Some((times, size)) = installer {
+        let _ = writeln!(
+            s,
+            "static installer: {size} bytes ({:.1} MiB); one real enrollment on loopback: median {:.1} ms (of {:?} ms)",
+            *size as f64 / 1048576.0,
+            times[times.len() / 2],
+            times.iter().map(|t| (t * 10.0).round() / 10.0).collect::<Vec<_>>()
+        );
+    }
+    s
+}
+
+fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Regenerated by `sh scripts/bench.sh`{}; nothing here is asserted by a test.\n",
+        if quick {
+            " --quick (a small run: rough figures)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(s, "Machine: {}\n", machine());
+    let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments; peak RSS is VmHWM, reset before each storm.\n");
+    let _ = writeln!(s, "| server | concurrent | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | peak RSS MiB |");
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.1} |",
+            r.target,
+            r.concurrency,
+            r.registered,
+            r.run.ok,
+            r.run.failed,
+            r.run.rate(),
+            ms(r.run.pct(0.5)),
+            ms(r.run.pct(0.95)),
+            ms(r.run.pct(0.99)),
+            r.cpu_per * 1000.0,
+            r.peak_mib
+        );
+    }
+    let _ = writeln!(s, "\n```\n{}```", summary);
+    s
+}
