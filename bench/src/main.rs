@@ -35,6 +35,9 @@ enum Cmd {
         /// A small run (seconds, not minutes): checks the benchmark works; figures are rough.
         #[arg(long)]
         quick: bool,
+        /// Skip the 1,000-concurrent storms and the 10,000/100,000-host registries.
+        #[arg(long)]
+        no_scale: bool,
         /// Also write the report here (Markdown).
         #[arg(long)]
         report: Option<PathBuf>,
@@ -60,9 +63,15 @@ fn main() -> anyhow::Result<()> {
         Cmd::Floor { listen, dir } => rt.block_on(floor::serve(listen, &dir)),
         Cmd::Run {
             quick,
+            no_scale,
             report,
             installer,
-        } => rt.block_on(run(quick, report.as_deref(), installer.as_deref())),
+        } => rt.block_on(run(
+            quick,
+            no_scale,
+            report.as_deref(),
+            installer.as_deref(),
+        )),
     }
 }
 
@@ -416,9 +425,16 @@ fn machine() -> String {
     )
 }
 
-async fn run(quick: bool, report: Option<&Path>, installer: Option<&Path>) -> anyhow::Result<()> {
+async fn run(
+    quick: bool,
+    no_scale: bool,
+    report: Option<&Path>,
+    installer: Option<&Path>,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let scale = |full: usize, small: usize| if quick { small } else { full };
+    // The large storms: skipped in a quick run and with --no-scale.
+    let big = |full: usize| if quick || no_scale { 0 } else { full };
     let started = Instant::now();
     println!("machine: {}", machine());
     let mut rows = Vec::new();
@@ -437,7 +453,7 @@ async fn run(quick: bool, report: Option<&Path>, installer: Option<&Path>) -> an
     for (c, n) in [
         (1, scale(300, 20)),
         (100, scale(3000, 200)),
-        (1000, scale(6000, 0)),
+        (1000, big(6000)),
     ] {
         if n == 0 {
             continue;
@@ -445,7 +461,7 @@ async fn run(quick: bool, report: Option<&Path>, installer: Option<&Path>) -> an
         rows.push(measure(&server, &target, &tls, c, n, registered, &format!("m{c}")).await?);
         registered += rows.last().map(|r| r.run.ok).unwrap_or(0);
     }
-    for goal in [scale(10_000, 0), scale(100_000, 0)] {
+    for goal in [big(10_000), big(100_000)] {
         if goal == 0 {
             continue;
         }
@@ -486,7 +502,7 @@ async fn run(quick: bool, report: Option<&Path>, installer: Option<&Path>) -> an
         token: ready.token.clone(),
     };
     let ftls = load::tls(ready.pins.clone())?;
-    for (c, n) in [(100, scale(3000, 200)), (1000, scale(6000, 0))] {
+    for (c, n) in [(100, scale(3000, 200)), (1000, big(6000))] {
         if n > 0 {
             rows.push(measure(&fserver, &ftarget, &ftls, c, n, 0, &format!("f{c}")).await?);
         }
@@ -503,7 +519,7 @@ async fn run(quick: bool, report: Option<&Path>, installer: Option<&Path>) -> an
                 auth_key: key,
             };
             let ctls = load::tls(pins)?;
-            for (c, n) in [(100, scale(3000, 200)), (1000, scale(6000, 0))] {
+            for (c, n) in [(100, scale(3000, 200)), (1000, big(6000))] {
                 if n > 0 {
                     rows.push(measure(&cserver, &ctarget, &ctls, c, n, 0, &format!("c{c}")).await?);
                 }

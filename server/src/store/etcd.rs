@@ -695,7 +695,7 @@ impl Store for EtcdStore {
         Ok(resp.count() > 0)
     }
 
-    async fn audit(&self, e: &AuditEvent) -> StoreResult<u64> {
+    async fn audit(&self, e: &AuditEvent) -> StoreResult<()> {
         for _ in 0..MAX_ROUNDS {
             let seq = self.get::<u64>("audit-seq").await?;
             let next = seq.as_ref().map(|s| s.value).unwrap_or(0) + 1;
@@ -707,7 +707,7 @@ impl Store for EtcdStore {
                 self.put(&format!("audit/{next:020}"), &e, 0)?,
             ];
             if self.txn(guards, ops).await? {
-                return Ok(next);
+                return Ok(());
             }
         }
         Err(contended())

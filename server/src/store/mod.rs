@@ -163,8 +163,10 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>>;
     async fn is_revoked(&self, serial: &str) -> StoreResult<bool>;
 
-    /// Appends an audit event; returns its sequence number.
-    async fn audit(&self, e: &AuditEvent) -> StoreResult<u64>;
+    /// Appends an audit event. The store numbers it; it may be written with the next commit
+    /// rather than before this returns (the embedded store does so), but it is ordered before
+    /// any later step and seen by any later `audit_log`.
+    async fn audit(&self, e: &AuditEvent) -> StoreResult<()>;
     /// Audit events with `seq > after`, oldest first, at most `limit`.
     async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
 }

@@ -8,9 +8,11 @@
 //! commits once (one fsync for the lot), and only then answers each step. So steps are
 //! serialized exactly as with one transaction each (a one-use token is spent exactly once), a
 //! step that fails rolls back its own savepoint only, nothing is acknowledged before it is on
-//! disk, and a storm of joins costs one fsync per batch rather than per step. Plain reads (lists,
-//! the platform record, revocation checks, backups) use a second connection on the blocking
-//! pool, which WAL lets read while the writer writes.
+//! disk, and a storm of joins costs one fsync per batch rather than per step. Audit events are
+//! queued without waiting for their commit: they ride the next batch. Plain reads (one record,
+//! lists, the platform record, revocation checks, backups) use a second connection on the
+//! blocking pool, which WAL lets read while the writer writes; they see every acknowledged
+//! step, since a step is acknowledged only once committed.
 
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -204,62 +206,55 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
 
 fn get_token(tx: &Connection, id: &str) -> StoreResult<Option<TokenRecord>> {
     let s: Option<String> = tx
-        .query_row("SELECT json FROM tokens WHERE id = ?1", params![id], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT json FROM tokens WHERE id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![id], |r| r.get(0))
         .optional()
         .map_err(unavailable)?;
     s.map(|s| from_json(&s)).transpose()
 }
 
 fn put_token(tx: &Connection, t: &TokenRecord) -> StoreResult<()> {
-    tx.execute(
-        "INSERT OR REPLACE INTO tokens (id, json) VALUES (?1, ?2)",
-        params![t.id, to_json(t)?],
-    )
-    .map_err(unavailable)?;
+    tx.prepare_cached("INSERT OR REPLACE INTO tokens (id, json) VALUES (?1, ?2)")
+        .map_err(unavailable)?
+        .execute(params![t.id, to_json(t)?])
+        .map_err(unavailable)?;
     Ok(())
 }
 
 fn get_host(tx: &Connection, node_id: &str) -> StoreResult<Option<HostRecord>> {
     let s: Option<String> = tx
-        .query_row(
-            "SELECT json FROM hosts WHERE node_id = ?1",
-            params![node_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT json FROM hosts WHERE node_id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![node_id], |r| r.get(0))
         .optional()
         .map_err(unavailable)?;
     s.map(|s| from_json(&s)).transpose()
 }
 
 fn put_host(tx: &Connection, h: &HostRecord) -> StoreResult<()> {
-    tx.execute(
-        "INSERT OR REPLACE INTO hosts (node_id, hostname, json) VALUES (?1, ?2, ?3)",
-        params![h.node_id, h.host.hostname, to_json(h)?],
-    )
-    .map_err(unavailable)?;
+    tx.prepare_cached("INSERT OR REPLACE INTO hosts (node_id, hostname, json) VALUES (?1, ?2, ?3)")
+        .map_err(unavailable)?
+        .execute(params![h.node_id, h.host.hostname, to_json(h)?])
+        .map_err(unavailable)?;
     Ok(())
 }
 
 fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult<()> {
     for s in serials {
-        tx.execute(
-            "INSERT OR IGNORE INTO revoked (serial) VALUES (?1)",
-            params![s],
-        )
-        .map_err(unavailable)?;
+        tx.prepare_cached("INSERT OR IGNORE INTO revoked (serial) VALUES (?1)")
+            .map_err(unavailable)?
+            .execute(params![s])
+            .map_err(unavailable)?;
     }
     Ok(())
 }
 
 fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
     let s: Option<String> = tx
-        .query_row(
-            "SELECT json FROM reservations WHERE node_id = ?1",
-            params![node_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT json FROM reservations WHERE node_id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![node_id], |r| r.get(0))
         .optional()
         .map_err(unavailable)?;
     s.map(|s| from_json(&s)).transpose()
@@ -310,11 +305,11 @@ impl Store for SqliteStore {
 
     async fn platform(&self) -> StoreResult<Option<Vec<u8>>> {
         self.run(|c| {
-            c.query_row("SELECT value FROM meta WHERE key = 'platform'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(unavailable)
+            c.prepare_cached("SELECT value FROM meta WHERE key = 'platform'")
+                .map_err(unavailable)?
+                .query_row([], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)
         })
         .await
     }
@@ -326,7 +321,7 @@ impl Store for SqliteStore {
 
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
         let id = id.to_string();
-        self.tx(move |tx| get_token(tx, &id)).await
+        self.run(move |c| get_token(c, &id)).await
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
@@ -355,9 +350,9 @@ impl Store for SqliteStore {
                 return Ok(ReserveOutcome::Revoked);
             }
             let existing: Option<String> = tx
-                .query_row(
-                    "SELECT json FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3",
-                    params![r.token_id, r.key_hash, now as i64],
+                .prepare_cached("SELECT json FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3")
+        .map_err(unavailable)?
+        .query_row(params![r.token_id, r.key_hash, now as i64],
                     |row| row.get(0),
                 )
                 .optional()
@@ -370,9 +365,9 @@ impl Store for SqliteStore {
             }
             t.uses += 1;
             put_token(tx, &t)?;
-            tx.execute(
-                "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![r.node_id, r.token_id, r.key_hash, r.expires_at as i64, to_json(&r)?],
+            tx.prepare_cached("INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(unavailable)?
+                .execute(params![r.node_id, r.token_id, r.key_hash, r.expires_at as i64, to_json(&r)?],
             )
             .map_err(unavailable)?;
             Ok(ReserveOutcome::Reserved)
@@ -382,7 +377,7 @@ impl Store for SqliteStore {
 
     async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>> {
         let id = node_id.to_string();
-        self.tx(move |tx| get_reservation(tx, &id)).await
+        self.run(move |c| get_reservation(c, &id)).await
     }
 
     async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
@@ -404,18 +399,18 @@ impl Store for SqliteStore {
                 return Ok(CommitOutcome::Unknown);
             }
             let old: Option<String> = tx
-                .query_row(
-                    "SELECT json FROM hosts WHERE hostname = ?1",
-                    params![r.host.hostname],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT json FROM hosts WHERE hostname = ?1")
+                .map_err(unavailable)?
+                .query_row(params![r.host.hostname], |row| row.get(0))
                 .optional()
                 .map_err(unavailable)?;
             let replaced = match old {
                 Some(s) => {
                     let old: HostRecord = from_json(&s)?;
                     revoke_serials(tx, &old.serials)?;
-                    tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![old.node_id])
+                    tx.prepare_cached("DELETE FROM hosts WHERE node_id = ?1")
+                        .map_err(unavailable)?
+                        .execute(params![old.node_id])
                         .map_err(unavailable)?;
                     Some(Box::new(old))
                 }
@@ -436,11 +431,10 @@ impl Store for SqliteStore {
             };
             put_host(tx, &host)?;
             r.committed = true;
-            tx.execute(
-                "UPDATE reservations SET json = ?2 WHERE node_id = ?1",
-                params![id, to_json(&r)?],
-            )
-            .map_err(unavailable)?;
+            tx.prepare_cached("UPDATE reservations SET json = ?2 WHERE node_id = ?1")
+                .map_err(unavailable)?
+                .execute(params![id, to_json(&r)?])
+                .map_err(unavailable)?;
             Ok(CommitOutcome::Committed {
                 host: Box::new(host),
                 replaced,
@@ -460,11 +454,10 @@ impl Store for SqliteStore {
             let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
                 all.into_iter().partition(|r| r.committed);
             for r in &done {
-                tx.execute(
-                    "DELETE FROM reservations WHERE node_id = ?1",
-                    params![r.node_id],
-                )
-                .map_err(unavailable)?;
+                tx.prepare_cached("DELETE FROM reservations WHERE node_id = ?1")
+                    .map_err(unavailable)?
+                    .execute(params![r.node_id])
+                    .map_err(unavailable)?;
             }
             for r in &expired {
                 if let Some(mut t) = get_token(tx, &r.token_id)? {
@@ -472,11 +465,10 @@ impl Store for SqliteStore {
                     put_token(tx, &t)?;
                 }
                 revoke_serials(tx, &r.serials)?;
-                tx.execute(
-                    "DELETE FROM reservations WHERE node_id = ?1",
-                    params![r.node_id],
-                )
-                .map_err(unavailable)?;
+                tx.prepare_cached("DELETE FROM reservations WHERE node_id = ?1")
+                    .map_err(unavailable)?
+                    .execute(params![r.node_id])
+                    .map_err(unavailable)?;
             }
             Ok(expired)
         })
@@ -490,7 +482,7 @@ impl Store for SqliteStore {
 
     async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
         let id = node_id.to_string();
-        self.tx(move |tx| get_host(tx, &id)).await
+        self.run(move |c| get_host(c, &id)).await
     }
 
     async fn heartbeat(
@@ -552,7 +544,9 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             revoke_serials(tx, &h.serials)?;
-            tx.execute("DELETE FROM hosts WHERE node_id = ?1", params![id])
+            tx.prepare_cached("DELETE FROM hosts WHERE node_id = ?1")
+                .map_err(unavailable)?
+                .execute(params![id])
                 .map_err(unavailable)?;
             Ok(Some(h))
         })
@@ -562,35 +556,42 @@ impl Store for SqliteStore {
     async fn is_revoked(&self, serial: &str) -> StoreResult<bool> {
         let s = serial.to_string();
         self.run(move |c| {
-            c.query_row(
-                "SELECT 1 FROM revoked WHERE serial = ?1",
-                params![s],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|o| o.is_some())
-            .map_err(unavailable)
+            c.prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")
+                .map_err(unavailable)?
+                .query_row(params![s], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
+                .map_err(unavailable)
         })
         .await
     }
 
-    async fn audit(&self, e: &AuditEvent) -> StoreResult<u64> {
-        let e = e.clone();
-        self.tx(move |tx| {
-            tx.execute(
-                "INSERT INTO audit (json) VALUES (?1)",
-                params![to_json(&e)?],
-            )
-            .map_err(unavailable)?;
-            Ok(tx.last_insert_rowid() as u64)
-        })
-        .await
+    async fn audit(&self, e: &AuditEvent) -> StoreResult<()> {
+        // Queued, not awaited: the event rides the next group commit, after every step queued
+        // before it, without making this request wait for a disk flush of its own.
+        let json = to_json(e)?;
+        let step: Step = Box::new(move |tx: &mut rusqlite::Transaction<'_>| {
+            let out = tx
+                .prepare_cached("INSERT INTO audit (json) VALUES (?1)")
+                .and_then(|mut st| st.execute(params![json]));
+            Box::new(move |committed: bool| {
+                if let Err(e) = out {
+                    tracing::error!(error = %e, "could not append to the audit log");
+                } else if !committed {
+                    tracing::error!("an audit event was lost with a failed commit");
+                }
+            })
+        });
+        self.steps
+            .send(step)
+            .map_err(|_| unavailable("the store's writer has stopped"))
     }
 
     async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
-        self.run(move |c| {
+        // On the writer's queue, so it sees every event queued before it.
+        self.tx(move |c| {
             let mut st = c
-                .prepare("SELECT seq, json FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .prepare_cached("SELECT seq, json FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(unavailable)?;
             let rows = st
                 .query_map(params![after as i64, limit], |r| {
