@@ -18,6 +18,7 @@ use muster_protocol::node::*;
 use muster_protocol::token::{self, Secret, TokenKind};
 use muster_protocol::{paths, ErrorCode, Role};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,7 @@ pub struct App {
     pub metrics: Metrics,
     login_failures: FailureLimiter,
     pub token_failures: FailureLimiter,
+    pub verified_tokens: VerifiedTokens,
     /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
     verified_password: Mutex<Option<String>>,
     pub clock: fn() -> u64,
@@ -133,6 +135,7 @@ impl App {
             metrics: Metrics::default(),
             login_failures,
             token_failures,
+            verified_tokens: VerifiedTokens::default(),
             verified_password: Mutex::new(None),
             clock: system_now,
         })
@@ -688,6 +691,30 @@ fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Tokens whose signature has verified, by their SHA-256: a fleet booting with one token pays
+/// for the signature check once, not once per host. Only what the signature proves is
+/// remembered; the time window and the store's record are checked on every use.
+#[derive(Default)]
+pub struct VerifiedTokens(Mutex<HashMap<String, token::Claims>>);
+
+/// Most tokens remembered; the memory is emptied when it is full.
+const VERIFIED_TOKENS_MAX: usize = 1024;
+
+impl VerifiedTokens {
+    fn get(&self, hash: &str) -> Option<token::Claims> {
+        self.0.lock().ok()?.get(hash).cloned()
+    }
+
+    fn insert(&self, hash: String, claims: token::Claims) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= VERIFIED_TOKENS_MAX {
+                m.clear();
+            }
+            m.insert(hash, claims);
+        }
+    }
+}
+
 /// Why a roles token was refused: its code, the message for the caller, and the token id it
 /// names (only a claim when the signature did not verify), for the audit log.
 pub struct Refusal {
@@ -711,11 +738,19 @@ impl Refusal {
 pub async fn verify_token(
     store: &dyn Store,
     verify_key: &[u8],
+    verified: &VerifiedTokens,
     tok: &Secret,
     source: IpAddr,
     now: u64,
 ) -> Result<Result<(token::Claims, TokenRecord), Refusal>, ApiError> {
-    let claims = match token::verify(tok.expose(), verify_key, now) {
+    let hash = sha256_hex(tok.expose().trim().as_bytes());
+    let checked = match verified.get(&hash) {
+        Some(c) => token::check_time(&c, now).map(|()| c),
+        None => token::verify(tok.expose(), verify_key, now).inspect(|c| {
+            verified.insert(hash.clone(), c.clone());
+        }),
+    };
+    let claims = match checked {
         Ok(c) => c,
         Err(e) => {
             // The id of a token that fails verification is only a claim; audit it as such.
@@ -733,7 +768,7 @@ pub async fn verify_token(
     let Some(rec) = store.token(&claims.sub).await? else {
         return Ok(Err(unknown(claims.sub)));
     };
-    if !constant_eq(&rec.hash, &sha256_hex(tok.expose().trim().as_bytes())) {
+    if !constant_eq(&rec.hash, &hash) {
         return Ok(Err(unknown(claims.sub)));
     }
     if rec.revoked {
@@ -776,6 +811,7 @@ impl App {
         match verify_token(
             self.store.as_ref(),
             &self.platform.verify_key,
+            &self.verified_tokens,
             tok,
             source,
             self.now(),
@@ -954,6 +990,7 @@ async fn recover(
         app.store.as_ref(),
         &app.config,
         &app.token_failures,
+        &app.verified_tokens,
         body,
         c.remote.ip(),
         app.now(),

@@ -410,6 +410,7 @@ async fn serve_director(
     let director = Arc::new(crate::director::Director {
         store,
         token_failures: crate::limit::FailureLimiter::new(config.token_failures_per_minute),
+        verified_tokens: Default::default(),
         config,
         clock: system_now,
     });

@@ -10,6 +10,7 @@
 
 use crate::app::{
     audit, parse_json, rate_limited, refusal_logged, verify_token, ConnInfo, Refusal,
+    VerifiedTokens,
 };
 use crate::config::{Backend, Config};
 use crate::error::ApiError;
@@ -37,6 +38,7 @@ pub struct Director {
     pub store: Arc<dyn Store>,
     pub config: Config,
     pub token_failures: FailureLimiter,
+    pub verified_tokens: VerifiedTokens,
     pub clock: fn() -> u64,
 }
 
@@ -59,6 +61,7 @@ pub async fn recover(
     store: &dyn Store,
     config: &Config,
     limiter: &FailureLimiter,
+    verified: &VerifiedTokens,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     source: IpAddr,
     now: u64,
@@ -74,7 +77,7 @@ pub async fn recover(
         ApiError::new(r.code, r.message)
     };
     let (claims, rec) =
-        match verify_token(store, &public.verify_key, &req.token, source, now).await? {
+        match verify_token(store, &public.verify_key, verified, &req.token, source, now).await? {
             Ok(ok) => ok,
             Err(r) => return Err(refuse(r).await),
         };
@@ -163,6 +166,7 @@ async fn recover_handler(
         d.store.as_ref(),
         &d.config,
         &d.token_failures,
+        &d.verified_tokens,
         body,
         c.remote.ip(),
         now,

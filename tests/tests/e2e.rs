@@ -806,7 +806,12 @@ fn a_node_certificate_does_not_pass_for_a_coordinator() -> R {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let r = Host::new("victim")?.install(&format!("127.0.0.1:{port}"), &tok, &[])?;
     let _ = server.kill();
     let _ = server.wait();
