@@ -12,7 +12,7 @@ for tool in curl:curl wget:wget openssl:openssl stat:coreutils mount:mount file:
   faketime:faketime setpriv:util-linux ip:iproute2 shellcheck:shellcheck lintian:lintian \
   rpm:rpm rpmlint:rpmlint cloud-init:cloud-init debootstrap:debootstrap \
   dpkg-scanpackages:dpkg-dev systemd-analyze:systemd etcd:etcd-server etcdctl:etcd-client \
-  protoc:protobuf-compiler; do
+  protoc:protobuf-compiler cfssl:golang-cfssl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 # etcd-client compiles etcd's protobuf files, which import protobuf's well-known types.
@@ -23,9 +23,12 @@ if [ -n "$need" ]; then
   # shellcheck disable=SC2086 # a list of package names, split on purpose
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
 fi
-for sub in cargo-deb cargo-generate-rpm; do
+for sub in cargo-deb cargo-generate-rpm cargo-fuzz; do
   command -v "$sub" >/dev/null 2>&1 || cargo install --locked --quiet "$sub"
 done
+# The fuzz targets build with nightly (cargo-fuzz needs its sanitizer flags).
+rustup run nightly rustc --version >/dev/null 2>&1 ||
+  rustup toolchain install nightly --profile minimal
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features muster/failpoints -- -D warnings
@@ -36,3 +39,8 @@ sh packaging/build
 # The Debian root the package and cloud-init tests install into (cached).
 sh scripts/debian-root.sh target/debian-root
 cargo test --workspace --features muster/failpoints
+# The storm benchmark, small and from the debug build: it must run and enroll every host; its
+# figures mean nothing here (scripts/bench.sh makes the real ones, in release mode).
+target/debug/muster-storm run --quick
+# Each fuzz target for a fixed short budget, after replaying the kept regression cases.
+sh scripts/fuzz.sh

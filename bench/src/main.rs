@@ -528,12 +528,16 @@ async fn run(
         None => println!("cfssl is not installed (apt install golang-cfssl): no peer figures"),
     }
 
+    let failed: usize = rows.iter().map(|r| r.run.failed).sum();
     let summary = summarize(&rows, installer_times.as_ref());
     println!("{summary}");
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     if let Some(path) = report {
         std::fs::write(path, markdown(&rows, &summary, quick))?;
         println!("report written to {}", path.display());
+    }
+    if failed > 0 {
+        bail!("{failed} enrollments failed");
     }
     Ok(())
 }

@@ -1,0 +1,15 @@
+#!/bin/sh
+# The enrollment-storm benchmark, as docs/benchmarks.md reports it: builds musterd and the
+# benchmark in release mode and the static installer, makes sure cfssl is there (Debian's
+# golang-cfssl, the peer), runs every storm and rewrites docs/benchmarks.md. Takes a few
+# minutes; pass --no-scale to skip the 1,000-installer storms and the 100,000-host registry.
+set -eu
+cd "$(dirname "$0")/.."
+command -v cfssl >/dev/null 2>&1 || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-cfssl
+}
+cargo build --release -p musterd -p muster-bench
+sh scripts/build-static.sh
+exec target/release/muster-storm run --report docs/benchmarks.md \
+  --installer target/x86_64-unknown-linux-gnu/release/muster "$@"
