@@ -9,10 +9,12 @@
 //! serialized exactly as with one transaction each (a one-use token is spent exactly once), a
 //! step that fails rolls back its own savepoint only, nothing is acknowledged before it is on
 //! disk, and a storm of joins costs one fsync per batch rather than per step. Audit events are
-//! queued without waiting for their commit: they ride the next batch. Plain reads (one record,
-//! lists, the platform record, revocation checks, backups) use a second connection on the
-//! blocking pool, which WAL lets read while the writer writes; they see every acknowledged
-//! step, since a step is acknowledged only once committed.
+//! queued without waiting for their commit: they ride the next batch.
+//!
+//! Plain reads use other connections, which WAL lets read while the writer writes; they see
+//! every acknowledged step, since a step is acknowledged only once committed. Point reads (one
+//! record by its key, a revocation check) run inline on the async worker, microseconds from the
+//! page cache; lists and backups run on a third connection on the blocking pool.
 
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -32,7 +34,10 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 pub struct SqliteStore {
     steps: mpsc::Sender<Step>,
-    reader: Arc<Mutex<Connection>>,
+    /// Point reads, inline.
+    reader: Mutex<Connection>,
+    /// Lists and backups, on the blocking pool, so a long one never holds up a point read.
+    lister: Arc<Mutex<Connection>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -99,6 +104,7 @@ impl SqliteStore {
         let mut writer = connect()?;
         migrate(&mut writer)?;
         let reader = connect()?;
+        let lister = connect()?;
         let (steps, queue) = mpsc::channel::<Step>();
         std::thread::Builder::new()
             .name("muster-sqlite-writer".into())
@@ -106,7 +112,8 @@ impl SqliteStore {
             .map_err(unavailable)?;
         Ok(SqliteStore {
             steps,
-            reader: Arc::new(Mutex::new(reader)),
+            reader: Mutex::new(reader),
+            lister: Arc::new(Mutex::new(lister)),
         })
     }
 
@@ -145,12 +152,22 @@ impl SqliteStore {
             .map_err(|_| unavailable("the store's writer has stopped"))?
     }
 
-    /// A plain read on the reader connection, on the blocking pool.
+    /// A point read (one row by its key) on the reader connection, right here: it takes
+    /// microseconds from SQLite's page cache, less than a hop to the blocking pool would.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let guard = self
+            .reader
+            .lock()
+            .map_err(|_| unavailable("store lock poisoned"))?;
+        f(&guard)
+    }
+
+    /// A longer read (a list, a backup) on its own connection, on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let conn = self.reader.clone();
+        let conn = self.lister.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
@@ -321,7 +338,7 @@ impl Store for SqliteStore {
 
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
         let id = id.to_string();
-        self.run(move |c| get_token(c, &id)).await
+        self.read(move |c| get_token(c, &id))
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
@@ -377,7 +394,7 @@ impl Store for SqliteStore {
 
     async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>> {
         let id = node_id.to_string();
-        self.run(move |c| get_reservation(c, &id)).await
+        self.read(move |c| get_reservation(c, &id))
     }
 
     async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
@@ -482,7 +499,7 @@ impl Store for SqliteStore {
 
     async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
         let id = node_id.to_string();
-        self.run(move |c| get_host(c, &id)).await
+        self.read(move |c| get_host(c, &id))
     }
 
     async fn heartbeat(
@@ -555,7 +572,7 @@ impl Store for SqliteStore {
 
     async fn is_revoked(&self, serial: &str) -> StoreResult<bool> {
         let s = serial.to_string();
-        self.run(move |c| {
+        self.read(move |c| {
             c.prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")
                 .map_err(unavailable)?
                 .query_row(params![s], |_| Ok(()))
@@ -563,7 +580,6 @@ impl Store for SqliteStore {
                 .map(|o| o.is_some())
                 .map_err(unavailable)
         })
-        .await
     }
 
     async fn audit(&self, e: &AuditEvent) -> StoreResult<()> {
