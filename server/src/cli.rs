@@ -85,7 +85,7 @@ pub enum Cmd {
         /// Addresses (host:port or host) the director is reached at; comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         address: Vec<String>,
-        /// Folder to write director-cert.pem and director-key.pem (mode 0600) into.
+        /// Folder to write director-cert.pem, director-key.pem (mode 0600) and ca.pem into.
         #[arg(long)]
         output: PathBuf,
         /// Validity in days.
@@ -462,9 +462,11 @@ async fn director_cert(
     let cert_path = output.join(crate::director::CERT_FILE);
     write_atomic(&cert_path, chain.as_bytes(), me(0o644))
         .with_context(|| format!("writing {}", cert_path.display()))?;
+    // With it, musterd.service's start condition (DATA_DIR/ca.pem) holds on the director.
+    write_ca_pem(output, &app.platform.http_ca.cert_pem)?;
     eprintln!(
-        "musterd: director certificate for {} written to {} (valid {days} days); copy both files \
-         into the director's data folder",
+        "musterd: director certificate for {} written to {} (valid {days} days); copy its three \
+         files (director-cert.pem, director-key.pem, ca.pem) into the director's data folder",
         addresses.join(", "),
         output.display()
     );

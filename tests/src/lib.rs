@@ -302,6 +302,53 @@ impl Coordinator {
 
     /// Creates a token through the API with its install line
     /// (`?install_command=true`): (token, token_id, line).
+    /// POSTs `body` as JSON to `path`, unauthenticated, from a file (so a token in it never
+    /// reaches an argument list); `extra` goes to curl first. The status and the parsed answer.
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        extra: &[&str],
+    ) -> anyhow::Result<(u16, Value)> {
+        let f = tempfile::NamedTempFile::new_in(self.dir.path())?;
+        std::fs::write(f.path(), body.to_string())?;
+        let at = format!("@{}", f.path().display());
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &at,
+        ]);
+        let url = self.url(path);
+        args.push(&url);
+        let out = self.curl(&args)?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        Ok((
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// How many times the token with id `id` has been used, from the API.
+    pub fn token_uses(&self, id: &str) -> anyhow::Result<Option<u64>> {
+        let (_, v) = self.api(
+            "GET",
+            "/api/v1/platform/configuration/security/enrollment-tokens",
+            None,
+        )?;
+        Ok(v["tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["token_id"] == id)
+            .and_then(|t| t["uses"].as_u64()))
+    }
+
     pub fn token_with_line(&self, body: &str) -> anyhow::Result<(String, String, String)> {
         let (code, v) = self.api(
             "POST",
@@ -389,6 +436,25 @@ impl Host {
         .env("MUSTER_ROLES_TOKEN", token)
         .env_remove("MUSTER_FAILPOINT");
         cmd
+    }
+
+    /// Waits (up to 30 s) for the installer `child`, recovering the coordinator role, to write
+    /// musterd's config; its path. Fails with the installer's output if it ends first.
+    pub fn wait_for_musterd_yaml(&self, child: &mut Child) -> anyhow::Result<PathBuf> {
+        let yaml = self.path("etc/muster/musterd.yaml");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !yaml.exists() && Instant::now() < deadline && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !yaml.exists() {
+            let _ = child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("no musterd.yaml from the installer: {err}");
+        }
+        Ok(yaml)
     }
 
     pub fn install(&self, c: &str, token: &str, extra: &[&str]) -> anyhow::Result<Run> {

@@ -41,25 +41,9 @@ fn join_as(c: &Coordinator, source: &str, token: &str, csr: &str) -> anyhow::Res
         "token": token, "transport_csr": csr, "http_csr": csr,
         "host": {"hostname": "h"}, "roles": ["allocator"],
     });
-    let f = c.dir.path().join(format!("join-{source}.json"));
-    std::fs::write(&f, body.to_string())?;
-    let out = c.curl(&[
-        "-s",
-        "--interface",
-        source,
-        "-w",
-        "\n%{http_code}",
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        &format!("@{}", f.display()),
-        &c.url(JOIN),
-    ])?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let (status, v) = c.post_json(JOIN, &body, &["--interface", source])?;
     Ok((
-        status.trim().parse()?,
+        status,
         v["errors"][0]["code"].as_str().unwrap_or("-").to_string(),
     ))
 }
@@ -218,14 +202,7 @@ fn forged_tokens_at_the_server_are_each_refused_with_their_own_code_and_nothing_
     println!("forged tokens refused:\n  {}", seen.join("\n  "));
 
     // Nothing stored: no use spent, no host, and each refusal audited by its reason.
-    let (_, v) = c.api("GET", TOKENS, None)?;
-    let uses = v["tokens"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t["token_id"] == id.as_str())
-        .and_then(|t| t["uses"].as_u64());
-    assert_eq!(uses, Some(0));
+    assert_eq!(c.token_uses(&id)?, Some(0));
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
     assert_eq!(v["runners"].as_array().map(Vec::len), Some(0), "{v}");
     let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;

@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 type R = anyhow::Result<()>;
-const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens";
 
 const INSTALLERS: usize = 1000;
 const AT_ONCE: usize = 64;
@@ -147,13 +146,7 @@ fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> 
     );
     assert_eq!(runners.len(), INSTALLERS);
     // One use per host: none lost, none spent twice.
-    let (_, v) = c.api("GET", TOKENS, None)?;
-    let uses = v["tokens"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t["token_id"] == id.as_str())
-        .and_then(|t| t["uses"].as_u64());
+    let uses = c.token_uses(&id)?;
     assert_eq!(uses, Some(INSTALLERS as u64));
     // And one more is refused: the limit holds.
     let r = Host::new("one-too-many")?.install(&c.host(), &tok, &[])?;

@@ -10,17 +10,6 @@ use std::time::Duration;
 type R = anyhow::Result<()>;
 const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens";
 
-fn token_uses(c: &Coordinator, id: &str) -> anyhow::Result<u64> {
-    let (_, v) = c.api("GET", TOKENS, None)?;
-    Ok(v["tokens"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t["token_id"] == id)
-        .map(|t| t["uses"].as_u64().unwrap_or(0))
-        .unwrap_or(999))
-}
-
 #[test]
 fn init_writes_secrets_once_and_refuses_twice() -> R {
     let c = Coordinator::with(Opts::default())?;
@@ -527,7 +516,7 @@ fn one_use_token_raced_by_fifty_installers_succeeds_once() -> R {
         "{:?}",
         runs.iter().filter(|r| r.code != 3).collect::<Vec<_>>()
     );
-    assert_eq!(token_uses(&c, &id)?, 1);
+    assert_eq!(c.token_uses(&id)?.unwrap_or(999), 1);
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
     assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
     Ok(())
@@ -556,7 +545,7 @@ fn killed_at_every_step_a_rerun_converges() -> R {
             r.code, 0,
             "{point}: the one-use token must still enroll the host: {r:?}"
         );
-        assert_eq!(token_uses(&c, &id)?, 1, "{point}");
+        assert_eq!(c.token_uses(&id)?.unwrap_or(999), 1, "{point}");
         let tls = h.path("etc/muster/tls");
         tool(Command::new("openssl").current_dir(&tls).args([
             "verify",
@@ -597,11 +586,11 @@ fn an_uncommitted_join_expires_and_gives_its_use_back() -> R {
             .output()?,
     );
     assert_eq!(killed.code, 137);
-    assert_eq!(token_uses(&c, &id)?, 1);
+    assert_eq!(c.token_uses(&id)?.unwrap_or(999), 1);
     let mut uses = 1;
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(200));
-        uses = token_uses(&c, &id)?;
+        uses = c.token_uses(&id)?.unwrap_or(999);
         if uses == 0 {
             break;
         }
@@ -978,28 +967,18 @@ fn hostile_csrs_are_refused_and_nothing_is_stored() -> R {
             "token": tok, "transport_csr": bad, "http_csr": good,
             "host": {"hostname": "hostile", "addresses": ["127.0.0.1"]}, "roles": ["allocator"],
         });
-        let f = d.path().join("body.json");
-        std::fs::write(&f, body.to_string())?;
-        let out = c.curl(&[
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &format!("@{}", f.display()),
-            &c.url("/api/v1/node/join"),
-        ])?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
-        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let (status, v) = c.post_json("/api/v1/node/join", &body, &[])?;
         assert_eq!(
             (status, v["errors"][0]["code"].as_str()),
-            ("400", Some(want)),
-            "{name}: {text}"
+            (400, Some(want)),
+            "{name}: {v}"
         );
     }
-    assert_eq!(token_uses(&c, &id)?, 0, "a refused join spends no use");
+    assert_eq!(
+        c.token_uses(&id)?.unwrap_or(999),
+        0,
+        "a refused join spends no use"
+    );
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
     assert_eq!(v["runners"].as_array().map(Vec::len), Some(0));
     Ok(())
@@ -1191,15 +1170,7 @@ fn the_server_refuses_a_token_from_the_future() -> R {
     let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
     let csr = openssl_csr(d.path(), "t", &p256)?;
     let body = serde_json::json!({"token": tok, "transport_csr": csr, "http_csr": csr, "host": {"hostname": "early"}});
-    let f = d.path().join("body.json");
-    std::fs::write(&f, body.to_string())?;
-    let out = c.curl(&[
-        "-s",
-        "--data-binary",
-        &format!("@{}", f.display()),
-        &c.url("/api/v1/node/join"),
-    ])?;
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let (_, v) = c.post_json("/api/v1/node/join", &body, &[])?;
     assert_eq!(v["errors"][0]["code"], "token.not_yet_valid", "{v}");
     assert!(
         v["errors"][0]["message"]

@@ -151,36 +151,6 @@ fn backup_while_serving_and_restore_with_the_emergency_token_give_the_same_platf
     Ok(())
 }
 
-/// `curl -sk -X POST` of a JSON body (from a file, so no token reaches an argument list) to
-/// `path` on `c`: the HTTP status and the body.
-fn post_file(
-    c: &Coordinator,
-    path: &str,
-    body: &serde_json::Value,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let f = c.dir.path().join("body.json");
-    std::fs::write(&f, body.to_string())?;
-    let at = format!("@{}", f.display());
-    let out = c.curl(&[
-        "-s",
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/json",
-        "-w",
-        "\n%{http_code}",
-        "-d",
-        &at,
-        &c.url(path),
-    ])?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    Ok((
-        code.trim().parse()?,
-        serde_json::from_str(body).unwrap_or_default(),
-    ))
-}
-
 #[test]
 fn with_every_coordinator_gone_a_director_and_the_emergency_token_bring_the_platform_back() -> R {
     let mut etcd = Etcd::start(3)?;
@@ -274,7 +244,7 @@ fn with_every_coordinator_gone_a_director_and_the_emergency_token_bring_the_plat
         (&revoked, vec!["proxy"], 403, "token.revoked"),
     ] {
         let body = serde_json::json!({"token": token, "roles": roles});
-        let (got, v) = post_file(&director, "/api/v1/node/recover", &body)?;
+        let (got, v) = director.post_json("/api/v1/node/recover", &body, &[])?;
         assert_eq!(
             (got, v["errors"][0]["code"].as_str()),
             (status, Some(code)),
@@ -301,19 +271,7 @@ fn with_every_coordinator_gone_a_director_and_the_emergency_token_bring_the_plat
         .spawn()?;
     // It writes musterd's files, then waits for its coordinator; start it as musterd.service
     // would.
-    let yaml = new.path("etc/muster/musterd.yaml");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !yaml.exists() && std::time::Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    anyhow::ensure!(
-        yaml.exists(),
-        "no musterd.yaml: {:?}",
-        child.wait_with_output()?
-    );
+    let yaml = new.wait_for_musterd_yaml(&mut child)?;
     let mut c3 = Coordinator::adopt(
         &yaml,
         &new.path("var/lib/musterd"),

@@ -226,16 +226,7 @@ fn coordinators_reach_etcd_over_mutual_tls_and_refuse_to_start_without_a_client_
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let yaml = new.path("etc/muster/musterd.yaml");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !yaml.exists() && std::time::Instant::now() < deadline && child.try_wait()?.is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    anyhow::ensure!(
-        yaml.exists(),
-        "no musterd.yaml: {:?}",
-        child.wait_with_output()?
-    );
+    let yaml = new.wait_for_musterd_yaml(&mut child)?;
     let tls = etcd.dir.path().join("tls");
     for (theirs, ours, mode) in [
         ("ca.pem", "ca.pem", "644"),
