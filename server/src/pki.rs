@@ -257,11 +257,27 @@ impl CsrError {
 
 /// A CSR that passed the checks: its public key, ready to certify.
 pub struct CheckedCsr {
-    pub public_key: rcgen::PublicKey,
+    pub public_key: CsrKey,
     /// SHA-256 of the SubjectPublicKeyInfo (hex): identifies the key across retries.
     pub key_hash: String,
     /// The DER SubjectPublicKeyInfo, to check the proof of possession at commit.
     pub spki_der: Vec<u8>,
+}
+
+/// The public key of a checked CSR, ready to certify.
+pub struct CsrKey {
+    raw: Vec<u8>,
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl rcgen::PublicKeyData for CsrKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    fn algorithm(&self) -> &rcgen::SignatureAlgorithm {
+        self.alg
+    }
 }
 
 /// Checks a CSR: parses, signature, key type and size, no CA request, and SANs within
@@ -339,10 +355,26 @@ pub fn check_csr(pem: &str, allowed: &[SanType]) -> Result<CheckedCsr, CsrError>
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(&spki_der))
     };
-    let rc = rcgen::CertificateSigningRequestParams::from_der(&p.contents.clone().into())
-        .map_err(|e| CsrError::Invalid(format!("{e}")))?;
+    // What rcgen needs to certify the key, taken from the request already parsed and checked
+    // (rcgen's own CSR reader would parse it and verify its signature a second time). The
+    // algorithm is the one the request is signed with, as rcgen's reader takes it.
+    let oid: Vec<u64> = csr
+        .signature_algorithm
+        .algorithm
+        .iter()
+        .ok_or_else(|| CsrError::Invalid("odd signature algorithm".into()))?
+        .collect();
+    let alg = rcgen::SignatureAlgorithm::from_oid(&oid).map_err(|_| {
+        CsrError::KeyType(format!(
+            "signature algorithm {}",
+            csr.signature_algorithm.algorithm.to_id_string()
+        ))
+    })?;
     Ok(CheckedCsr {
-        public_key: rc.public_key,
+        public_key: CsrKey {
+            raw: spki.subject_public_key.data.to_vec(),
+            alg,
+        },
         key_hash,
         spki_der,
     })
@@ -464,6 +496,34 @@ mod tests {
         for (name, pem, want) in cases {
             assert_eq!(check_csr(&pem, &allowed).map(|_| ()), want, "case {name}");
         }
+    }
+
+    #[test]
+    fn a_certificate_certifies_the_key_its_request_holds() -> anyhow::Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let ca = Ca::generate("test CA", now)?;
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let pem = csr(vec![], false, alg);
+            let checked = check_csr(&pem, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let leaf = Leaf {
+                common_name: "n1".into(),
+                sans: vec![],
+                coordinator: false,
+                validity: Duration::days(1),
+            };
+            let signed = ca.sign(&checked.public_key, &leaf, now)?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&signed.der)?;
+            assert_eq!(
+                cert.tbs_certificate.subject_pki.raw,
+                &checked.spki_der[..],
+                "{alg:?}"
+            );
+        }
+        Ok(())
     }
 
     #[test]
