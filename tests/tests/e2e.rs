@@ -771,36 +771,48 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
 fn a_node_certificate_does_not_pass_for_a_coordinator() -> R {
     // A host's own HTTP certificate, from the same CA, served by a plain TLS server: the
     // installer must refuse it even though it chains to the pinned CA.
-    let c = Coordinator::start()?;
+    let mut c = Coordinator::start()?;
     let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     let h = Host::new("impostor")?;
     assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
-    let port = free_port();
-    let tls = h.path("etc/muster/tls");
-    let mut server = Command::new("openssl")
-        .current_dir(&tls)
-        .args([
-            "s_server",
-            "-quiet",
-            "-accept",
-            &port.to_string(),
-            "-cert",
-            "http.crt",
-            "-key",
-            "http.key",
-            "-cert_chain",
-            "http-ca.pem",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
+    // The real coordinator goes away, so the installer has nothing to fail over to.
+    c.stop();
+    // openssl takes the port a moment after free_port() gave it up; if another test's server
+    // took it first, s_server exits and another port is tried.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = free_port();
+        let mut server = Command::new("openssl")
+            .current_dir(h.path("etc/muster/tls"))
+            .args(["s_server", "-quiet", "-accept", &port.to_string()])
+            .args([
+                "-cert",
+                "http.crt",
+                "-key",
+                "http.key",
+                "-cert_chain",
+                "http-ca.pem",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut listening = false;
+        while !listening && server.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+            listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if listening && server.try_wait()?.is_none() {
+            started = Some((port, server));
+            break;
+        }
+        let _ = server.kill();
+        let _ = server.wait();
     }
+    let Some((port, mut server)) = started else {
+        anyhow::bail!("openssl s_server did not start");
+    };
     let r = Host::new("victim")?.install(&format!("127.0.0.1:{port}"), &tok, &[])?;
     let _ = server.kill();
     let _ = server.wait();
