@@ -16,7 +16,15 @@ fn musterd(args: &[&str]) -> Command {
 #[test]
 fn the_store_holds_no_secret_in_the_clear() -> R {
     let c = Coordinator::with(Opts::default())?;
-    let db = std::fs::read(c.data().join("muster.db"))?;
+    // The store is the database file and its write-ahead log: a recent write may be in either.
+    let mut db = Vec::new();
+    for name in ["muster.db", "muster.db-wal"] {
+        match std::fs::read(c.data().join(name)) {
+            Ok(bytes) => db.extend(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let text = String::from_utf8_lossy(&db);
     assert!(!text.contains("PRIVATE KEY"), "a private key in the store");
     assert!(
