@@ -70,8 +70,8 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
         CertificateDer::from(cert.der),
         CertificateDer::from(ca.cert_der.clone()),
     ];
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    // The same TLS choices as musterd's listener, so the comparison is of the work done.
+    let mut cfg = rustls::ServerConfig::builder_with_provider(musterd::serve::tls_provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(
@@ -79,6 +79,7 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    musterd::serve::tune(&mut cfg);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
 
     let pins = vec![ca.pin()];

@@ -55,6 +55,7 @@ pub struct App {
     login_failures: FailureLimiter,
     pub token_failures: FailureLimiter,
     pub verified_tokens: VerifiedTokens,
+    pub join_keys: JoinKeys,
     /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
     verified_password: Mutex<Option<String>>,
     pub clock: fn() -> u64,
@@ -136,6 +137,7 @@ impl App {
             login_failures,
             token_failures,
             verified_tokens: VerifiedTokens::default(),
+            join_keys: JoinKeys::default(),
             verified_password: Mutex::new(None),
             clock: system_now,
         })
@@ -715,6 +717,43 @@ impl VerifiedTokens {
     }
 }
 
+/// The transport keys of this coordinator's recent joins, by node id, until their reservation
+/// expires: the commit that follows (most often on the same connection) checks its proof
+/// without reading the reservation back. A node id is fresh and its key never changes, so an
+/// entry cannot go stale; a miss (another coordinator's join, a restart) reads the store.
+#[derive(Default)]
+pub struct JoinKeys(Mutex<HashMap<String, (Vec<u8>, u64)>>);
+
+/// Most keys remembered; expired ones go first, then all when it is still full.
+const JOIN_KEYS_MAX: usize = 4096;
+
+impl JoinKeys {
+    fn get(&self, node_id: &str, now: u64) -> Option<Vec<u8>> {
+        let m = self.0.lock().ok()?;
+        m.get(node_id)
+            .filter(|(_, expires_at)| *expires_at > now)
+            .map(|(spki, _)| spki.clone())
+    }
+
+    fn insert(&self, node_id: &str, spki: &[u8], expires_at: u64, now: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= JOIN_KEYS_MAX {
+                m.retain(|_, (_, e)| *e > now);
+                if m.len() >= JOIN_KEYS_MAX {
+                    m.clear();
+                }
+            }
+            m.insert(node_id.to_string(), (spki.to_vec(), expires_at));
+        }
+    }
+
+    fn forget(&self, node_id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(node_id);
+        }
+    }
+}
+
 /// Why a roles token was refused: its code, the message for the caller, and the token id it
 /// names (only a claim when the signature did not verify), for the audit log.
 pub struct Refusal {
@@ -976,6 +1015,8 @@ async fn join(
             ));
         }
     };
+    app.join_keys
+        .insert(&r.node_id, &r.spki_der, r.expires_at, now);
     Ok(Json(app.bundle(&r, now)))
 }
 
@@ -1006,11 +1047,14 @@ async fn commit(
 ) -> Result<Json<CommitReply>, ApiError> {
     let req: CommitRequest = parse_json(body)?;
     let now = app.now();
-    let spki = match app.store.reservation(&req.node_id).await? {
-        Some(r) if r.expires_at > now => r.spki_der,
-        _ => match app.store.host(&req.node_id).await? {
-            Some(h) => h.spki_der,
-            None => return Err(ApiError::new(ErrorCode::JoinUnknown, "no join reservation with that node id: it expired or never existed; run the install again")),
+    let spki = match app.join_keys.get(&req.node_id, now) {
+        Some(spki) => spki,
+        None => match app.store.reservation(&req.node_id).await? {
+            Some(r) if r.expires_at > now => r.spki_der,
+            _ => match app.store.host(&req.node_id).await? {
+                Some(h) => h.spki_der,
+                None => return Err(ApiError::new(ErrorCode::JoinUnknown, "no join reservation with that node id: it expired or never existed; run the install again")),
+            },
         },
     };
     let proof = base64::engine::general_purpose::STANDARD
@@ -1031,6 +1075,7 @@ async fn commit(
     }
     match app.store.commit(&req.node_id, now).await? {
         CommitOutcome::Committed { host, replaced } => {
+            app.join_keys.forget(&host.node_id);
             app.metrics.commits.fetch_add(1, Ordering::Relaxed);
             if let Some(old) = replaced {
                 tracing::info!(hostname = %old.host.hostname, old = %old.node_id, new = %host.node_id, "host re-enrolled; old record replaced and its certificates revoked");
@@ -1328,4 +1373,26 @@ async fn download_installer(State(app): S) -> Result<Response, ApiError> {
 async fn download_installer_sha256(State(app): S) -> Result<Response, ApiError> {
     let bytes = installer_bytes(&app).await?;
     Ok(format!("{}  muster-x86_64\n", sha256_hex(&bytes)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_keys_are_remembered_until_their_reservation_expires_and_stay_bounded() {
+        let k = JoinKeys::default();
+        k.insert("a", b"key-a", 100, 0);
+        assert_eq!(k.get("a", 99).as_deref(), Some(&b"key-a"[..]));
+        assert_eq!(k.get("a", 100), None, "expired with its reservation");
+        assert_eq!(k.get("b", 0), None);
+        k.forget("a");
+        assert_eq!(k.get("a", 0), None);
+        for i in 0..JOIN_KEYS_MAX + 10 {
+            k.insert(&format!("n{i}"), b"k", 1000, 0);
+        }
+        let len = k.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(len <= JOIN_KEYS_MAX, "{len}");
+        assert!(k.get(&format!("n{}", JOIN_KEYS_MAX + 9), 0).is_some());
+    }
 }

@@ -23,11 +23,29 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The TLS provider every listener uses: ring, with AES-128-GCM/SHA-256 first (SHA-256 runs in
+/// hardware on current x86 and ARM CPUs, SHA-384 does not), then the rest of ring's defaults.
+pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
+}
+
+/// What every listener sets on its TLS config: the server's cipher suite order, and no session
+/// tickets: nothing would use them (an installer is a new process each time; the agent builds
+/// a new client for each heartbeat, from the certificates on disk then).
+pub fn tune(cfg: &mut rustls::ServerConfig) {
+    cfg.ignore_client_order = true;
+    cfg.send_tls13_tickets = 0;
+}
+
 /// Builds the TLS config: a fresh serving certificate over the data folder's serving key, from
 /// the HTTP CA, marked as a
 /// coordinator's, naming the advertised hosts, this host, and loopback.
 pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = tls_provider();
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     if let Ok(h) = nix::unistd::gethostname() {
         names.extend(h.into_string().ok());
@@ -83,6 +101,7 @@ pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tune(&mut cfg);
     Ok(cfg)
 }
 
@@ -134,12 +153,12 @@ pub fn director_tls_config(data_dir: &std::path::Path) -> anyhow::Result<rustls:
         .with_context(|| format!("reading {}", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
     let key = PrivateKeyDer::from_pem_file(&key).with_context(|| missing(&key))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(tls_provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tune(&mut cfg);
     Ok(cfg)
 }
 

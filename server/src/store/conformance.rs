@@ -3,7 +3,7 @@
 use super::*;
 use muster_protocol::node::HostFacts;
 
-fn token(id: &str, max_uses: Option<u32>) -> TokenRecord {
+pub fn token(id: &str, max_uses: Option<u32>) -> TokenRecord {
     TokenRecord {
         id: id.into(),
         hash: "00".into(),
@@ -18,7 +18,7 @@ fn token(id: &str, max_uses: Option<u32>) -> TokenRecord {
     }
 }
 
-fn reservation(
+pub fn reservation(
     node_id: &str,
     token_id: &str,
     key: &str,

@@ -40,6 +40,7 @@ pub struct Reservation {
     /// SHA-256 (hex) of the transport key's SPKI: the same key asking again gets this back.
     pub key_hash: String,
     /// DER SPKI of the transport key, to check the commit's proof of possession.
+    #[serde(with = "der_base64")]
     pub spki_der: Vec<u8>,
     pub host: HostFacts,
     pub roles: Vec<Role>,
@@ -66,6 +67,7 @@ pub struct HostRecord {
     pub host: HostFacts,
     pub roles: Vec<Role>,
     pub pending_roles: Vec<Role>,
+    #[serde(with = "der_base64")]
     pub spki_der: Vec<u8>,
     /// Serials (hex) of its current certificates.
     pub serials: Vec<String>,
@@ -73,6 +75,42 @@ pub struct HostRecord {
     pub registered_at: u64,
     pub last_heartbeat: u64,
     pub memory_used_mb: u64,
+}
+
+/// DER bytes in a record, as base64; the array of numbers that records written by earlier
+/// versions hold reads too.
+mod der_base64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(der: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(der))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Der;
+        impl<'de> de::Visitor<'de> for Der {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("DER as base64, or as an array of bytes")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                STANDARD.decode(v).map_err(E::custom)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut der = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    der.push(b);
+                }
+                Ok(der)
+            }
+        }
+        d.deserialize_any(Der)
+    }
 }
 
 /// What [`Store::reserve`] did.
@@ -173,3 +211,38 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 pub mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(spki: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": "n", "token_id": "t",
+            "host": {"hostname": "h", "addresses": [], "memory_mb": 1, "zone": ""},
+            "roles": [], "pending_roles": [], "spki_der": spki, "serials": [],
+            "cert_not_after": 0, "registered_at": 0, "last_heartbeat": 0, "memory_used_mb": 0
+        })
+    }
+
+    #[test]
+    fn der_is_stored_as_base64_and_the_older_array_form_still_reads() -> anyhow::Result<()> {
+        let old: HostRecord = serde_json::from_value(host(serde_json::json!([48, 0, 255])))?;
+        assert_eq!(old.spki_der, vec![48, 0, 255]);
+        let written = serde_json::to_value(&old)?;
+        assert_eq!(written["spki_der"], "MAD/");
+        let back: HostRecord = serde_json::from_value(written)?;
+        assert_eq!(back, old);
+        for bad in [
+            serde_json::json!("not base64!"),
+            serde_json::json!([256]),
+            serde_json::json!(7),
+        ] {
+            assert!(
+                serde_json::from_value::<HostRecord>(host(bad.clone())).is_err(),
+                "{bad}"
+            );
+        }
+        Ok(())
+    }
+}

@@ -30,7 +30,7 @@ type Step = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Done + Send>;
 type Done = Box<dyn FnOnce(bool) + Send>;
 
 /// The schema this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub struct SqliteStore {
     steps: mpsc::Sender<Step>,
@@ -38,7 +38,15 @@ pub struct SqliteStore {
     reader: Mutex<Connection>,
     /// Lists and backups, on the blocking pool, so a long one never holds up a point read.
     lister: Arc<Mutex<Connection>>,
+    /// Dropped with the store: the checkpointer stops.
+    _stop_checkpoints: mpsc::Sender<()>,
 }
+
+/// How often the checkpointer copies the write-ahead log into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Log pages past which the writer checkpoints itself (SQLite's default is 1,000).
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -81,6 +89,18 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
     }
+    if found < 2 {
+        // Version 2: a commit flips a column instead of rewriting the reservation's record.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        tx.execute_batch(
+            "ALTER TABLE reservations ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;
+             PRAGMA user_version = 2;",
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
     Ok(())
 }
 
@@ -103,17 +123,30 @@ impl SqliteStore {
         };
         let mut writer = connect()?;
         migrate(&mut writer)?;
+        // Checkpoints run on their own thread (below), so a commit never waits for one; the
+        // writer checkpoints itself only if the log grows far past that (the checkpointer
+        // cannot keep up, or has stopped).
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(unavailable)?;
         let reader = connect()?;
         let lister = connect()?;
+        let checkpointer = connect()?;
         let (steps, queue) = mpsc::channel::<Step>();
+        let (stop, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("muster-sqlite-writer".into())
             .spawn(move || write_loop(writer, queue))
+            .map_err(unavailable)?;
+        std::thread::Builder::new()
+            .name("muster-sqlite-checkpointer".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))
             .map_err(unavailable)?;
         Ok(SqliteStore {
             steps,
             reader: Mutex::new(reader),
             lister: Arc::new(Mutex::new(lister)),
+            _stop_checkpoints: stop,
         })
     }
 
@@ -221,6 +254,17 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
     }
 }
 
+/// The checkpointer: a passive checkpoint every [`CHECKPOINT_EVERY`], which copies committed
+/// pages into the database file without holding up the writer or the readers; the log starts
+/// over once it has all been copied.
+fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "store: checkpoint failed");
+        }
+    }
+}
+
 fn get_token(tx: &Connection, id: &str) -> StoreResult<Option<TokenRecord>> {
     let s: Option<String> = tx
         .prepare_cached("SELECT json FROM tokens WHERE id = ?1")
@@ -268,13 +312,21 @@ fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult<()> {
 }
 
 fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
-    let s: Option<String> = tx
-        .prepare_cached("SELECT json FROM reservations WHERE node_id = ?1")
+    let row: Option<(String, bool)> = tx
+        .prepare_cached("SELECT json, committed FROM reservations WHERE node_id = ?1")
         .map_err(unavailable)?
-        .query_row(params![node_id], |r| r.get(0))
+        .query_row(params![node_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(unavailable)?;
-    s.map(|s| from_json(&s)).transpose()
+    row.map(reservation_of).transpose()
+}
+
+/// A reservation from its record and its `committed` column (set by a commit; a record written
+/// before schema version 2 may carry the flag itself).
+fn reservation_of((json, committed): (String, bool)) -> StoreResult<Reservation> {
+    let mut r: Reservation = from_json(&json)?;
+    r.committed |= committed;
+    Ok(r)
 }
 
 /// Every JSON record a query returns, decoded.
@@ -406,7 +458,7 @@ impl Store for SqliteStore {
                     None => CommitOutcome::Unknown,
                 })
             };
-            let Some(mut r) = get_reservation(tx, &id)? else {
+            let Some(r) = get_reservation(tx, &id)? else {
                 return already(tx);
             };
             if r.committed {
@@ -434,23 +486,22 @@ impl Store for SqliteStore {
                 None => None,
             };
             let host = HostRecord {
-                node_id: r.node_id.clone(),
-                token_id: r.token_id.clone(),
-                host: r.host.clone(),
-                roles: r.roles.clone(),
-                pending_roles: r.pending_roles.clone(),
-                spki_der: r.spki_der.clone(),
-                serials: r.serials.clone(),
+                node_id: r.node_id,
+                token_id: r.token_id,
+                host: r.host,
+                roles: r.roles,
+                pending_roles: r.pending_roles,
+                spki_der: r.spki_der,
+                serials: r.serials,
                 cert_not_after: r.cert_not_after,
                 registered_at: now,
                 last_heartbeat: now,
                 memory_used_mb: 0,
             };
             put_host(tx, &host)?;
-            r.committed = true;
-            tx.prepare_cached("UPDATE reservations SET json = ?2 WHERE node_id = ?1")
+            tx.prepare_cached("UPDATE reservations SET committed = 1 WHERE node_id = ?1")
                 .map_err(unavailable)?
-                .execute(params![id, to_json(&r)?])
+                .execute(params![id])
                 .map_err(unavailable)?;
             Ok(CommitOutcome::Committed {
                 host: Box::new(host),
@@ -462,11 +513,13 @@ impl Store for SqliteStore {
 
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
         self.tx(move |tx| {
-            let all: Vec<Reservation> = query_json(
-                tx,
-                "SELECT json FROM reservations WHERE expires_at <= ?1",
-                params![now as i64],
-            )?;
+            let all: Vec<Reservation> = tx
+                .prepare_cached("SELECT json, committed FROM reservations WHERE expires_at <= ?1")
+                .map_err(unavailable)?
+                .query_map(params![now as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?
+                .map(|row| row.map_err(unavailable).and_then(reservation_of))
+                .collect::<StoreResult<_>>()?;
             // Committed ones only had to outlive a lost answer; they just go.
             let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
                 all.into_iter().partition(|r| r.committed);
@@ -633,5 +686,67 @@ mod tests {
         let d = tempfile::tempdir()?;
         let s = super::SqliteStore::open(&d.path().join("muster.db"))?;
         crate::store::conformance::run(&s).await
+    }
+
+    /// A data folder written by schema version 1 (the committed flag inside the record, the
+    /// key as an array of numbers) opens, migrates and keeps its meaning.
+    #[tokio::test]
+    async fn a_version_1_store_migrates() -> anyhow::Result<()> {
+        use crate::store::conformance::{reservation, token};
+        use crate::store::{CommitOutcome, Store};
+        let d = tempfile::tempdir()?;
+        let path = d.path().join("muster.db");
+        {
+            let c = rusqlite::Connection::open(&path)?;
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+                 CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL);
+                 CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
+                     key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL);
+                 CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
+                 CREATE TABLE revoked (serial TEXT PRIMARY KEY);
+                 CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
+                 PRAGMA user_version = 1;",
+            )?;
+            c.execute(
+                "INSERT INTO tokens (id, json) VALUES ('t', ?1)",
+                [serde_json::to_string(&token("t", None))?],
+            )?;
+            for (id, committed) in [("done", true), ("open", false)] {
+                let mut r = serde_json::to_value(reservation(id, "t", id, id, 1000))?;
+                r["committed"] = committed.into();
+                r["spki_der"] = serde_json::json!([1, 2, 3]);
+                c.execute(
+                    "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, 't', ?1, 1000, ?2)",
+                    [id, &r.to_string()],
+                )?;
+            }
+        }
+        let s = super::SqliteStore::open(&path)?;
+        let version: i64 = s.read(|c| {
+            c.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(super::unavailable)
+        })?;
+        assert_eq!(version, super::SCHEMA_VERSION);
+        let done = s
+            .reservation("done")
+            .await?
+            .map(|r| (r.committed, r.spki_der));
+        assert_eq!(done, Some((true, vec![1, 2, 3])));
+        assert!(matches!(
+            s.commit("done", 10).await?,
+            CommitOutcome::Unknown
+        ));
+        assert!(matches!(
+            s.commit("open", 10).await?,
+            CommitOutcome::Committed { .. }
+        ));
+        assert_eq!(
+            s.reservation("open").await?.map(|r| r.committed),
+            Some(true)
+        );
+        let expired = s.expire_reservations(2000).await?;
+        assert!(expired.is_empty(), "committed reservations just go");
+        Ok(())
     }
 }
