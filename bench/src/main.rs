@@ -44,6 +44,13 @@ enum Cmd {
         /// The static installer to time one real enrollment with.
         #[arg(long)]
         installer: Option<PathBuf>,
+        /// Rounds of the 100-concurrent comparison (musterd, floor, cfssl, in turn); the
+        /// ratios are of the medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Storm only this server (muster, floor or cfssl): for profiling one of them.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Serve the floor (used by `run`).
     Floor {
@@ -66,11 +73,15 @@ fn main() -> anyhow::Result<()> {
             no_scale,
             report,
             installer,
+            rounds,
+            only,
         } => rt.block_on(run(
             quick,
             no_scale,
             report.as_deref(),
             installer.as_deref(),
+            rounds.max(1),
+            only.as_deref(),
         )),
     }
 }
@@ -88,16 +99,7 @@ impl Server {
 
     /// User plus system CPU seconds so far.
     fn cpu(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<u64> = after
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        // Fields 14 and 15 of stat; after the command name, indexes 11 and 12.
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        ticks as f64 / clock_ticks()
+        cpu_seconds(&self.pid().to_string())
     }
 
     /// Peak resident memory since the last reset, KiB.
@@ -124,6 +126,19 @@ impl Drop for Server {
     }
 }
 
+/// User plus system CPU seconds of process `pid` ("self" for this one) so far.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat; after the command name, indexes 11 and 12.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / clock_ticks()
+}
+
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -138,8 +153,12 @@ struct Row {
     target: &'static str,
     concurrency: usize,
     registered: usize,
+    /// The comparison round (1, 2, …) of a 100-concurrent storm; 0 for the others.
+    round: usize,
     run: Run,
     cpu_per: f64,
+    /// The load generator's own CPU per enrollment: it shares the machine's cores.
+    client_cpu_per: f64,
     peak_mib: f64,
 }
 
@@ -151,17 +170,22 @@ async fn measure(
     n: usize,
     registered: usize,
     prefix: &str,
+    round: usize,
 ) -> anyhow::Result<Row> {
     let work = Arc::new(load::prepare(prefix, n)?);
     server.reset_peak();
     let cpu0 = server.cpu();
+    let client0 = cpu_seconds("self");
     let run = load::storm(target, tls, concurrency, work).await;
     let cpu = server.cpu() - cpu0;
+    let client = cpu_seconds("self") - client0;
     let row = Row {
         target: server.name,
         concurrency,
         registered,
+        round,
         cpu_per: cpu / run.ok.max(1) as f64,
+        client_cpu_per: client / run.ok.max(1) as f64,
         peak_mib: server.peak_kib() as f64 / 1024.0,
         run,
     };
@@ -178,7 +202,7 @@ fn ms(d: Duration) -> f64 {
 
 fn line(r: &Row) -> String {
     format!(
-        "{:<7} {:>5} concurrent  {:>6} registered  {:>6} ok {:>3} failed  {:>7.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>6.3} ms/enrollment  peak RSS {:>6.1} MiB",
+        "{:<7} {:>5} concurrent  {:>6} registered  {:>6} ok {:>3} failed  {:>7.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>6.3} ms/enrollment (load generator {:>6.3})  peak RSS {:>6.1} MiB",
         r.target,
         r.concurrency,
         r.registered,
@@ -189,6 +213,7 @@ fn line(r: &Row) -> String {
         ms(r.run.pct(0.95)),
         ms(r.run.pct(0.99)),
         r.cpu_per * 1000.0,
+        r.client_cpu_per * 1000.0,
         r.peak_mib
     )
 }
@@ -430,36 +455,120 @@ async fn run(
     no_scale: bool,
     report: Option<&Path>,
     installer: Option<&Path>,
+    rounds: usize,
+    only: Option<&str>,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let scale = |full: usize, small: usize| if quick { small } else { full };
     // The large storms: skipped in a quick run and with --no-scale.
     let big = |full: usize| if quick || no_scale { 0 } else { full };
+    let rounds = if quick { 1 } else { rounds };
     let started = Instant::now();
     println!("machine: {}", machine());
-    let mut rows = Vec::new();
 
-    // Muster.
-    let mdir = dir.path().join("muster");
-    std::fs::create_dir_all(&mdir)?;
-    let (server, port, token) = start_musterd(&mdir).await?;
-    let claims = muster_protocol::token::inspect(&token)?;
-    let tls = load::tls(claims.pins.clone())?;
-    let target = Target::Muster {
-        base: format!("https://127.0.0.1:{port}"),
-        token: token.clone(),
+    // All three servers up at once (idle ones cost nothing), so the comparison storms can take
+    // turns: the machine's ups and downs then fall on all three alike.
+    let sub = |name: &str| -> anyhow::Result<PathBuf> {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
     };
-    let mut registered = 0usize;
-    for (c, n) in [
-        (1, scale(300, 20)),
-        (100, scale(3000, 200)),
-        (1000, big(6000)),
-    ] {
-        if n == 0 {
-            continue;
+    let (mserver, port, token) = start_musterd(&sub("muster")?).await?;
+    let claims = muster_protocol::token::inspect(&token)?;
+    let muster = (
+        Target::Muster {
+            base: format!("https://127.0.0.1:{port}"),
+            token: token.clone(),
+        },
+        load::tls(claims.pins.clone())?,
+    );
+    let (fserver, ready) = start_floor(&sub("floor")?).await?;
+    let floor = (
+        Target::Floor {
+            base: format!("https://127.0.0.1:{}", ready.port),
+            token: ready.token.clone(),
+        },
+        load::tls(ready.pins.clone())?,
+    );
+    let cfssl = match start_cfssl(&sub("cfssl")?).await? {
+        Some((server, cport, key, pins)) => Some((
+            server,
+            Target::Cfssl {
+                base: format!("https://127.0.0.1:{cport}"),
+                auth_key: key,
+            },
+            load::tls(pins)?,
+        )),
+        None => {
+            println!("cfssl is not installed (apt install golang-cfssl): no peer figures");
+            None
         }
-        rows.push(measure(&server, &target, &tls, c, n, registered, &format!("m{c}")).await?);
-        registered += rows.last().map(|r| r.run.ok).unwrap_or(0);
+    };
+    let mut servers: Vec<(&Server, &Target, &Arc<rustls::ClientConfig>)> = vec![
+        (&mserver, &muster.0, &muster.1),
+        (&fserver, &floor.0, &floor.1),
+    ];
+    if let Some((server, target, tls)) = &cfssl {
+        servers.push((server, target, tls));
+    }
+    if let Some(only) = only {
+        servers.retain(|(server, _, _)| server.name == only);
+        anyhow::ensure!(!servers.is_empty(), "--only {only}: no such server here");
+    }
+
+    let mut rows = Vec::new();
+    let mut registered = 0usize;
+    let storm = |row: Row, registered: &mut usize, rows: &mut Vec<Row>| {
+        if row.target == "muster" {
+            *registered += row.run.ok;
+        }
+        rows.push(row);
+    };
+    let n = measure(
+        &mserver,
+        &muster.0,
+        &muster.1,
+        1,
+        scale(300, 20),
+        0,
+        "m1",
+        0,
+    )
+    .await?;
+    storm(n, &mut registered, &mut rows);
+    for round in 1..=rounds {
+        for (server, target, tls) in &servers {
+            let prefix = format!("{}-r{round}", server.name);
+            let at = if server.name == "muster" {
+                registered
+            } else {
+                0
+            };
+            let n = measure(
+                server,
+                target,
+                tls,
+                100,
+                scale(3000, 200),
+                at,
+                &prefix,
+                round,
+            )
+            .await?;
+            storm(n, &mut registered, &mut rows);
+        }
+    }
+    if big(1) > 0 {
+        for (server, target, tls) in &servers {
+            let prefix = format!("{}-k", server.name);
+            let at = if server.name == "muster" {
+                registered
+            } else {
+                0
+            };
+            let n = measure(server, target, tls, 1000, 6000, at, &prefix, 0).await?;
+            storm(n, &mut registered, &mut rows);
+        }
     }
     for goal in [big(10_000), big(100_000)] {
         if goal == 0 {
@@ -467,66 +576,25 @@ async fn run(
         }
         let t0 = Instant::now();
         let more = goal.saturating_sub(registered);
-        let failed = load::fill(&target, &tls, &format!("fill{goal}"), more, 64).await;
+        let failed = load::fill(&muster.0, &muster.1, &format!("fill{goal}"), more, 64).await;
         registered += more - failed;
         println!(
             "        grew the registry to {registered} hosts in {:.0} s ({failed} failed)",
             t0.elapsed().as_secs_f64()
         );
-        rows.push(
-            measure(
-                &server,
-                &target,
-                &tls,
-                100,
-                3000,
-                registered,
-                &format!("at{goal}"),
-            )
-            .await?,
-        );
-        registered += rows.last().map(|r| r.run.ok).unwrap_or(0);
+        let prefix = format!("at{goal}");
+        let n = measure(
+            &mserver, &muster.0, &muster.1, 100, 3000, registered, &prefix, 0,
+        )
+        .await?;
+        storm(n, &mut registered, &mut rows);
     }
     let installer_times = match installer {
         Some(p) => Some(time_installer(p, port, &token)?),
         None => None,
     };
-    drop(server);
-
-    // The floor.
-    let fdir = dir.path().join("floor");
-    std::fs::create_dir_all(&fdir)?;
-    let (fserver, ready) = start_floor(&fdir).await?;
-    let ftarget = Target::Floor {
-        base: format!("https://127.0.0.1:{}", ready.port),
-        token: ready.token.clone(),
-    };
-    let ftls = load::tls(ready.pins.clone())?;
-    for (c, n) in [(100, scale(3000, 200)), (1000, big(6000))] {
-        if n > 0 {
-            rows.push(measure(&fserver, &ftarget, &ftls, c, n, 0, &format!("f{c}")).await?);
-        }
-    }
-    drop(fserver);
-
-    // cfssl.
-    let cdir = dir.path().join("cfssl");
-    std::fs::create_dir_all(&cdir)?;
-    match start_cfssl(&cdir).await? {
-        Some((cserver, cport, key, pins)) => {
-            let ctarget = Target::Cfssl {
-                base: format!("https://127.0.0.1:{cport}"),
-                auth_key: key,
-            };
-            let ctls = load::tls(pins)?;
-            for (c, n) in [(100, scale(3000, 200)), (1000, big(6000))] {
-                if n > 0 {
-                    rows.push(measure(&cserver, &ctarget, &ctls, c, n, 0, &format!("c{c}")).await?);
-                }
-            }
-        }
-        None => println!("cfssl is not installed (apt install golang-cfssl): no peer figures"),
-    }
+    drop(servers);
+    drop((mserver, fserver, cfssl));
 
     let failed: usize = rows.iter().map(|r| r.run.failed).sum();
     let summary = summarize(&rows, installer_times.as_ref());
@@ -542,11 +610,16 @@ async fn run(
     Ok(())
 }
 
-/// The throughput of the first storm of `target` at `c` concurrent installers.
+/// The throughput of `target` at `c` concurrent installers: the median of the comparison
+/// rounds at 100, the one storm at 1,000.
 fn rate_of(rows: &[Row], target: &str, c: usize) -> Option<f64> {
-    rows.iter()
-        .find(|r| r.target == target && r.concurrency == c)
+    let mut rates: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.target == target && r.concurrency == c && (c != 100 || r.round > 0))
         .map(|r| r.run.rate())
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied()
 }
 
 fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
@@ -650,17 +723,18 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
     );
     let _ = writeln!(s, "Machine: {}\n", machine());
     let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments; peak RSS is VmHWM, reset before each storm.\n");
-    let _ = writeln!(s, "| server | concurrent | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | peak RSS MiB |");
+    let _ = writeln!(s, "| server | concurrent | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | peak RSS MiB |");
     let _ = writeln!(
         s,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.1} |",
             r.target,
             r.concurrency,
+            if r.round > 0 { r.round.to_string() } else { String::new() },
             r.registered,
             r.run.ok,
             r.run.failed,
@@ -669,6 +743,7 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
             ms(r.run.pct(0.95)),
             ms(r.run.pct(0.99)),
             r.cpu_per * 1000.0,
+            r.client_cpu_per * 1000.0,
             r.peak_mib
         );
     }

@@ -55,6 +55,7 @@ pub struct App {
     login_failures: FailureLimiter,
     pub token_failures: FailureLimiter,
     pub verified_tokens: VerifiedTokens,
+    pub token_records: TokenRecords,
     pub join_keys: JoinKeys,
     /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
     verified_password: Mutex<Option<String>>,
@@ -137,6 +138,7 @@ impl App {
             login_failures,
             token_failures,
             verified_tokens: VerifiedTokens::default(),
+            token_records: TokenRecords::default(),
             join_keys: JoinKeys::default(),
             verified_password: Mutex::new(None),
             clock: system_now,
@@ -493,6 +495,7 @@ async fn delete_token(
         ));
     }
     app.store.revoke_token(&id).await?;
+    app.token_records.forget(&id);
     app.audit("revoked", Some(&id), None, Some(c.remote.ip()), None)
         .await;
     Ok(Json(serde_json::json!({})))
@@ -782,6 +785,21 @@ pub async fn verify_token(
     source: IpAddr,
     now: u64,
 ) -> Result<Result<(token::Claims, TokenRecord), Refusal>, ApiError> {
+    let (claims, hash) = match verify_signature(verify_key, verified, tok, now) {
+        Ok(x) => x,
+        Err(r) => return Ok(Err(r)),
+    };
+    let rec = store.token(&claims.sub).await?;
+    Ok(check_record(claims, rec, &hash, source, now))
+}
+
+/// The token's signature and time window; its claims and its hash.
+fn verify_signature(
+    verify_key: &[u8],
+    verified: &VerifiedTokens,
+    tok: &Secret,
+    now: u64,
+) -> Result<(token::Claims, String), Refusal> {
     let hash = sha256_hex(tok.expose().trim().as_bytes());
     let checked = match verified.get(&hash) {
         Some(c) => token::check_time(&c, now).map(|()| c),
@@ -789,14 +807,25 @@ pub async fn verify_token(
             verified.insert(hash.clone(), c.clone());
         }),
     };
-    let claims = match checked {
-        Ok(c) => c,
+    match checked {
+        Ok(c) => Ok((c, hash)),
         Err(e) => {
             // The id of a token that fails verification is only a claim; audit it as such.
             let id = token::inspect(tok.expose()).ok().map(|c| c.sub);
-            return Ok(Err(Refusal::new(e.code(), &e.to_string(), id)));
+            Err(Refusal::new(e.code(), &e.to_string(), id))
         }
-    };
+    }
+}
+
+/// The store's record of a verified token: known (by its hash), not revoked, allowed from
+/// `source`.
+fn check_record(
+    claims: token::Claims,
+    rec: Option<TokenRecord>,
+    hash: &str,
+    source: IpAddr,
+    now: u64,
+) -> Result<(token::Claims, TokenRecord), Refusal> {
     let unknown = |id: String| {
         Refusal::new(
             ErrorCode::TokenUnknown,
@@ -804,14 +833,14 @@ pub async fn verify_token(
             Some(id),
         )
     };
-    let Some(rec) = store.token(&claims.sub).await? else {
-        return Ok(Err(unknown(claims.sub)));
+    let Some(rec) = rec else {
+        return Err(unknown(claims.sub));
     };
-    if !constant_eq(&rec.hash, &hash) {
-        return Ok(Err(unknown(claims.sub)));
+    if !constant_eq(&rec.hash, hash) {
+        return Err(unknown(claims.sub));
     }
     if rec.revoked {
-        return Ok(Err(if rec.expires.is_some_and(|e| e < now) {
+        return Err(if rec.expires.is_some_and(|e| e < now) {
             Refusal::new(ErrorCode::TokenExpired, "roles token expired", Some(rec.id))
         } else {
             Refusal::new(
@@ -819,7 +848,7 @@ pub async fn verify_token(
                 "roles token was revoked",
                 Some(rec.id),
             )
-        }));
+        });
     }
     if !rec.allowed_sources.is_empty()
         && !rec
@@ -828,13 +857,52 @@ pub async fn verify_token(
             .filter_map(|s| parse_cidr(s))
             .any(|n| n.contains(&source))
     {
-        return Ok(Err(Refusal {
+        return Err(Refusal {
             code: ErrorCode::TokenSource,
             message: format!("roles token may not be used from {source}"),
             token_id: Some(rec.id),
-        }));
+        });
     }
-    Ok(Ok((claims, rec)))
+    Ok((claims, rec))
+}
+
+/// Token records a join has read lately, by token id, for [`TOKEN_RECORD_SECONDS`]: a fleet
+/// booting with one token reads its record once a few seconds, not once per host. A join's
+/// early check may so see a record up to that old; the reservation re-reads the record in
+/// its own transaction and refuses a revoked or used-up token there, so nothing is signed
+/// into the registry on a stale one. A revocation through this coordinator drops the copy at
+/// once.
+#[derive(Default)]
+pub struct TokenRecords(Mutex<HashMap<String, (TokenRecord, u64)>>);
+
+/// How long a token record read by a join is used again.
+const TOKEN_RECORD_SECONDS: u64 = 5;
+
+/// Most token records remembered; the memory is emptied when it is full.
+const TOKEN_RECORDS_MAX: usize = 1024;
+
+impl TokenRecords {
+    fn get(&self, id: &str, now: u64) -> Option<TokenRecord> {
+        let m = self.0.lock().ok()?;
+        m.get(id)
+            .filter(|(_, read)| now.saturating_sub(*read) < TOKEN_RECORD_SECONDS)
+            .map(|(rec, _)| rec.clone())
+    }
+
+    fn insert(&self, rec: &TokenRecord, now: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= TOKEN_RECORDS_MAX {
+                m.clear();
+            }
+            m.insert(rec.id.clone(), (rec.clone(), now));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(id);
+        }
+    }
 }
 
 impl App {
@@ -847,16 +915,25 @@ impl App {
         if let Some(wait) = self.token_failures.blocked(source, self.now()) {
             return Err(rate_limited(source, wait));
         }
-        match verify_token(
-            self.store.as_ref(),
-            &self.platform.verify_key,
-            &self.verified_tokens,
-            tok,
-            source,
-            self.now(),
-        )
-        .await?
-        {
+        let now = self.now();
+        let checked =
+            match verify_signature(&self.platform.verify_key, &self.verified_tokens, tok, now) {
+                Ok((claims, hash)) => {
+                    let rec = match self.token_records.get(&claims.sub, now) {
+                        Some(rec) => Some(rec),
+                        None => {
+                            let rec = self.store.token(&claims.sub).await?;
+                            if let Some(rec) = &rec {
+                                self.token_records.insert(rec, now);
+                            }
+                            rec
+                        }
+                    };
+                    check_record(claims, rec, &hash, source, now)
+                }
+                Err(r) => Err(r),
+            };
+        match checked {
             Ok(ok) => Ok(ok),
             Err(r) => Err(self.refused(r, source).await),
         }
@@ -987,17 +1064,25 @@ async fn join(
             r
         }
         ReserveOutcome::Existing(existing) => *existing,
+        // The record changed since the early check (revoked, or removed, meanwhile or on
+        // another coordinator): refused as that check would have.
         ReserveOutcome::UnknownToken => {
-            return Err(ApiError::new(
+            app.token_records.forget(&rec.id);
+            let r = Refusal::new(
                 ErrorCode::TokenUnknown,
                 "roles token is not known to this platform",
-            ))
+                Some(rec.id.clone()),
+            );
+            return Err(app.refused(r, source).await);
         }
         ReserveOutcome::Revoked => {
-            return Err(ApiError::new(
+            app.token_records.forget(&rec.id);
+            let r = Refusal::new(
                 ErrorCode::TokenRevoked,
                 "roles token was revoked",
-            ))
+                Some(rec.id.clone()),
+            );
+            return Err(app.refused(r, source).await);
         }
         ReserveOutcome::UseLimitReached => {
             app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
@@ -1378,6 +1463,47 @@ async fn download_installer_sha256(State(app): S) -> Result<Response, ApiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_records_are_used_again_for_a_few_seconds_and_forgotten_on_revocation() {
+        let rec = TokenRecord {
+            id: "t1".into(),
+            hash: "00".into(),
+            kind: TokenKind::Persistent,
+            roles: vec![Role::Allocator],
+            created: 0,
+            expires: None,
+            max_uses: None,
+            uses: 0,
+            allowed_sources: vec![],
+            revoked: false,
+        };
+        let r = TokenRecords::default();
+        r.insert(&rec, 100);
+        assert_eq!(
+            r.get("t1", 100 + TOKEN_RECORD_SECONDS - 1),
+            Some(rec.clone())
+        );
+        assert_eq!(
+            r.get("t1", 100 + TOKEN_RECORD_SECONDS),
+            None,
+            "read again after that"
+        );
+        r.insert(&rec, 200);
+        r.forget("t1");
+        assert_eq!(r.get("t1", 200), None);
+        for i in 0..TOKEN_RECORDS_MAX + 5 {
+            r.insert(
+                &TokenRecord {
+                    id: format!("t{i}"),
+                    ..rec.clone()
+                },
+                300,
+            );
+        }
+        let len = r.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(len <= TOKEN_RECORDS_MAX, "{len}");
+    }
 
     #[test]
     fn join_keys_are_remembered_until_their_reservation_expires_and_stay_bounded() {
