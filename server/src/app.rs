@@ -1017,7 +1017,9 @@ async fn join(
         .map_err(|e| ApiError::new(e.code(), format!("transport CSR: {e}")))?;
     let http = pki::check_csr(&req.http_csr, &allowed)
         .map_err(|e| ApiError::new(e.code(), format!("HTTP CSR: {e}")))?;
-    let node_id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (UUIDv7: 48 bits of milliseconds, 74 random): the registry's indexes on node
+    // id grow at their end, so a storm of joins writes a few pages per batch, not one per host.
+    let node_id = uuid::Uuid::now_v7().to_string();
     let t = time_of(now)?;
     let tcert = app.platform.transport_ca.sign(
         &transport.public_key,

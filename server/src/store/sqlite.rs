@@ -24,6 +24,9 @@ use std::sync::{mpsc, Arc, Mutex};
 /// Most steps committed together.
 pub const MAX_BATCH: usize = 256;
 
+/// How long a batch under load waits for more steps before it commits.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// A step for the writer: run inside the batch's transaction; what it returns is called with
 /// whether the batch committed.
 type Step = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Done + Send>;
@@ -239,6 +242,19 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
             match queue.try_recv() {
                 Ok(step) => done.push(step(&mut tx)),
                 Err(_) => break,
+            }
+        }
+        // Under load (more than one step was waiting), gather a little longer: a batch's pages
+        // are written and synced once however many steps share them, so fewer, larger batches
+        // write far less. A lone step (one host enrolling) commits at once.
+        if done.len() > 1 {
+            let until = std::time::Instant::now() + GATHER;
+            while done.len() < MAX_BATCH {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match queue.recv_timeout(left) {
+                    Ok(step) => done.push(step(&mut tx)),
+                    Err(_) => break,
+                }
             }
         }
         let committed = match tx.commit() {
