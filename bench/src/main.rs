@@ -162,10 +162,11 @@ struct Row {
     peak_mib: f64,
 }
 
+/// A server to storm: the process, how to talk to it, and the TLS config pinned to it.
+type Subject<'a> = (&'a Server, &'a Target, &'a Arc<rustls::ClientConfig>);
+
 async fn measure(
-    server: &Server,
-    target: &Target,
-    tls: &Arc<rustls::ClientConfig>,
+    (server, target, tls): Subject<'_>,
     concurrency: usize,
     n: usize,
     registered: usize,
@@ -504,7 +505,7 @@ async fn run(
             None
         }
     };
-    let mut servers: Vec<(&Server, &Target, &Arc<rustls::ClientConfig>)> = vec![
+    let mut servers: Vec<Subject> = vec![
         (&mserver, &muster.0, &muster.1),
         (&fserver, &floor.0, &floor.1),
     ];
@@ -525,9 +526,7 @@ async fn run(
         rows.push(row);
     };
     let n = measure(
-        &mserver,
-        &muster.0,
-        &muster.1,
+        (&mserver, &muster.0, &muster.1),
         1,
         scale(300, 20),
         0,
@@ -545,9 +544,7 @@ async fn run(
                 0
             };
             let n = measure(
-                server,
-                target,
-                tls,
+                (server, target, tls),
                 100,
                 scale(3000, 200),
                 at,
@@ -566,7 +563,7 @@ async fn run(
             } else {
                 0
             };
-            let n = measure(server, target, tls, 1000, 6000, at, &prefix, 0).await?;
+            let n = measure((server, target, tls), 1000, 6000, at, &prefix, 0).await?;
             storm(n, &mut registered, &mut rows);
         }
     }
@@ -584,7 +581,12 @@ async fn run(
         );
         let prefix = format!("at{goal}");
         let n = measure(
-            &mserver, &muster.0, &muster.1, 100, 3000, registered, &prefix, 0,
+            (&mserver, &muster.0, &muster.1),
+            100,
+            3000,
+            registered,
+            &prefix,
+            0,
         )
         .await?;
         storm(n, &mut registered, &mut rows);
