@@ -724,7 +724,7 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
         }
     );
     let _ = writeln!(s, "Machine: {}\n", machine());
-    let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments; peak RSS is VmHWM, reset before each storm.\n");
+    let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments, and so is the load generator's own (it shares the two cores); peak RSS is VmHWM, reset before each storm. The three servers run side by side and the 100-concurrent storms take turns over several rounds; the ratios are of the median rounds.\n");
     let _ = writeln!(s, "| server | concurrent | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | peak RSS MiB |");
     let _ = writeln!(
         s,
@@ -751,7 +751,8 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
     }
     let _ = writeln!(s, "\n```\n{}```", summary);
     let _ = writeln!(s, "\nReading these figures:\n");
-    let _ = writeln!(s, "- On this shared 2-core VM the same storm varies by about ±20 % from run to run; compare ratios within one run, not across runs.");
+    let _ = writeln!(s, "- On this shared 2-core VM the same storm varies by about ±20 % from minute to minute; the rounds take turns so the swings fall on all three servers alike. Compare ratios within one run, not figures across runs.");
+    let _ = writeln!(s, "- The server and the load generator share the two cores, so a target's rate is about 2 s of CPU divided by the sum of both CPU columns. What the generator spends per enrollment is part of the price: musterd's enrollment is two requests with a proof of possession signed in between, the others' one request.");
     let _ = writeln!(s, "- The latency at 1,000 concurrent installers is bound by throughput (Little's law: 1,000 in flight at ~1,000/s is ~1 s each), for the floor and cfssl as for musterd; a p99 under 100 ms there would need ~10,000 enrollments/s, which no server here reaches. What the storm shows is that nothing fails, memory stays bounded and throughput holds.");
     let _ = writeln!(s, "- musterd does more per enrollment than the floor by design: two certificates (transport and HTTP), two CSR checks, the commit's proof of possession (an ECDSA verification), the PSK, a durable reservation and a durable registration (group-committed, fsynced), and two audit events. The floor's work is one handshake, one token check, one CSR check and one signature.");
     let _ = writeln!(
