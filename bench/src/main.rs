@@ -555,41 +555,46 @@ async fn run(
             storm(n, &mut registered, &mut rows);
         }
     }
-    if big(1) > 0 {
-        for (server, target, tls) in &servers {
-            let prefix = format!("{}-k", server.name);
-            let at = if server.name == "muster" {
-                registered
-            } else {
-                0
-            };
-            let n = measure((server, target, tls), 1000, 6000, at, &prefix, 0).await?;
-            storm(n, &mut registered, &mut rows);
-        }
+    // The registry at 10,000 hosts, the 1,000-concurrent storms, the registry at 100,000.
+    enum Next {
+        Registry(usize),
+        Thousand,
     }
-    for goal in [big(10_000), big(100_000)] {
-        if goal == 0 {
-            continue;
+    for next in [
+        Next::Registry(big(10_000)),
+        Next::Thousand,
+        Next::Registry(big(100_000)),
+    ] {
+        match next {
+            Next::Thousand if big(1) > 0 => {
+                for (server, target, tls) in &servers {
+                    let prefix = format!("{}-k", server.name);
+                    let at = if server.name == "muster" {
+                        registered
+                    } else {
+                        0
+                    };
+                    let n = measure((server, target, tls), 1000, 6000, at, &prefix, 0).await?;
+                    storm(n, &mut registered, &mut rows);
+                }
+            }
+            Next::Registry(goal) if goal > 0 => {
+                let t0 = Instant::now();
+                let more = goal.saturating_sub(registered);
+                let prefix = format!("fill{goal}");
+                let failed = load::fill(&muster.0, &muster.1, &prefix, more, 64).await;
+                registered += more - failed;
+                println!(
+                    "        grew the registry to {registered} hosts in {:.0} s ({failed} failed)",
+                    t0.elapsed().as_secs_f64()
+                );
+                let prefix = format!("at{goal}");
+                let subject = (&mserver, &muster.0, &muster.1);
+                let n = measure(subject, 100, 3000, registered, &prefix, 0).await?;
+                storm(n, &mut registered, &mut rows);
+            }
+            _ => {}
         }
-        let t0 = Instant::now();
-        let more = goal.saturating_sub(registered);
-        let failed = load::fill(&muster.0, &muster.1, &format!("fill{goal}"), more, 64).await;
-        registered += more - failed;
-        println!(
-            "        grew the registry to {registered} hosts in {:.0} s ({failed} failed)",
-            t0.elapsed().as_secs_f64()
-        );
-        let prefix = format!("at{goal}");
-        let n = measure(
-            (&mserver, &muster.0, &muster.1),
-            100,
-            3000,
-            registered,
-            &prefix,
-            0,
-        )
-        .await?;
-        storm(n, &mut registered, &mut rows);
     }
     let installer_times = match installer {
         Some(p) => Some(time_installer(p, port, &token)?),

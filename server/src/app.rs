@@ -378,6 +378,51 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
         .map_err(|e| ApiError::new(ErrorCode::RequestInvalid, format!("request body: {e}")))
 }
 
+/// Middleware that refuses a request whose declared `Content-Length` is over `max` with 413,
+/// so that the client reads the 413: one that asked first (`Expect: 100-continue`) is answered
+/// before it sends the body; from one that sends it unasked, a body of up to [`DRAIN_MAX`] is
+/// read to its end and dropped first (answering and closing with the body unread would reset
+/// the connection under the client before it reads the answer). Bodies of unknown length are
+/// cut off at `max` by [`DefaultBodyLimit`]. Use with
+/// `axum::middleware::from_fn_with_state(max, refuse_declared_oversize)`.
+pub async fn refuse_declared_oversize(
+    State(max): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|n| *n > max as u64) else {
+        return next.run(req).await;
+    };
+    let asked_first = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !asked_first && declared <= DRAIN_MAX {
+        use axum::body::HttpBody;
+        let mut body = req.into_body();
+        let drain = std::future::poll_fn(|cx| loop {
+            match std::pin::Pin::new(&mut body).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(_))) => continue,
+                std::task::Poll::Ready(_) => return std::task::Poll::Ready(()),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        });
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    }
+    ApiError::new(ErrorCode::RequestTooLarge, "request body is too large").into_response()
+}
+
+/// The largest refused body read (and dropped) so that its sender gets its 413.
+const DRAIN_MAX: u64 = 1024 * 1024;
+
+/// How long a refused body may take to arrive before the connection is closed anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type S = State<Arc<App>>;
 type Conn = Extension<ConnInfo>;
 
@@ -418,6 +463,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(
+            max,
+            refuse_declared_oversize,
+        ))
         .with_state(app)
 }
 

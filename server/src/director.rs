@@ -153,6 +153,10 @@ pub fn router(d: Arc<Director>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(
+            max,
+            crate::app::refuse_declared_oversize,
+        ))
         .with_state(d)
 }
 
