@@ -8,8 +8,10 @@
 //! commits once (one fsync for the lot), and only then answers each step. So steps are
 //! serialized exactly as with one transaction each (a one-use token is spent exactly once), a
 //! step that fails rolls back its own savepoint only, nothing is acknowledged before it is on
-//! disk, and a storm of joins costs one fsync per batch rather than per step. Audit events are
-//! queued without waiting for their commit: they ride the next batch.
+//! disk, and a storm of joins costs one fsync per batch rather than per step. Under load a batch
+//! gathers for [`GATHER`] more before it commits, so it is fuller and its pages are written
+//! once for more steps. Audit events are queued without waiting for their commit: they ride
+//! the next batch. Checkpoints run on a thread of their own, out of the commits' way.
 //!
 //! Plain reads use other connections, which WAL lets read while the writer writes; they see
 //! every acknowledged step, since a step is acknowledged only once committed. Point reads (one
