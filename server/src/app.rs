@@ -745,66 +745,54 @@ fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Tokens whose signature has verified, by their SHA-256: a fleet booting with one token pays
-/// for the signature check once, not once per host. Only what the signature proves is
-/// remembered; the time window and the store's record are checked on every use.
-#[derive(Default)]
-pub struct VerifiedTokens(Mutex<HashMap<String, token::Claims>>);
+/// A bounded memory of recent answers, by key, each good until a time (unix seconds): the caches
+/// below. When it holds `MAX` entries, the ones past their time go, then all if it is still
+/// full.
+pub struct Recent<V, const MAX: usize>(Mutex<HashMap<String, (V, u64)>>);
 
-/// Most tokens remembered; the memory is emptied when it is full.
-const VERIFIED_TOKENS_MAX: usize = 1024;
+impl<V, const MAX: usize> Default for Recent<V, MAX> {
+    fn default() -> Self {
+        Recent(Mutex::new(HashMap::new()))
+    }
+}
 
-impl VerifiedTokens {
-    fn get(&self, hash: &str) -> Option<token::Claims> {
-        self.0.lock().ok()?.get(hash).cloned()
+impl<V: Clone, const MAX: usize> Recent<V, MAX> {
+    fn get(&self, key: &str, now: u64) -> Option<V> {
+        let m = self.0.lock().ok()?;
+        m.get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v.clone())
     }
 
-    fn insert(&self, hash: String, claims: token::Claims) {
+    fn insert(&self, key: &str, v: V, until: u64, now: u64) {
         if let Ok(mut m) = self.0.lock() {
-            if m.len() >= VERIFIED_TOKENS_MAX {
-                m.clear();
+            if m.len() >= MAX {
+                m.retain(|_, (_, u)| *u > now);
+                if m.len() >= MAX {
+                    m.clear();
+                }
             }
-            m.insert(hash, claims);
+            m.insert(key.to_string(), (v, until));
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(key);
         }
     }
 }
+
+/// Tokens whose signature has verified, by their SHA-256: a fleet booting with one token pays
+/// for the signature check once, not once per host. Only what the signature proves is
+/// remembered; the time window and the store's record are checked on every use.
+pub type VerifiedTokens = Recent<token::Claims, 1024>;
 
 /// The transport keys of this coordinator's recent joins, by node id, until their reservation
 /// expires: the commit that follows (most often on the same connection) checks its proof
 /// without reading the reservation back. A node id is fresh and its key never changes, so an
 /// entry cannot go stale; a miss (another coordinator's join, a restart) reads the store.
-#[derive(Default)]
-pub struct JoinKeys(Mutex<HashMap<String, (Vec<u8>, u64)>>);
-
-/// Most keys remembered; expired ones go first, then all when it is still full.
-const JOIN_KEYS_MAX: usize = 4096;
-
-impl JoinKeys {
-    fn get(&self, node_id: &str, now: u64) -> Option<Vec<u8>> {
-        let m = self.0.lock().ok()?;
-        m.get(node_id)
-            .filter(|(_, expires_at)| *expires_at > now)
-            .map(|(spki, _)| spki.clone())
-    }
-
-    fn insert(&self, node_id: &str, spki: &[u8], expires_at: u64, now: u64) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= JOIN_KEYS_MAX {
-                m.retain(|_, (_, e)| *e > now);
-                if m.len() >= JOIN_KEYS_MAX {
-                    m.clear();
-                }
-            }
-            m.insert(node_id.to_string(), (spki.to_vec(), expires_at));
-        }
-    }
-
-    fn forget(&self, node_id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(node_id);
-        }
-    }
-}
+pub type JoinKeys = Recent<Vec<u8>, 4096>;
 
 /// Why a roles token was refused: its code, the message for the caller, and the token id it
 /// names (only a claim when the signature did not verify), for the audit log.
@@ -850,10 +838,10 @@ fn verify_signature(
     now: u64,
 ) -> Result<(token::Claims, String), Refusal> {
     let hash = sha256_hex(tok.expose().trim().as_bytes());
-    let checked = match verified.get(&hash) {
+    let checked = match verified.get(&hash, now) {
         Some(c) => token::check_time(&c, now).map(|()| c),
         None => token::verify(tok.expose(), verify_key, now).inspect(|c| {
-            verified.insert(hash.clone(), c.clone());
+            verified.insert(&hash, c.clone(), u64::MAX, now);
         }),
     };
     match checked {
@@ -921,38 +909,10 @@ fn check_record(
 /// its own transaction and refuses a revoked or used-up token there, so nothing is signed
 /// into the registry on a stale one. A revocation through this coordinator drops the copy at
 /// once.
-#[derive(Default)]
-pub struct TokenRecords(Mutex<HashMap<String, (TokenRecord, u64)>>);
+pub type TokenRecords = Recent<TokenRecord, 1024>;
 
 /// How long a token record read by a join is used again.
 const TOKEN_RECORD_SECONDS: u64 = 5;
-
-/// Most token records remembered; the memory is emptied when it is full.
-const TOKEN_RECORDS_MAX: usize = 1024;
-
-impl TokenRecords {
-    fn get(&self, id: &str, now: u64) -> Option<TokenRecord> {
-        let m = self.0.lock().ok()?;
-        m.get(id)
-            .filter(|(_, read)| now.saturating_sub(*read) < TOKEN_RECORD_SECONDS)
-            .map(|(rec, _)| rec.clone())
-    }
-
-    fn insert(&self, rec: &TokenRecord, now: u64) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= TOKEN_RECORDS_MAX {
-                m.clear();
-            }
-            m.insert(rec.id.clone(), (rec.clone(), now));
-        }
-    }
-
-    fn forget(&self, id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(id);
-        }
-    }
-}
 
 impl App {
     /// Verifies a token against the signature and the store. Refusals are audited.
@@ -973,7 +933,8 @@ impl App {
                         None => {
                             let rec = self.store.token(&claims.sub).await?;
                             if let Some(rec) = &rec {
-                                self.token_records.insert(rec, now);
+                                let until = now + TOKEN_RECORD_SECONDS;
+                                self.token_records.insert(&rec.id, rec.clone(), until, now);
                             }
                             rec
                         }
@@ -1117,22 +1078,21 @@ async fn join(
         ReserveOutcome::Existing(existing) => *existing,
         // The record changed since the early check (revoked, or removed, meanwhile or on
         // another coordinator): refused as that check would have.
-        ReserveOutcome::UnknownToken => {
+        outcome @ (ReserveOutcome::UnknownToken | ReserveOutcome::Revoked) => {
             app.token_records.forget(&rec.id);
-            let r = Refusal::new(
-                ErrorCode::TokenUnknown,
-                "roles token is not known to this platform",
-                Some(rec.id.clone()),
-            );
-            return Err(app.refused(r, source).await);
-        }
-        ReserveOutcome::Revoked => {
-            app.token_records.forget(&rec.id);
-            let r = Refusal::new(
-                ErrorCode::TokenRevoked,
-                "roles token was revoked",
-                Some(rec.id.clone()),
-            );
+            let r = if matches!(outcome, ReserveOutcome::Revoked) {
+                Refusal::new(
+                    ErrorCode::TokenRevoked,
+                    "roles token was revoked",
+                    Some(rec.id),
+                )
+            } else {
+                Refusal::new(
+                    ErrorCode::TokenUnknown,
+                    "roles token is not known to this platform",
+                    Some(rec.id),
+                )
+            };
             return Err(app.refused(r, source).await);
         }
         ReserveOutcome::UseLimitReached => {
@@ -1152,7 +1112,7 @@ async fn join(
         }
     };
     app.join_keys
-        .insert(&r.node_id, &r.spki_der, r.expires_at, now);
+        .insert(&r.node_id, r.spki_der.clone(), r.expires_at, now);
     Ok(Json(app.bundle(&r, now)))
 }
 
@@ -1530,7 +1490,7 @@ mod tests {
             revoked: false,
         };
         let r = TokenRecords::default();
-        r.insert(&rec, 100);
+        r.insert("t1", rec.clone(), 100 + TOKEN_RECORD_SECONDS, 100);
         assert_eq!(
             r.get("t1", 100 + TOKEN_RECORD_SECONDS - 1),
             Some(rec.clone())
@@ -1540,36 +1500,40 @@ mod tests {
             None,
             "read again after that"
         );
-        r.insert(&rec, 200);
+        r.insert("t1", rec.clone(), 200 + TOKEN_RECORD_SECONDS, 200);
         r.forget("t1");
         assert_eq!(r.get("t1", 200), None);
-        for i in 0..TOKEN_RECORDS_MAX + 5 {
-            r.insert(
-                &TokenRecord {
-                    id: format!("t{i}"),
-                    ..rec.clone()
-                },
-                300,
-            );
-        }
-        let len = r.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
-        assert!(len <= TOKEN_RECORDS_MAX, "{len}");
     }
 
     #[test]
     fn join_keys_are_remembered_until_their_reservation_expires_and_stay_bounded() {
+        const MAX: usize = 4096;
         let k = JoinKeys::default();
-        k.insert("a", b"key-a", 100, 0);
+        k.insert("a", b"key-a".to_vec(), 100, 0);
         assert_eq!(k.get("a", 99).as_deref(), Some(&b"key-a"[..]));
         assert_eq!(k.get("a", 100), None, "expired with its reservation");
         assert_eq!(k.get("b", 0), None);
         k.forget("a");
         assert_eq!(k.get("a", 0), None);
-        for i in 0..JOIN_KEYS_MAX + 10 {
-            k.insert(&format!("n{i}"), b"k", 1000, 0);
+        for i in 0..MAX + 10 {
+            k.insert(&format!("n{i}"), b"k".to_vec(), 1000, 0);
         }
         let len = k.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
-        assert!(len <= JOIN_KEYS_MAX, "{len}");
-        assert!(k.get(&format!("n{}", JOIN_KEYS_MAX + 9), 0).is_some());
+        assert!(len <= MAX, "{len}");
+        assert!(k.get(&format!("n{}", MAX + 9), 0).is_some());
+        // When full, the entries past their time go first.
+        let k = JoinKeys::default();
+        for i in 0..MAX {
+            k.insert(
+                &format!("n{i}"),
+                b"k".to_vec(),
+                if i == 0 { 2000 } else { 10 },
+                0,
+            );
+        }
+        k.insert("new", b"k".to_vec(), 2000, 20);
+        assert!(k.get("n0", 20).is_some() && k.get("new", 20).is_some());
+        let len = k.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert_eq!(len, 2);
     }
 }

@@ -310,17 +310,9 @@ impl Coordinator {
             args.push("-d");
             args.push(b);
         }
-        let out = self.curl(&args)?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        Ok((
-            code.trim().parse().unwrap_or(0),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        ))
+        Ok(status_and_json(&self.curl(&args)?))
     }
 
-    /// Creates a token through the API with its install line
-    /// (`?install_command=true`): (token, token_id, line).
     /// POSTs `body` as JSON to `path`, unauthenticated, from a file (so a token in it never
     /// reaches an argument list); `extra` goes to curl first. The status and the parsed answer.
     pub fn post_json(
@@ -344,13 +336,7 @@ impl Coordinator {
         ]);
         let url = self.url(path);
         args.push(&url);
-        let out = self.curl(&args)?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        Ok((
-            code.trim().parse().unwrap_or(0),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        ))
+        Ok(status_and_json(&self.curl(&args)?))
     }
 
     /// How many times the token with id `id` has been used, from the API.
@@ -368,6 +354,8 @@ impl Coordinator {
             .and_then(|t| t["uses"].as_u64()))
     }
 
+    /// Creates a token through the API with its install line
+    /// (`?install_command=true`): (token, token_id, line).
     pub fn token_with_line(&self, body: &str) -> anyhow::Result<(String, String, String)> {
         let (code, v) = self.api(
             "POST",
@@ -794,4 +782,14 @@ fn make_etcd_certs(dir: &Path) -> anyhow::Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// The status and the parsed JSON answer of a curl run with `-w "\n%{http_code}"`.
+fn status_and_json(out: &Output) -> (u16, Value) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
