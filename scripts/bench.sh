@@ -2,7 +2,9 @@
 # The enrollment-storm benchmark, as docs/benchmarks.md reports it: builds musterd and the
 # benchmark in release mode and the static installer, makes sure cfssl is there (Debian's
 # golang-cfssl, the peer), runs every storm and rewrites docs/benchmarks.md. Takes a few
-# minutes; pass --no-scale to skip the 1,000-installer storms and the 100,000-host registry.
+# minutes; pass --no-scale to skip the 1,000-installer storms and the 100,000-host registry,
+# --rounds N for more (or fewer) turns of the 100-concurrent comparison (3 by default; the
+# ratios are of the medians), --only muster|floor|cfssl to storm one server (for profiling).
 set -eu
 cd "$(dirname "$0")/.."
 command -v cfssl >/dev/null 2>&1 || {
