@@ -1,27 +1,43 @@
-//! The floor: the least an enrollment server can do per request, built from the crates musterd
-//! uses. One TLS handshake (rustls), one token verification (EdDSA, `muster_protocol::token`),
-//! one CSR check (`musterd::pki::check_csr`), one certificate signature (`musterd::pki::Ca`);
-//! no store, no second certificate, no commit.
+//! The floors: the least an enrollment server can do, built from the crates musterd uses.
+//!
+//! - The floor (`POST /join`): per request one TLS handshake (rustls), one token verification
+//!   (EdDSA, `muster_protocol::token`), one CSR check (`musterd::pki::check_csr`), one
+//!   certificate signature (`musterd::pki::Ca`); no store, no second certificate, no commit.
+//! - The protocol floor (musterd's own join and commit paths): the node protocol as the design
+//!   fixes it, and nothing more: the token, two CSR checks, two signatures, the PSK, then the
+//!   commit on the same connection with its proof of possession checked. Reservations live in
+//!   memory only: no store, no audit, no token records. What musterd spends beyond it is the
+//!   price of durability and bookkeeping.
 
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::Router;
+use axum::{Json, Router};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use hyper_util::rt::TokioIo;
-use muster_protocol::node::JoinRequest;
+use muster_protocol::node::{commit_message, Bundle, CommitReply, CommitRequest, JoinRequest};
+use muster_protocol::paths;
 use muster_protocol::token::{self, Claims, TokenKind};
 use musterd::pki::{self, Ca, Leaf};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tower::ServiceExt;
 
 struct Floor {
     ca: Ca,
     verify_key: Vec<u8>,
+    /// The protocol floor's second CA (musterd signs HTTP certificates with its own).
+    http_ca: Ca,
+    /// Per-node PSKs are an HMAC of the node id under this key, as musterd makes them.
+    psk_key: ring::hmac::Key,
+    /// Joins not committed yet: node id → transport SPKI (DER). Memory only.
+    joined: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 /// What the load generator needs from a running floor.
@@ -83,9 +99,21 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
 
     let pins = vec![ca.pin()];
+    let mut psk_key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&rng, &mut psk_key)
+        .map_err(|_| anyhow::anyhow!("generating the PSK key"))?;
+    let floor = Floor {
+        ca,
+        verify_key,
+        http_ca: Ca::generate("Muster floor HTTP CA", now)?,
+        psk_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &psk_key),
+        joined: Mutex::new(HashMap::new()),
+    };
     let router = Router::new()
         .route("/join", post(join))
-        .with_state(Arc::new(Floor { ca, verify_key }));
+        .route(paths::JOIN, post(protocol_join))
+        .route(paths::COMMIT, post(protocol_commit))
+        .with_state(Arc::new(floor));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let ready = Ready {
         port: listener.local_addr()?.port(),
@@ -141,4 +169,75 @@ async fn join(State(f): State<Arc<Floor>>, body: Bytes) -> (StatusCode, String) 
         Ok(c) => (StatusCode::OK, c.pem),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "sign".into()),
     }
+}
+
+/// The protocol floor's join: what musterd's join must do by design, without a store.
+async fn protocol_join(State(f): State<Arc<Floor>>, body: Bytes) -> Result<Json<Bundle>, StatusCode> {
+    let req: JoinRequest = serde_json::from_slice(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let now = time::OffsetDateTime::now_utc();
+    let t = now.unix_timestamp() as u64;
+    let claims =
+        token::verify(req.token.expose(), &f.verify_key, t).map_err(|_| StatusCode::FORBIDDEN)?;
+    let roles = token::grant_roles(&claims, &req.roles).map_err(|_| StatusCode::FORBIDDEN)?;
+    let allowed = pki::host_sans(&req.host.hostname, &req.host.addresses);
+    let transport =
+        pki::check_csr(&req.transport_csr, &allowed).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let http = pki::check_csr(&req.http_csr, &allowed).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let node_id = uuid::Uuid::now_v7().to_string();
+    let leaf = Leaf {
+        common_name: node_id.clone(),
+        sans: allowed,
+        coordinator: false,
+        validity: time::Duration::days(90),
+    };
+    let internal = |_| StatusCode::INTERNAL_SERVER_ERROR;
+    let tcert = f.ca.sign(&transport.public_key, &leaf, now).map_err(internal)?;
+    let hcert = f.http_ca.sign(&http.public_key, &leaf, now).map_err(internal)?;
+    let psk = ring::hmac::sign(&f.psk_key, node_id.as_bytes());
+    f.joined
+        .lock()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .insert(node_id.clone(), transport.spki_der);
+    Ok(Json(Bundle {
+        node_id,
+        psk: token::Secret::new(URL_SAFE_NO_PAD.encode(psk.as_ref())),
+        roles,
+        pending_roles: vec![],
+        token_id: claims.sub,
+        transport_ca_pem: f.ca.cert_pem.clone(),
+        http_ca_pem: f.http_ca.cert_pem.clone(),
+        transport_cert_pem: tcert.pem,
+        http_cert_pem: hcert.pem,
+        coordinators: vec![],
+        remaining_seconds: 600,
+        issued_at: t,
+        cert_not_after: tcert.not_after.min(hcert.not_after),
+    }))
+}
+
+/// The protocol floor's commit: the PSK and the proof of possession of the joined key.
+async fn protocol_commit(
+    State(f): State<Arc<Floor>>,
+    body: Bytes,
+) -> Result<Json<CommitReply>, StatusCode> {
+    let req: CommitRequest = serde_json::from_slice(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let spki = f
+        .joined
+        .lock()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .remove(&req.node_id)
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let psk_ok = URL_SAFE_NO_PAD
+        .decode(req.psk.expose())
+        .is_ok_and(|tag| ring::hmac::verify(&f.psk_key, req.node_id.as_bytes(), &tag).is_ok());
+    let proof = STANDARD.decode(&req.proof).unwrap_or_default();
+    let message = commit_message(&req.node_id, req.psk.expose());
+    if !psk_ok || !pki::verify_proof(&spki, &message, &proof) {
+        return Err(StatusCode::FORBIDDEN);
+    }
+    Ok(Json(CommitReply {
+        node_id: req.node_id,
+        registered: true,
+        connected: true,
+    }))
 }

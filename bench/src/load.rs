@@ -104,8 +104,33 @@ impl Run {
     }
 }
 
-/// Runs `work.len()` enrollments with `concurrency` installers in flight.
+/// How the installers come.
+#[derive(Clone, Copy)]
+pub enum Load {
+    /// This many in flight at all times (closed loop): as one ends the next begins, so the
+    /// server always has a queue.
+    Concurrent(usize),
+    /// Each on its own schedule, at this many per second on average (open loop, exponential
+    /// gaps, as independent hosts booting): a fleet coming up over a while. Latency counts
+    /// from each host's arrival.
+    Arrivals(f64),
+}
+
+/// Runs `work.len()` enrollments, the installers coming as `load` says.
 pub async fn storm(
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    load: Load,
+    work: Arc<Vec<Prepared>>,
+) -> Run {
+    match load {
+        Load::Concurrent(c) => closed(target, tls, c, work).await,
+        Load::Arrivals(rate) => open(target, tls, rate, work).await,
+    }
+}
+
+/// `work.len()` enrollments with `concurrency` installers in flight.
+async fn closed(
     target: &Target,
     tls: &Arc<rustls::ClientConfig>,
     concurrency: usize,
@@ -148,6 +173,58 @@ pub async fn storm(
             run.failed += failed;
             if run.first_error.is_none() {
                 run.first_error = err;
+            }
+        }
+    }
+    run.wall = start.elapsed();
+    run.ok = run.latencies.len();
+    run.latencies.sort();
+    run
+}
+
+/// `work.len()` enrollments arriving at `rate` per second on average.
+async fn open(
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    rate: f64,
+    work: Arc<Vec<Prepared>>,
+) -> Run {
+    use rand::Rng;
+    let start = tokio::time::Instant::now();
+    let mut at = start;
+    let mut tasks = Vec::new();
+    let mut rng = rand::thread_rng();
+    for i in 0..work.len() {
+        // Exponential gaps: the arrivals of independent hosts (a Poisson process).
+        let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+        at += Duration::from_secs_f64(-u.ln() / rate.max(1e-9));
+        let (target, tls, work) = (target.clone(), tls.clone(), work.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let result = match work.get(i) {
+                Some(p) => once(&target, &tls, source(i), p).await,
+                None => Err(anyhow::anyhow!("no installer {i}")),
+            };
+            (at.elapsed(), result.map_err(|e| format!("{e:#}")))
+        }));
+    }
+    let mut run = Run {
+        ok: 0,
+        failed: 0,
+        first_error: None,
+        wall: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for t in tasks {
+        match t.await {
+            Ok((took, Ok(()))) => run.latencies.push(took),
+            Ok((_, Err(e))) => {
+                run.failed += 1;
+                run.first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                run.failed += 1;
+                run.first_error.get_or_insert(e.to_string());
             }
         }
     }

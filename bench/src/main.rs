@@ -3,9 +3,9 @@
 //! Starts a real `musterd` on the embedded store (SQLite, WAL, fsynced commits), then storms it
 //! with simulated installers doing the real protocol: a new TLS connection each (from its own
 //! loopback address, as separate hosts would), a real roles token, fresh keys and CSRs, join,
-//! and the commit on the join's connection. The same load generator then storms two
-//! references: the floor (see `floor.rs`) and Debian's `cfssl serve`. It prints figures and
-//! writes them to a Markdown report; it asserts nothing about time.
+//! and the commit on the join's connection. The same load generator then storms three
+//! references: the protocol floor and the floor (see `floor.rs`) and Debian's `cfssl serve`.
+//! It prints figures and writes them to a Markdown report; it asserts nothing about time.
 //!
 //! Run it with `scripts/bench.sh` (builds in release mode and writes docs/benchmarks.md).
 
@@ -14,7 +14,7 @@ mod load;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use load::{Run, Target};
+use load::{Load, Run, Target};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,7 +48,7 @@ enum Cmd {
         /// ratios are of the medians.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Storm only this server (muster, floor or cfssl): for profiling one of them.
+        /// Storm only this server (muster, protocol, floor or cfssl): for profiling one of them.
         #[arg(long)]
         only: Option<String>,
     },
@@ -151,7 +151,10 @@ fn clock_ticks() -> f64 {
 /// One measured storm: the client's view and the server's cost.
 struct Row {
     target: &'static str,
+    /// Installers in flight (closed loop); 0 for arrivals.
     concurrency: usize,
+    /// Arrivals per second (open loop); 0 for a closed loop.
+    arrivals: f64,
     registered: usize,
     /// The comparison round (1, 2, …) of a 100-concurrent storm; 0 for the others.
     round: usize,
@@ -167,7 +170,7 @@ type Subject<'a> = (&'a Server, &'a Target, &'a Arc<rustls::ClientConfig>);
 
 async fn measure(
     (server, target, tls): Subject<'_>,
-    concurrency: usize,
+    load: Load,
     n: usize,
     registered: usize,
     prefix: &str,
@@ -177,12 +180,19 @@ async fn measure(
     server.reset_peak();
     let cpu0 = server.cpu();
     let client0 = cpu_seconds("self");
-    let run = load::storm(target, tls, concurrency, work).await;
+    let run = load::storm(target, tls, load, work).await;
     let cpu = server.cpu() - cpu0;
     let client = cpu_seconds("self") - client0;
     let row = Row {
         target: server.name,
-        concurrency,
+        concurrency: match load {
+            Load::Concurrent(c) => c,
+            Load::Arrivals(_) => 0,
+        },
+        arrivals: match load {
+            Load::Concurrent(_) => 0.0,
+            Load::Arrivals(rate) => rate,
+        },
         registered,
         round,
         cpu_per: cpu / run.ok.max(1) as f64,
@@ -201,11 +211,20 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// How the installers came: "100" in flight, or "arriving at 500/s".
+fn load_of(r: &Row) -> String {
+    if r.arrivals > 0.0 {
+        format!("arriving at {:.0}/s", r.arrivals)
+    } else {
+        r.concurrency.to_string()
+    }
+}
+
 fn line(r: &Row) -> String {
     format!(
-        "{:<7} {:>5} concurrent  {:>6} registered  {:>6} ok {:>3} failed  {:>7.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>6.3} ms/enrollment (load generator {:>6.3})  peak RSS {:>6.1} MiB",
+        "{:<8} {:>20} concurrent  {:>6} registered  {:>6} ok {:>3} failed  {:>7.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>6.3} ms/enrollment (load generator {:>6.3})  peak RSS {:>6.1} MiB",
         r.target,
-        r.concurrency,
+        load_of(r),
         r.registered,
         r.run.ok,
         r.run.failed,
@@ -308,17 +327,16 @@ async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
     Ok((server, port, token))
 }
 
-async fn start_floor(dir: &Path) -> anyhow::Result<(Server, floor::Ready)> {
+/// A floor server process (`muster-storm floor`); `name` tells which of its two floors it is
+/// stormed as.
+async fn start_floor(dir: &Path, name: &'static str) -> anyhow::Result<(Server, floor::Ready)> {
     let port = free_port()?;
     let child = Command::new(std::env::current_exe()?)
         .args(["floor", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .spawn()?;
-    let server = Server {
-        child,
-        name: "floor",
-    };
+    let server = Server { child, name };
     wait_port(port).await?;
     let ready: floor::Ready = serde_json::from_slice(&std::fs::read(dir.join("ready.json"))?)?;
     Ok((server, ready))
@@ -483,7 +501,16 @@ async fn run(
         },
         load::tls(claims.pins.clone())?,
     );
-    let (fserver, ready) = start_floor(&sub("floor")?).await?;
+    // The protocol floor: musterd's protocol on the same load-generator path, nothing stored.
+    let (pserver, pready) = start_floor(&sub("protocol")?, "protocol").await?;
+    let protocol = (
+        Target::Muster {
+            base: format!("https://127.0.0.1:{}", pready.port),
+            token: pready.token.clone(),
+        },
+        load::tls(pready.pins.clone())?,
+    );
+    let (fserver, ready) = start_floor(&sub("floor")?, "floor").await?;
     let floor = (
         Target::Floor {
             base: format!("https://127.0.0.1:{}", ready.port),
@@ -507,6 +534,7 @@ async fn run(
     };
     let mut servers: Vec<Subject> = vec![
         (&mserver, &muster.0, &muster.1),
+        (&pserver, &protocol.0, &protocol.1),
         (&fserver, &floor.0, &floor.1),
     ];
     if let Some((server, target, tls)) = &cfssl {
@@ -527,7 +555,7 @@ async fn run(
     };
     let n = measure(
         (&mserver, &muster.0, &muster.1),
-        1,
+        Load::Concurrent(1),
         scale(300, 20),
         0,
         "m1",
@@ -545,7 +573,7 @@ async fn run(
             };
             let n = measure(
                 (server, target, tls),
-                100,
+                Load::Concurrent(100),
                 scale(3000, 200),
                 at,
                 &prefix,
@@ -554,6 +582,23 @@ async fn run(
             .await?;
             storm(n, &mut registered, &mut rows);
         }
+    }
+    // A fleet booting over a while rather than a crowd always in flight: 1,000 hosts arriving
+    // on their own at half the rate musterd sustained above, the same rate for every server.
+    let fleet_rate = rate_of(&rows, "muster", 100)
+        .or_else(|| rows.last().map(|r| r.run.rate()))
+        .unwrap_or(100.0)
+        * 0.5;
+    for (server, target, tls) in &servers {
+        let prefix = format!("{}-f", server.name);
+        let at = if server.name == "muster" {
+            registered
+        } else {
+            0
+        };
+        let load = Load::Arrivals(fleet_rate);
+        let n = measure((server, target, tls), load, scale(1000, 50), at, &prefix, 0).await?;
+        storm(n, &mut registered, &mut rows);
     }
     // The registry at 10,000 hosts, the 1,000-concurrent storms, the registry at 100,000.
     enum Next {
@@ -574,7 +619,8 @@ async fn run(
                     } else {
                         0
                     };
-                    let n = measure((server, target, tls), 1000, 6000, at, &prefix, 0).await?;
+                    let load = Load::Concurrent(1000);
+                    let n = measure((server, target, tls), load, 6000, at, &prefix, 0).await?;
                     storm(n, &mut registered, &mut rows);
                 }
             }
@@ -590,7 +636,8 @@ async fn run(
                 );
                 let prefix = format!("at{goal}");
                 let subject = (&mserver, &muster.0, &muster.1);
-                let n = measure(subject, 100, 3000, registered, &prefix, 0).await?;
+                let load = Load::Concurrent(100);
+                let n = measure(subject, load, 3000, registered, &prefix, 0).await?;
                 storm(n, &mut registered, &mut rows);
             }
             _ => {}
@@ -601,7 +648,7 @@ async fn run(
         None => None,
     };
     drop(servers);
-    drop((mserver, fserver, cfssl));
+    drop((mserver, pserver, fserver, cfssl));
 
     let failed: usize = rows.iter().map(|r| r.run.failed).sum();
     let summary = summarize(&rows, installer_times.as_ref());
@@ -635,7 +682,7 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
         let Some(m) = rate_of(rows, "muster", c) else {
             continue;
         };
-        for peer in ["floor", "cfssl"] {
+        for peer in ["protocol", "floor", "cfssl"] {
             if let Some(p) = rate_of(rows, peer, c) {
                 let _ = writeln!(
                     s,
@@ -644,6 +691,32 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
                 );
             }
         }
+    }
+    // The ceiling: musterd's protocol with nothing stored, against the two references.
+    if let Some(p) = rate_of(rows, "protocol", 100) {
+        for peer in ["floor", "cfssl"] {
+            if let Some(r) = rate_of(rows, peer, 100) {
+                let _ = writeln!(
+                    s,
+                    "at 100 concurrent: the protocol floor {p:.0}/s (no store) is {:.2}x {peer} ({r:.0}/s)",
+                    p / r
+                );
+            }
+        }
+    }
+    let fleet: Vec<String> = rows
+        .iter()
+        .filter(|r| r.arrivals > 0.0)
+        .map(|r| format!("{} {:.1} ms", r.target, ms(r.run.pct(0.99))))
+        .collect();
+    if let Some(r) = rows.iter().find(|r| r.arrivals > 0.0) {
+        let _ = writeln!(
+            s,
+            "{} hosts arriving at {:.0}/s, p99: {}",
+            r.run.ok + r.run.failed,
+            r.arrivals,
+            fleet.join(", ")
+        );
     }
     if let Some((times, size)) = installer {
         let _ = writeln!(
@@ -696,6 +769,24 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
         .filter(|r| r.target == "muster")
         .map(|r| r.peak_mib)
         .reduce(f64::max);
+    // Not the target's measure (that is the closed loop above), shown beside it: the same
+    // number of hosts, coming on their own at a rate the server keeps up with.
+    if let Some(fleet) = rows
+        .iter()
+        .find(|r| r.target == "muster" && r.arrivals > 0.0)
+    {
+        target(
+            &format!(
+                "p99 of {} hosts arriving at {:.0}/s (open loop)",
+                fleet.run.ok + fleet.run.failed,
+                fleet.arrivals
+            ),
+            Some(ms(fleet.run.pct(0.99))),
+            100.0,
+            false,
+            " ms",
+        );
+    }
     target("musterd peak RSS", peak, 100.0, false, " MiB");
     if let Some((times, size)) = installer {
         target(
@@ -729,7 +820,7 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
         }
     );
     let _ = writeln!(s, "Machine: {}\n", machine());
-    let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments, and so is the load generator's own (it shares the two cores); peak RSS is VmHWM, reset before each storm. The three servers run side by side and the 100-concurrent storms take turns over several rounds; the ratios are of the median rounds.\n");
+    let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` and the protocol floor it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments, and so is the load generator's own (it shares the two cores); peak RSS is VmHWM, reset before each storm. The four servers run side by side and the 100-concurrent storms take turns over several rounds; the ratios are of the median rounds.\n");
     let _ = writeln!(s, "| server | concurrent | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | peak RSS MiB |");
     let _ = writeln!(
         s,
@@ -740,7 +831,7 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
             s,
             "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.1} |",
             r.target,
-            r.concurrency,
+            load_of(r),
             if r.round > 0 { r.round.to_string() } else { String::new() },
             r.registered,
             r.run.ok,
@@ -759,7 +850,9 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
     let _ = writeln!(s, "- On this shared 2-core VM the same storm varies by about ±20 % from minute to minute; the rounds take turns so the swings fall on all three servers alike. Compare ratios within one run, not figures across runs.");
     let _ = writeln!(s, "- The server and the load generator share the two cores, so a target's rate is about 2 s of CPU divided by the sum of both CPU columns. What the generator spends per enrollment is part of the price: musterd's enrollment is two requests with a proof of possession signed in between, the others' one request.");
     let _ = writeln!(s, "- The latency at 1,000 concurrent installers is bound by throughput (Little's law: 1,000 in flight at ~1,000/s is ~1 s each), for the floor and cfssl as for musterd; a p99 under 100 ms there would need ~10,000 enrollments/s, which no server here reaches. What the storm shows is that nothing fails, memory stays bounded and throughput holds.");
+    let _ = writeln!(s, "- The rows \"arriving at …/s\" are the other way a fleet comes: 1,000 hosts each starting on its own (exponential gaps, as independent machines booting), at half the rate musterd sustained at 100 concurrent, the same rate for every server; latency counts from each host's arrival. The closed-loop rows are a crowd that never lets up; these show what each host waits when the fleet comes at a rate the server keeps up with.");
     let _ = writeln!(s, "- musterd does more per enrollment than the floor by design: two certificates (transport and HTTP), two CSR checks, the commit's proof of possession (an ECDSA verification), the PSK, a durable reservation and a durable registration (group-committed, fsynced), and two audit events. The floor's work is one handshake, one token check, one CSR check and one signature.");
+    let _ = writeln!(s, "- The protocol floor (`protocol` in the table) does what the design fixes for an enrollment and nothing else: the join (token, two CSR checks, two signatures, the PSK) and the commit on the same connection (the PSK and the proof of possession checked), with the reservation in memory. It is the ceiling for any server of this protocol built from these crates on this machine; the gap from it to musterd is the price of the durable store, the token records, the audit log and the bookkeeping.");
     let _ = writeln!(
         s,
         "- cfssl 1.2.0 signs one certificate per request and stores nothing."
