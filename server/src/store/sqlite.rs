@@ -248,12 +248,13 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
         }
         // Under load (more than one step was waiting), gather a little longer: a batch's pages
         // are written and synced once however many steps share them, so fewer, larger batches
-        // write far less. A lone step (one host enrolling) commits at once.
-        if done.len() > 1 {
-            let until = std::time::Instant::now() + GATHER;
+        // write far less. The writer sleeps through the gathering rather than waiting on the
+        // queue, so the steps queued meanwhile need not wake it one by one. A lone step (one
+        // host enrolling) commits at once.
+        if done.len() > 1 && done.len() < MAX_BATCH {
+            std::thread::sleep(GATHER);
             while done.len() < MAX_BATCH {
-                let left = until.saturating_duration_since(std::time::Instant::now());
-                match queue.recv_timeout(left) {
+                match queue.try_recv() {
                     Ok(step) => done.push(step(&mut tx)),
                     Err(_) => break,
                 }
