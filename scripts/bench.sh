@@ -1,16 +1,22 @@
 #!/bin/sh
 # The enrollment-storm benchmark, as docs/benchmarks.md reports it: builds musterd and the
-# benchmark in release mode and the static installer, makes sure cfssl is there (Debian's
-# golang-cfssl, the peer), runs every storm and rewrites docs/benchmarks.md. Takes a few
+# benchmark in release mode and the static installer, makes sure cfssl (Debian's golang-cfssl,
+# the peer) and protoc are there, runs every storm and rewrites docs/benchmarks.md. Takes a few
 # minutes; pass --no-scale to skip the 1,000-installer storms and the 100,000-host registry,
 # --rounds N for more (or fewer) turns of the 100-concurrent comparison (3 by default; the
-# ratios are of the medians), --only muster|floor|cfssl to storm one server (for profiling).
+# ratios are of the medians), --only muster|protocol|floor|cfssl to storm one server (for profiling).
 set -eu
 cd "$(dirname "$0")/.."
-command -v cfssl >/dev/null 2>&1 || {
+# cfssl is the peer; musterd's etcd client compiles etcd's protobuf files when it builds.
+need=""
+command -v cfssl >/dev/null 2>&1 || need="$need golang-cfssl"
+command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need="$need libprotobuf-dev"
+if [ -n "$need" ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-cfssl
-}
+  # shellcheck disable=SC2086 # a list of package names, split on purpose
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
+fi
 cargo build --release -p musterd -p muster-bench
 sh scripts/build-static.sh
 exec target/release/muster-storm run --report docs/benchmarks.md \
