@@ -81,6 +81,7 @@ fn source(w: usize) -> IpAddr {
 }
 
 /// What one storm measured on the client side.
+#[derive(Default)]
 pub struct Run {
     pub ok: usize,
     pub failed: usize,
@@ -91,6 +92,34 @@ pub struct Run {
 }
 
 impl Run {
+    /// Counts one installer: its latency, or why it failed.
+    fn add(&mut self, outcome: Result<Duration, String>) {
+        match outcome {
+            Ok(took) => self.latencies.push(took),
+            Err(e) => {
+                self.failed += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Adds what another part of the same storm counted.
+    fn merge(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// The storm is over after `wall`: the successes counted, their latencies sorted.
+    fn finish(mut self, wall: Duration) -> Run {
+        self.wall = wall;
+        self.ok = self.latencies.len();
+        self.latencies.sort();
+        self
+    }
+
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.wall.as_secs_f64().max(1e-9)
     }
@@ -142,44 +171,25 @@ async fn closed(
     for w in 0..concurrency.min(work.len()) {
         let (target, tls, work, next) = (target.clone(), tls.clone(), work.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut failed = 0usize;
-            let mut first_error = None;
+            let mut part = Run::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(p) = work.get(i) else { break };
                 let t0 = Instant::now();
-                match once(&target, &tls, source(w), p).await {
-                    Ok(()) => lat.push(t0.elapsed()),
-                    Err(e) => {
-                        failed += 1;
-                        first_error.get_or_insert(format!("{e:#}"));
-                    }
-                }
+                let outcome = once(&target, &tls, source(w), p).await;
+                part.add(outcome.map(|()| t0.elapsed()).map_err(|e| format!("{e:#}")));
             }
-            (lat, failed, first_error)
+            part
         }));
     }
-    let mut run = Run {
-        ok: 0,
-        failed: 0,
-        first_error: None,
-        wall: Duration::ZERO,
-        latencies: Vec::new(),
-    };
+    let mut run = Run::default();
     for t in tasks {
-        if let Ok((lat, failed, err)) = t.await {
-            run.latencies.extend(lat);
-            run.failed += failed;
-            if run.first_error.is_none() {
-                run.first_error = err;
-            }
+        match t.await {
+            Ok(part) => run.merge(part),
+            Err(e) => run.add(Err(e.to_string())),
         }
     }
-    run.wall = start.elapsed();
-    run.ok = run.latencies.len();
-    run.latencies.sort();
-    run
+    run.finish(start.elapsed())
 }
 
 /// `work.len()` enrollments arriving at `rate` per second on average.
@@ -205,33 +215,14 @@ async fn open(
                 Some(p) => once(&target, &tls, source(i), p).await,
                 None => Err(anyhow::anyhow!("no installer {i}")),
             };
-            (at.elapsed(), result.map_err(|e| format!("{e:#}")))
+            result.map(|()| at.elapsed()).map_err(|e| format!("{e:#}"))
         }));
     }
-    let mut run = Run {
-        ok: 0,
-        failed: 0,
-        first_error: None,
-        wall: Duration::ZERO,
-        latencies: Vec::new(),
-    };
+    let mut run = Run::default();
     for t in tasks {
-        match t.await {
-            Ok((took, Ok(()))) => run.latencies.push(took),
-            Ok((_, Err(e))) => {
-                run.failed += 1;
-                run.first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                run.failed += 1;
-                run.first_error.get_or_insert(e.to_string());
-            }
-        }
+        run.add(t.await.unwrap_or_else(|e| Err(e.to_string())));
     }
-    run.wall = start.elapsed();
-    run.ok = run.latencies.len();
-    run.latencies.sort();
-    run
+    run.finish(start.elapsed())
 }
 
 /// One installer: a new client (so a new connection and TLS handshake), then the requests.
