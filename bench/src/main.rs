@@ -151,10 +151,8 @@ fn clock_ticks() -> f64 {
 /// One measured storm: the client's view and the server's cost.
 struct Row {
     target: &'static str,
-    /// Installers in flight (closed loop); 0 for arrivals.
-    concurrency: usize,
-    /// Arrivals per second (open loop); 0 for a closed loop.
-    arrivals: f64,
+    /// How the installers came: so many in flight, or arriving at a rate.
+    load: Load,
     registered: usize,
     /// The comparison round (1, 2, …) of a 100-concurrent storm; 0 for the others.
     round: usize,
@@ -163,6 +161,24 @@ struct Row {
     /// The load generator's own CPU per enrollment: it shares the machine's cores.
     client_cpu_per: f64,
     peak_mib: f64,
+}
+
+impl Row {
+    /// Installers in flight, for a closed-loop storm.
+    fn in_flight(&self) -> Option<usize> {
+        match self.load {
+            Load::Concurrent(c) => Some(c),
+            Load::Arrivals(_) => None,
+        }
+    }
+
+    /// Arrivals per second, for an open-loop storm.
+    fn arrivals(&self) -> Option<f64> {
+        match self.load {
+            Load::Arrivals(rate) => Some(rate),
+            Load::Concurrent(_) => None,
+        }
+    }
 }
 
 /// A server to storm: the process, how to talk to it, and the TLS config pinned to it.
@@ -185,14 +201,7 @@ async fn measure(
     let client = cpu_seconds("self") - client0;
     let row = Row {
         target: server.name,
-        concurrency: match load {
-            Load::Concurrent(c) => c,
-            Load::Arrivals(_) => 0,
-        },
-        arrivals: match load {
-            Load::Concurrent(_) => 0.0,
-            Load::Arrivals(rate) => rate,
-        },
+        load,
         registered,
         round,
         cpu_per: cpu / run.ok.max(1) as f64,
@@ -213,18 +222,20 @@ fn ms(d: Duration) -> f64 {
 
 /// How the installers came: "100" in flight, or "arriving at 500/s".
 fn load_of(r: &Row) -> String {
-    if r.arrivals > 0.0 {
-        format!("arriving at {:.0}/s", r.arrivals)
-    } else {
-        r.concurrency.to_string()
+    match r.load {
+        Load::Concurrent(c) => c.to_string(),
+        Load::Arrivals(rate) => format!("arriving at {rate:.0}/s"),
     }
 }
 
 fn line(r: &Row) -> String {
     format!(
-        "{:<8} {:>20} concurrent  {:>6} registered  {:>6} ok {:>3} failed  {:>7.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>6.3} ms/enrollment (load generator {:>6.3})  peak RSS {:>6.1} MiB",
+        "{:<8} {:>20}  {:>6} registered  {:>6} ok {:>3} failed  {:>7.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>6.3} ms/enrollment (load generator {:>6.3})  peak RSS {:>6.1} MiB",
         r.target,
-        load_of(r),
+        match r.load {
+            Load::Concurrent(c) => format!("{c} concurrent"),
+            Load::Arrivals(_) => load_of(r),
+        },
         r.registered,
         r.run.ok,
         r.run.failed,
@@ -669,7 +680,7 @@ async fn run(
 fn rate_of(rows: &[Row], target: &str, c: usize) -> Option<f64> {
     let mut rates: Vec<f64> = rows
         .iter()
-        .filter(|r| r.target == target && r.concurrency == c && (c != 100 || r.round > 0))
+        .filter(|r| r.target == target && r.in_flight() == Some(c) && (c != 100 || r.round > 0))
         .map(|r| r.run.rate())
         .collect();
     rates.sort_by(f64::total_cmp);
@@ -706,15 +717,15 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
     }
     let fleet: Vec<String> = rows
         .iter()
-        .filter(|r| r.arrivals > 0.0)
+        .filter(|r| r.arrivals().is_some())
         .map(|r| format!("{} {:.1} ms", r.target, ms(r.run.pct(0.99))))
         .collect();
-    if let Some(r) = rows.iter().find(|r| r.arrivals > 0.0) {
+    if let Some((r, rate)) = rows.iter().find_map(|r| Some((r, r.arrivals()?))) {
         let _ = writeln!(
             s,
             "{} hosts arriving at {:.0}/s, p99: {}",
             r.run.ok + r.run.failed,
-            r.arrivals,
+            rate,
             fleet.join(", ")
         );
     }
@@ -756,7 +767,7 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
     );
     let at_1000 = rows
         .iter()
-        .find(|r| r.target == "muster" && r.concurrency == 1000);
+        .find(|r| r.target == "muster" && r.in_flight() == Some(1000));
     target(
         "p99 at 1,000 concurrent",
         at_1000.map(|r| ms(r.run.pct(0.99))),
@@ -771,15 +782,16 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
         .reduce(f64::max);
     // Not the target's measure (that is the closed loop above), shown beside it: the same
     // number of hosts, coming on their own at a rate the server keeps up with.
-    if let Some(fleet) = rows
+    if let Some((fleet, rate)) = rows
         .iter()
-        .find(|r| r.target == "muster" && r.arrivals > 0.0)
+        .filter(|r| r.target == "muster")
+        .find_map(|r| Some((r, r.arrivals()?)))
     {
         target(
             &format!(
                 "p99 of {} hosts arriving at {:.0}/s (open loop)",
                 fleet.run.ok + fleet.run.failed,
-                fleet.arrivals
+                rate
             ),
             Some(ms(fleet.run.pct(0.99))),
             100.0,
@@ -821,7 +833,7 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
     );
     let _ = writeln!(s, "Machine: {}\n", machine());
     let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` and the protocol floor it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments, and so is the load generator's own (it shares the two cores); peak RSS is VmHWM, reset before each storm. The four servers run side by side and the 100-concurrent storms take turns over several rounds; the ratios are of the median rounds.\n");
-    let _ = writeln!(s, "| server | concurrent | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | peak RSS MiB |");
+    let _ = writeln!(s, "| server | concurrent (or arriving) | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | peak RSS MiB |");
     let _ = writeln!(
         s,
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
