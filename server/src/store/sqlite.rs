@@ -26,8 +26,11 @@ use std::sync::{mpsc, Arc, Mutex};
 /// Most steps committed together.
 pub const MAX_BATCH: usize = 256;
 
-/// How long a batch under load waits for more steps before it commits.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a batch under load waits for more steps before it commits. Measured in storms of
+/// 100 installers (interleaved A/B runs): 5 ms costs about 9 % less server CPU per enrollment
+/// than 2 ms; 10 ms saves about 5 % more, but each step of a fleet arriving at a moderate rate
+/// then waits up to 10 ms.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A step for the writer: run inside the batch's transaction; what it returns is called with
 /// whether the batch committed.
