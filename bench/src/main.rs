@@ -687,6 +687,24 @@ fn rate_of(rows: &[Row], target: &str, c: usize) -> Option<f64> {
     rates.get(rates.len() / 2).copied()
 }
 
+/// The ratio of `a`'s throughput to `b`'s in each comparison round at 100 concurrent, as
+/// text ("; rounds 0.73, 0.70, 0.68"): how far the swings of the machine move the ratio.
+fn round_ratios(rows: &[Row], a: &str, b: &str) -> String {
+    let rate = |target: &str, round: usize| {
+        rows.iter()
+            .find(|r| r.target == target && r.round == round && r.in_flight() == Some(100))
+            .map(|r| r.run.rate())
+    };
+    let ratios: Vec<String> = (1..)
+        .map_while(|round| Some((rate(a, round)?, rate(b, round)?)))
+        .map(|(x, y)| format!("{:.2}", x / y))
+        .collect();
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    format!("; rounds {}", ratios.join(", "))
+}
+
 fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
     let mut s = String::new();
     for c in [100, 1000] {
@@ -695,9 +713,14 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
         };
         for peer in ["protocol", "floor", "cfssl"] {
             if let Some(p) = rate_of(rows, peer, c) {
+                let rounds = if c == 100 {
+                    round_ratios(rows, "muster", peer)
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     s,
-                    "at {c} concurrent: muster {m:.0}/s is {:.2}x {peer} ({p:.0}/s)",
+                    "at {c} concurrent: muster {m:.0}/s is {:.2}x {peer} ({p:.0}/s){rounds}",
                     m / p
                 );
             }
@@ -709,8 +732,9 @@ fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
             if let Some(r) = rate_of(rows, peer, 100) {
                 let _ = writeln!(
                     s,
-                    "at 100 concurrent: the protocol floor {p:.0}/s (no store) is {:.2}x {peer} ({r:.0}/s)",
-                    p / r
+                    "at 100 concurrent: the protocol floor {p:.0}/s (no store) is {:.2}x {peer} ({r:.0}/s){}",
+                    p / r,
+                    round_ratios(rows, "protocol", peer)
                 );
             }
         }
@@ -832,7 +856,7 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
         }
     );
     let _ = writeln!(s, "Machine: {}\n", machine());
-    let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` and the protocol floor it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments, and so is the load generator's own (it shares the two cores); peak RSS is VmHWM, reset before each storm. The four servers run side by side and the 100-concurrent storms take turns over several rounds; the ratios are of the median rounds.\n");
+    let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` and the protocol floor it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments, and so is the load generator's own (it shares the two cores); peak RSS is VmHWM, reset before each storm. The four servers run side by side and the 100-concurrent storms take turns over several rounds; the ratios are of the median rounds, and each ratio line also gives the ratio within every round, so the machine's swings show.\n");
     let _ = writeln!(s, "| server | concurrent (or arriving) | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | peak RSS MiB |");
     let _ = writeln!(
         s,
