@@ -3,7 +3,7 @@
 # benchmark in release mode and the static installer, makes sure cfssl (Debian's golang-cfssl,
 # the peer) and protoc are there, runs every storm and rewrites docs/benchmarks.md. Takes a few
 # minutes; pass --no-scale to skip the 1,000-installer storms and the 100,000-host registry,
-# --rounds N for more (or fewer) turns of the 100-concurrent comparison (3 by default; the
+# --rounds N for more (or fewer) turns of the 100-concurrent comparison (5 by default; the
 # ratios are of the medians), --only muster|protocol|floor|cfssl to storm one server (for profiling).
 set -eu
 cd "$(dirname "$0")/.."

@@ -44,9 +44,9 @@ enum Cmd {
         /// The static installer to time one real enrollment with.
         #[arg(long)]
         installer: Option<PathBuf>,
-        /// Rounds of the 100-concurrent comparison (musterd, floor, cfssl, in turn); the
-        /// ratios are of the medians.
-        #[arg(long, default_value_t = 3)]
+        /// Rounds of the 100-concurrent comparison (musterd, the protocol floor, the floor and
+        /// cfssl in turn); the ratios are of the medians.
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Storm only this server (muster, protocol, floor or cfssl): for profiling one of them.
         #[arg(long)]
