@@ -610,8 +610,8 @@ pub fn write_certs(root: &Path, o: &Owners, b: &Certs, tkey: &Key) -> Result<Vec
 
 /// PBKDF iterations for the PKCS#12 stores: OpenSSL's long-standing default. The keystore's
 /// password is 192 random bits, so stretching it further protects nothing (no one can guess it
-/// however cheap a guess is), and the truststore's is public; the crate's default of 10,000 cost
-/// an enrollment 12–15 ms of the installer's 35–50 on loopback.
+/// however cheap a guess is), and the truststore's is public. The crate's default of 10,000 cost
+/// every enrollment 12–15 ms (one took 35–50 ms on loopback then, about 20 now).
 const P12_ITERATIONS: u64 = 2048;
 
 /// The PKCS#12 keystore (transport key and chain), its password file, and the truststore.
@@ -639,24 +639,21 @@ fn write_keystores(root: &Path, o: &Owners, b: &Certs, tkey: &Key) -> Result<Vec
             vec![leaf, ca.clone()],
         )),
     );
-    let p12 = Zeroizing::new(
-        ks.writer(&password)
+    let write = |store: &KeyStore, password: &str| {
+        store
+            .writer(password)
             .encryption_iterations(P12_ITERATIONS)
             .mac_iterations(P12_ITERATIONS)
             .write()
-            .map_err(bad)?,
-    );
+            .map_err(bad)
+    };
+    let p12 = Zeroizing::new(write(&ks, &password)?);
     let mut ts = KeyStore::new();
     ts.add_entry("transport-ca", KeyStoreEntry::Certificate(ca));
     ts.add_entry("http-ca", KeyStoreEntry::Certificate(http_ca));
     // A truststore holds only public certificates; its password is a well-known one, as Java's
     // `changeit`, so any tool can open it.
-    let trust = ts
-        .writer("changeit")
-        .encryption_iterations(P12_ITERATIONS)
-        .mac_iterations(P12_ITERATIONS)
-        .write()
-        .map_err(bad)?;
+    let trust = write(&ts, "changeit")?;
     let mut out = Vec::new();
     for (f, content) in [
         (File::KeystorePassword, password.as_bytes()),
