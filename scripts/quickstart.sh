@@ -26,11 +26,14 @@ until curl -sf --cacert "$DIR/data/ca.pem" "https://127.0.0.1:$PORT/healthz" >/d
   i=$((i + 1)); [ "$i" -lt 100 ] || { cat "$DIR/musterd.log" >&2; exit 1; }; sleep 0.1
 done
 
-# The admin password lives in bootstrap-secrets.json (0600); read it without printing it.
+# The admin password lives in bootstrap-secrets.json (0600). Copy it into a curl config file
+# (0600 too) without printing it, so that it never shows in a process list as `-u admin:…` would.
 pass=$(sed -n 's/.*"admin_password": "\([^"]*\)".*/\1/p' "$DIR/data/bootstrap-secrets.json")
+(umask 077 && printf 'user = "admin:%s"\n' "$pass" > "$DIR/admin.curl")
+unset pass
 
 echo "== roles token for allocators (POST .../enrollment-tokens, as in ECE)"
-curl -sf --cacert "$DIR/data/ca.pem" -u "admin:$pass" -H 'Content-Type: application/json' \
+curl -sf --cacert "$DIR/data/ca.pem" -K "$DIR/admin.curl" -H 'Content-Type: application/json' \
   "https://127.0.0.1:$PORT/api/v1/platform/configuration/security/enrollment-tokens" \
   -d '{ "persistent": false, "roles": [ "allocator"] }' > "$DIR/token.json"
 chmod 600 "$DIR/token.json"
@@ -48,6 +51,6 @@ echo "== files written"
 find "$DIR/host/etc/muster" "$DIR/host/var/lib/muster" -exec stat -c '%u:%g %a %n' {} +
 
 echo "== the allocator list"
-curl -sf --cacert "$DIR/data/ca.pem" -u "admin:$pass" "https://127.0.0.1:$PORT/api/v1/platform/infrastructure/allocators"
+curl -sf --cacert "$DIR/data/ca.pem" -K "$DIR/admin.curl" "https://127.0.0.1:$PORT/api/v1/platform/infrastructure/allocators"
 echo
 echo "== done; everything is under $DIR (the coordinator stops now)"
