@@ -893,5 +893,6 @@ fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
         s,
         "- cfssl 1.2.0 signs one certificate per request and stores nothing."
     );
+    let _ = writeln!(s, "- Where each server's CPU goes (P-256 and X25519 arithmetic, the kernel, SQLite, HTTP, …): `sh scripts/profile.sh [muster|protocol|floor|generator]` samples one of them with perf during these storms.");
     s
 }
