@@ -117,6 +117,12 @@ impl Key {
         rcgen::KeyPair::from_pem(&pem).ok().map(|pair| Key { pair })
     }
 
+    pub fn from_pem(pem: &str) -> Result<Key> {
+        rcgen::KeyPair::from_pem(pem)
+            .map(|pair| Key { pair })
+            .map_err(|e| Failure::new(Exit::Other, format!("reading a saved key: {e}")))
+    }
+
     pub fn pem(&self) -> Zeroizing<String> {
         Zeroizing::new(self.pair.serialize_pem())
     }
@@ -197,6 +203,22 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     let mut p = Progress::new(s.output);
     let root = s.root.as_path();
 
+    // An enrolled host needs nothing from the token: a re-run (say, a reboot before the
+    // enrollment unit removed its settings) says so and succeeds, even with an expired token.
+    if !s.force {
+        if let Some(st) = read_state(root)?.filter(|st| st.stage == Stage::Committed) {
+            p.step("already enrolled: nothing to do (use --force to enroll again)");
+            return Ok(Outcome {
+                result: "already_enrolled",
+                node_id: st.node_id.clone(),
+                roles: st.roles.clone(),
+                pending_roles: st.pending_roles.clone(),
+                coordinator: st.coordinators.first().cloned(),
+                files: vec![],
+            });
+        }
+    }
+
     p.step("checking the roles token");
     let claims = token::inspect(&s.token).map_err(|e| {
         Failure::new(
@@ -259,19 +281,6 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     let owners = crate::owner::resolve(root, &s.owner, e, g)?;
 
     let state = read_state(root)?;
-    if let Some(st) = &state {
-        if st.stage == Stage::Committed && !s.force {
-            p.step("already enrolled: nothing to do (use --force to enroll again)");
-            return Ok(Outcome {
-                result: "already_enrolled",
-                node_id: st.node_id.clone(),
-                roles: st.roles.clone(),
-                pending_roles: st.pending_roles.clone(),
-                coordinator: st.coordinators.first().cloned(),
-                files: vec![],
-            });
-        }
-    }
 
     if s.dry_run {
         p.step("dry run: this is what would be written (nothing is)");
@@ -302,6 +311,9 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     p.step("preparing keys on this host");
     for (dir, perms) in layout::dirs(root, &owners) {
         ensure_dir(&dir, perms)?;
+    }
+    let _lock = layout::lock(root)?;
+    for (dir, _) in layout::dirs(root, &owners) {
         remove_stale_temporaries(&dir);
     }
     // Reuse the keys of an unfinished run so a retried join is recognized; new keys otherwise.
@@ -499,6 +511,20 @@ pub fn hook_env(root: &Path, st: &State) -> Vec<(&'static str, String)> {
 
 /// Checks that the bundle's certificates are for our keys and chain to the CAs it names.
 fn check_bundle(b: &Bundle, tkey: &Key, hkey: &Key) -> Result<()> {
+    check_certs(
+        &Certs {
+            transport_ca_pem: &b.transport_ca_pem,
+            http_ca_pem: &b.http_ca_pem,
+            transport_cert_pem: &b.transport_cert_pem,
+            http_cert_pem: &b.http_cert_pem,
+        },
+        tkey,
+        hkey,
+    )
+}
+
+/// Each certificate is for its key and signed by its CA.
+pub fn check_certs(b: &Certs, tkey: &Key, hkey: &Key) -> Result<()> {
     let check = |pem: &str, ca_pem: &str, key: &Key, what: &str| -> Result<()> {
         let bad = |why: &str| {
             Failure::new(
@@ -519,13 +545,8 @@ fn check_bundle(b: &Bundle, tkey: &Key, hkey: &Key) -> Result<()> {
             .map_err(|_| bad("it is not signed by the platform's CA"))?;
         Ok(())
     };
-    check(
-        &b.transport_cert_pem,
-        &b.transport_ca_pem,
-        tkey,
-        "transport",
-    )?;
-    check(&b.http_cert_pem, &b.http_ca_pem, hkey, "HTTP")
+    check(b.transport_cert_pem, b.transport_ca_pem, tkey, "transport")?;
+    check(b.http_cert_pem, b.http_ca_pem, hkey, "HTTP")
 }
 
 fn pem_der(pem: &str) -> Result<Vec<u8>> {
@@ -614,16 +635,31 @@ pub fn write_certs(root: &Path, o: &Owners, b: &Certs, tkey: &Key) -> Result<Vec
 /// every enrollment 12–15 ms (one took 35–50 ms on loopback then, about 20 now).
 const P12_ITERATIONS: u64 = 2048;
 
+/// The keystore password already on the host, if it is one Muster wrote (32 characters of
+/// URL-safe base64).
+fn kept_keystore_password(root: &Path) -> Option<Zeroizing<String>> {
+    let p = Zeroizing::new(std::fs::read_to_string(File::KeystorePassword.path(root)).ok()?);
+    let ok = p.len() == 32
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| Zeroizing::new(p.to_string()))
+}
+
 /// The PKCS#12 keystore (transport key and chain), its password file, and the truststore.
 fn write_keystores(root: &Path, o: &Owners, b: &Certs, tkey: &Key) -> Result<Vec<String>> {
     use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKeyChain};
     let bad = |e: p12_keystore::error::Error| {
         Failure::new(Exit::Other, format!("building a PKCS#12 store: {e}"))
     };
-    let password = {
-        let mut b = [0u8; 24];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut b);
-        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    // A renewal or a new enrollment keeps the keystore's password, so a program holding it
+    // opens the new keystore too, and the two files never disagree while they are rewritten.
+    let password = match kept_keystore_password(root) {
+        Some(p) => p,
+        None => {
+            let mut b = [0u8; 24];
+            rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+            Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+        }
     };
     let leaf = Certificate::from_der(&pem_der(b.transport_cert_pem)?).map_err(bad)?;
     let ca = Certificate::from_der(&pem_der(b.transport_ca_pem)?).map_err(bad)?;

@@ -19,6 +19,8 @@ pub enum File {
     KeystorePassword,
     Truststore,
     State,
+    /// A renewal answered but not yet written out (see `node::renew`); not part of an install.
+    Renewal,
 }
 
 /// Which user a file belongs to.
@@ -60,6 +62,7 @@ impl File {
             File::KeystorePassword => "etc/muster/tls/node.p12.password",
             File::Truststore => "etc/muster/tls/truststore.p12",
             File::State => "var/lib/muster/enrollment.json",
+            File::Renewal => "var/lib/muster/renewal.json",
         }
     }
 
@@ -74,7 +77,7 @@ impl File {
             File::NodeKey | File::HttpKey | File::Keystore | File::KeystorePassword => {
                 (Who::Service, 0o600)
             }
-            File::State => (Who::Root, 0o600),
+            File::State | File::Renewal => (Who::Root, 0o600),
         }
     }
 
@@ -117,6 +120,34 @@ pub fn dirs(root: &Path, o: &Owners) -> Vec<(PathBuf, Perms)> {
     ]
 }
 
+/// One writing command at a time on a host: `install`, `renew`, `leave` and each round of the
+/// agent hold this lock on `var/lib/muster/.lock` while they work, so a renewal by hand and the
+/// agent's own never interleave their files, and an install does not sweep away another
+/// command's temporary files. Released when dropped (or when the process dies).
+pub struct HostLock(#[allow(dead_code)] std::fs::File);
+
+/// Waits for and takes the [`HostLock`]. `var/lib/muster` must exist.
+pub fn lock(root: &Path) -> crate::exit::Result<HostLock> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join("var/lib/muster/.lock");
+    let failed = |what: &str, e: std::io::Error| {
+        crate::exit::Failure::new(
+            crate::exit::Exit::LocalWrite,
+            format!("{what} {}: {e}", path.display()),
+        )
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)
+        .map_err(|e| failed("opening the lock", e))?;
+    f.lock().map_err(|e| failed("locking", e))?;
+    Ok(HostLock(f))
+}
+
 /// The hook folders, run in name order.
 pub fn hook_dir(root: &Path, phase: &str) -> PathBuf {
     root.join("etc/muster/hooks.d").join(phase)
@@ -146,7 +177,7 @@ mod tests {
             uid: 990,
             gid: 985,
         };
-        for f in File::ALL {
+        for f in File::ALL.into_iter().chain([File::Renewal]) {
             let p = f.perms(&o);
             let secret = matches!(
                 f,
@@ -155,6 +186,7 @@ mod tests {
                     | File::Keystore
                     | File::KeystorePassword
                     | File::State
+                    | File::Renewal
             );
             assert_eq!(p.mode & 0o077 == 0, secret, "{f:?} mode {:o}", p.mode);
             if matches!(

@@ -34,8 +34,12 @@ fn owners_on_disk(root: &Path) -> Result<Owners> {
             format!("reading {}: {e}", File::NodeKey.path(root).display()),
         )
     })?;
-    let st = std::fs::metadata(File::State.path(root))
-        .map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?;
+    let st = std::fs::metadata(File::State.path(root)).map_err(|e| {
+        Failure::new(
+            Exit::NotEnrolled,
+            format!("reading {}: {e}", File::State.path(root).display()),
+        )
+    })?;
     Ok(Owners {
         root_uid: st.uid(),
         root_gid: st.gid(),
@@ -44,16 +48,27 @@ fn owners_on_disk(root: &Path) -> Result<Owners> {
     })
 }
 
-fn cert_not_after(path: &Path) -> Option<i64> {
+/// A certificate file's validity: not before, not after (seconds since the epoch).
+fn cert_validity(path: &Path) -> Option<(i64, i64)> {
     let pem = std::fs::read(path).ok()?;
     let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
     let c = p.parse_x509().ok()?;
-    Some(c.validity().not_after.timestamp())
+    Some((
+        c.validity().not_before.timestamp(),
+        c.validity().not_after.timestamp(),
+    ))
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` has less than a third of its
+/// life left at `now`: the agent renews it then.
+fn due_for_renewal(not_before: i64, not_after: i64, now: i64) -> bool {
+    let life = not_after.saturating_sub(not_before);
+    not_after.saturating_sub(now) < life / 3
 }
 
 pub fn status(a: &CommonArgs) -> Result<serde_json::Value> {
     let st = enrolled(&a.root)?;
-    let expiry = cert_not_after(&File::NodeCert.path(&a.root));
+    let expiry = cert_validity(&File::NodeCert.path(&a.root)).map(|(_, na)| na);
     let v = serde_json::json!({
         "enrolled": true,
         "node_id": st.node_id,
@@ -76,7 +91,7 @@ pub fn status(a: &CommonArgs) -> Result<serde_json::Value> {
         if let Some(e) = expiry {
             eprintln!(
                 "certificate expires: {e} (unix), in {} days",
-                (e - now() as i64) / 86400
+                e.saturating_sub(now() as i64) / 86400
             );
         }
         eprintln!(
@@ -120,24 +135,137 @@ pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
 }
 
 fn client(root: &Path, st: &State, timeout: std::time::Duration) -> Result<Client> {
-    let ca = std::fs::read(File::HttpCa.path(root))
-        .map_err(|e| Failure::new(Exit::NotEnrolled, format!("reading the CA: {e}")))?;
-    let pin = muster_protocol::cert::pem_to_der(&ca)
-        .and_then(|der| muster_protocol::cert::spki_pin_of_cert(&der))
-        .ok_or_else(|| Failure::new(Exit::Other, "the saved HTTP CA is not a PEM certificate"))?;
+    let read = |f: File| {
+        std::fs::read_to_string(f.path(root)).map_err(|e| {
+            Failure::new(
+                Exit::NotEnrolled,
+                format!("reading {}: {e}", f.path(root).display()),
+            )
+        })
+    };
+    let pin = pin_of_pem(read(File::HttpCa)?.as_bytes()).ok_or_else(|| {
+        Failure::new(
+            Exit::Other,
+            format!(
+                "{} is not a PEM certificate",
+                File::HttpCa.path(root).display()
+            ),
+        )
+    })?;
     let id = ClientIdentity {
-        cert_pem: std::fs::read_to_string(File::NodeCert.path(root))
-            .map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?,
-        key_pem: zeroize::Zeroizing::new(
-            std::fs::read_to_string(File::NodeKey.path(root))
-                .map_err(|e| Failure::new(Exit::NotEnrolled, e.to_string()))?,
-        ),
+        cert_pem: read(File::NodeCert)?,
+        key_pem: zeroize::Zeroizing::new(read(File::NodeKey)?),
     };
     Client::new(st.coordinators.clone(), vec![pin], Some(&id), timeout)
 }
 
+/// A renewal the coordinator has answered, kept in `var/lib/muster/renewal.json` (root, 0600)
+/// until every file it brings is written. The coordinator keeps the pair a host renewed with
+/// valid until the host's next renewal, so until this file is on disk the old files still work;
+/// once it is, the next command finishes it ([`finish_renewal`]) before using them. A renewal
+/// killed at any moment therefore leaves a host with a working key and certificate.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Renewal {
+    transport_key_pem: String,
+    http_key_pem: String,
+    transport_ca_pem: String,
+    http_ca_pem: String,
+    transport_cert_pem: String,
+    http_cert_pem: String,
+    cert_not_after: u64,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.transport_key_pem.zeroize();
+        self.http_key_pem.zeroize();
+    }
+}
+
+impl Renewal {
+    fn certs(&self) -> install::Certs<'_> {
+        install::Certs {
+            transport_ca_pem: &self.transport_ca_pem,
+            http_ca_pem: &self.http_ca_pem,
+            transport_cert_pem: &self.transport_cert_pem,
+            http_cert_pem: &self.http_cert_pem,
+        }
+    }
+}
+
+/// Writes out a renewal: keys, certificates, keystores, state; then drops `renewal.json`.
+/// Every write is atomic and the whole is repeatable, so a run killed half-way is finished
+/// by doing it again.
+fn apply_renewal(root: &Path, o: &Owners, st: &State, r: &Renewal) -> Result<State> {
+    let t = Key::from_pem(&r.transport_key_pem)?;
+    write_atomic(
+        &File::NodeKey.path(root),
+        r.transport_key_pem.as_bytes(),
+        File::NodeKey.perms(o),
+    )?;
+    muster_protocol::fs::failpoint("renew-half-written");
+    write_atomic(
+        &File::HttpKey.path(root),
+        r.http_key_pem.as_bytes(),
+        File::HttpKey.perms(o),
+    )?;
+    install::write_certs(root, o, &r.certs(), &t)?;
+    let mut st = st.clone();
+    st.cert_not_after = Some(r.cert_not_after);
+    write_state(root, o, &st)?;
+    muster_protocol::fs::remove(&File::Renewal.path(root))?;
+    Ok(st)
+}
+
+/// Finishes a renewal an earlier run was killed in the middle of writing, if there is one.
+/// Returns the state after it.
+fn finish_renewal(root: &Path, st: State) -> Result<State> {
+    let path = File::Renewal.path(root);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => zeroize::Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(st),
+        Err(e) => {
+            return Err(Failure::new(
+                Exit::LocalWrite,
+                format!("reading {}: {e}", path.display()),
+            ))
+        }
+    };
+    let r: Renewal = serde_json::from_slice(&bytes).map_err(|e| {
+        Failure::new(
+            Exit::Other,
+            format!(
+                "{} is damaged ({e}); remove it and run muster renew",
+                path.display()
+            ),
+        )
+    })?;
+    eprintln!("muster: finishing a renewal that was interrupted");
+    let st = apply_renewal(root, &owners_on_disk(root)?, &st, &r)?;
+    crate::hooks::run(
+        &layout::hook_dir(root, "post-renew"),
+        &install::hook_env(root, &st),
+    )?;
+    Ok(st)
+}
+
+/// The SPKI pin of a CA certificate in PEM.
+fn pin_of_pem(pem: &[u8]) -> Option<String> {
+    muster_protocol::cert::pem_to_der(pem)
+        .and_then(|der| muster_protocol::cert::spki_pin_of_cert(&der))
+}
+
 pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
-    let st = enrolled(&a.root)?;
+    enrolled(&a.root)?;
+    let _lock = layout::lock(&a.root)?;
+    renew_locked(a).await
+}
+
+/// New keys and certificates, under the host's lock.
+async fn renew_locked(a: &CommonArgs) -> Result<serde_json::Value> {
+    let st = finish_renewal(&a.root, enrolled(&a.root)?)?;
     let o = owners_on_disk(&a.root)?;
     let mut c = client(&a.root, &st, a.timeout)?;
     // The coordinator certifies the names it has on record for this host, so the CSRs
@@ -148,28 +276,40 @@ pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
         http_csr: h.csr_bare()?,
     };
     let r: RenewReply = c.post(paths::RENEW, &req).await?;
-    // New keys first, then the certificates for them; a crash between leaves a key whose
-    // certificate is the next renewal's to fetch, and the agent retries.
-    write_atomic(
-        &File::NodeKey.path(&a.root),
-        t.pem().as_bytes(),
-        File::NodeKey.perms(&o),
-    )?;
-    write_atomic(
-        &File::HttpKey.path(&a.root),
-        h.pem().as_bytes(),
-        File::HttpKey.perms(&o),
-    )?;
-    let certs = install::Certs {
-        transport_ca_pem: &r.transport_ca_pem,
-        http_ca_pem: &r.http_ca_pem,
-        transport_cert_pem: &r.transport_cert_pem,
-        http_cert_pem: &r.http_cert_pem,
+    let renewal = Renewal {
+        transport_key_pem: t.pem().to_string(),
+        http_key_pem: h.pem().to_string(),
+        transport_ca_pem: r.transport_ca_pem,
+        http_ca_pem: r.http_ca_pem,
+        transport_cert_pem: r.transport_cert_pem,
+        http_cert_pem: r.http_cert_pem,
+        cert_not_after: r.cert_not_after,
     };
-    install::write_certs(&a.root, &o, &certs, &t)?;
-    let mut st = st;
-    st.cert_not_after = Some(r.cert_not_after);
-    write_state(&a.root, &o, &st)?;
+    // Checked as an enrollment's bundle is: each certificate for its new key and signed by
+    // its CA; and the CAs are the platform's, the ones this host already trusts (a CA
+    // certificate may be renewed, its key may not change).
+    install::check_certs(&renewal.certs(), &t, &h)?;
+    for (f, pem) in [
+        (File::TransportCa, &renewal.transport_ca_pem),
+        (File::HttpCa, &renewal.http_ca_pem),
+    ] {
+        let saved = std::fs::read(f.path(&a.root)).ok();
+        if saved.as_deref().and_then(pin_of_pem) != pin_of_pem(pem.as_bytes()) {
+            return Err(Failure::new(
+                Exit::Other,
+                format!(
+                    "the coordinator renewed with another CA than {}; nothing was changed",
+                    f.path(&a.root).display()
+                ),
+            ));
+        }
+    }
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec(&renewal).map_err(|e| Failure::new(Exit::Other, e.to_string()))?,
+    );
+    write_atomic(&File::Renewal.path(&a.root), &json, File::Renewal.perms(&o))?;
+    muster_protocol::fs::failpoint("renew-saved");
+    let st = apply_renewal(&a.root, &o, &st, &renewal)?;
     crate::hooks::run(
         &layout::hook_dir(&a.root, "post-renew"),
         &install::hook_env(&a.root, &st),
@@ -186,7 +326,9 @@ pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
 pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_json::Value> {
     let mut sent = 0u64;
     loop {
-        let st = enrolled(&a.root)?;
+        enrolled(&a.root)?;
+        let lock = layout::lock(&a.root)?;
+        let st = finish_renewal(&a.root, enrolled(&a.root)?)?;
         let mut c = client(&a.root, &st, a.timeout)?;
         let reply: HeartbeatReply = c.post(paths::HEARTBEAT, &Heartbeat::default()).await?;
         let o = owners_on_disk(&a.root)?;
@@ -201,15 +343,16 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
             write_state(&a.root, &o, &st2)?;
         }
         sent += 1;
-        // Renew when less than a third of the certificate's life is left.
-        if let (Some(exp), Some(start)) = (st2.cert_not_after, st2.committed_at) {
-            let life = exp.saturating_sub(start);
-            if exp.saturating_sub(now()) < life / 3 {
-                if let Err(e) = renew(a).await {
+        // Renew when less than a third of the certificate's life is left (its own life, from
+        // the certificate: each renewal starts a new one).
+        if let Some((nb, na)) = cert_validity(&File::NodeCert.path(&a.root)) {
+            if due_for_renewal(nb, na, now() as i64) {
+                if let Err(e) = renew_locked(a).await {
                     eprintln!("muster agent: renewal failed, will retry: {e}");
                 }
             }
         }
+        drop(lock);
         if count != 0 && sent >= count {
             return Ok(serde_json::json!({"result": "ok", "heartbeats": sent}));
         }
@@ -218,11 +361,13 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
 }
 
 pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
+    enrolled(&a.root)?;
+    let _lock = layout::lock(&a.root)?;
     let st = enrolled(&a.root)?;
     let mut c = client(&a.root, &st, a.timeout)?;
     let _: serde_json::Value = c.post(paths::LEAVE, &serde_json::json!({})).await?;
     let mut removed = Vec::new();
-    for f in File::ALL.iter().rev() {
+    for f in [File::Renewal].iter().chain(File::ALL.iter().rev()) {
         if muster_protocol::fs::remove(&f.path(&a.root))? {
             removed.push(f.path(&a.root).display().to_string());
         }
@@ -231,4 +376,24 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
         eprintln!("left the platform; removed {} files", removed.len());
     }
     Ok(serde_json::json!({"result": "left", "node_id": st.node_id, "removed": removed}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_falls_due_with_a_third_of_each_certificate_life_left() {
+        let day = 86_400;
+        // A 90-day certificate: due from day 60 on, not before.
+        assert!(!due_for_renewal(0, 90 * day, 59 * day));
+        assert!(due_for_renewal(0, 90 * day, 61 * day));
+        // After a renewal on day 61 the new certificate's own life counts, not the time since
+        // the enrollment: not due again until 60 days into it.
+        assert!(!due_for_renewal(61 * day, 151 * day, 62 * day));
+        assert!(!due_for_renewal(61 * day, 151 * day, 120 * day));
+        assert!(due_for_renewal(61 * day, 151 * day, 122 * day));
+        // Expired: due.
+        assert!(due_for_renewal(0, day, 2 * day));
+    }
 }

@@ -1290,8 +1290,17 @@ async fn renew(
         t,
     )?;
     let not_after = tcert.not_after.min(hcert.not_after);
+    // The pair this host renewed with stays valid until its next renewal: if this answer never
+    // reaches it, it still has a certificate to try again with. Any other old pair (the answer
+    // to an earlier renewal that was lost) is revoked.
+    let keep = c
+        .peer_cert
+        .as_deref()
+        .and_then(|der| pki::cert_identity(der))
+        .map(|(_, serial)| pair_of(&h.serials, &serial))
+        .unwrap_or_default();
     app.store
-        .replace_certs(&h.node_id, &[tcert.serial, hcert.serial], not_after)
+        .replace_certs(&h.node_id, &[tcert.serial, hcert.serial], &keep, not_after)
         .await?;
     app.metrics.renewals.fetch_add(1, Ordering::Relaxed);
     Ok(Json(RenewReply {
@@ -1301,6 +1310,15 @@ async fn renew(
         http_ca_pem: app.platform.http_ca.cert_pem.clone(),
         cert_not_after: not_after,
     }))
+}
+
+/// The transport and HTTP pair among a host's serials that `serial` belongs to.
+fn pair_of(serials: &[String], serial: &str) -> Vec<String> {
+    serials
+        .chunks(2)
+        .find(|pair| pair.iter().any(|s| s == serial))
+        .map(<[String]>::to_vec)
+        .unwrap_or_default()
 }
 
 async fn leave(State(app): S, Extension(c): Conn) -> Result<Json<serde_json::Value>, ApiError> {

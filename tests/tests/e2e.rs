@@ -372,6 +372,66 @@ fn enrolls_a_host_with_the_right_files() -> R {
         0,
         "heartbeat with the renewed certificate"
     );
+
+    // A renewal whose answer never arrives: the pair it renewed with stays valid, and the next
+    // renewal, made with that pair, revokes the lost one.
+    let pair = || -> anyhow::Result<[Vec<u8>; 2]> {
+        Ok([
+            std::fs::read(tls.join("node.key"))?,
+            std::fs::read(tls.join("node.crt"))?,
+        ])
+    };
+    let put = |p: &[Vec<u8>; 2]| -> R {
+        std::fs::write(tls.join("node.key"), &p[0])?;
+        std::fs::write(tls.join("node.crt"), &p[1])?;
+        Ok(())
+    };
+    let first = pair()?;
+    assert_eq!(h.muster(&["renew"])?.code, 0);
+    let lost = pair()?;
+    put(&first)?;
+    let hb = h.muster(&["agent", "--count", "1"])?;
+    assert_eq!(hb.code, 0, "the pair renewed with stays valid: {hb:?}");
+    assert_eq!(h.muster(&["renew"])?.code, 0, "renewing again from it");
+    let third = pair()?;
+    put(&lost)?;
+    let hb = h.muster(&["agent", "--count", "1"])?;
+    assert_ne!(hb.code, 0, "the lost pair must be revoked: {hb:?}");
+    assert!(hb.stderr.contains("revoked"), "{hb:?}");
+    put(&third)?;
+
+    // A renewal killed half-way through writing its files (the new key written, the
+    // certificate not): the next command finishes it before using them.
+    let before = std::fs::read(tls.join("node.crt"))?;
+    let killed = Run::from(
+        Command::new(bin("muster"))
+            .args(["renew", "--root"])
+            .arg(h.root.path())
+            .env("MUSTER_FAILPOINT", "renew-half-written")
+            .output()?,
+    );
+    assert_eq!(killed.code, 137, "{killed:?}");
+    assert!(h.path("var/lib/muster/renewal.json").exists());
+    let hb = h.muster(&["agent", "--count", "1"])?;
+    assert_eq!(hb.code, 0, "{hb:?}");
+    assert!(hb.stderr.contains("finishing a renewal"), "{hb:?}");
+    assert!(!h.path("var/lib/muster/renewal.json").exists());
+    assert_ne!(std::fs::read(tls.join("node.crt"))?, before);
+    tool(Command::new("openssl").current_dir(&tls).args([
+        "verify",
+        "-CAfile",
+        "transport-ca.pem",
+        "node.crt",
+    ]))?;
+    tool(Command::new("openssl").current_dir(&tls).args([
+        "pkcs12",
+        "-in",
+        "node.p12",
+        "-passin",
+        "file:node.p12.password",
+        "-noout",
+    ]))?;
+
     let lv = h.muster(&["leave", "--output", "json"])?;
     assert_eq!(lv.code, 0, "{lv:?}");
     assert!(!h.path("etc/muster/tls/node.key").exists());

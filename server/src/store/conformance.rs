@@ -179,13 +179,41 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     );
     let h = s.set_roles("n5", &[Role::Proxy], &[]).await?;
     check!(h.map(|h| h.roles) == Some(vec![Role::Proxy]), "set_roles");
-    s.replace_certs("n5", &["new".into()], 500).await?;
+    // A renewal keeps the pair it was asked with; the next one drops whatever it was not
+    // asked with (here the first renewal's pair, as if its answer had been lost).
+    let h = s
+        .replace_certs(
+            "n5",
+            &["new".into(), "new-h".into()],
+            &["serial-n5".into()],
+            500,
+        )
+        .await?;
     check!(
-        s.is_revoked("serial-n5").await? && !s.is_revoked("new").await?,
-        "replace_certs"
+        h.map(|h| h.serials) == Some(vec!["new".into(), "new-h".into(), "serial-n5".into()])
+            && !s.is_revoked("serial-n5").await?
+            && !s.is_revoked("new").await?,
+        "replace_certs keeps the pair renewed with"
+    );
+    s.replace_certs("n5", &["newer".into()], &["serial-n5".into()], 600)
+        .await?;
+    check!(
+        s.is_revoked("new").await?
+            && s.is_revoked("new-h").await?
+            && !s.is_revoked("serial-n5").await?
+            && !s.is_revoked("newer").await?,
+        "replace_certs revokes the pairs not kept"
+    );
+    s.replace_certs("n5", &["newest".into()], &[], 700).await?;
+    check!(
+        s.is_revoked("serial-n5").await? && s.is_revoked("newer").await?,
+        "replace_certs without keep revokes every old serial"
     );
     check!(s.remove_host("n5").await?.is_some(), "remove_host");
-    check!(s.is_revoked("new").await?, "removed host's certs revoked");
+    check!(
+        s.is_revoked("newest").await?,
+        "removed host's certs revoked"
+    );
     check!(s.host("n5").await?.is_none(), "host gone");
 
     // Revocation.

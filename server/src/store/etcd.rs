@@ -653,11 +653,14 @@ impl Store for EtcdStore {
         &self,
         node_id: &str,
         serials: &[String],
+        keep: &[String],
         not_after: u64,
     ) -> StoreResult<Option<HostRecord>> {
         self.update_host(node_id, |h| {
+            let (kept, gone) = super::split_serials(&h.serials, keep);
             h.cert_not_after = not_after;
-            std::mem::replace(&mut h.serials, serials.to_vec())
+            h.serials = serials.iter().cloned().chain(kept).collect();
+            gone
         })
         .await
     }

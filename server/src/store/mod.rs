@@ -69,12 +69,18 @@ pub struct HostRecord {
     pub pending_roles: Vec<Role>,
     #[serde(with = "der_base64")]
     pub spki_der: Vec<u8>,
-    /// Serials (hex) of its current certificates.
+    /// Serials (hex) of its valid certificates, a transport and HTTP pair at a time: the
+    /// current pair first, then (after a renewal) the pair it renewed with.
     pub serials: Vec<String>,
     pub cert_not_after: u64,
     pub registered_at: u64,
     pub last_heartbeat: u64,
     pub memory_used_mb: u64,
+}
+
+/// A host's old serials split into those to keep (in `keep`) and those to revoke.
+fn split_serials(old: &[String], keep: &[String]) -> (Vec<String>, Vec<String>) {
+    old.iter().cloned().partition(|s| keep.contains(s))
 }
 
 /// DER bytes in a record, as base64; the array of numbers that records written by earlier
@@ -190,11 +196,14 @@ pub trait Store: Send + Sync + 'static {
         roles: &[Role],
         pending: &[Role],
     ) -> StoreResult<Option<HostRecord>>;
-    /// Replaces a host's certificates, revoking the old serials.
+    /// Replaces a host's certificates: `serials` become its current ones. Of its old serials,
+    /// those in `keep` stay valid after them (the pair the host renewed with, in case the new
+    /// one never reaches it); every other old serial is revoked.
     async fn replace_certs(
         &self,
         node_id: &str,
         serials: &[String],
+        keep: &[String],
         not_after: u64,
     ) -> StoreResult<Option<HostRecord>>;
     /// Removes a host and revokes its certificates.

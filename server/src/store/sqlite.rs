@@ -615,13 +615,15 @@ impl Store for SqliteStore {
         &self,
         node_id: &str,
         serials: &[String],
+        keep: &[String],
         not_after: u64,
     ) -> StoreResult<Option<HostRecord>> {
-        let (id, serials) = (node_id.to_string(), serials.to_vec());
+        let (id, serials, keep) = (node_id.to_string(), serials.to_vec(), keep.to_vec());
         self.tx(move |tx| {
             update_host(tx, id, |tx, h| {
-                revoke_serials(tx, &h.serials)?;
-                h.serials = serials;
+                let (kept, gone) = super::split_serials(&h.serials, &keep);
+                revoke_serials(tx, &gone)?;
+                h.serials = serials.iter().cloned().chain(kept).collect();
                 h.cert_not_after = not_after;
                 Ok(())
             })
