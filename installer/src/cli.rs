@@ -186,10 +186,13 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
         Some((i, 'h')) => (&s[..i], 3600),
         _ => (s, 1),
     };
-    num.trim()
+    let n = num
+        .trim()
         .parse::<u64>()
-        .map(|n| std::time::Duration::from_secs(n * mult))
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 15m, 1h)"))
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 15m, 1h)"))?;
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long a duration"))
 }
 
 /// Reads a token from its sources: the flag or environment, else the file.
@@ -363,5 +366,9 @@ mod tests {
         );
         assert_eq!(parse_duration("45"), Ok(std::time::Duration::from_secs(45)));
         assert!(parse_duration("soon").is_err());
+        assert!(
+            parse_duration("18446744073709551615h").is_err(),
+            "overflows"
+        );
     }
 }

@@ -415,7 +415,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         roles: bundle.roles.clone(),
         pending_roles: bundle.pending_roles.clone(),
         coordinators: bundle.coordinators.clone(),
-        reservation_expires: Some(bundle.issued_at + bundle.remaining_seconds),
+        reservation_expires: Some(bundle.issued_at.saturating_add(bundle.remaining_seconds)),
         cert_not_after: Some(bundle.cert_not_after),
         ..State::new(Stage::Joined)
     };

@@ -234,7 +234,12 @@ impl Client {
             http,
             coordinators,
             refusal,
-            deadline: Instant::now() + timeout,
+            // A timeout too long to add to the clock (`--timeout` in the billions of years)
+            // means no deadline worth the name: a century.
+            deadline: Instant::now()
+                .checked_add(timeout)
+                .or_else(|| Instant::now().checked_add(Duration::from_secs(100 * 365 * 86_400)))
+                .unwrap_or_else(Instant::now),
             verbose: false,
         })
     }

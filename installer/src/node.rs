@@ -124,7 +124,7 @@ pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
         eprintln!(
             "expires:       {}",
             c.exp
-                .map(|e| format!("{e} (unix), in {}s", e as i64 - now() as i64))
+                .map(|e| format!("{e} (unix), in {}s", i128::from(e) - i128::from(now())))
                 .unwrap_or_else(|| "never".into())
         );
         eprintln!("coordinators:  {}", c.coordinators.join(", "));

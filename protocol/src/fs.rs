@@ -5,7 +5,7 @@
 //! reader sees the old file or the new one, never half of one, even across a crash. A symlink at
 //! the target is refused, never followed.
 
-use nix::unistd::{Gid, Uid};
+use nix::fcntl::OFlag;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -46,18 +46,15 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> W
     }
 }
 
-fn chown(path: &Path, perms: Perms) -> Result<(), WriteError> {
+/// Gives the open file (or folder) `f`, found at `path`, the owner in `perms`. Through the
+/// descriptor, never the name, so whoever can rename things in its folder cannot redirect it.
+fn chown(f: &fs::File, path: &Path, perms: Perms) -> Result<(), WriteError> {
     // Only root may give files away; a non-root run (tests, --dry-run users) keeps its own ids
     // when they are what is asked, and fails clearly otherwise.
-    nix::unistd::chown(
-        path,
-        Some(Uid::from_raw(perms.uid)),
-        Some(Gid::from_raw(perms.gid)),
-    )
-    .map_err(|e| WriteError::Io {
+    std::os::unix::fs::fchown(f, Some(perms.uid), Some(perms.gid)).map_err(|e| WriteError::Io {
         what: "setting owner of",
         path: path.to_path_buf(),
-        source: e.into(),
+        source: e,
     })
 }
 
@@ -99,11 +96,21 @@ pub fn ensure_dir(dir: &Path, perms: Perms) -> Result<(), WriteError> {
             }
         }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(perms.mode))
+    // Mode and owner through a descriptor opened without following a symlink, so a folder
+    // swapped for one meanwhile is refused, not followed.
+    let d = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY).bits())
+            .open(dir)
+            .map_err(io_err("opening folder", dir))?
+    };
+    d.set_permissions(fs::Permissions::from_mode(perms.mode))
         .map_err(io_err("setting mode of", dir))?;
-    let m = fs::metadata(dir).map_err(io_err("inspecting", dir))?;
+    let m = d.metadata().map_err(io_err("inspecting", dir))?;
     if m.uid() != perms.uid || m.gid() != perms.gid {
-        chown(dir, perms)?;
+        chown(&d, dir, perms)?;
     }
     Ok(())
 }
@@ -144,7 +151,7 @@ pub fn write_atomic(path: &Path, content: &[u8], perms: Perms) -> Result<(), Wri
         .metadata()
         .map_err(io_err("inspecting temporary file for", path))?;
     if m.uid() != perms.uid || m.gid() != perms.gid {
-        chown(tmp.path(), perms)?;
+        chown(tmp.as_file(), path, perms)?;
     }
     tmp.write_all(content).map_err(io_err("writing", path))?;
     tmp.as_file().sync_all().map_err(io_err("syncing", path))?;

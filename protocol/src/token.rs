@@ -263,11 +263,11 @@ pub fn verify(token: &str, public_key: &[u8], now: u64) -> Result<Claims, TokenE
 /// Checks the time window: not before `nbf`/`iat`, not after `exp`, each with the leeway.
 pub fn check_time(claims: &Claims, now: u64) -> Result<(), TokenError> {
     let start = claims.nbf.max(claims.iat);
-    if start > now + LEEWAY_SECS {
+    if start > now.saturating_add(LEEWAY_SECS) {
         return Err(TokenError::NotYetValid { wait: start - now });
     }
     if let Some(exp) = claims.exp {
-        if now > exp + LEEWAY_SECS {
+        if now > exp.saturating_add(LEEWAY_SECS) {
             return Err(TokenError::Expired {
                 exp,
                 ago: now - exp,
