@@ -257,11 +257,15 @@ impl App {
                 )
             })?;
         }
-        if req.validity_in_seconds == Some(0) {
-            return Err(ApiError::new(
-                ErrorCode::RequestInvalid,
-                "validity_in_seconds must be at least 1",
-            ));
+        if let Some(v) = req.validity_in_seconds {
+            if !(1..=MAX_TOKEN_VALIDITY_SECS).contains(&v) {
+                return Err(ApiError::new(
+                    ErrorCode::RequestInvalid,
+                    format!(
+                        "validity_in_seconds must be from 1 to {MAX_TOKEN_VALIDITY_SECS} (ten years); for a token that does not expire, ask for a persistent one"
+                    ),
+                ));
+            }
         }
         if req.max_uses == Some(0) {
             return Err(ApiError::new(
@@ -318,7 +322,10 @@ impl App {
             .await;
         }
         for t in self.store.tokens().await? {
-            if !t.revoked && t.expires.is_some_and(|e| e + token::LEEWAY_SECS < now) {
+            if !t.revoked
+                && t.expires
+                    .is_some_and(|e| e.saturating_add(token::LEEWAY_SECS) < now)
+            {
                 self.store.revoke_token(&t.id).await?;
                 self.audit("expired", Some(&t.id), None, None, None).await;
             }
@@ -678,7 +685,10 @@ async fn set_runner_roles(
         .copied()
         .filter(|r| !roles.contains(r))
         .collect();
-    app.store.set_roles(&id, &roles, &pending).await?;
+    app.store
+        .set_roles(&id, &roles, &pending)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NodeUnknown, format!("no runner with id {id}")))?;
     Ok(Json(RunnerRolesRequest {
         roles: roles.iter().map(|r| r.to_string()).collect(),
     }))
@@ -744,6 +754,9 @@ fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// The longest an ephemeral token may be asked to last: ten years.
+pub const MAX_TOKEN_VALIDITY_SECS: u64 = 10 * 365 * 86_400;
 
 /// A bounded memory of recent answers, by key, each good until a time (unix seconds): the caches
 /// below. When it holds `MAX` entries, the ones past their time go, then all if it is still
@@ -1299,9 +1312,11 @@ async fn renew(
         .and_then(|der| pki::cert_identity(der))
         .map(|(_, serial)| pair_of(&h.serials, &serial))
         .unwrap_or_default();
+    // Removed meanwhile (leave, an admin): the certificates just signed are never handed out.
     app.store
         .replace_certs(&h.node_id, &[tcert.serial, hcert.serial], &keep, not_after)
-        .await?;
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NodeUnknown, "this node was removed"))?;
     app.metrics.renewals.fetch_add(1, Ordering::Relaxed);
     Ok(Json(RenewReply {
         transport_cert_pem: tcert.pem,

@@ -122,7 +122,34 @@ impl Config {
             .with_context(|| format!("reading config {}", path.display()))?;
         let cfg: Config = serde_norway::from_str(&text)
             .with_context(|| format!("parsing config {}", path.display()))?;
+        cfg.check()
+            .with_context(|| format!("in config {}", path.display()))?;
         Ok(cfg)
+    }
+
+    /// The ranges the numbers must be in: each is added to the clock somewhere, and a
+    /// certificate cannot outlive the year 9999.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let within = |name: &str, v: u64, lo: u64, hi: u64| {
+            anyhow::ensure!(
+                (lo..=hi).contains(&v),
+                "{name} must be from {lo} to {hi}, not {v}"
+            );
+            Ok(())
+        };
+        within("reservation_seconds", self.reservation_seconds, 1, 86_400)?;
+        within(
+            "cert_validity_days",
+            self.cert_validity_days.into(),
+            1,
+            3_650,
+        )?;
+        within(
+            "heartbeat_timeout_seconds",
+            self.heartbeat_timeout_seconds,
+            1,
+            30 * 86_400,
+        )
     }
 
     /// Advertised addresses, defaulting to this host's name on the default port.
@@ -152,5 +179,23 @@ mod tests {
         );
         let bad: Result<Config, _> = serde_norway::from_str("listne: 1.2.3.4:1\n");
         assert!(bad.is_err_and(|e| e.to_string().contains("listne")));
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_by_name() -> anyhow::Result<()> {
+        assert!(Config::default().check().is_ok());
+        for (yaml, name) in [
+            ("cert_validity_days: 3000000\n", "cert_validity_days"),
+            ("reservation_seconds: 0\n", "reservation_seconds"),
+            (
+                "heartbeat_timeout_seconds: 18446744073709551615\n",
+                "heartbeat_timeout_seconds",
+            ),
+        ] {
+            let c: Config = serde_norway::from_str(yaml)?;
+            let e = c.check().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(name), "{yaml}: {e:?}");
+        }
+        Ok(())
     }
 }

@@ -323,8 +323,9 @@ impl Platform {
     ) -> anyhow::Result<(String, TokenRecord)> {
         muster_protocol::role::normalize(&mut roles);
         let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let exp = (kind == TokenKind::Ephemeral)
-            .then(|| now + validity.unwrap_or(muster_protocol::token::DEFAULT_EPHEMERAL_SECS));
+        let exp = (kind == TokenKind::Ephemeral).then(|| {
+            now.saturating_add(validity.unwrap_or(muster_protocol::token::DEFAULT_EPHEMERAL_SECS))
+        });
         let claims = Claims {
             sub: id.clone(),
             roles: roles.clone(),

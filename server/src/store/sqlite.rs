@@ -243,25 +243,27 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
             }
         };
         let mut done = vec![first(&mut tx)];
-        while done.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(step) => done.push(step(&mut tx)),
-                Err(_) => break,
+        // An error SQLite answers by rolling back the whole transaction (a full disk, an I/O
+        // error) ends the batch there: a later step must not run outside it, where its own
+        // savepoint would commit it alone. The commit below then fails for every step taken.
+        let gone = |tx: &rusqlite::Transaction<'_>| tx.is_autocommit();
+        let take = |done: &mut Vec<Done>, tx: &mut rusqlite::Transaction<'_>| {
+            while done.len() < MAX_BATCH && !gone(tx) {
+                match queue.try_recv() {
+                    Ok(step) => done.push(step(tx)),
+                    Err(_) => break,
+                }
             }
-        }
+        };
+        take(&mut done, &mut tx);
         // Under load (more than one step was waiting), gather a little longer: a batch's pages
         // are written and synced once however many steps share them, so fewer, larger batches
         // write far less. The writer sleeps through the gathering rather than waiting on the
         // queue, so the steps queued meanwhile need not wake it one by one. A lone step (one
         // host enrolling) commits at once.
-        if done.len() > 1 && done.len() < MAX_BATCH {
+        if done.len() > 1 && done.len() < MAX_BATCH && !gone(&tx) {
             std::thread::sleep(GATHER);
-            while done.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(step) => done.push(step(&mut tx)),
-                    Err(_) => break,
-                }
-            }
+            take(&mut done, &mut tx);
         }
         let committed = match tx.commit() {
             Ok(()) => true,
