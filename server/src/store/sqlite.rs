@@ -689,9 +689,10 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT seq, json FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(unavailable)?;
             let rows = st
-                .query_map(params![after as i64, limit], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
+                .query_map(
+                    params![i64::try_from(after).unwrap_or(i64::MAX), limit],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )
                 .map_err(unavailable)?;
             rows.map(|r| {
                 let (seq, s) = r.map_err(unavailable)?;
