@@ -137,6 +137,18 @@ fn admin_api_refusals_have_codes() -> R {
         (code, v["errors"][0]["code"].as_str()),
         (400, Some("roles.unknown"))
     );
+    // A lifetime past ten years (here one that would overflow the clock) is refused by name.
+    let (code, v) = c.api(
+        "POST",
+        TOKENS,
+        Some(r#"{"persistent":false,"roles":[],"validity_in_seconds":18446744073709551615}"#),
+    )?;
+    assert_eq!(
+        (code, v["errors"][0]["code"].as_str()),
+        (400, Some("request.invalid")),
+        "{v}"
+    );
+    assert!(v.to_string().contains("validity_in_seconds"), "{v}");
     let (code, v) = c.api(
         "POST",
         TOKENS,
