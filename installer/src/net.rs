@@ -370,7 +370,8 @@ impl Client {
         let exit = match code {
             Some(ErrorCode::TokenRole)
             | Some(ErrorCode::TokenEmergencyAllocator)
-            | Some(ErrorCode::RecoveryRole) => Exit::RoleNotAllowed,
+            | Some(ErrorCode::RecoveryRole)
+            | Some(ErrorCode::HostReplaceRoles) => Exit::RoleNotAllowed,
             Some(c)
                 if c.as_str().starts_with("token.")
                     || c == ErrorCode::DirectorOnly

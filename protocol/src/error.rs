@@ -107,6 +107,9 @@ codes! {
     CsrCa = "csr.ca_requested",
     /// The CSR names a host the requester may not claim.
     CsrSan = "csr.san_not_allowed",
+    /// A host of that name is registered with roles the token does not grant: replacing it
+    /// takes a token that grants them, or removing it first.
+    HostReplaceRoles = "host.replace_needs_roles",
     /// No join reservation with that node id (never made, expired or already removed).
     JoinUnknown = "join.unknown",
     /// The commit's proof of possession or PSK is wrong.

@@ -979,6 +979,24 @@ impl App {
         }
     }
 
+    /// The leaf of a host's HTTP certificate. The HTTP CA also signs this coordinator's own
+    /// serving certificate, which installers and admins check against it, so a host that is
+    /// not a coordinator is not certified for the names and addresses this coordinator
+    /// advertises, whatever it says about itself: its certificate could stand in for the
+    /// coordinator's.
+    fn http_leaf(&self, node_id: &str, host: &HostFacts, coordinator: bool) -> Leaf {
+        let mut leaf = self.leaf(node_id, host, coordinator);
+        if !coordinator {
+            let own: Vec<String> = self
+                .advertise
+                .iter()
+                .map(|a| pki::san_key_of_name(pki::host_of_address(a)))
+                .collect();
+            leaf.sans.retain(|s| !own.contains(&pki::san_key(s)));
+        }
+        leaf
+    }
+
     fn bundle(&self, r: &Reservation, now: u64) -> Bundle {
         Bundle {
             node_id: r.node_id.clone(),
@@ -1035,6 +1053,31 @@ async fn join(
             }
         }
     };
+    // A join under the name of a registered host replaces it when it commits (a rebuilt host).
+    // That takes a token granting every role the registered host has: a weaker one (say, the
+    // role-less initial token) must not knock a coordinator off the registry.
+    if let Some(old) = app.store.host_named(&req.host.hostname).await? {
+        let missing: Vec<Role> = old
+            .roles
+            .iter()
+            .copied()
+            .filter(|r| !roles.contains(r))
+            .collect();
+        if !missing.is_empty() {
+            app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+            let code = ErrorCode::HostReplaceRoles;
+            app.audit("refused", Some(&rec.id), None, Some(source), Some(code))
+                .await;
+            return Err(ApiError::new(
+                code,
+                format!(
+                    "a host named {} is registered with roles [{}] this join would not get; use a token that grants them, or remove that host first",
+                    req.host.hostname,
+                    muster_protocol::role::join(&missing)
+                ),
+            ));
+        }
+    }
     let allowed = pki::host_sans(&req.host.hostname, &req.host.addresses);
     let transport = pki::check_csr(&req.transport_csr, &allowed)
         .map_err(|e| ApiError::new(e.code(), format!("transport CSR: {e}")))?;
@@ -1051,7 +1094,7 @@ async fn join(
     )?;
     let hcert = app.platform.http_ca.sign(
         &http.public_key,
-        &app.leaf(&node_id, &req.host, roles.contains(&Role::Coordinator)),
+        &app.http_leaf(&node_id, &req.host, roles.contains(&Role::Coordinator)),
         t,
     )?;
     let mut host = req.host.clone();
@@ -1299,7 +1342,7 @@ async fn renew(
     )?;
     let hcert = app.platform.http_ca.sign(
         &http.public_key,
-        &app.leaf(&h.node_id, &h.host, h.roles.contains(&Role::Coordinator)),
+        &app.http_leaf(&h.node_id, &h.host, h.roles.contains(&Role::Coordinator)),
         t,
     )?;
     let not_after = tcert.not_after.min(hcert.not_after);

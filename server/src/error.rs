@@ -44,7 +44,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         DirectorOnly | FeatureDisabled | RecoveryToken => StatusCode::FORBIDDEN,
         RecoveryRole => StatusCode::BAD_REQUEST,
         RecoveryStore => StatusCode::CONFLICT,
-        TokenNotDeletable => StatusCode::CONFLICT,
+        TokenNotDeletable | HostReplaceRoles => StatusCode::CONFLICT,
         RequestInvalid | RoleUnknown | CsrInvalid | CsrKeyType | CsrCa | CsrSan => {
             StatusCode::BAD_REQUEST
         }

@@ -404,6 +404,40 @@ pub fn host_sans(hostname: &str, addresses: &[String]) -> Vec<SanType> {
     sans
 }
 
+/// The host part of `host:port`, `[v6]:port` or a bare host.
+pub fn host_of_address(a: &str) -> &str {
+    let host = match a.rsplit_once(':') {
+        // A bare IPv6 address has colons of its own and no port.
+        Some((h, port))
+            if !h.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (h.starts_with('[') || !h.contains(':')) =>
+        {
+            h
+        }
+        _ => a,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// How a name compares with a subject alternative name: an address in its canonical form, a
+/// DNS name in lower case.
+pub fn san_key_of_name(name: &str) -> String {
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.to_ascii_lowercase(),
+    }
+}
+
+/// [`san_key_of_name`] of a subject alternative name.
+pub fn san_key(s: &SanType) -> String {
+    match s {
+        SanType::IpAddress(ip) => ip.to_string(),
+        SanType::DnsName(d) => d.as_str().to_ascii_lowercase(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Verifies a proof of possession: `signature` over `message` by the key in `spki_der`.
 pub fn verify_proof(spki_der: &[u8], message: &[u8], signature: &[u8]) -> bool {
     let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(spki_der) else {
@@ -548,6 +582,19 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    #[test]
+    fn advertised_addresses_compare_with_certificate_names() {
+        assert_eq!(host_of_address("coord-1.example:12443"), "coord-1.example");
+        assert_eq!(host_of_address("[2001:db8::1]:12443"), "2001:db8::1");
+        assert_eq!(host_of_address("2001:db8::1"), "2001:db8::1");
+        assert_eq!(host_of_address("10.0.0.1"), "10.0.0.1");
+        assert_eq!(san_key_of_name("Coord-1.Example"), "coord-1.example");
+        assert_eq!(san_key_of_name("2001:0db8::0001"), "2001:db8::1");
+        let sans = host_sans("COORD-1.example", &["2001:db8::1".into()]);
+        let keys: Vec<String> = sans.iter().map(san_key).collect();
+        assert_eq!(keys, ["coord-1.example", "2001:db8::1"]);
     }
 
     #[test]

@@ -823,6 +823,23 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
     let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     let first = Host::new("phoenix")?;
     assert_eq!(first.install(&c.host(), &tok, &[])?.code, 0);
+    // A token that does not grant the registered host's roles may not replace it: not one for
+    // other roles, not the role-less initial token. Nothing is spent or changed.
+    let (weaker, weaker_id) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    for t in [weaker.clone(), c.secret("roles_token")] {
+        let r = Host::new("phoenix")?.install(&c.host(), &t, &[])?;
+        assert_eq!(r.code, 4, "{r:?}");
+        assert!(r.stderr.contains("host.replace_needs_roles"), "{r:?}");
+        assert!(r.stderr.contains("proxy"), "names the missing role: {r:?}");
+    }
+    assert_eq!(c.token_uses(&weaker_id)?, Some(0));
+    assert_eq!(
+        first
+            .muster(&["agent", "--count", "1", "--timeout", "2s"])?
+            .code,
+        0,
+        "the registered host is untouched"
+    );
     let second = Host::new("phoenix")?;
     let r = second.install(&c.host(), &tok, &[])?;
     assert_eq!(r.code, 0, "{r:?}");
@@ -1261,6 +1278,37 @@ fn the_server_refuses_a_token_from_the_future() -> R {
             .as_str()
             .is_some_and(|m| m.contains("clock")),
         "{v}"
+    );
+    Ok(())
+}
+
+#[test]
+fn only_a_coordinator_is_certified_for_the_coordinators_own_address() -> R {
+    // The HTTP CA signs the coordinator's serving certificate too: a host that says it is at
+    // the coordinator's advertised address (here 127.0.0.1, as every host on this box does)
+    // must not get a certificate that could stand in for the coordinator's.
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator","coordinator"]}"#)?;
+    let sans = |h: &Host| -> anyhow::Result<String> {
+        tool(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+                .arg(h.path("etc/muster/tls/http.crt")),
+        )
+    };
+    let plain = Host::new("plain-alloc")?;
+    let r = plain.install(&c.host(), &tok, &["--roles", "allocator"])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let s = sans(&plain)?;
+    assert!(s.contains("DNS:plain-alloc"), "{s}");
+    assert!(!s.contains("IP Address:127.0.0.1"), "{s}");
+    let coord = Host::new("second-coord")?;
+    let r = coord.install(&c.host(), &tok, &["--roles", "coordinator"])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let s = sans(&coord)?;
+    assert!(
+        s.contains("IP Address:127.0.0.1"),
+        "a coordinator keeps it: {s}"
     );
     Ok(())
 }

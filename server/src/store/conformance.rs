@@ -164,6 +164,11 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         "old host's certs must be revoked"
     );
     check!(s.hosts().await?.len() == 1, "one host per hostname");
+    check!(
+        s.host_named("host-a").await?.map(|h| h.node_id) == Some("n5".into())
+            && s.host_named("host-nobody").await?.is_none(),
+        "host_named"
+    );
 
     // Host updates.
     check!(

@@ -621,6 +621,13 @@ impl Store for EtcdStore {
             .map(|g| g.value))
     }
 
+    async fn host_named(&self, hostname: &str) -> StoreResult<Option<HostRecord>> {
+        match self.get::<String>(&format!("hostname/{hostname}")).await? {
+            Some(id) => self.host(&id.value).await,
+            None => Ok(None),
+        }
+    }
+
     async fn heartbeat(
         &self,
         node_id: &str,

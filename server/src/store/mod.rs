@@ -183,6 +183,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn hosts(&self) -> StoreResult<Vec<HostRecord>>;
     async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>>;
+    /// The registered host of that host name, if any.
+    async fn host_named(&self, hostname: &str) -> StoreResult<Option<HostRecord>>;
     /// Records a heartbeat; the updated host, or none if unknown.
     async fn heartbeat(
         &self,

@@ -579,6 +579,19 @@ impl Store for SqliteStore {
         self.read(move |c| get_host(c, &id))
     }
 
+    async fn host_named(&self, hostname: &str) -> StoreResult<Option<HostRecord>> {
+        let name = hostname.to_string();
+        self.read(move |c| {
+            let s: Option<String> = c
+                .prepare_cached("SELECT json FROM hosts WHERE hostname = ?1")
+                .map_err(unavailable)?
+                .query_row(params![name], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            s.map(|s| from_json(&s)).transpose()
+        })
+    }
+
     async fn heartbeat(
         &self,
         node_id: &str,
