@@ -231,6 +231,39 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         "revoked token"
     );
 
+    // A key that joins again after its reservation expired but before the sweep: the sweep
+    // takes the old reservation and leaves the new one findable by its key.
+    s.insert_token(&token("t9", None)).await?;
+    check!(
+        s.reserve(&reservation("n9", "t9", "k9", "host-9", 1_000), 900)
+            .await?
+            == ReserveOutcome::Reserved,
+        "reserve n9"
+    );
+    check!(
+        s.reserve(&reservation("n9b", "t9", "k9", "host-9", 2_000), 1_100)
+            .await?
+            == ReserveOutcome::Reserved,
+        "the same key after its reservation expired"
+    );
+    let gone: Vec<String> = s
+        .expire_reservations(1_200)
+        .await?
+        .into_iter()
+        .map(|r| r.node_id)
+        .collect();
+    check!(
+        gone.contains(&"n9".to_string()) && !gone.contains(&"n9b".to_string()),
+        "the sweep takes n9 only: {gone:?}"
+    );
+    match s
+        .reserve(&reservation("n9c", "t9", "k9", "host-9", 3_000), 1_300)
+        .await?
+    {
+        ReserveOutcome::Existing(r) => check!(r.node_id == "n9b", "found {r:?}"),
+        other => anyhow::bail!("the key's live reservation must be found: {other:?}"),
+    }
+
     // Audit is ordered and append-only.
     use muster_protocol::api::AuditEvent;
     let e = AuditEvent {

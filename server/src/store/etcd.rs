@@ -589,7 +589,15 @@ impl Store for EtcdStore {
             let resv_key = format!("resv/{}", r.node_id);
             let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
             let mut guards = vec![self.unchanged(&resv_key, Some(kv.mod_revision()))];
-            let mut ops = vec![self.delete(&resv_key), self.delete(&index_key)];
+            let mut ops = vec![self.delete(&resv_key)];
+            // The key's index goes only if it still points here: the same key may have joined
+            // again since, and its new reservation keeps its index.
+            if let Some(ix) = self.get::<String>(&index_key).await? {
+                if ix.value == r.node_id {
+                    guards.push(self.unchanged(&index_key, Some(ix.rev)));
+                    ops.push(self.delete(&index_key));
+                }
+            }
             if !r.committed {
                 // Give the use back in the same transaction; if another coordinator expires
                 // this reservation first, the guard fails and the use is not given twice.
