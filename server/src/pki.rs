@@ -357,19 +357,33 @@ pub fn check_csr(pem: &str, allowed: &[SanType]) -> Result<CheckedCsr, CsrError>
     };
     // What rcgen needs to certify the key, taken from the request already parsed and checked
     // (rcgen's own CSR reader would parse it and verify its signature a second time). The
-    // algorithm is the one the request is signed with, as rcgen's reader takes it.
-    let oid: Vec<u64> = csr
-        .signature_algorithm
-        .algorithm
-        .iter()
-        .ok_or_else(|| CsrError::Invalid("odd signature algorithm".into()))?
-        .collect();
-    let alg = rcgen::SignatureAlgorithm::from_oid(&oid).map_err(|_| {
-        CsrError::KeyType(format!(
-            "signature algorithm {}",
-            csr.signature_algorithm.algorithm.to_id_string()
-        ))
-    })?;
+    // algorithm says how the certificate describes the key, so it follows from the key itself
+    // (its type and curve), not from how the request happens to be signed: a P-256 key in a
+    // request signed with SHA-384 is still a P-256 key.
+    let alg: &'static rcgen::SignatureAlgorithm = match &key {
+        x509_parser::public_key::PublicKey::EC(_) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            match curve {
+                Some(c) if c == x509_parser::oid_registry::OID_EC_P256 => {
+                    &rcgen::PKCS_ECDSA_P256_SHA256
+                }
+                Some(c) if c == x509_parser::oid_registry::OID_NIST_EC_P384 => {
+                    &rcgen::PKCS_ECDSA_P384_SHA384
+                }
+                _ => {
+                    return Err(CsrError::KeyType(
+                        "an elliptic curve other than P-256 and P-384".into(),
+                    ))
+                }
+            }
+        }
+        x509_parser::public_key::PublicKey::RSA(_) => &rcgen::PKCS_RSA_SHA256,
+        _ => &rcgen::PKCS_ED25519,
+    };
     Ok(CheckedCsr {
         public_key: CsrKey {
             raw: spki.subject_public_key.data.to_vec(),
@@ -555,6 +569,47 @@ mod tests {
                 cert.tbs_certificate.subject_pki.raw,
                 &checked.spki_der[..],
                 "{alg:?}"
+            );
+        }
+        // Requests signed with another digest than their key's usual one (openssl makes them):
+        // the certificate still describes the key as it is.
+        let dir = tempfile::tempdir()?;
+        for (name, genkey, digest) in [
+            ("p256-sha384", "ec:prime256v1", "-sha384"),
+            ("p384-sha256", "ec:secp384r1", "-sha256"),
+            ("rsa-sha512", "rsa:2048", "-sha512"),
+        ] {
+            let (kind, param) = genkey.split_once(':').unwrap_or(("", ""));
+            let key = dir.path().join(format!("{name}.key"));
+            let mut gen = std::process::Command::new("openssl");
+            gen.args(["genpkey", "-out"]).arg(&key);
+            if kind == "ec" {
+                gen.args(["-algorithm", "EC", "-pkeyopt"])
+                    .arg(format!("ec_paramgen_curve:{param}"));
+            } else {
+                gen.args(["-algorithm", "RSA", "-pkeyopt"])
+                    .arg(format!("rsa_keygen_bits:{param}"));
+            }
+            assert!(gen.status()?.success(), "{name}: openssl genpkey");
+            let out = std::process::Command::new("openssl")
+                .args(["req", "-new", digest, "-subj", "/CN=x", "-key"])
+                .arg(&key)
+                .output()?;
+            assert!(out.status.success(), "{name}: openssl req");
+            let pem = String::from_utf8(out.stdout)?;
+            let checked = check_csr(&pem, &[]).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            let leaf = Leaf {
+                common_name: "n1".into(),
+                sans: vec![],
+                coordinator: false,
+                validity: Duration::days(1),
+            };
+            let signed = ca.sign(&checked.public_key, &leaf, now)?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&signed.der)?;
+            assert_eq!(
+                cert.tbs_certificate.subject_pki.raw,
+                &checked.spki_der[..],
+                "{name}"
             );
         }
         Ok(())
