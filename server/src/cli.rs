@@ -503,15 +503,30 @@ async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow
         system_now(),
     )
     .await?;
-    write_unseal_key(&data.data_dir, &key)?;
     let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&secrets)?);
-    write_atomic(&secrets_path, json.as_bytes(), me(0o600))
-        .with_context(|| format!("writing {}", secrets_path.display()))?;
-    write_atomic(
-        &data.data_dir.join("ca.pem"),
-        platform.http_ca.cert_pem.as_bytes(),
-        me(0o644),
-    )?;
+    // The platform is in the store now and a second init is refused, so the secrets are shown
+    // even if a file cannot be written (a full disk): they are not lost with it.
+    let written = write_unseal_key(&data.data_dir, &key)
+        .and_then(|()| {
+            write_atomic(&secrets_path, json.as_bytes(), me(0o600))
+                .with_context(|| format!("writing {}", secrets_path.display()))
+        })
+        .and_then(|()| {
+            write_atomic(
+                &data.data_dir.join("ca.pem"),
+                platform.http_ca.cert_pem.as_bytes(),
+                me(0o644),
+            )
+            .context("writing ca.pem")
+        });
+    if let Err(e) = written {
+        println!("{}", *json);
+        return Err(e.context(
+            "the platform was created but its files could not all be written; its secrets are \
+             printed above (the emergency token also unseals the platform without unseal.key): \
+             keep them, fix the data folder, and start musterd",
+        ));
+    }
     match output {
         Output::Json => println!("{}", *json),
         Output::Text => {

@@ -221,7 +221,12 @@ impl Platform {
         let bytes = Zeroizing::new(serde_json::to_vec(&rec)?);
         store.insert_token(&emergency).await?;
         store.insert_token(&initial).await?;
-        if !store.init_platform(&bytes).await? {
+        // Refused: someone else's platform, or ours (a store that retried a write whose answer
+        // was lost, as the etcd client does). The record holds fresh random salt and keys, so
+        // equal bytes can only be ours.
+        if !store.init_platform(&bytes).await?
+            && store.platform().await?.as_deref() != Some(&bytes[..])
+        {
             bail!("another musterd created a platform in this store at the same time");
         }
         let bootstrap = BootstrapSecrets {

@@ -51,6 +51,32 @@ fn init_writes_secrets_once_and_refuses_twice() -> R {
     Ok(())
 }
 
+#[test]
+fn an_init_that_cannot_write_its_files_still_shows_its_secrets() -> R {
+    // A folder where ca.pem goes: the platform is in the store before the files are written,
+    // and a second init is refused, so the secrets must reach the operator anyway.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("ca.pem"))?;
+    let out = Run::from(
+        Command::new(bin("musterd"))
+            .args(["init", "--output", "json", "--data-dir"])
+            .arg(&data)
+            .output()?,
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("ca.pem"), "names the file: {out:?}");
+    let shown: Value = serde_json::from_str(&out.stdout)?;
+    let token = shown["emergency_token"].as_str().unwrap_or_default();
+    let claims = muster_protocol::token::inspect(token)?;
+    assert_eq!(claims.kind, muster_protocol::token::TokenKind::Emergency);
+    assert!(
+        !out.stderr.contains(token),
+        "the secrets go to the output, not the error"
+    );
+    Ok(())
+}
+
 /// The curl lines of the product docs, run as written (`-k` and all).
 #[test]
 fn seed_curl_lines_work_as_written() -> R {
