@@ -100,6 +100,27 @@ pub fn write_state(root: &Path, o: &Owners, s: &State) -> Result<()> {
     )?)
 }
 
+/// What `--force` replaces on an enrolled host, kept until the new join is answered.
+struct Previous {
+    node_key: Option<Zeroizing<Vec<u8>>>,
+    http_key: Option<Zeroizing<Vec<u8>>>,
+    state: State,
+}
+
+impl Previous {
+    fn restore(&self, root: &Path, o: &Owners) -> Result<()> {
+        for (f, key) in [
+            (File::NodeKey, &self.node_key),
+            (File::HttpKey, &self.http_key),
+        ] {
+            if let Some(key) = key {
+                write_atomic(&f.path(root), key, f.perms(o))?;
+            }
+        }
+        write_state(root, o, &self.state)
+    }
+}
+
 /// A generated or reloaded private key.
 pub struct Key {
     pub pair: rcgen::KeyPair,
@@ -335,6 +356,20 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     } else {
         None
     };
+    // `--force` over a working enrollment keeps what it replaces until the new join is
+    // answered: a refused token or no coordinator leaves the host enrolled as it was.
+    let previous = match &state {
+        Some(st) if s.force && st.stage == Stage::Committed => Some(Previous {
+            node_key: std::fs::read(File::NodeKey.path(root))
+                .ok()
+                .map(Zeroizing::new),
+            http_key: std::fs::read(File::HttpKey.path(root))
+                .ok()
+                .map(Zeroizing::new),
+            state: st.clone(),
+        }),
+        _ => None,
+    };
     let (tkey, hkey) = match keys {
         Some(k) => k,
         None => {
@@ -403,8 +438,20 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         host: facts.clone(),
         roles: s.roles.clone(),
     };
-    let bundle: Bundle = client.post(paths::JOIN, &req).await?;
-    check_bundle(&bundle, &tkey, &hkey)?;
+    let joined = match client.post::<_, Bundle>(paths::JOIN, &req).await {
+        Ok(bundle) => check_bundle(&bundle, &tkey, &hkey).map(|()| bundle),
+        Err(e) => Err(e),
+    };
+    let bundle = match (joined, &previous) {
+        (Ok(bundle), _) => bundle,
+        (Err(mut e), Some(prev)) => {
+            prev.restore(root, &owners)?;
+            e.message
+                .push_str("; the host's previous enrollment is kept as it was");
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
     p.note(&format!(
         "node id {}, {}s to commit",
         bundle.node_id, bundle.remaining_seconds

@@ -883,6 +883,28 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
 }
 
 #[test]
+fn a_refused_forced_reenrollment_keeps_the_working_one() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("steady")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    let key = std::fs::read(h.path("etc/muster/tls/node.key"))?;
+    let state = h.state();
+    // A token deleted since: the join is refused after the new keys were made.
+    let (gone, gone_id) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let (code, _) = c.api("DELETE", &format!("{TOKENS}/{gone_id}"), None)?;
+    assert_eq!(code, 200);
+    let r = h.install(&c.host(), &gone, &["--force"])?;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("previous enrollment is kept"), "{r:?}");
+    assert_eq!(std::fs::read(h.path("etc/muster/tls/node.key"))?, key);
+    assert_eq!(h.state(), state);
+    let hb = h.muster(&["agent", "--count", "1"])?;
+    assert_eq!(hb.code, 0, "still enrolled and working: {hb:?}");
+    Ok(())
+}
+
+#[test]
 fn a_node_certificate_does_not_pass_for_a_coordinator() -> R {
     // A host's own HTTP certificate, from the same CA, served by a plain TLS server: the
     // installer must refuse it even though it chains to the pinned CA.
