@@ -322,11 +322,10 @@ impl App {
             .await;
         }
         for t in self.store.tokens().await? {
-            if !t.revoked
+            let expired = !t.revoked
                 && t.expires
-                    .is_some_and(|e| e.saturating_add(token::LEEWAY_SECS) < now)
-            {
-                self.store.revoke_token(&t.id).await?;
+                    .is_some_and(|e| e.saturating_add(token::LEEWAY_SECS) < now);
+            if expired && self.store.revoke_token(&t.id).await? {
                 self.audit("expired", Some(&t.id), None, None, None).await;
             }
         }

@@ -607,7 +607,19 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     bail!("the emergency token cannot be revoked")
                 }
                 Some(_) => {
-                    app.store.revoke_token(&token_id).await?;
+                    if app.store.revoke_token(&token_id).await? {
+                        // Audited as the API's DELETE is (no source address: the command line).
+                        crate::app::audit(
+                            app.store.as_ref(),
+                            system_now(),
+                            "revoked",
+                            Some(&token_id),
+                            None,
+                            None,
+                            None,
+                        )
+                        .await;
+                    }
                     println!("revoked {token_id}");
                     Ok(())
                 }

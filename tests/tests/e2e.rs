@@ -883,6 +883,46 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
 }
 
 #[test]
+fn a_token_revoked_from_the_command_line_is_audited() -> R {
+    let mut c = Coordinator::with(Opts::default())?;
+    let musterd = |args: &[&str]| -> anyhow::Result<Run> {
+        Ok(Run::from(
+            Command::new(bin("musterd"))
+                .args(args)
+                .arg("--data-dir")
+                .arg(c.data())
+                .output()?,
+        ))
+    };
+    let made = musterd(&["token", "create", "--roles", "proxy", "--output", "json"])?;
+    assert_eq!(made.code, 0, "{made:?}");
+    let id = made.json()["token_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let revoked = musterd(&["token", "revoke", &id])?;
+    assert_eq!(revoked.code, 0, "{revoked:?}");
+    c.serve()?;
+    let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;
+    let events: Vec<(String, String)> = audit["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or_default().to_string(),
+                e["token_id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        events.contains(&("revoked".to_string(), id.clone())),
+        "{events:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_refused_forced_reenrollment_keeps_the_working_one() -> R {
     let c = Coordinator::start()?;
     let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
