@@ -518,8 +518,10 @@ fn start_musterd(root: &Path, p: &mut Progress) {
     if root != Path::new("/") || !Path::new("/run/systemd/system").is_dir() {
         return;
     }
-    match std::process::Command::new("systemctl")
+    // Absolute, and without the token this process may hold in its environment.
+    match std::process::Command::new("/bin/systemctl")
         .args(["start", "--no-block", "musterd.service"])
+        .env_remove("MUSTER_ROLES_TOKEN")
         .status()
     {
         Ok(st) if st.success() => p.note("started musterd.service"),

@@ -10,6 +10,7 @@ use crate::state::{Stage, State};
 use muster_protocol::fs::write_atomic;
 use muster_protocol::node::*;
 use muster_protocol::paths;
+use muster_protocol::ErrorCode;
 use std::path::Path;
 
 fn enrolled(root: &Path) -> Result<State> {
@@ -365,7 +366,19 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     let _lock = layout::lock(&a.root)?;
     let st = enrolled(&a.root)?;
     let mut c = client(&a.root, &st, a.timeout)?;
-    let _: serde_json::Value = c.post(paths::LEAVE, &serde_json::json!({})).await?;
+    // A host the coordinator no longer knows (removed by an admin, replaced, its certificate
+    // revoked) has nothing left to deregister: leaving removes its files all the same.
+    let known = match c
+        .post::<_, serde_json::Value>(paths::LEAVE, &serde_json::json!({}))
+        .await
+    {
+        Ok(_) => true,
+        Err(f) if f.code.as_deref() == Some(ErrorCode::NodeUnknown.as_str()) => {
+            eprintln!("muster: the coordinator no longer knows this host; removing its files");
+            false
+        }
+        Err(f) => return Err(f),
+    };
     let mut removed = Vec::new();
     for f in [File::Renewal].iter().chain(File::ALL.iter().rev()) {
         if muster_protocol::fs::remove(&f.path(&a.root))? {
@@ -375,7 +388,11 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     if a.output == Output::Text {
         eprintln!("left the platform; removed {} files", removed.len());
     }
-    Ok(serde_json::json!({"result": "left", "node_id": st.node_id, "removed": removed}))
+    Ok(serde_json::json!({
+        "result": if known { "left" } else { "removed_locally" },
+        "node_id": st.node_id,
+        "removed": removed,
+    }))
 }
 
 #[cfg(test)]

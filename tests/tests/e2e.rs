@@ -879,6 +879,17 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
         9,
         "the old host's certificates are revoked"
     );
+    // Leaving from the replaced host removes its files; there is nothing left to deregister.
+    let lv = first.muster(&["leave", "--output", "json"])?;
+    assert_eq!(lv.code, 0, "{lv:?}");
+    assert_eq!(lv.json()["result"], "removed_locally");
+    assert!(!first.path("etc/muster/tls/node.key").exists());
+    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(
+        v["runners"].as_array().map(Vec::len),
+        Some(1),
+        "the new one stays"
+    );
     Ok(())
 }
 
