@@ -1210,7 +1210,12 @@ async fn commit(
     };
     let proof = base64::engine::general_purpose::STANDARD
         .decode(&req.proof)
-        .unwrap_or_default();
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::RequestInvalid,
+                "proof must be the signature in standard base64",
+            )
+        })?;
     if !app.platform.check_psk(&req.node_id, req.psk.expose())
         || !pki::verify_proof(
             &spki,

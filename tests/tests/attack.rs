@@ -348,3 +348,78 @@ fn slow_clients_and_connection_floods_leave_the_server_responsive() -> R {
     let _ = dribble.wait();
     Ok(())
 }
+
+#[test]
+fn a_commit_without_the_psk_and_the_new_keys_signature_is_refused_and_registers_nothing() -> R {
+    // The join answered (a node id and a PSK), then commits that do not prove both: the wrong
+    // PSK, a proof that is not base64, a proof by another key. Each is refused with its code
+    // and no host is registered; the right one registers it.
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let dir = tempfile::tempdir()?;
+    let (tdir, other) = (dir.path().join("t"), dir.path().join("o"));
+    std::fs::create_dir_all(&tdir)?;
+    std::fs::create_dir_all(&other)?;
+    let tcsr = csr(&tdir)?;
+    csr(&other)?;
+    let body = serde_json::json!({
+        "token": tok, "transport_csr": tcsr, "http_csr": tcsr,
+        "host": {"hostname": "prover"}, "roles": ["proxy"],
+    });
+    let (status, bundle) = c.post_json(JOIN, &body, &[])?;
+    assert_eq!(status, 200, "{bundle}");
+    let node_id = bundle["node_id"].as_str().unwrap_or_default().to_string();
+    let psk = bundle["psk"].as_str().unwrap_or_default().to_string();
+    // An ECDSA signature over the commit message by the key in `key_dir`, base64.
+    let sign = |key_dir: &std::path::Path, psk: &str| -> anyhow::Result<String> {
+        let msg = key_dir.join("msg");
+        std::fs::write(&msg, muster_protocol::node::commit_message(&node_id, psk))?;
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(key_dir.join("k.pem"))
+            .arg(&msg)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "openssl dgst -sign");
+        Ok(base64::engine::general_purpose::STANDARD.encode(out.stdout))
+    };
+    let runners = || -> anyhow::Result<usize> {
+        let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+        Ok(v["runners"].as_array().map(Vec::len).unwrap_or(usize::MAX))
+    };
+    let wrong_psk = format!("{psk}x");
+    for (name, psk_sent, proof, want) in [
+        (
+            "wrong PSK",
+            wrong_psk.as_str(),
+            sign(&tdir, &wrong_psk)?,
+            (403, "join.proof_invalid"),
+        ),
+        (
+            "proof not base64",
+            psk.as_str(),
+            "!!not base64!!".to_string(),
+            (400, "request.invalid"),
+        ),
+        (
+            "proof by another key",
+            psk.as_str(),
+            sign(&other, &psk)?,
+            (403, "join.proof_invalid"),
+        ),
+    ] {
+        let commit = serde_json::json!({"node_id": node_id, "psk": psk_sent, "proof": proof});
+        let (status, v) = c.post_json("/api/v1/node/commit", &commit, &[])?;
+        assert_eq!(
+            (status, v["errors"][0]["code"].as_str().unwrap_or("-")),
+            want,
+            "{name}: {v}"
+        );
+        assert_eq!(runners()?, 0, "{name}: nothing registered");
+    }
+    let commit = serde_json::json!({"node_id": node_id, "psk": psk, "proof": sign(&tdir, &psk)?});
+    let (status, v) = c.post_json("/api/v1/node/commit", &commit, &[])?;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(runners()?, 1);
+    assert!(!c.log().contains(&psk), "the PSK reached the log");
+    Ok(())
+}
