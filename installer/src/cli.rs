@@ -298,15 +298,19 @@ pub fn parse_file_config(text: &str) -> std::result::Result<FileConfig, String> 
 
 /// Moves a token given as `--roles-token` out of the process's argument list: returns the
 /// arguments without it and the token, for a re-exec with the token in the environment.
-pub fn scrub_token_args(args: &[String]) -> Option<(Vec<String>, String)> {
+/// Arguments as the OS gives them: one that is not UTF-8 (a path in another encoding) passes
+/// through untouched.
+pub fn scrub_token_args(
+    args: &[std::ffi::OsString],
+) -> Option<(Vec<std::ffi::OsString>, std::ffi::OsString)> {
     let mut out = Vec::with_capacity(args.len());
     let mut token = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--roles-token" {
             token = it.next().cloned();
-        } else if let Some(t) = a.strip_prefix("--roles-token=") {
-            token = Some(t.to_string());
+        } else if let Some(t) = a.to_str().and_then(|a| a.strip_prefix("--roles-token=")) {
+            token = Some(t.into());
         } else {
             out.push(a.clone());
         }
@@ -326,7 +330,7 @@ mod tests {
 
     #[test]
     fn scrubs_the_token_from_argv() {
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
         let got = scrub_token_args(&a(&[
             "muster",
             "install",
@@ -345,6 +349,14 @@ mod tests {
         let got = scrub_token_args(&a(&["muster", "install", "--roles-token=SECRET"]));
         assert_eq!(got, Some((a(&["muster", "install"]), "SECRET".into())));
         assert_eq!(scrub_token_args(&a(&["muster", "status"])), None);
+        // A path that is not UTF-8 beside the token: the token still goes, the path stays.
+        use std::os::unix::ffi::OsStringExt;
+        let latin1 = std::ffi::OsString::from_vec(b"/tmp/caf\xe9".to_vec());
+        let mut args = a(&["muster", "install", "--roles-token", "SECRET", "--root"]);
+        args.push(latin1.clone());
+        let mut want = a(&["muster", "install", "--root"]);
+        want.push(latin1);
+        assert_eq!(scrub_token_args(&args), Some((want, "SECRET".into())));
     }
 
     #[test]

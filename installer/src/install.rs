@@ -220,6 +220,17 @@ pub fn coordinator_list(given: Option<&str>, from_token: &[String]) -> Vec<Strin
     out
 }
 
+fn already_enrolled(st: &State) -> Outcome {
+    Outcome {
+        result: "already_enrolled",
+        node_id: st.node_id.clone(),
+        roles: st.roles.clone(),
+        pending_roles: st.pending_roles.clone(),
+        coordinator: st.coordinators.first().cloned(),
+        files: vec![],
+    }
+}
+
 pub async fn run(s: Settings) -> Result<Outcome> {
     let mut p = Progress::new(s.output);
     let root = s.root.as_path();
@@ -229,14 +240,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     if !s.force {
         if let Some(st) = read_state(root)?.filter(|st| st.stage == Stage::Committed) {
             p.step("already enrolled: nothing to do (use --force to enroll again)");
-            return Ok(Outcome {
-                result: "already_enrolled",
-                node_id: st.node_id.clone(),
-                roles: st.roles.clone(),
-                pending_roles: st.pending_roles.clone(),
-                coordinator: st.coordinators.first().cloned(),
-                files: vec![],
-            });
+            return Ok(already_enrolled(&st));
         }
     }
 
@@ -301,8 +305,6 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     let g = nix::unistd::getegid().as_raw();
     let owners = crate::owner::resolve(root, &s.owner, e, g)?;
 
-    let state = read_state(root)?;
-
     if s.dry_run {
         p.step("dry run: this is what would be written (nothing is)");
         let files: Vec<String> = File::ALL
@@ -337,6 +339,22 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     for (dir, _) in layout::dirs(root, &owners) {
         remove_stale_temporaries(&dir);
     }
+    // Under the lock, where things stand now: another run may have enrolled meanwhile, and a
+    // renewal killed half-way belongs to the enrollment on disk (finished if it is committed,
+    // so `--force` has a matching pair to fall back on; dropped otherwise).
+    let state = match read_state(root)? {
+        Some(st) if st.stage == Stage::Committed => {
+            if !s.force {
+                p.step("already enrolled: nothing to do (use --force to enroll again)");
+                return Ok(already_enrolled(&st));
+            }
+            Some(crate::node::finish_renewal(root, st)?)
+        }
+        other => {
+            muster_protocol::fs::remove(&File::Renewal.path(root))?;
+            other
+        }
+    };
     // Reuse the keys of an unfinished run so a retried join is recognized; new keys otherwise.
     let resume = state
         .as_ref()
@@ -370,80 +388,83 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         }),
         _ => None,
     };
-    let (tkey, hkey) = match keys {
-        Some(k) => k,
-        None => {
-            let (t, h) = (Key::generate()?, Key::generate()?);
-            write_atomic(
-                &File::NodeKey.path(root),
-                t.pem().as_bytes(),
-                File::NodeKey.perms(&owners),
-            )?;
-            write_atomic(
-                &File::HttpKey.path(root),
-                h.pem().as_bytes(),
-                File::HttpKey.perms(&owners),
-            )?;
-            write_state(
-                root,
-                &owners,
-                &State {
-                    token_id: Some(claims.sub.clone()),
-                    ..State::new(Stage::Keys)
-                },
-            )?;
-            (t, h)
-        }
-    };
-    failpoint("after-keys");
+    // From here until the join is answered, a failure puts back what `--force` replaces.
+    let attempt = async {
+        let (tkey, hkey) = match keys {
+            Some(k) => k,
+            None => {
+                let (t, h) = (Key::generate()?, Key::generate()?);
+                write_atomic(
+                    &File::NodeKey.path(root),
+                    t.pem().as_bytes(),
+                    File::NodeKey.perms(&owners),
+                )?;
+                write_atomic(
+                    &File::HttpKey.path(root),
+                    h.pem().as_bytes(),
+                    File::HttpKey.perms(&owners),
+                )?;
+                write_state(
+                    root,
+                    &owners,
+                    &State {
+                        token_id: Some(claims.sub.clone()),
+                        ..State::new(Stage::Keys)
+                    },
+                )?;
+                (t, h)
+            }
+        };
+        failpoint("after-keys");
 
-    // The emergency token with the coordinator role: this host becomes the platform's
-    // coordinator (recovery), then enrolls through itself.
-    let mut join_through = coordinators.clone();
-    let mut recovered_files = vec![];
-    if claims.kind == token::TokenKind::Emergency && granted.contains(&Role::Coordinator) {
-        let advertise = s
-            .advertise
-            .clone()
-            .unwrap_or_else(|| format!("{}:{}", facts.hostname, muster_protocol::DEFAULT_PORT));
-        p.step(&format!(
-            "recovering the coordinator role through {}",
-            coordinators[0]
-        ));
-        let mut rc = Client::new(coordinators.clone(), claims.pins.clone(), None, s.timeout)?;
-        rc.verbose = !p.json;
-        let r = crate::recover::recover(&mut rc, root, &s.token, &granted, &advertise).await?;
-        for f in &r.files {
-            p.note(&format!("wrote {f}"));
+        // The emergency token with the coordinator role: this host becomes the platform's
+        // coordinator (recovery), then enrolls through itself.
+        let mut join_through = coordinators.clone();
+        let mut recovered_files = vec![];
+        if claims.kind == token::TokenKind::Emergency && granted.contains(&Role::Coordinator) {
+            let advertise = s
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", facts.hostname, muster_protocol::DEFAULT_PORT));
+            p.step(&format!(
+                "recovering the coordinator role through {}",
+                coordinators[0]
+            ));
+            let mut rc = Client::new(coordinators.clone(), claims.pins.clone(), None, s.timeout)?;
+            rc.verbose = !p.json;
+            let r = crate::recover::recover(&mut rc, root, &s.token, &granted, &advertise).await?;
+            for f in &r.files {
+                p.note(&format!("wrote {f}"));
+            }
+            start_musterd(root, &mut p);
+            p.step(&format!(
+                "waiting for this host's coordinator on {} (advertised as {}; started by musterd.service, or: musterd serve --config {} --data-dir {})",
+                r.local,
+                r.advertise,
+                Path::new("/").join(crate::recover::MUSTERD_YAML).display(),
+                Path::new("/").join(crate::recover::MUSTERD_DATA).display(),
+            ));
+            join_through = vec![r.local];
+            recovered_files = r.files;
         }
-        start_musterd(root, &mut p);
-        p.step(&format!(
-            "waiting for this host's coordinator on {} (advertised as {}; started by musterd.service, or: musterd serve --config {} --data-dir {})",
-            r.local,
-            r.advertise,
-            Path::new("/").join(crate::recover::MUSTERD_YAML).display(),
-            Path::new("/").join(crate::recover::MUSTERD_DATA).display(),
-        ));
-        join_through = vec![r.local];
-        recovered_files = r.files;
+
+        p.step(&format!("joining through {}", join_through[0]));
+        let mut client = Client::new(join_through, claims.pins.clone(), None, s.timeout)?;
+        client.verbose = !p.json;
+        let req = JoinRequest {
+            token: Secret::new(s.token.as_str()),
+            transport_csr: tkey.csr(&facts.hostname, &facts.addresses)?,
+            http_csr: hkey.csr(&facts.hostname, &facts.addresses)?,
+            host: facts.clone(),
+            roles: s.roles.clone(),
+        };
+        let bundle: Bundle = client.post(paths::JOIN, &req).await?;
+        check_bundle(&bundle, &tkey, &hkey)?;
+        Ok::<_, Failure>((tkey, hkey, client, bundle, recovered_files))
     }
-
-    p.step(&format!("joining through {}", join_through[0]));
-    let mut client = Client::new(join_through, claims.pins.clone(), None, s.timeout)?;
-    client.verbose = !p.json;
-    let req = JoinRequest {
-        token: Secret::new(s.token.as_str()),
-        transport_csr: tkey.csr(&facts.hostname, &facts.addresses)?,
-        http_csr: hkey.csr(&facts.hostname, &facts.addresses)?,
-        host: facts.clone(),
-        roles: s.roles.clone(),
-    };
-    let joined = match client.post::<_, Bundle>(paths::JOIN, &req).await {
-        Ok(bundle) => check_bundle(&bundle, &tkey, &hkey).map(|()| bundle),
-        Err(e) => Err(e),
-    };
-    let bundle = match (joined, &previous) {
-        (Ok(bundle), _) => bundle,
+    .await;
+    let (tkey, _hkey, mut client, bundle, recovered_files) = match (attempt, &previous) {
+        (Ok(done), _) => done,
         (Err(mut e), Some(prev)) => {
             prev.restore(root, &owners)?;
             e.message

@@ -126,10 +126,15 @@ pub fn dirs(root: &Path, o: &Owners) -> Vec<(PathBuf, Perms)> {
 /// command's temporary files. Released when dropped (or when the process dies).
 pub struct HostLock(#[allow(dead_code)] std::fs::File);
 
+/// Where the [`HostLock`] lives.
+pub fn lock_path(root: &Path) -> PathBuf {
+    root.join("var/lib/muster/.lock")
+}
+
 /// Waits for and takes the [`HostLock`]. `var/lib/muster` must exist.
 pub fn lock(root: &Path) -> crate::exit::Result<HostLock> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = root.join("var/lib/muster/.lock");
+    let path = lock_path(root);
     let failed = |what: &str, e: std::io::Error| {
         crate::exit::Failure::new(
             crate::exit::Exit::LocalWrite,

@@ -9,19 +9,12 @@ use std::process::ExitCode;
 /// user): re-execute without it, handing it over in the environment, which only this user
 /// and root can read.
 fn scrub_argv() {
-    // An argument that is not UTF-8 (a path in another encoding) cannot be a token flag we
-    // know how to rewrite; clap reads such arguments itself.
-    let Ok(args) = std::env::args_os()
-        .map(std::ffi::OsString::into_string)
-        .collect::<Result<Vec<String>, _>>()
-    else {
-        return;
-    };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some((clean, token)) = muster::cli::scrub_token_args(&args) {
         use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
         let err = std::process::Command::new(exe)
-            .arg0(clean.first().map(String::as_str).unwrap_or("muster"))
+            .arg0(clean.first().cloned().unwrap_or_else(|| "muster".into()))
             .args(clean.iter().skip(1))
             .env("MUSTER_ROLES_TOKEN", token)
             .exec();

@@ -222,7 +222,7 @@ fn apply_renewal(root: &Path, o: &Owners, st: &State, r: &Renewal) -> Result<Sta
 
 /// Finishes a renewal an earlier run was killed in the middle of writing, if there is one.
 /// Returns the state after it.
-fn finish_renewal(root: &Path, st: State) -> Result<State> {
+pub(crate) fn finish_renewal(root: &Path, st: State) -> Result<State> {
     let path = File::Renewal.path(root);
     let bytes = match std::fs::read(&path) {
         Ok(b) => zeroize::Zeroizing::new(b),
@@ -363,18 +363,23 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
 
 pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     enrolled(&a.root)?;
-    let _lock = layout::lock(&a.root)?;
-    let st = enrolled(&a.root)?;
+    let lock = layout::lock(&a.root)?;
+    // A renewal killed half-way is finished first: its new key is what the coordinator knows.
+    let st = finish_renewal(&a.root, enrolled(&a.root)?)?;
     let mut c = client(&a.root, &st, a.timeout)?;
-    // A host the coordinator no longer knows (removed by an admin, replaced, its certificate
-    // revoked) has nothing left to deregister: leaving removes its files all the same.
+    // A host the coordinator no longer takes (removed by an admin, replaced by a rebuild, its
+    // certificate revoked) has nothing left to deregister: leaving removes its files all the
+    // same.
     let known = match c
         .post::<_, serde_json::Value>(paths::LEAVE, &serde_json::json!({}))
         .await
     {
         Ok(_) => true,
         Err(f) if f.code.as_deref() == Some(ErrorCode::NodeUnknown.as_str()) => {
-            eprintln!("muster: the coordinator no longer knows this host; removing its files");
+            eprintln!(
+                "muster: the coordinator no longer takes this host's certificate ({}); removing its files",
+                f.message
+            );
             false
         }
         Err(f) => return Err(f),
@@ -385,6 +390,9 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
             removed.push(f.path(&a.root).display().to_string());
         }
     }
+    // Last, the lock itself, so that nothing of the enrollment is left in var/lib/muster.
+    muster_protocol::fs::remove(&layout::lock_path(&a.root))?;
+    drop(lock);
     if a.output == Output::Text {
         eprintln!("left the platform; removed {} files", removed.len());
     }

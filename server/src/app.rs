@@ -1056,25 +1056,12 @@ async fn join(
     // That takes a token granting every role the registered host has: a weaker one (say, the
     // role-less initial token) must not knock a coordinator off the registry.
     if let Some(old) = app.store.host_named(&req.host.hostname).await? {
-        let missing: Vec<Role> = old
-            .roles
-            .iter()
-            .copied()
-            .filter(|r| !roles.contains(r))
-            .collect();
-        if !missing.is_empty() {
+        if !crate::store::may_replace(&old, &roles) {
             app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
             let code = ErrorCode::HostReplaceRoles;
             app.audit("refused", Some(&rec.id), None, Some(source), Some(code))
                 .await;
-            return Err(ApiError::new(
-                code,
-                format!(
-                    "a host named {} is registered with roles [{}] this join would not get; use a token that grants them, or remove that host first",
-                    req.host.hostname,
-                    muster_protocol::role::join(&missing)
-                ),
-            ));
+            return Err(replace_refused(&old));
         }
     }
     let allowed = pki::host_sans(&req.host.hostname, &req.host.addresses);
@@ -1270,7 +1257,22 @@ async fn commit(
             ErrorCode::JoinUnknown,
             "the join reservation expired before the commit; run the install again",
         )),
+        // Registered under this name since the join (which checked the same): refused here too,
+        // inside the commit's own transaction.
+        CommitOutcome::ReplaceRefused(old) => Err(replace_refused(&old)),
     }
+}
+
+/// The refusal of a join or commit that would replace `old` without all its roles.
+fn replace_refused(old: &HostRecord) -> ApiError {
+    ApiError::new(
+        ErrorCode::HostReplaceRoles,
+        format!(
+            "a host named {} is registered with roles [{}] this join does not grant; use a token that grants them, or remove that host first",
+            old.host.hostname,
+            muster_protocol::role::join(&old.roles)
+        ),
+    )
 }
 
 /// The enrolled node behind a mutual-TLS request: its certificate must be current (not

@@ -473,6 +473,10 @@ fn enrolls_a_host_with_the_right_files() -> R {
     let lv = h.muster(&["leave", "--output", "json"])?;
     assert_eq!(lv.code, 0, "{lv:?}");
     assert!(!h.path("etc/muster/tls/node.key").exists());
+    assert!(
+        !h.path("var/lib/muster/.lock").exists(),
+        "leave removes its lock last"
+    );
     let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
     assert_eq!(v["runners"].as_array().map(Vec::len), Some(0));
     Ok(())

@@ -169,6 +169,23 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
             && s.host_named("host-nobody").await?.is_none(),
         "host_named"
     );
+    // A join without the registered host's roles does not replace it at commit.
+    let mut weaker = reservation("n7", "t3", "k7", "host-a", 100);
+    weaker.roles = vec![];
+    check!(
+        s.reserve(&weaker, 42).await? == ReserveOutcome::Reserved,
+        "reserve n7"
+    );
+    match s.commit("n7", 43).await? {
+        CommitOutcome::ReplaceRefused(old) => check!(old.node_id == "n5", "refused for {old:?}"),
+        other => anyhow::bail!("a weaker commit must not replace host-a: {other:?}"),
+    }
+    check!(
+        s.host_named("host-a").await?.map(|h| h.node_id) == Some("n5".into())
+            && !s.is_revoked("serial-n5").await?
+            && s.host("n7").await?.is_none(),
+        "host-a untouched"
+    );
 
     // Host updates.
     check!(
@@ -223,6 +240,10 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
 
     // Revocation.
     check!(s.revoke_token("t3").await?, "revoke");
+    check!(
+        !s.revoke_token("t3").await?,
+        "revoking again changes nothing and says so"
+    );
     check!(!s.revoke_token("nope").await?, "revoke unknown");
     check!(
         s.reserve(&reservation("n6", "t3", "k6", "host-x", 100), 60)

@@ -449,6 +449,9 @@ impl Store for EtcdStore {
             let Some(mut t) = self.get::<TokenRecord>(&rest).await? else {
                 return Ok(false);
             };
+            if t.value.revoked {
+                return Ok(false);
+            }
             t.value.revoked = true;
             let op = self.put(&rest, &t.value, t.lease)?;
             if self
@@ -536,6 +539,12 @@ impl Store for EtcdStore {
                 }
                 _ => None,
             };
+            if let Some(o) = old
+                .as_ref()
+                .filter(|o| !super::may_replace(&o.value, &r.value.roles))
+            {
+                return Ok(CommitOutcome::ReplaceRefused(Box::new(o.value.clone())));
+            }
             let v = &r.value;
             let host = HostRecord {
                 node_id: v.node_id.clone(),

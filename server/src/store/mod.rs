@@ -144,6 +144,15 @@ pub enum CommitOutcome {
     AlreadyCommitted(Box<HostRecord>),
     /// No live reservation and no host with that id.
     Unknown,
+    /// A host of that hostname is registered with roles the reservation does not have:
+    /// replacing it takes a join granting all of them ([`may_replace`]). Nothing changed.
+    ReplaceRefused(Box<HostRecord>),
+}
+
+/// Whether a host joined with `roles` may replace `old`, registered under its hostname: only
+/// with every role `old` has, so that a weaker token cannot knock a host off the registry.
+pub fn may_replace(old: &HostRecord, roles: &[Role]) -> bool {
+    old.roles.iter().all(|r| roles.contains(r))
 }
 
 /// A store failure. Backends map their own errors here.
@@ -168,7 +177,7 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()>;
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>>;
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
-    /// Marks a token revoked; false if there is no such token.
+    /// Marks a token revoked; false if there is no such token or it was revoked already.
     async fn revoke_token(&self, id: &str) -> StoreResult<bool>;
 
     /// Atomically: checks the token (known, not revoked, use limit), returns a live reservation

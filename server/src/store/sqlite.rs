@@ -428,6 +428,9 @@ impl Store for SqliteStore {
             let Some(mut t) = get_token(tx, &id)? else {
                 return Ok(false);
             };
+            if t.revoked {
+                return Ok(false);
+            }
             t.revoked = true;
             put_token(tx, &t)?;
             Ok(true)
@@ -500,6 +503,9 @@ impl Store for SqliteStore {
             let replaced = match old {
                 Some(s) => {
                     let old: HostRecord = from_json(&s)?;
+                    if !super::may_replace(&old, &r.roles) {
+                        return Ok(CommitOutcome::ReplaceRefused(Box::new(old)));
+                    }
                     revoke_serials(tx, &old.serials)?;
                     tx.prepare_cached("DELETE FROM hosts WHERE node_id = ?1")
                         .map_err(unavailable)?
