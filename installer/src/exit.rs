@@ -24,7 +24,8 @@ pub enum Exit {
     PinMismatch = 6,
     /// Writing a file on this host failed (full disk, a symlink in the way, permissions).
     LocalWrite = 7,
-    /// A pre-enroll hook failed; nothing was written.
+    /// A hook failed: pre-enroll (nothing was written), or post-enroll or post-renew (the
+    /// enrollment or renewal itself is done; the hook is not run again by itself).
     HookFailed = 8,
     /// The host is not enrolled (for `status`, `renew`, `agent`, `leave`).
     NotEnrolled = 9,

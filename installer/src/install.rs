@@ -201,16 +201,10 @@ pub fn coordinator_list(given: Option<&str>, from_token: &[String]) -> Vec<Strin
             .trim()
             .trim_start_matches("https://")
             .trim_end_matches('/');
-        let with_port = if g
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !g.ends_with(']')
-        {
-            g.to_string()
-        } else {
-            format!("{g}:{}", muster_protocol::DEFAULT_PORT)
-        };
-        out.push(with_port);
+        out.push(muster_protocol::addr::with_port(
+            g,
+            muster_protocol::DEFAULT_PORT,
+        ));
     }
     for c in from_token {
         if !out.contains(c) {
@@ -788,5 +782,10 @@ mod tests {
             vec!["10.0.0.1:9443"]
         );
         assert_eq!(coordinator_list(None, &t), t);
+        assert_eq!(
+            coordinator_list(Some("2001:db8::1"), &[]),
+            vec!["[2001:db8::1]:12443"],
+            "a bare IPv6 address has no port"
+        );
     }
 }

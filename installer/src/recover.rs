@@ -70,8 +70,8 @@ pub struct Recovered {
 
 /// The port of `HOST:PORT`, or the default.
 fn port_of(addr: &str) -> u16 {
-    addr.rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
+    muster_protocol::addr::split(addr)
+        .1
         .unwrap_or(muster_protocol::DEFAULT_PORT)
 }
 

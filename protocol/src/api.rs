@@ -23,14 +23,28 @@ pub struct CreateTokenRequest {
     pub allowed_sources: Vec<String>,
 }
 
-/// The answer to a token creation: the token is shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to a token creation: the token is shown this once. Its `Debug` leaves the token
+/// (and the install line, which carries it) out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateTokenReply {
     pub token: String,
     pub token_id: String,
     /// Beyond ECE: the ready-to-paste one-liner that enrolls a host with this token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_command: Option<String>,
+}
+
+impl std::fmt::Debug for CreateTokenReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateTokenReply")
+            .field("token", &"<redacted>")
+            .field("token_id", &self.token_id)
+            .field(
+                "install_command",
+                &self.install_command.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// One token in the list; never the token itself.
@@ -157,8 +171,9 @@ pub struct AuditReply {
     pub events: Vec<AuditEvent>,
 }
 
-/// `GET /_security/enroll/node`: base64 DER fields, as Elasticsearch's enroll-node API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `GET /_security/enroll/node`: base64 DER fields, as Elasticsearch's enroll-node API. Its
+/// `Debug` leaves the two private keys out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EsEnrollNodeReply {
     pub http_ca_key: String,
     pub http_ca_cert: String,
@@ -166,4 +181,49 @@ pub struct EsEnrollNodeReply {
     pub transport_key: String,
     pub transport_cert: String,
     pub nodes_addresses: Vec<String>,
+}
+
+impl std::fmt::Debug for EsEnrollNodeReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsEnrollNodeReply")
+            .field("http_ca_key", &"<redacted>")
+            .field("http_ca_cert", &self.http_ca_cert)
+            .field("transport_ca_cert", &self.transport_ca_cert)
+            .field("transport_key", &"<redacted>")
+            .field("transport_cert", &self.transport_cert)
+            .field("nodes_addresses", &self.nodes_addresses)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_secrets_out() {
+        let t = CreateTokenReply {
+            token: "SECRET-TOKEN".into(),
+            token_id: "id-1".into(),
+            install_command: Some("curl … --roles-token 'SECRET-TOKEN'".into()),
+        };
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("id-1") && !shown.contains("SECRET"),
+            "{shown}"
+        );
+        let e = EsEnrollNodeReply {
+            http_ca_key: "SECRET-CA-KEY".into(),
+            http_ca_cert: "cert".into(),
+            transport_ca_cert: "cert".into(),
+            transport_key: "SECRET-KEY".into(),
+            transport_cert: "cert".into(),
+            nodes_addresses: vec![],
+        };
+        let shown = format!("{e:?}");
+        assert!(
+            shown.contains("cert") && !shown.contains("SECRET"),
+            "{shown}"
+        );
+    }
 }

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod api;
 #[cfg(feature = "x509")]
 pub mod cert;

@@ -428,11 +428,7 @@ async fn director_cert(
     let app = load_app(data).await?;
     let mut sans = Vec::new();
     for a in addresses {
-        let host = match a.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() => h,
-            _ => a.as_str(),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = crate::pki::host_of_address(a);
         let san = match host.parse::<std::net::IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
             Err(_) => rcgen::SanType::DnsName(

@@ -420,18 +420,7 @@ pub fn host_sans(hostname: &str, addresses: &[String]) -> Vec<SanType> {
 
 /// The host part of `host:port`, `[v6]:port` or a bare host.
 pub fn host_of_address(a: &str) -> &str {
-    let host = match a.rsplit_once(':') {
-        // A bare IPv6 address has colons of its own and no port.
-        Some((h, port))
-            if !h.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && (h.starts_with('[') || !h.contains(':')) =>
-        {
-            h
-        }
-        _ => a,
-    };
-    host.trim_start_matches('[').trim_end_matches(']')
+    muster_protocol::addr::split(a).0
 }
 
 /// How a name compares with a subject alternative name: an address in its canonical form, a

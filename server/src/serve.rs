@@ -51,12 +51,7 @@ pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
         names.extend(h.into_string().ok());
     }
     for a in &app.advertise {
-        let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a);
-        names.push(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-        );
+        names.push(crate::pki::host_of_address(a).to_string());
     }
     let mut sans = Vec::new();
     for n in names {

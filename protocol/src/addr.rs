@@ -1,0 +1,52 @@
+//! Coordinator addresses as people write them: `host:port`, `host`, `[v6]:port`, `[v6]` or a
+//! bare IPv6 address (whose colons are not a port).
+
+/// The host (without brackets) and the port, if one is given.
+pub fn split(addr: &str) -> (&str, Option<u16>) {
+    let addr = addr.trim();
+    if let Some(rest) = addr.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (rest, None),
+        };
+    }
+    match addr.rsplit_once(':') {
+        // One colon: host and port. More: a bare IPv6 address.
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (addr, None),
+        },
+        _ => (addr, None),
+    }
+}
+
+/// `host:port` with the default port when none is given; an IPv6 host in brackets.
+pub fn with_port(addr: &str, default: u16) -> String {
+    let (host, port) = split(addr);
+    let port = port.unwrap_or(default);
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_way_of_writing_an_address() {
+        assert_eq!(split("c1.example:9443"), ("c1.example", Some(9443)));
+        assert_eq!(split("c1.example"), ("c1.example", None));
+        assert_eq!(split("10.0.0.1:12443"), ("10.0.0.1", Some(12443)));
+        assert_eq!(split("[2001:db8::1]:9443"), ("2001:db8::1", Some(9443)));
+        assert_eq!(split("[2001:db8::1]"), ("2001:db8::1", None));
+        assert_eq!(split("2001:db8::1"), ("2001:db8::1", None), "not port 1");
+        assert_eq!(split("c1:notaport"), ("c1:notaport", None));
+        assert_eq!(with_port("2001:db8::1", 12443), "[2001:db8::1]:12443");
+        assert_eq!(with_port("[2001:db8::1]:9443", 12443), "[2001:db8::1]:9443");
+        assert_eq!(with_port("c1", 12443), "c1:12443");
+        assert_eq!(with_port("c1:1", 12443), "c1:1");
+    }
+}
