@@ -100,6 +100,51 @@ pub async fn recover(
     write(root, token, &rec, advertise)
 }
 
+/// Refuses to recover over another coordinator's data: an unseal key that is not this
+/// platform's (writing ours would lock that platform's secrets away for good: its emergency
+/// token still unwraps its data key, but nothing on this host would hold it) or an embedded
+/// store (a coordinator of its own lives here; its musterd.yaml would be replaced). The same
+/// key again, from an earlier run of this recovery, is not in the way.
+fn in_the_way(root: &Path, key: &str) -> Result<()> {
+    let data = root.join(MUSTERD_DATA);
+    let held = data.join(UNSEAL_KEY_FILE);
+    let away = |what: String| {
+        Err(Failure::new(
+            Exit::LocalWrite,
+            format!(
+                "{what}: this host already runs a coordinator of its own. Nothing was written; \
+                 to recover here, move {} away first (it may be the only copy of that \
+                 platform's key)",
+                data.display()
+            ),
+        ))
+    };
+    match std::fs::read_to_string(&held).map(zeroize::Zeroizing::new) {
+        Ok(text) if text.trim() == key => {}
+        Ok(_) => {
+            return away(format!(
+                "{} holds another platform's unseal key",
+                held.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Failure::new(
+                Exit::LocalWrite,
+                format!("reading {}: {e}", held.display()),
+            ))
+        }
+    }
+    let db = data.join("muster.db");
+    if std::fs::symlink_metadata(&db).is_ok() {
+        return away(format!(
+            "{} is a coordinator's embedded store",
+            db.display()
+        ));
+    }
+    Ok(())
+}
+
 fn write(root: &Path, token: &str, rec: &Recovery, advertise: &str) -> Result<Recovered> {
     let key =
         unwrap_data_key(token, &rec.kdf_salt, &rec.wrapped_key, &rec.sealed).map_err(|e| {
@@ -123,6 +168,8 @@ fn write(root: &Path, token: &str, rec: &Recovery, advertise: &str) -> Result<Re
     } else {
         None
     };
+
+    in_the_way(root, &key.encode())?;
 
     let (e, g) = (
         nix::unistd::geteuid().as_raw(),
@@ -218,5 +265,34 @@ mod tests {
         assert_eq!(port_of("c1.example:2443"), 2443);
         assert_eq!(port_of("c1.example"), muster_protocol::DEFAULT_PORT);
         assert_eq!(port_of("[::1]:7"), 7);
+    }
+
+    #[test]
+    fn another_coordinators_data_is_in_the_way(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        let data = root.path().join(MUSTERD_DATA);
+        let refused = |root: &Path| match in_the_way(root, "ours") {
+            Ok(()) => None,
+            Err(f) => Some((f.exit, f.message)),
+        };
+        // Nothing there yet, or only this platform's key from an earlier run.
+        assert_eq!(refused(root.path()), None);
+        std::fs::create_dir_all(&data)?;
+        std::fs::write(data.join(UNSEAL_KEY_FILE), "ours\n")?;
+        assert_eq!(refused(root.path()), None);
+        // Another platform's key: refused by name, and the key itself never shown.
+        std::fs::write(data.join(UNSEAL_KEY_FILE), "theirs\n")?;
+        let (exit, why) = refused(root.path()).ok_or("another key is in the way")?;
+        assert_eq!(exit, Exit::LocalWrite);
+        assert!(why.contains("unseal.key holds another platform's"), "{why}");
+        assert!(!why.contains("theirs"), "{why}");
+        // A coordinator on its embedded store.
+        std::fs::remove_file(data.join(UNSEAL_KEY_FILE))?;
+        std::fs::write(data.join("muster.db"), "")?;
+        let (exit, why) = refused(root.path()).ok_or("an embedded store is in the way")?;
+        assert_eq!(exit, Exit::LocalWrite);
+        assert!(why.contains("embedded store"), "{why}");
+        Ok(())
     }
 }

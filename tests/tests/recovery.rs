@@ -267,6 +267,30 @@ fn with_every_coordinator_gone_a_director_and_the_emergency_token_bring_the_plat
     std::fs::remove_dir_all(c2.data())?;
     etcd.kill(2);
 
+    // A host already serving another platform's coordinator is not recovered over: its
+    // unseal key (perhaps that platform's only copy) stays, and nothing is written.
+    let busy = Host::new("busy-coordinator")?;
+    std::fs::create_dir_all(busy.path("var/lib/musterd"))?;
+    std::fs::write(
+        busy.path("var/lib/musterd/unseal.key"),
+        "another platform\n",
+    )?;
+    let r = busy.install(
+        &director.host(),
+        &emergency,
+        &["--roles", "coordinator", "--advertise", "127.0.0.1:1"],
+    )?;
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains("holds another platform's unseal key"),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(busy.path("var/lib/musterd/unseal.key"))?,
+        "another platform\n"
+    );
+    assert!(!busy.path("etc/muster/musterd.yaml").exists());
+
     // On a fresh host: the emergency token, through the director.
     let nport = free_port();
     let new = Host::new("new-coordinator")?;
