@@ -119,7 +119,7 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
         .route(paths::JOIN, post(protocol_join))
         .route(paths::COMMIT, post(protocol_commit))
         .with_state(Arc::new(floor));
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = musterd::serve::listen(listen)?;
     let ready = Ready {
         port: listener.local_addr()?.port(),
         token: tok,
