@@ -18,7 +18,8 @@
 # --roles-token, --roles-token-file (passed on) or MUSTER_ROLES_TOKEN.
 #
 # Exit codes are muster's (docs/installer.md); this script adds: 1 a prerequisite is missing,
-# 2 usage, 5 the coordinator could not be reached, 6 the download did not match its checksum.
+# 2 usage, 5 the coordinator could not be reached, 6 the coordinator's key or CA is not the
+# pinned one, or the download did not match its checksum (do not retry blindly).
 set -eu
 
 served_coordinator='@COORDINATOR@'
@@ -49,14 +50,14 @@ want=
 for arg do
     shift
     case $want in
-    token)
+    --roles-token)
         MUSTER_ROLES_TOKEN=$arg
         export MUSTER_ROLES_TOKEN
         want=
         continue
         ;;
-    coordinator) coordinator=$arg have_coordinator=1 ;;
-    root) root=$arg ;;
+    --coordinator-host) coordinator=$arg have_coordinator=1 ;;
+    --root) root=$arg ;;
     esac
     if [ -n "$want" ]; then
         want=
@@ -65,7 +66,7 @@ for arg do
     fi
     case $arg in
     --roles-token)
-        want=token
+        want=$arg
         continue
         ;;
     --roles-token=*)
@@ -73,25 +74,37 @@ for arg do
         export MUSTER_ROLES_TOKEN
         continue
         ;;
-    --coordinator-host) want=coordinator ;;
+    --coordinator-host) want=$arg ;;
     --coordinator-host=*) coordinator=${arg#*=} have_coordinator=1 ;;
-    --root) want=root ;;
+    --root) want=$arg ;;
     --root=*) root=${arg#*=} ;;
     --owner | --owner=*) owner_given=1 ;;
     -h | --help)
-        sed -n '2,21p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' ||
-            say "usage: install.sh --roles-token TOKEN [muster install options]"
+        # Read from a pipe (`curl … | sh`), this script has no file to print its header from.
+        if [ -f "$0" ] && grep -q '^# Muster one-line installer' "$0"; then
+            sed -n '/^set -eu$/q; 2,$p' "$0" | sed 's/^# \{0,1\}//'
+        else
+            say "usage: … | sudo sh -s -- --roles-token TOKEN [muster install options]; see docs/install.md"
+        fi
         exit 0
         ;;
     esac
     set -- "$@" "$arg"
 done
-[ -z "$want" ] || die 2 "--$want needs a value"
+[ -z "$want" ] || die 2 "$want needs a value"
 [ -n "$coordinator" ] || die 2 "no coordinator: pass --coordinator-host HOST:PORT"
 case $coordinator in
 *[!A-Za-z0-9.:\[\]-]*) die 2 "--coordinator-host must be HOST or HOST:PORT" ;;
 esac
 [ "$have_coordinator" = 1 ] || set -- --coordinator-host "$coordinator" "$@"
+# The address in URLs: muster's port when none is given, a bare IPv6 address in brackets.
+case $coordinator in
+\[*\]:*) url_host=$coordinator ;;
+\[*\]) url_host=$coordinator:12443 ;;
+*:*:*) url_host=[$coordinator]:12443 ;;
+*:*) url_host=$coordinator ;;
+*) url_host=$coordinator:12443 ;;
+esac
 
 # Prerequisites, each named when missing.
 [ "$(id -u)" = 0 ] || die 1 "run as root: … | sudo sh -s -- --roles-token …"
@@ -144,10 +157,23 @@ fetch() {
     fi
 }
 
-base=https://$coordinator/download/muster-x86_64
-say "fetching the installer from $coordinator"
-fetch "$base" "$tmp/muster" || die 5 "could not fetch $base (is the coordinator up, and is the pin right?)"
-fetch "$base.sha256" "$tmp/muster.sha256" || die 5 "could not fetch $base.sha256"
+# fetched URL FILE: fetch, or exit as muster would: 6 when the coordinator's key or certificate
+# is not the pinned one (someone may be in the middle), 5 when it could not be reached.
+fetched() {
+    st=0
+    fetch "$1" "$2" || st=$?
+    case $fetcher:$st in
+    *:0) ;;
+    curl:60 | curl:90 | wget:5)
+        die 6 "the coordinator at $url_host does not hold the pinned key or CA; do not retry blindly: check the pin" ;;
+    *) die 5 "could not fetch $1 (is the coordinator up?)" ;;
+    esac
+}
+
+base=https://$url_host/download/muster-x86_64
+say "fetching the installer from $url_host"
+fetched "$base" "$tmp/muster"
+fetched "$base.sha256" "$tmp/muster.sha256"
 expected=$(cut -d' ' -f1 <"$tmp/muster.sha256")
 actual=$(sha256 "$tmp/muster")
 if [ -z "$expected" ] || [ "$expected" != "$actual" ]; then
@@ -158,7 +184,10 @@ bindir=${root%/}/usr/local/bin
 dest=$bindir/muster
 mkdir -p "$bindir" || die 7 "cannot make $bindir"
 [ ! -L "$dest" ] || die 7 "refusing to write $dest: it is a symbolic link"
-{ cp "$tmp/muster" "$dest.new" && chmod 0755 "$dest.new" && mv -f "$dest.new" "$dest"; } ||
+# A fresh temporary beside it (never one left behind, which could be a symbolic link), synced,
+# then renamed over: $dest is the old binary or the new one, never half of one.
+{ rm -f "$dest.new" && cp "$tmp/muster" "$dest.new" && chmod 0755 "$dest.new" &&
+    { sync "$dest.new" 2>/dev/null || sync; } && mv -f "$dest.new" "$dest"; } ||
     die 7 "cannot install $dest"
 say "installed $dest ($actual)"
 
@@ -176,10 +205,18 @@ status=0
 "$dest" install "$@" || status=$?
 [ "$status" = 0 ] || exit "$status"
 
-# On a systemd host enrolled in place (no --root), keep it connected.
+# On a systemd host enrolled in place (no --root), keep it connected. With the package's unit,
+# `muster install` has started it already.
+unit=/etc/systemd/system/muster-agent.service
 if [ -z "${root%/}" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 &&
-    [ ! -e /lib/systemd/system/muster-agent.service ]; then
-    cat >/etc/systemd/system/muster-agent.service <<'UNIT'
+    [ ! -e /lib/systemd/system/muster-agent.service ] &&
+    [ ! -e /usr/lib/systemd/system/muster-agent.service ]; then
+    if [ -L "$unit" ]; then
+        say "warning: $unit is a symbolic link (masked?); left as it is, and the agent not started"
+        exit 0
+    fi
+    # Written beside it and renamed over, so a unit is never half-written.
+    if ! { rm -f "$unit.new" && cat >"$unit.new" <<'UNIT' && mv -f "$unit.new" "$unit" && systemctl daemon-reload && systemctl enable --now muster-agent.service; }; then
 [Unit]
 Description=Muster agent: heartbeats and certificate renewal
 After=network-online.target
@@ -194,7 +231,7 @@ RestartSec=10s
 [Install]
 WantedBy=multi-user.target
 UNIT
-    { systemctl daemon-reload && systemctl enable --now muster-agent.service; } ||
         say "warning: could not start muster-agent.service; run: systemctl enable --now muster-agent"
+    fi
 fi
 exit 0

@@ -168,6 +168,7 @@ const BASE_TOOLS: &[&str] = &[
     "cp",
     "chmod",
     "mv",
+    "sync",
     "grep",
 ];
 
@@ -270,6 +271,56 @@ fn install_sh_names_what_is_missing_and_installs_nothing() -> R {
     assert!(r.stderr.contains("SHA-256"), "{r:?}");
     assert!(untouched(&h));
     assert!(!r.stderr.contains(&token) && !r.stdout.contains(&token));
+
+    // A coordinator that does not hold the pinned key (curl), or the given CA (wget): exit 6,
+    // as muster's own pin check, not 5 ("unreachable", worth retrying).
+    let other = tempfile::tempdir()?;
+    tool(Command::new("openssl").current_dir(other.path()).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=another CA",
+        "-days",
+        "1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "ca.pem",
+    ]))?;
+    for (fetcher, var, value) in [
+        (
+            "curl",
+            "MUSTER_PIN",
+            "sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".to_string(),
+        ),
+        (
+            "wget",
+            "MUSTER_CA_FILE",
+            other.path().join("ca.pem").display().to_string(),
+        ),
+    ] {
+        let d = tempfile::tempdir()?;
+        let mut tools = BASE_TOOLS.to_vec();
+        tools.push(fetcher);
+        let h = Host::new(&format!("not-pinned-{fetcher}"))?;
+        let out = Command::new("/bin/sh")
+            .arg(&script)
+            .arg("--root")
+            .arg(h.root.path())
+            .env("PATH", bare_path(d.path(), &tools)?)
+            .env("MUSTER_ROLES_TOKEN", &token)
+            .env(var, &value)
+            .output()?;
+        let r = Run::from(out);
+        assert_eq!(r.code, 6, "{fetcher}: {r:?}");
+        assert!(r.stderr.contains("pinned key or CA"), "{fetcher}: {r:?}");
+        assert!(untouched(&h), "{fetcher}");
+    }
     Ok(())
 }
 

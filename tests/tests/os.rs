@@ -404,6 +404,20 @@ fn cloud_init_runcmd_one_liner_enrolls_the_instance_and_logs_a_refusal() -> R {
     // The keys made for the join stay for a retry; no certificate was issued.
     assert!(!o.path("etc/muster/tls/node.crt").exists());
     assert!(!log.contains(&bad));
+
+    // A pin that is not the coordinator's: the fetch fails, and so does the script (piped
+    // into `sh`, the empty download would have "succeeded").
+    let o = Overlay::new(&base)?;
+    let wrong = "sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+    let ud = user_data("one-liner.yaml", &coordinator, wrong, &token)?;
+    o.boot_cloud_init(&net.host, "ci-wrong-pin", &ud)?;
+    let log = std::fs::read_to_string(o.path("var/log/cloud-init-output.log"))?;
+    assert!(
+        log.contains("Failed to run module scripts_user"),
+        "cloud-init names the failed module: {log}"
+    );
+    assert!(!o.path("usr/local/bin/muster").exists());
+    assert!(!log.contains(&token));
     Ok(())
 }
 
