@@ -217,6 +217,23 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
             && !s.is_revoked("new").await?,
         "replace_certs keeps the pair renewed with"
     );
+    // The same step again, as a backend retrying a request whose answer was lost runs it: the
+    // new pair is recorded already and stays valid.
+    let h = s
+        .replace_certs(
+            "n5",
+            &["new".into(), "new-h".into()],
+            &["serial-n5".into()],
+            500,
+        )
+        .await?;
+    check!(
+        h.map(|h| h.serials) == Some(vec!["new".into(), "new-h".into(), "serial-n5".into()])
+            && !s.is_revoked("new").await?
+            && !s.is_revoked("new-h").await?
+            && !s.is_revoked("serial-n5").await?,
+        "replace_certs run twice keeps the new pair"
+    );
     s.replace_certs("n5", &["newer".into()], &["serial-n5".into()], 600)
         .await?;
     check!(

@@ -681,7 +681,7 @@ impl Store for EtcdStore {
         not_after: u64,
     ) -> StoreResult<Option<HostRecord>> {
         self.update_host(node_id, |h| {
-            let (kept, gone) = super::split_serials(&h.serials, keep);
+            let (kept, gone) = super::split_serials(&h.serials, serials, keep);
             h.cert_not_after = not_after;
             h.serials = serials.iter().cloned().chain(kept).collect();
             gone

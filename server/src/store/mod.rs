@@ -78,9 +78,14 @@ pub struct HostRecord {
     pub memory_used_mb: u64,
 }
 
-/// A host's old serials split into those to keep (in `keep`) and those to revoke.
-fn split_serials(old: &[String], keep: &[String]) -> (Vec<String>, Vec<String>) {
-    old.iter().cloned().partition(|s| keep.contains(s))
+/// A host's serials, as a renewal to `new` leaves them: split into those to keep (in `keep`)
+/// and those to revoke. The new ones are neither: a renewal step run again (a backend retrying
+/// a request whose answer was lost) finds them recorded already, and must not revoke them.
+fn split_serials(old: &[String], new: &[String], keep: &[String]) -> (Vec<String>, Vec<String>) {
+    old.iter()
+        .filter(|s| !new.contains(s))
+        .cloned()
+        .partition(|s| keep.contains(s))
 }
 
 /// DER bytes in a record, as base64; the array of numbers that records written by earlier

@@ -642,7 +642,7 @@ impl Store for SqliteStore {
         let (id, serials, keep) = (node_id.to_string(), serials.to_vec(), keep.to_vec());
         self.tx(move |tx| {
             update_host(tx, id, |tx, h| {
-                let (kept, gone) = super::split_serials(&h.serials, &keep);
+                let (kept, gone) = super::split_serials(&h.serials, &serials, &keep);
                 revoke_serials(tx, &gone)?;
                 h.serials = serials.iter().cloned().chain(kept).collect();
                 h.cert_not_after = not_after;
