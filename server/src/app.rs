@@ -573,7 +573,7 @@ async fn audit_log(
     app.authenticate(&headers, c.remote.ip())?;
     let events = app
         .store
-        .audit_log(q.after, q.limit.unwrap_or(1000).min(10_000))
+        .audit_log(q.after, q.limit.unwrap_or(1000).clamp(1, 10_000))
         .await?;
     Ok(Json(AuditReply { events }))
 }

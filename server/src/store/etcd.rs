@@ -44,6 +44,9 @@ const LEASE_GRACE_SECS: i64 = 3600;
 const TOKEN_RETENTION_SECS: i64 = 86_400;
 /// Compare-and-swap rounds before a step gives up as contended.
 const MAX_ROUNDS: u32 = 1000;
+/// Records read per request by a scan: etcd-client decodes answers of at most 4 MiB, and a
+/// reservation (two certificates) is about 3 KB, a host about 1 KB.
+const PAGE: i64 = 256;
 
 pub struct EtcdStore {
     /// One client per endpoint. The one in use changes when its member stops answering:
@@ -186,6 +189,20 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> StoreResult<T> {
         .map_err(|e| StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(kv.key()))))
 }
 
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix):
+/// the prefix with its last byte below 0xff raised by one and what follows dropped.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only 0xff bytes (or nothing): every key from here on, as etcd spells it.
+    vec![0]
+}
+
 fn json<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -310,10 +327,103 @@ impl EtcdStore {
 
     /// Every record under `rest`, in key order.
     async fn list<T: DeserializeOwned>(&self, rest: &str) -> StoreResult<Vec<T>> {
-        let resp = self
-            .range(rest, Some(GetOptions::new().with_prefix()))
+        let mut all = Vec::new();
+        let mut page = None;
+        while let Some(kvs) = self.scan(rest, &mut page).await? {
+            for kv in &kvs {
+                all.push(decode(kv)?);
+            }
+        }
+        Ok(all)
+    }
+
+    /// The next page of the keys under `rest`, in key order, or `None` past the last one. Every
+    /// page is read at the first one's revision, so the pages make one consistent snapshot;
+    /// `at` (start with `None`) carries the revision and where to go on from.
+    async fn scan(
+        &self,
+        rest: &str,
+        at: &mut Option<(i64, Vec<u8>)>,
+    ) -> StoreResult<Option<Vec<KeyValue>>> {
+        let prefix = self.key(rest).into_bytes();
+        let (rev, start) = match at.take() {
+            Some((_, start)) if start.is_empty() => return Ok(None),
+            Some((rev, start)) => (rev, start),
+            None => (0, prefix.clone()),
+        };
+        let opts = GetOptions::new()
+            .with_range(prefix_end(&prefix))
+            .with_limit(PAGE)
+            .with_revision(rev);
+        let mut resp = self
+            .call(|mut c| {
+                let (key, opts) = (start.clone(), opts.clone());
+                async move { c.get(key, Some(opts)).await }
+            })
             .await?;
-        resp.kvs().iter().map(decode).collect()
+        let rev = match rev {
+            0 => resp.header().map_or(0, |h| h.revision()),
+            r => r,
+        };
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        // Where the next page starts: just past this page's last key; empty when done.
+        let next = match (more, kvs.last()) {
+            (true, Some(last)) => [last.key(), &[0]].concat(),
+            _ => Vec::new(),
+        };
+        *at = Some((rev, next));
+        Ok(Some(kvs))
+    }
+
+    /// Expires the reservations of one page that are past `now`, each in a transaction
+    /// guarded by what it read. A record that does not decode is named in the log and left:
+    /// one bad record must not stop every later reservation from expiring.
+    async fn expire_page(
+        &self,
+        kvs: &[KeyValue],
+        now: u64,
+        expired: &mut Vec<Reservation>,
+    ) -> StoreResult<()> {
+        for kv in kvs {
+            let r: Reservation = match decode(kv) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: a reservation record does not read; left for an operator");
+                    continue;
+                }
+            };
+            if r.expires_at > now {
+                continue;
+            }
+            let resv_key = format!("resv/{}", r.node_id);
+            let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
+            let mut guards = vec![self.unchanged(&resv_key, Some(kv.mod_revision()))];
+            let mut ops = vec![self.delete(&resv_key)];
+            // The key's index goes only if it still points here: the same key may have joined
+            // again since, and its new reservation keeps its index.
+            if let Some(ix) = self.get::<String>(&index_key).await? {
+                if ix.value == r.node_id {
+                    guards.push(self.unchanged(&index_key, Some(ix.rev)));
+                    ops.push(self.delete(&index_key));
+                }
+            }
+            if !r.committed {
+                // Give the use back in the same transaction; if another coordinator expires
+                // this reservation first, the guard fails and the use is not given twice.
+                let token_key = format!("tokens/{}", r.token_id);
+                if let Some(mut t) = self.get::<TokenRecord>(&token_key).await? {
+                    t.value.uses = t.value.uses.saturating_sub(1);
+                    guards.push(self.unchanged(&token_key, Some(t.rev)));
+                    ops.push(self.put(&token_key, &t.value, t.lease)?);
+                }
+                ops.extend(self.revoke_ops(&r.serials)?);
+            }
+            if self.txn(guards, ops).await? && !r.committed {
+                expired.push(r);
+            }
+        }
+        Ok(())
     }
 
     /// The guard that `rest` is as it was read: same mod revision, or still absent.
@@ -586,41 +696,10 @@ impl Store for EtcdStore {
     }
 
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
-        let resp = self
-            .range("resv/", Some(GetOptions::new().with_prefix()))
-            .await?;
         let mut expired = Vec::new();
-        for kv in resp.kvs() {
-            let r: Reservation = decode(kv)?;
-            if r.expires_at > now {
-                continue;
-            }
-            let resv_key = format!("resv/{}", r.node_id);
-            let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
-            let mut guards = vec![self.unchanged(&resv_key, Some(kv.mod_revision()))];
-            let mut ops = vec![self.delete(&resv_key)];
-            // The key's index goes only if it still points here: the same key may have joined
-            // again since, and its new reservation keeps its index.
-            if let Some(ix) = self.get::<String>(&index_key).await? {
-                if ix.value == r.node_id {
-                    guards.push(self.unchanged(&index_key, Some(ix.rev)));
-                    ops.push(self.delete(&index_key));
-                }
-            }
-            if !r.committed {
-                // Give the use back in the same transaction; if another coordinator expires
-                // this reservation first, the guard fails and the use is not given twice.
-                let token_key = format!("tokens/{}", r.token_id);
-                if let Some(mut t) = self.get::<TokenRecord>(&token_key).await? {
-                    t.value.uses = t.value.uses.saturating_sub(1);
-                    guards.push(self.unchanged(&token_key, Some(t.rev)));
-                    ops.push(self.put(&token_key, &t.value, t.lease)?);
-                }
-                ops.extend(self.revoke_ops(&r.serials)?);
-            }
-            if self.txn(guards, ops).await? && !r.committed {
-                expired.push(r);
-            }
+        let mut page = None;
+        while let Some(kvs) = self.scan("resv/", &mut page).await? {
+            self.expire_page(&kvs, now, &mut expired).await?;
         }
         Ok(expired)
     }
@@ -744,7 +823,7 @@ impl Store for EtcdStore {
         // "audit0" is the first key after every "audit/…" key.
         let opts = GetOptions::new()
             .with_range(self.key("audit0"))
-            .with_limit(i64::from(limit));
+            .with_limit(i64::from(limit.max(1)));
         let resp = self
             .range(
                 &format!("audit/{:020}", after.saturating_add(1)),
@@ -770,5 +849,49 @@ mod tests {
         };
         let store = EtcdStore::connect(&cfg).await?;
         crate::store::conformance::run(&store).await
+    }
+
+    /// More records than one etcd answer may hold (etcd-client decodes at most 4 MiB): they
+    /// are listed and expired a page at a time, and a record that does not read stops nothing.
+    #[tokio::test]
+    async fn records_past_one_answers_size_are_read_in_pages() -> anyhow::Result<()> {
+        use crate::store::conformance::{reservation, token};
+        let etcd = muster_tests::Etcd::start(1)?;
+        let cfg = crate::config::EtcdConfig {
+            endpoints: etcd.client_urls.clone(),
+            prefix: "/pages/".into(),
+            tls: None,
+        };
+        let store = EtcdStore::connect(&cfg).await?;
+        store.insert_token(&token("t", None)).await?;
+        // About 6 KB each, as two real certificates make a reservation about 3 KB: 5 MB.
+        let n = 850;
+        let pem = "x".repeat(3000);
+        for i in 0..n {
+            let mut r = reservation(
+                &format!("n{i:04}"),
+                "t",
+                &format!("k{i}"),
+                &format!("h{i}"),
+                100,
+            );
+            r.transport_cert_pem = pem.clone();
+            r.http_cert_pem = pem.clone();
+            anyhow::ensure!(store.reserve(&r, 50).await? == ReserveOutcome::Reserved);
+        }
+        let listed: Vec<Reservation> = store.list("resv/").await?;
+        anyhow::ensure!(listed.len() == n, "listed {} of {n}", listed.len());
+        let bad = store.key("resv/n9999-unreadable");
+        store
+            .call(|mut c| {
+                let k = bad.clone();
+                async move { c.put(k, "not json", None).await }
+            })
+            .await?;
+        let expired = store.expire_reservations(200).await?;
+        anyhow::ensure!(expired.len() == n, "expired {} of {n}", expired.len());
+        let uses = store.token("t").await?.map(|t| t.uses);
+        anyhow::ensure!(uses == Some(0), "every use given back: {uses:?}");
+        Ok(())
     }
 }
