@@ -118,16 +118,31 @@ async fn watch_tokens(clients: Vec<Client>, tokens_key: String, copy: Arc<TokenC
         let mut c = clients[attempt % clients.len()].clone();
         attempt += 1;
         let run = async {
-            let all = c
-                .get(tokens_key.clone(), Some(GetOptions::new().with_prefix()))
-                .await?;
-            let rev = all.header().map(|h| h.revision()).unwrap_or(0);
+            // A page at a time, at the first page's revision: a day of ephemeral tokens can
+            // outgrow one answer.
+            let end = prefix_end(tokens_key.as_bytes());
+            let mut start = tokens_key.clone().into_bytes();
+            let mut rev = 0;
             let mut records = HashMap::new();
-            for kv in all.kvs() {
-                if let Ok(t) = decode::<TokenRecord>(kv) {
-                    if t.revoked {
-                        records.insert(t.id.clone(), t);
+            loop {
+                let opts = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(PAGE)
+                    .with_revision(rev);
+                let page = c.get(start.clone(), Some(opts)).await?;
+                if rev == 0 {
+                    rev = page.header().map_or(0, |h| h.revision());
+                }
+                for kv in page.kvs() {
+                    if let Ok(t) = decode::<TokenRecord>(kv) {
+                        if t.revoked {
+                            records.insert(t.id.clone(), t);
+                        }
                     }
+                }
+                match (page.more(), page.kvs().last()) {
+                    (true, Some(last)) => start = [last.key(), &[0]].concat(),
+                    _ => break,
                 }
             }
             copy.set(records);
@@ -837,6 +852,13 @@ impl Store for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_ends_where_etcd_says() {
+        assert_eq!(prefix_end(b"/muster/resv/"), b"/muster/resv0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
 
     #[tokio::test]
     async fn etcd_passes_conformance() -> anyhow::Result<()> {
