@@ -49,6 +49,9 @@ pub struct App {
     pub platform: Platform,
     pub config: Config,
     pub advertise: Vec<String>,
+    /// What this coordinator answers on (`serve::own_names`): its serving certificate names
+    /// them, and no host without the coordinator role is certified for them.
+    pub own_names: Vec<String>,
     /// The key of the TLS serving certificate, kept in the data folder.
     pub serving_key: pki::ServingKey,
     pub metrics: Metrics,
@@ -126,6 +129,7 @@ impl App {
         serving_key: pki::ServingKey,
     ) -> Arc<App> {
         let advertise = config.advertise_or_default();
+        let own_names = crate::serve::own_names(&advertise);
         let login_failures = FailureLimiter::new(config.login_failures_per_minute);
         let token_failures = FailureLimiter::new(config.token_failures_per_minute);
         Arc::new(App {
@@ -133,6 +137,7 @@ impl App {
             platform,
             config,
             advertise,
+            own_names,
             serving_key,
             metrics: Metrics::default(),
             login_failures,
@@ -981,15 +986,15 @@ impl App {
     /// The leaf of a host's HTTP certificate. The HTTP CA also signs this coordinator's own
     /// serving certificate, which installers and admins check against it, so a host that is
     /// not a coordinator is not certified for the names and addresses this coordinator
-    /// advertises, whatever it says about itself: its certificate could stand in for the
+    /// answers on, whatever it says about itself: its certificate could stand in for the
     /// coordinator's.
     fn http_leaf(&self, node_id: &str, host: &HostFacts, coordinator: bool) -> Leaf {
         let mut leaf = self.leaf(node_id, host, coordinator);
         if !coordinator {
             let own: Vec<String> = self
-                .advertise
+                .own_names
                 .iter()
-                .map(|a| pki::san_key_of_name(pki::host_of_address(a)))
+                .map(|n| pki::san_key_of_name(n))
                 .collect();
             leaf.sans.retain(|s| !own.contains(&pki::san_key(s)));
         }

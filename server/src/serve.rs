@@ -59,20 +59,42 @@ pub fn tune(cfg: &mut rustls::ServerConfig) {
     cfg.send_tls13_tickets = 0;
 }
 
-/// Builds the TLS config: a fresh serving certificate over the data folder's serving key, from
-/// the HTTP CA, marked as a
-/// coordinator's, naming the advertised hosts, this host, and loopback.
-pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = tls_provider();
+/// The names and addresses this coordinator answers on: loopback, its host name, the addresses
+/// of its network interfaces (link-local IPv6 ones aside: they need a scope no URL carries
+/// well), and the hosts it advertises. Its serving certificate names them all, so an admin's
+/// `curl https://COORDINATOR_HOST_IP:12443/…` checks; no other host is certified for them.
+pub fn own_names(advertise: &[String]) -> Vec<String> {
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     if let Ok(h) = nix::unistd::gethostname() {
         names.extend(h.into_string().ok());
     }
-    for a in &app.advertise {
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(sa) = a.address else { continue };
+            let ip = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
+                (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
+                (_, Some(v6)) if (v6.ip().segments()[0] & 0xffc0) != 0xfe80 => {
+                    std::net::IpAddr::V6(v6.ip())
+                }
+                _ => continue,
+            };
+            names.push(ip.to_string());
+        }
+    }
+    for a in advertise {
         names.push(crate::pki::host_of_address(a).to_string());
     }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+/// Builds the TLS config: a fresh serving certificate over the data folder's serving key, from
+/// the HTTP CA, marked as a coordinator's, naming what [`own_names`] gives.
+pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = tls_provider();
     let mut sans = Vec::new();
-    for n in names {
+    for n in app.own_names.iter() {
         let san = match n.parse::<std::net::IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
             Err(_) => match n.clone().try_into() {

@@ -77,16 +77,20 @@ fn an_init_that_cannot_write_its_files_still_shows_its_secrets() -> R {
     Ok(())
 }
 
-/// The curl lines of the product docs, run as written (`-k` and all).
+/// The curl lines of the product docs, run as written: `-k` where they have it, and where
+/// they do not, with the platform's CA trusted the way an admin's shell would
+/// (`CURL_CA_BUNDLE`), at `localhost` and at the coordinator's address.
 #[test]
 fn seed_curl_lines_work_as_written() -> R {
     let c = Coordinator::start()?;
     let up = c.user_pass();
     let url = c.url(TOKENS);
+    let ca = c.data().join("ca.pem");
     let run = |args: &[&str]| -> anyhow::Result<Value> {
-        let out = tool(Command::new("curl").args(args))?;
+        let out = tool(Command::new("curl").env("CURL_CA_BUNDLE", &ca).args(args))?;
         Ok(serde_json::from_str(&out)?)
     };
+    let at_localhost = url.replace("127.0.0.1", "localhost");
     let v = run(&[
         "-k",
         "-H",
@@ -107,8 +111,6 @@ fn seed_curl_lines_work_as_written() -> R {
         "Content-Type: application/json",
         "-u",
         &up,
-        "--cacert",
-        &c.data().join("ca.pem").to_string_lossy(),
         &url,
         "-d",
         r#"{ "persistent": false, "roles": [ "allocator"] }"#,
@@ -119,7 +121,7 @@ fn seed_curl_lines_work_as_written() -> R {
         Some(3600),
         "ephemeral tokens default to one hour"
     );
-    let list = run(&["-k", "-u", &up, &url])?;
+    let list = run(&["-u", &up, &at_localhost])?;
     let ids: Vec<&str> = list["tokens"]
         .as_array()
         .into_iter()
@@ -135,11 +137,10 @@ fn seed_curl_lines_work_as_written() -> R {
         "a listing must never hold a token"
     );
     let del = run(&[
-        "-k",
         "-XDELETE",
         "-u",
         &up,
-        &format!("{url}/{persistent_id}"),
+        &format!("{at_localhost}/{persistent_id}"),
     ])?;
     assert_eq!(del, serde_json::json!({}));
     let list = run(&["-k", "-u", &up, &url])?;
@@ -1405,6 +1406,23 @@ fn only_a_coordinator_is_certified_for_the_coordinators_own_address() -> R {
     let s = sans(&plain)?;
     assert!(s.contains("DNS:plain-alloc"), "{s}");
     assert!(!s.contains("IP Address:127.0.0.1"), "{s}");
+    // This machine's own address (every host here reports it too): the coordinator's serving
+    // certificate names it, so `curl https://COORDINATOR_HOST_IP:…` checks, and the plain
+    // host's HTTP certificate does not.
+    let ip = tool(Command::new("ip").args(["-o", "-4", "addr", "show", "scope", "global"]))?
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string);
+    if let Some(ip) = ip {
+        let served = tool(Command::new("sh").arg("-c").arg(format!(
+            "openssl s_client -connect 127.0.0.1:{} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
+            c.port
+        )))?;
+        assert!(served.contains(&format!("IP Address:{ip}")), "{served}");
+        assert!(!s.contains(&format!("IP Address:{ip}")), "{s}");
+    }
     let coord = Host::new("second-coord")?;
     let r = coord.install(&c.host(), &tok, &["--roles", "coordinator"])?;
     assert_eq!(r.code, 0, "{r:?}");
