@@ -69,6 +69,11 @@ codes! {
     RequestTooLarge = "request.too_large",
     /// Nothing is at that path.
     NotFound = "request.not_found",
+    /// The path exists, but not with that method (say, `PUT` on the token list).
+    MethodNotAllowed = "request.method_not_allowed",
+    /// The request took longer than the server gives one (30 s) and was dropped: as with a
+    /// lost answer, retry it (every step is safe to repeat).
+    RequestTimeout = "request.timeout",
     /// A role name is not one of allocator, coordinator, proxy, director.
     RoleUnknown = "roles.unknown",
     /// The token is not a well-formed JWT.

@@ -7,6 +7,7 @@ use crate::pki::{self, Leaf};
 use crate::platform::{sha256_hex, Platform};
 use crate::store::{CommitOutcome, HostRecord, Reservation, ReserveOutcome, Store, TokenRecord};
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -193,12 +194,12 @@ impl App {
                 "authentication required: HTTP Basic or `Authorization: ApiKey KEY`",
             ));
         };
-        let ok = if let Some(key) = header.strip_prefix("ApiKey ") {
+        let ok = if let Some(key) = strip_scheme(header, "ApiKey") {
             constant_eq(
                 &sha256_hex(key.trim().as_bytes()),
                 &self.platform.api_key_hash,
             )
-        } else if let Some(b) = header.strip_prefix("Basic ") {
+        } else if let Some(b) = strip_scheme(header, "Basic") {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b.trim())
                 .ok()
@@ -473,12 +474,34 @@ pub fn router(app: Arc<App>) -> Router {
             get(download_installer_sha256),
         )
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "that endpoint does not take this method (docs/api.md)",
+            )
+        })
         .layer(DefaultBodyLimit::max(max))
         .layer(axum::middleware::from_fn_with_state(
             max,
             refuse_declared_oversize,
         ))
         .with_state(app)
+}
+
+/// The credentials of an `Authorization` header of `scheme`, matched as HTTP says: the scheme's
+/// name in any case, then a space.
+fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
+    let (name, rest) = header.split_once(' ')?;
+    name.eq_ignore_ascii_case(scheme).then_some(rest)
+}
+
+/// A query string that does not read, answered like any other bad request (after the
+/// credentials are checked: no answer tells an unauthenticated caller more than 401).
+fn query_invalid(e: QueryRejection) -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestInvalid,
+        format!("query string: {}", e.body_text()),
+    )
 }
 
 /// `?install_command=true` adds the ready-to-paste install line to the answer.
@@ -492,10 +515,11 @@ async fn create_token(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
-    Query(query): Query<CreateTokenQuery>,
+    query: Result<Query<CreateTokenQuery>, QueryRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<CreateTokenReply>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
+    let Query(query) = query.map_err(query_invalid)?;
     let req: CreateTokenRequest = parse_json(body)?;
     let mut reply = app.create_token(&req, Some(c.remote.ip())).await?;
     if !query.install_command {
@@ -573,9 +597,10 @@ async fn audit_log(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditReply>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
+    let Query(q) = q.map_err(query_invalid)?;
     let events = app
         .store
         .audit_log(q.after, q.limit.unwrap_or(1000).clamp(1, 10_000))
@@ -653,7 +678,11 @@ async fn runners(
             runner_id: h.node_id.clone(),
             public_hostname: h.host.hostname.clone(),
             host_ip: host_ip(h),
-            zone: h.host.zone.clone(),
+            zone: if h.host.zone.is_empty() {
+                app.config.default_zone.clone()
+            } else {
+                h.host.zone.clone()
+            },
             connected: connected(&app, h),
             roles: h
                 .roles
@@ -1409,10 +1438,11 @@ async fn es_enroll_node(
     Extension(c): Conn,
     headers: HeaderMap,
 ) -> Result<Json<EsEnrollNodeReply>, ApiError> {
+    // Credentials first: whether the feature is on is not for anyone to learn.
+    app.authenticate(&headers, c.remote.ip())?;
     if !app.config.es_enroll_node {
         return Err(ApiError::new(ErrorCode::FeatureDisabled, "the enroll-node API is off (es_enroll_node: true in the server config turns it on; it hands out the HTTP CA key)"));
     }
-    app.authenticate(&headers, c.remote.ip())?;
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -27,6 +27,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         AuthRequired | AuthInvalid => StatusCode::UNAUTHORIZED,
         AuthRateLimited | TokenRateLimited => StatusCode::TOO_MANY_REQUESTS,
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         NotFound | TokenUnknown | JoinUnknown | NodeUnknown => StatusCode::NOT_FOUND,
         TokenMalformed
         | TokenAlgorithm

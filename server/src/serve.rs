@@ -224,12 +224,7 @@ async fn run(
 ) -> anyhow::Result<()> {
     let listener = self::listen(listen).with_context(|| format!("listening on {listen}"))?;
     let local = listener.local_addr()?;
-    let router = router.layer(tower::ServiceBuilder::new().layer(
-        tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ),
-    ));
+    let router = router.layer(axum::middleware::from_fn(within_time));
     eprintln!("musterd listening on https://{local}");
     tracing::info!(%local, "listening");
 
@@ -298,6 +293,26 @@ async fn run(
         });
     }
     Ok(())
+}
+
+/// A request gets [`REQUEST_TIMEOUT`]; past it, it is dropped and the answer is
+/// `408 request.timeout`, in the error body every other refusal has.
+async fn within_time(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => crate::error::ApiError::new(
+            muster_protocol::ErrorCode::RequestTimeout,
+            format!(
+                "the request took longer than {} s and was dropped; retry it",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Handshakes in flight per source address.

@@ -785,7 +785,7 @@ fn make_etcd_certs(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The status and the parsed JSON answer of a curl run with `-w "\n%{http_code}"`.
-fn status_and_json(out: &Output) -> (u16, Value) {
+pub fn status_and_json(out: &Output) -> (u16, Value) {
     let text = String::from_utf8_lossy(&out.stdout);
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (

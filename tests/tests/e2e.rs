@@ -1433,3 +1433,56 @@ fn only_a_coordinator_is_certified_for_the_coordinators_own_address() -> R {
     );
     Ok(())
 }
+
+/// Refusals the router makes itself (a method a path does not take, a query string that does
+/// not read) have the error body too, and none tells a caller without credentials more than
+/// 401; the scheme's name of `Authorization` is matched in any case.
+#[test]
+fn every_admin_refusal_has_the_error_body() -> R {
+    let c = Coordinator::start()?;
+    let up = c.user_pass();
+    let url = c.url(TOKENS);
+    let call = |args: &[&str]| -> anyhow::Result<(u16, Value)> {
+        let mut all = vec!["-s", "-w", "\n%{http_code}"];
+        all.extend_from_slice(args);
+        Ok(status_and_json(&c.curl(&all)?))
+    };
+    let code_of = |v: &Value| v["errors"][0]["code"].as_str().map(str::to_string);
+    let (code, v) = call(&["-X", "PUT", "-u", &up, &url])?;
+    assert_eq!(
+        (code, code_of(&v).as_deref()),
+        (405, Some("request.method_not_allowed")),
+        "{v}"
+    );
+    let bad = format!("{url}?install_command=maybe");
+    let (code, v) = call(&["-X", "POST", &bad, "-d", r#"{"persistent":true}"#])?;
+    assert_eq!(
+        (code, code_of(&v).as_deref()),
+        (401, Some("auth.required")),
+        "{v}"
+    );
+    let (code, v) = call(&[
+        "-X",
+        "POST",
+        "-u",
+        &up,
+        &bad,
+        "-d",
+        r#"{"persistent":true}"#,
+    ])?;
+    assert_eq!(
+        (code, code_of(&v).as_deref()),
+        (400, Some("request.invalid")),
+        "{v}"
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(&up);
+    let (code, v) = call(&["-H", &format!("Authorization: bASIC {basic}"), &url])?;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = call(&[&c.url("/_security/enroll/node")])?;
+    assert_eq!(
+        (code, code_of(&v).as_deref()),
+        (401, Some("auth.required")),
+        "{v}"
+    );
+    Ok(())
+}
