@@ -146,6 +146,7 @@ impl ErrorCode {
             self,
             ErrorCode::StoreUnavailable
                 | ErrorCode::Internal
+                | ErrorCode::RequestTimeout
                 | ErrorCode::AuthRateLimited
                 | ErrorCode::TokenRateLimited
         )
