@@ -52,11 +52,16 @@ impl Ca {
     /// Loads a CA from its PEM certificate and PEM PKCS#8 key.
     pub fn load(cert_pem: &str, key_pem: &str) -> anyhow::Result<Ca> {
         let key = KeyPair::from_pem(key_pem)?;
+        let cert_der = pem_to_der(cert_pem)?;
+        anyhow::ensure!(
+            muster_protocol::cert::spki_pin_of_cert(&cert_der)
+                == Some(muster_protocol::pin::spki_pin(&key.public_key_der())),
+            "the CA certificate does not hold the CA's key"
+        );
         let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
         // Re-signing the parsed parameters gives an issuer with the same name and key
         // identifier; only its subject and key are used to sign.
         let issuer = params.self_signed(&key)?;
-        let cert_der = pem_to_der(cert_pem)?;
         Ok(Ca {
             cert_pem: cert_pem.to_string(),
             cert_der,
@@ -482,6 +487,21 @@ pub fn cert_identity(der: &[u8]) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_loads_only_with_its_own_key() -> anyhow::Result<()> {
+        let now = ::time::OffsetDateTime::now_utc();
+        let (a, b) = (Ca::generate("a", now)?, Ca::generate("b", now)?);
+        Ca::load(&a.cert_pem, &a.key_pem())?;
+        let err = Ca::load(&a.cert_pem, &b.key_pem())
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("the CA certificate does not hold the CA's key")
+        );
+        Ok(())
+    }
 
     fn csr(sans: Vec<SanType>, ca: bool, alg: &'static rcgen::SignatureAlgorithm) -> String {
         let key = KeyPair::generate_for(alg).unwrap_or_else(|e| panic!("keygen: {e}"));

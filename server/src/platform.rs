@@ -56,6 +56,43 @@ struct Secrets {
     /// TLS material for etcd, handed (still sealed) to a coordinator that recovers the platform.
     #[serde(default)]
     store_tls: Option<StoreTls>,
+    /// hex SHA-256 of the [`Public`] part as `init` wrote it: sealed with the secrets, so a
+    /// public part changed in the store (an admin password hash, an API key hash, a token key
+    /// of someone else's) does not load. Records made before it have none; for them the token
+    /// key and the CA certificates are still checked against the sealed keys.
+    #[serde(default)]
+    public_sha256: Option<String>,
+}
+
+/// The digest of a public part that its secrets hold.
+fn public_digest(p: &Public) -> anyhow::Result<String> {
+    Ok(sha256_hex(&serde_json::to_vec(p)?))
+}
+
+/// Whether a record's public part is the one sealed with its secrets: its digest when the
+/// secrets hold one, and in any case the token verify key that of the sealed signing key (the
+/// CA certificates are checked against their keys by [`Ca::load`]).
+fn check_public(p: &Public, s: &Secrets) -> anyhow::Result<()> {
+    let changed = "the platform record's public part (admin credentials, token key, CA \
+                   certificates) is not the one sealed with its secrets: the store was changed \
+                   outside musterd; restore it from a backup";
+    if let Some(d) = &s.public_sha256 {
+        anyhow::ensure!(*d == public_digest(p)?, changed);
+    }
+    let pkcs8 = Zeroizing::new(
+        B64.decode(&s.signing_key)
+            .context("decoding the signing key")?,
+    );
+    let kp = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|_| anyhow::anyhow!("loading the signing key"))?;
+    let verify = B64
+        .decode(&p.verify_key)
+        .context("decoding the verify key")?;
+    anyhow::ensure!(
+        ring::signature::KeyPair::public_key(&kp).as_ref() == verify.as_slice(),
+        changed
+    );
+    Ok(())
 }
 
 const RECORD_VERSION: u32 = 2;
@@ -167,13 +204,6 @@ impl Platform {
                 .to_string()
         };
         let emergency_token_id = uuid::Uuid::new_v4().to_string();
-        let secrets = Secrets {
-            transport_ca_key: transport_ca.key_pem(),
-            http_ca_key: http_ca.key_pem(),
-            signing_key: B64.encode(pkcs8.as_ref()),
-            psk_key: psk_key.to_string(),
-            store_tls,
-        };
         let public = Public {
             created: now,
             transport_ca_cert: transport_ca.cert_pem.clone(),
@@ -183,6 +213,14 @@ impl Platform {
             admin_password_hash,
             api_key_hash: sha256_hex(api_key.as_bytes()),
             emergency_token_id: emergency_token_id.clone(),
+        };
+        let secrets = Secrets {
+            transport_ca_key: transport_ca.key_pem(),
+            http_ca_key: http_ca.key_pem(),
+            signing_key: B64.encode(pkcs8.as_ref()),
+            psk_key: psk_key.to_string(),
+            store_tls,
+            public_sha256: Some(public_digest(&public)?),
         };
         let platform = Platform::from_parts(&public, &secrets)?;
         let (emergency_token, emergency) = platform.make_token(
@@ -266,6 +304,7 @@ impl Platform {
         })?;
         let secrets: Secrets =
             serde_json::from_slice(&json).context("reading the unsealed secrets")?;
+        check_public(&rec.public, &secrets)?;
         Platform::from_parts(&rec.public, &secrets)
     }
 
@@ -378,5 +417,104 @@ impl Platform {
             Ok(tag) => ring::hmac::verify(&self.psk_hmac(), node_id.as_bytes(), &tag).is_ok(),
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    /// The platform record, read and written as the store keeps it.
+    async fn record(store: &SqliteStore) -> anyhow::Result<serde_json::Value> {
+        let bytes = store.platform().await?.context("no platform")?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    fn overwrite(db: &std::path::Path, rec: &serde_json::Value) -> anyhow::Result<()> {
+        let c = rusqlite::Connection::open(db)?;
+        c.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'platform'",
+            rusqlite::params![serde_json::to_vec(rec)?],
+        )?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_public_part_changed_in_the_store_does_not_load() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("muster.db");
+        let store = SqliteStore::open(&db)?;
+        let (_, _, key) = Platform::init(&store, &[], None, 1_700_000_000).await?;
+        let untouched = record(&store).await?;
+        Platform::load(&store, &key).await?;
+
+        // Each public field an attacker with write access to the store would want, swapped:
+        // the admin's credentials, the token key, the emergency token's id.
+        let other = SqliteStore::open(&dir.path().join("other.db"))?;
+        Platform::init(&other, &[], None, 1_700_000_000).await?;
+        let other = record(&other).await?;
+        for (field, value) in [
+            ("http_ca_cert", other["http_ca_cert"].clone()),
+            (
+                "api_key_hash",
+                serde_json::json!(sha256_hex(b"an attacker's key")),
+            ),
+            (
+                "admin_password_hash",
+                serde_json::json!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"),
+            ),
+            ("verify_key", serde_json::json!(B64.encode([7u8; 32]))),
+            (
+                "emergency_token_id",
+                serde_json::json!("00000000-0000-0000-0000-000000000000"),
+            ),
+        ] {
+            let mut rec = untouched.clone();
+            rec[field] = value;
+            overwrite(&db, &rec)?;
+            let err = match Platform::load(&store, &key).await {
+                Ok(_) => anyhow::bail!("a platform with its {field} changed loaded"),
+                Err(e) => format!("{e:#}"),
+            };
+            anyhow::ensure!(
+                err.contains("not the one sealed with its secrets"),
+                "{field}: {err}"
+            );
+        }
+        overwrite(&db, &untouched)?;
+        Platform::load(&store, &key).await?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_record_without_a_digest_still_checks_its_token_key() -> anyhow::Result<()> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| anyhow::anyhow!("keygen"))?;
+        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|_| anyhow::anyhow!("load"))?;
+        let mut public = Public {
+            created: 1,
+            transport_ca_cert: String::new(),
+            http_ca_cert: String::new(),
+            verify_key: B64.encode(ring::signature::KeyPair::public_key(&kp).as_ref()),
+            admin_user: "admin".into(),
+            admin_password_hash: String::new(),
+            api_key_hash: String::new(),
+            emergency_token_id: String::new(),
+        };
+        let secrets = Secrets {
+            transport_ca_key: String::new(),
+            http_ca_key: String::new(),
+            signing_key: B64.encode(pkcs8.as_ref()),
+            psk_key: String::new(),
+            store_tls: None,
+            public_sha256: None,
+        };
+        check_public(&public, &secrets)?;
+        public.verify_key = B64.encode([7u8; 32]);
+        anyhow::ensure!(check_public(&public, &secrets).is_err());
+        Ok(())
     }
 }
