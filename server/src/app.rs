@@ -1138,7 +1138,14 @@ async fn join(
         source: source.to_string(),
         committed: false,
     };
-    let r = match app.store.reserve(&r, now).await? {
+    // A reservation under this join's own node id is this join's: a store that retried the
+    // write after losing its answer (etcd's client does) finds it there. It is new, as
+    // `Reserved`; only an earlier join of the same key has another node id.
+    let outcome = match app.store.reserve(&r, now).await? {
+        ReserveOutcome::Existing(e) if e.node_id == r.node_id => ReserveOutcome::Reserved,
+        other => other,
+    };
+    let r = match outcome {
         ReserveOutcome::Reserved => {
             app.metrics.joins.fetch_add(1, Ordering::Relaxed);
             app.audit(

@@ -81,6 +81,14 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
             == ReserveOutcome::Existing(Box::new(r1.clone())),
         "same key must get the same reservation"
     );
+    // The same step again (a backend retrying a write whose answer was lost): the reservation
+    // it finds has its own node id, which is how the join knows it as new, and no second use
+    // was spent.
+    check!(
+        s.reserve(&r1, 10).await? == ReserveOutcome::Existing(Box::new(r1.clone()))
+            && s.token("t1").await?.map(|t| t.uses) == Some(1),
+        "the same reservation again finds itself"
+    );
     check!(
         s.reserve(&reservation("n2", "t1", "k2", "host-b", 100), 11)
             .await?
