@@ -203,6 +203,8 @@ fi
 
 status=0
 "$dest" install "$@" || status=$?
+# The token has done its work; nothing started from here on gets it in its environment.
+unset MUSTER_ROLES_TOKEN
 [ "$status" = 0 ] || exit "$status"
 
 # On a systemd host enrolled in place (no --root), keep it connected. With the package's unit,

@@ -234,7 +234,9 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     if !s.force {
         if let Some(st) = read_state(root)?.filter(|st| st.stage == Stage::Committed) {
             p.step("already enrolled: nothing to do (use --force to enroll again)");
-            start_agent(root, &mut p);
+            if !s.dry_run {
+                start_agent(root, &mut p);
+            }
             return Ok(already_enrolled(&st));
         }
     }
@@ -341,7 +343,9 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         Some(st) if st.stage == Stage::Committed => {
             if !s.force {
                 p.step("already enrolled: nothing to do (use --force to enroll again)");
-                start_agent(root, &mut p);
+                if !s.dry_run {
+                    start_agent(root, &mut p);
+                }
                 return Ok(already_enrolled(&st));
             }
             Some(crate::node::finish_renewal(root, st)?)

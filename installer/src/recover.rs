@@ -112,9 +112,9 @@ fn in_the_way(root: &Path, key: &str) -> Result<()> {
         Err(Failure::new(
             Exit::LocalWrite,
             format!(
-                "{what}: this host already runs a coordinator of its own. Nothing was written; \
-                 to recover here, move {} away first (it may be the only copy of that \
-                 platform's key)",
+                "{what}: this host already runs a coordinator of its own. Nothing of musterd's \
+                 was written (this host's new node keys stay for the next run); to recover \
+                 here, move {} away first (it may be the only copy of that platform's key)",
                 data.display()
             ),
         ))
