@@ -53,6 +53,10 @@ pub struct App {
     /// What this coordinator answers on (`serve::own_names`): its serving certificate names
     /// them, and no host without the coordinator role is certified for them.
     pub own_names: Vec<String>,
+    /// What every coordinator of the platform published of its own names (this one's
+    /// included), as last read from the store: no host without the coordinator role is
+    /// certified for them either.
+    coordinator_names: std::sync::RwLock<Vec<String>>,
     /// The key of the TLS serving certificate, kept in the data folder.
     pub serving_key: pki::ServingKey,
     pub metrics: Metrics,
@@ -146,6 +150,7 @@ impl App {
             verified_tokens: VerifiedTokens::default(),
             token_records: TokenRecords::default(),
             join_keys: JoinKeys::default(),
+            coordinator_names: std::sync::RwLock::new(Vec::new()),
             verified_password: Mutex::new(None),
             clock: system_now,
         })
@@ -311,7 +316,28 @@ impl App {
 
     /// Removes expired reservations (giving their uses back) and retires expired ephemeral
     /// tokens. Run periodically.
+    /// Publishes this coordinator's names in the store, under the id of its serving key, for
+    /// the platform's other coordinators to keep from ordinary hosts' certificates.
+    pub async fn publish_names(&self) -> anyhow::Result<()> {
+        let id = muster_protocol::pin::spki_pin(&self.serving_key.key_pair().public_key_der());
+        let id = id.trim_start_matches("sha256:").to_string();
+        self.store.publish_names(&id, &self.own_names).await?;
+        self.refresh_names().await
+    }
+
+    /// Reads again what every coordinator published.
+    pub async fn refresh_names(&self) -> anyhow::Result<()> {
+        let names = self.store.coordinator_names().await?;
+        if let Ok(mut n) = self.coordinator_names.write() {
+            *n = names;
+        }
+        Ok(())
+    }
+
     pub async fn sweep(&self) -> anyhow::Result<()> {
+        if let Err(e) = self.refresh_names().await {
+            tracing::warn!(error = %format!("{e:#}"), "reading the coordinators' names failed");
+        }
         let now = self.now();
         for r in self.store.expire_reservations(now).await? {
             self.metrics
@@ -1020,11 +1046,14 @@ impl App {
     fn http_leaf(&self, node_id: &str, host: &HostFacts, coordinator: bool) -> Leaf {
         let mut leaf = self.leaf(node_id, host, coordinator);
         if !coordinator {
-            let own: Vec<String> = self
+            let mut own: Vec<String> = self
                 .own_names
                 .iter()
                 .map(|n| pki::san_key_of_name(n))
                 .collect();
+            if let Ok(others) = self.coordinator_names.read() {
+                own.extend(others.iter().map(|n| pki::san_key_of_name(n)));
+            }
             leaf.sans.retain(|s| !own.contains(&pki::san_key(s)));
         }
         leaf

@@ -147,6 +147,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&app)?));
+    app.publish_names()
+        .await
+        .context("publishing this coordinator's names in the store")?;
     let router = crate::app::router(app.clone());
     let sweeper = {
         let app = app.clone();

@@ -365,3 +365,32 @@ fn with_every_coordinator_gone_a_director_and_the_emergency_token_bring_the_plat
     );
     Ok(())
 }
+
+/// Coordinators on one store publish the names they answer on; a host without the coordinator
+/// role, joining through one coordinator under another's name, is not certified for it.
+#[test]
+fn no_ordinary_host_is_certified_for_another_coordinators_name() -> R {
+    let etcd = Etcd::start(1)?;
+    let (pa, pb) = (free_port(), free_port());
+    let opts = |port: u16, advertise: String| Opts {
+        config: etcd.store_config("/names/"),
+        start: true,
+        port: Some(port),
+        advertise: Some(advertise),
+        ..Opts::default()
+    };
+    // B advertises a name that A's own list does not hold.
+    let b = Coordinator::with(opts(pb, format!("coordinator-b.example:{pb}")))?;
+    let a = Coordinator::alongside(&b, opts(pa, format!("127.0.0.1:{pa}")))?;
+    let (tok, _) = a.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("coordinator-b.example")?;
+    let r = h.install(&a.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let sans = tool(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(h.path("etc/muster/tls/http.crt")),
+    )?;
+    assert!(!sans.contains("DNS:coordinator-b.example"), "{sans}");
+    Ok(())
+}

@@ -339,5 +339,23 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         "audit_log after {}: {after:?}",
         log[0].seq
     );
+
+    // Coordinators' names: each replaces what it published before; all are read together.
+    s.publish_names("a", &["c-a.example".into(), "10.0.0.1".into()])
+        .await?;
+    s.publish_names("b", &["c-b.example".into()]).await?;
+    let mut names = s.coordinator_names().await?;
+    names.sort();
+    check!(
+        names == ["10.0.0.1", "c-a.example", "c-b.example"],
+        "coordinator names: {names:?}"
+    );
+    s.publish_names("a", &["10.0.0.2".into()]).await?;
+    let mut names = s.coordinator_names().await?;
+    names.sort();
+    check!(
+        names == ["10.0.0.2", "c-b.example"],
+        "republished names replace the old: {names:?}"
+    );
     Ok(())
 }

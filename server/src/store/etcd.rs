@@ -862,6 +862,21 @@ impl Store for EtcdStore {
             .await?;
         resp.kvs().iter().map(decode).collect()
     }
+
+    async fn publish_names(&self, id: &str, names: &[String]) -> StoreResult<()> {
+        let (key, value) = (self.key(&format!("coordinator-names/{id}")), json(&names)?);
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn coordinator_names(&self) -> StoreResult<Vec<String>> {
+        let lists: Vec<Vec<String>> = self.list("coordinator-names/").await?;
+        Ok(lists.into_iter().flatten().collect())
+    }
 }
 
 #[cfg(test)]

@@ -232,6 +232,13 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self, e: &AuditEvent) -> StoreResult<()>;
     /// Audit events with `seq > after`, oldest first, at most `limit`.
     async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Records the names and addresses the coordinator `id` answers on, replacing what it
+    /// recorded before: every coordinator of the platform keeps hosts without the coordinator
+    /// role from being certified for any of them.
+    async fn publish_names(&self, id: &str, names: &[String]) -> StoreResult<()>;
+    /// What every coordinator published, all together.
+    async fn coordinator_names(&self) -> StoreResult<Vec<String>>;
 }
 
 #[cfg(test)]

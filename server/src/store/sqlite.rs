@@ -723,6 +723,40 @@ impl Store for SqliteStore {
         })
         .await
     }
+    async fn publish_names(&self, id: &str, names: &[String]) -> StoreResult<()> {
+        let (key, value) = (format!("coordinator-names/{id}"), to_json(&names)?);
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value.into_bytes()],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn coordinator_names(&self) -> StoreResult<Vec<String>> {
+        self.run(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT value FROM meta WHERE key >= 'coordinator-names/' AND key < 'coordinator-names0'",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(unavailable)?;
+            let mut all = Vec::new();
+            for row in rows {
+                let bytes = row.map_err(unavailable)?;
+                let names: Vec<String> = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("coordinator names: {e}")))?;
+                all.extend(names);
+            }
+            Ok(all)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
