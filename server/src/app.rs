@@ -156,7 +156,7 @@ impl App {
         })
     }
 
-    fn now(&self) -> u64 {
+    pub fn now(&self) -> u64 {
         (self.clock)()
     }
 

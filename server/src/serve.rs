@@ -89,10 +89,72 @@ pub fn own_names(advertise: &[String]) -> Vec<String> {
     names
 }
 
-/// Builds the TLS config: a fresh serving certificate over the data folder's serving key, from
-/// the HTTP CA, marked as a coordinator's, naming what [`own_names`] gives.
-pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = tls_provider();
+/// How long a serving certificate is valid.
+const SERVING_VALIDITY: time::Duration = time::Duration::days(30);
+/// A serving certificate this old is issued again: a third of its life, so a coordinator that
+/// runs for months keeps a valid one, and hosts whose clocks are days off still accept it.
+const SERVING_RENEW_AFTER: u64 = 10 * 86_400;
+
+/// The coordinator's serving certificate, over the data folder's serving key, from the HTTP CA,
+/// marked as a coordinator's and naming what [`own_names`] gives; issued again once it is
+/// [`SERVING_RENEW_AFTER`] old, without a restart (every handshake asks this for the current
+/// one).
+pub struct ServingCert {
+    /// The certificate with its chain and key, and when it was issued (unix seconds).
+    current: std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, u64)>,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServingCert")
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.read().ok().map(|c| c.0.clone())
+    }
+}
+
+impl ServingCert {
+    pub fn new(app: &App) -> anyhow::Result<Arc<ServingCert>> {
+        let now = app.now();
+        Ok(Arc::new(ServingCert {
+            current: std::sync::RwLock::new((issue(app, now)?, now)),
+        }))
+    }
+
+    /// Issues the certificate again if the current one is due at `now`; whether it did.
+    pub fn renew_if_due(&self, app: &App, now: u64) -> anyhow::Result<bool> {
+        let issued = self
+            .current
+            .read()
+            .map_err(|_| anyhow::anyhow!("serving certificate lock poisoned"))?
+            .1;
+        if now.saturating_sub(issued) < SERVING_RENEW_AFTER {
+            return Ok(false);
+        }
+        let fresh = issue(app, now)?;
+        *self
+            .current
+            .write()
+            .map_err(|_| anyhow::anyhow!("serving certificate lock poisoned"))? = (fresh, now);
+        tracing::info!("serving certificate issued again");
+        Ok(true)
+    }
+
+    /// The current certificate (DER), for tests and checks.
+    pub fn current_der(&self) -> Option<Vec<u8>> {
+        let c = self.current.read().ok()?;
+        c.0.cert.first().map(|d| d.to_vec())
+    }
+}
+
+/// A serving certificate valid from `now`.
+fn issue(app: &App, now: u64) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
     let mut sans = Vec::new();
     for n in app.own_names.iter() {
         let san = match n.parse::<std::net::IpAddr>() {
@@ -111,16 +173,23 @@ pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
         common_name: "musterd".into(),
         sans,
         coordinator: true,
-        validity: time::Duration::days(30),
+        validity: SERVING_VALIDITY,
     };
-    let now = time::OffsetDateTime::now_utc();
-    let cert = app.platform.http_ca.sign(key, &leaf, now)?;
+    let at = time::OffsetDateTime::from_unix_timestamp(i64::try_from(now)?)?;
+    let cert = app.platform.http_ca.sign(key, &leaf, at)?;
     let chain = vec![
         CertificateDer::from(cert.der),
         CertificateDer::from(app.platform.http_ca.cert_der.clone()),
     ];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = tls_provider().key_provider.load_private_key(der)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)))
+}
 
+/// Builds the TLS config: the serving certificate `cert` gives, client certificates from the
+/// transport CA accepted (enrolled nodes) but not required.
+pub fn tls_config(app: &App, cert: Arc<ServingCert>) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = tls_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(
         app.platform.transport_ca.cert_der.clone(),
@@ -134,7 +203,7 @@ pub fn tls_config(app: &App) -> anyhow::Result<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tune(&mut cfg);
     Ok(cfg)
@@ -146,7 +215,8 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&app)?));
+    let cert = ServingCert::new(&app)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&app, cert.clone())?));
     app.publish_names()
         .await
         .context("publishing this coordinator's names in the store")?;
@@ -160,6 +230,9 @@ pub async fn serve(
                 tick.tick().await;
                 if let Err(e) = app.sweep().await {
                     tracing::warn!(error = %format!("{e:#}"), "sweep failed");
+                }
+                if let Err(e) = cert.renew_if_due(&app, app.now()) {
+                    tracing::warn!(error = %format!("{e:#}"), "issuing the serving certificate again failed");
                 }
             }
         })
@@ -359,6 +432,38 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A coordinator that runs for months keeps a valid serving certificate: it is issued again
+    /// once it is ten days old, without a restart.
+    #[tokio::test]
+    async fn the_serving_certificate_is_issued_again_before_it_runs_out() -> anyhow::Result<()> {
+        use x509_parser::prelude::*;
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(crate::store::sqlite::SqliteStore::open(
+            &dir.path().join("muster.db"),
+        )?);
+        let (platform, _, _) =
+            crate::platform::Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
+        let key = crate::pki::ServingKey::load_or_create(dir.path())?;
+        let app = App::new(store, platform, crate::config::Config::default(), key);
+        let cert = ServingCert::new(&app)?;
+        let first = cert.current_der().unwrap_or_default();
+        let now = app.now();
+        assert!(!cert.renew_if_due(&app, now + SERVING_RENEW_AFTER - 1)?);
+        assert_eq!(cert.current_der().unwrap_or_default(), first);
+        let later = now + SERVING_RENEW_AFTER;
+        assert!(cert.renew_if_due(&app, later)?);
+        let second = cert.current_der().unwrap_or_default();
+        assert_ne!(second, first);
+        let (_, parsed) = X509Certificate::from_der(&second)?;
+        let from = parsed.validity().not_before.timestamp();
+        let until = parsed.validity().not_after.timestamp();
+        assert!(from <= later as i64 && from > now as i64, "{from}");
+        assert_eq!(until - from, SERVING_VALIDITY.whole_seconds() + 300);
+        // Not again until it is due again.
+        assert!(!cert.renew_if_due(&app, later + 1)?);
+        Ok(())
+    }
 
     /// A crowd connecting at once, none of it accepted yet, is held by the kernel: with the
     /// default backlog (128) the 130th connection would wait for a SYN retransmission. (As deep
