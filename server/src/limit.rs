@@ -13,6 +13,22 @@ const WINDOW: u64 = 60;
 /// cannot grow the map without bound.
 const PRUNE_ABOVE: usize = 4096;
 
+/// The address a budget is kept for: an IPv4 address as it is (an IPv4-mapped IPv6 one as its
+/// IPv4 address), an IPv6 address by its /64, the least a single site or host is given: one
+/// client must not get a fresh budget from every address of its own network.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 pub struct FailureLimiter {
     per_minute: u32,
     windows: Mutex<HashMap<IpAddr, (u64, u32)>>,
@@ -29,7 +45,7 @@ impl FailureLimiter {
     /// Seconds `source` must wait, if it has used up its budget in the current window.
     pub fn blocked(&self, source: IpAddr, now: u64) -> Option<u64> {
         let map = self.windows.lock().ok()?;
-        match map.get(&source) {
+        match map.get(&source_of(source)) {
             Some((start, n)) if now < start + WINDOW && *n >= self.per_minute => {
                 Some(start + WINDOW - now)
             }
@@ -45,7 +61,7 @@ impl FailureLimiter {
         if map.len() > PRUNE_ABOVE {
             map.retain(|_, (start, _)| now < *start + WINDOW);
         }
-        let entry = map.entry(source).or_insert((now, 0));
+        let entry = map.entry(source_of(source)).or_insert((now, 0));
         if now >= entry.0 + WINDOW {
             *entry = (now, 0);
         }
@@ -61,6 +77,19 @@ impl FailureLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_network_is_one_source() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
+        assert_eq!(source_of(v6("2001:db8:1:2:aaaa::1")), v6("2001:db8:1:2::"));
+        assert_eq!(source_of(v6("::ffff:192.0.2.7")), v6("192.0.2.7"));
+        assert_eq!(source_of(v6("192.0.2.7")), v6("192.0.2.7"));
+        let l = FailureLimiter::new(2);
+        l.failed(v6("2001:db8:1:2::1"), 0);
+        l.failed(v6("2001:db8:1:2::2"), 0);
+        assert!(l.blocked(v6("2001:db8:1:2::3"), 1).is_some(), "same /64");
+        assert!(l.blocked(v6("2001:db8:1:3::1"), 1).is_none(), "another /64");
+    }
 
     #[test]
     fn a_source_over_budget_waits_out_its_window_and_others_do_not() {

@@ -16,8 +16,9 @@ use tower::ServiceExt;
 
 /// Concurrent TLS handshakes allowed; more wait, so a connection flood cannot grow memory.
 const MAX_HANDSHAKES: usize = 256;
-/// Handshakes one source address may have in flight; its next connections are closed at once,
-/// so one slow client (slowloris) cannot hold the shared handshake slots from everyone else.
+/// Handshakes one source address (an IPv6 /64 counts as one) may have in flight; its next
+/// connections are closed at once, so one slow client (slowloris) cannot hold the shared
+/// handshake slots from everyone else.
 const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -403,6 +404,7 @@ struct Slot {
 
 impl PerSource {
     fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let ip = crate::limit::source_of(ip);
         let mut m = self.0.lock().ok()?;
         let n = m.entry(ip).or_insert(0);
         if *n >= MAX_HANDSHAKES_PER_SOURCE {
@@ -504,6 +506,14 @@ mod tests {
         assert_eq!(held.len(), MAX_HANDSHAKES_PER_SOURCE);
         assert!(p.take(a).is_none());
         assert!(p.take([10, 0, 0, 2].into()).is_some());
+        // Every address of one IPv6 /64 draws on the same slots.
+        let net = |last: u16| std::net::IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        let v6: Vec<Slot> = (0..MAX_HANDSHAKES_PER_SOURCE as u16)
+            .filter_map(|i| p.take(net(i + 1)))
+            .collect();
+        assert_eq!(v6.len(), MAX_HANDSHAKES_PER_SOURCE);
+        assert!(p.take(net(999)).is_none());
+        drop(v6);
         drop(held);
         assert!(p.take(a).is_some());
         assert!(p.0.lock().map(|m| m.len() <= 1).unwrap_or(false));
