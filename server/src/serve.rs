@@ -264,6 +264,19 @@ pub fn director_tls_config(data_dir: &std::path::Path) -> anyhow::Result<rustls:
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("reading {}", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Some(days) = director_cert_days_left(&chain[0], now, &cert)? {
+        let say = format!(
+            "{} runs out in {days} days: installers, and recovery with them, will refuse this \
+             director then; issue a new one on a coordinator (musterd director-cert) while one \
+             is up",
+            cert.display()
+        );
+        eprintln!("musterd: warning: {say}");
+        tracing::warn!("{say}");
+    }
     let key = PrivateKeyDer::from_pem_file(&key).with_context(|| missing(&key))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(tls_provider())
         .with_safe_default_protocol_versions()?
@@ -272,6 +285,31 @@ pub fn director_tls_config(data_dir: &std::path::Path) -> anyhow::Result<rustls:
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tune(&mut cfg);
     Ok(cfg)
+}
+
+/// Days left under which a director warns at start that its certificate will run out.
+const DIRECTOR_CERT_WARN_DAYS: u64 = 60;
+
+/// A director's certificate at `now`: an error once it has run out (nothing would accept it:
+/// better a director that does not start than one that looks up and cannot serve a recovery),
+/// the days left when they are fewer than [`DIRECTOR_CERT_WARN_DAYS`], else nothing.
+fn director_cert_days_left(
+    der: &[u8],
+    now: u64,
+    path: &std::path::Path,
+) -> anyhow::Result<Option<u64>> {
+    use x509_parser::prelude::*;
+    let (_, c) = X509Certificate::from_der(der)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let until = u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0);
+    anyhow::ensure!(
+        until > now,
+        "{} has run out: installers, and recovery with them, refuse it; issue a new one on a \
+         coordinator (musterd director-cert) and copy it here",
+        path.display()
+    );
+    let days = (until - now) / 86_400;
+    Ok((days < DIRECTOR_CERT_WARN_DAYS).then_some(days))
 }
 
 /// Serves a director until `shutdown` resolves.
@@ -434,6 +472,27 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_director_warns_before_its_certificate_runs_out_and_stops_after() -> anyhow::Result<()> {
+        let now = ::time::OffsetDateTime::now_utc();
+        let ca = crate::pki::Ca::generate("ca", now)?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let leaf = Leaf {
+            common_name: "director".into(),
+            sans: vec![],
+            coordinator: true,
+            validity: ::time::Duration::days(90),
+        };
+        let der = ca.sign(&key, &leaf, now)?.der;
+        let t = now.unix_timestamp() as u64;
+        let p = std::path::Path::new("director-cert.pem");
+        assert_eq!(director_cert_days_left(&der, t, p)?, None);
+        assert_eq!(director_cert_days_left(&der, t + 40 * 86_400, p)?, Some(50));
+        let err = director_cert_days_left(&der, t + 91 * 86_400, p).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("has run out")));
+        Ok(())
+    }
 
     /// A coordinator that runs for months keeps a valid serving certificate: it is issued again
     /// once it is ten days old, without a restart.
