@@ -12,26 +12,7 @@ pub fn hostname() -> String {
 
 /// Addresses of the host's interfaces, loopback last (loopback only helps single-box setups).
 pub fn addresses() -> Vec<String> {
-    let mut out: Vec<std::net::IpAddr> = Vec::new();
-    if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
-        for i in ifs {
-            let Some(addr) = i.address else { continue };
-            let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                std::net::IpAddr::V4(v4.ip())
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                let ip = v6.ip();
-                if ip.segments()[0] & 0xffc0 == 0xfe80 {
-                    continue; // link-local: meaningless without a scope
-                }
-                std::net::IpAddr::V6(ip)
-            } else {
-                continue;
-            };
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-    }
+    let mut out = muster_protocol::addr::interface_addresses();
     out.sort_by_key(|ip| ip.is_loopback());
     out.into_iter().map(|ip| ip.to_string()).collect()
 }

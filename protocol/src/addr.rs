@@ -1,6 +1,30 @@
 //! Coordinator addresses as people write them: `host:port`, `host`, `[v6]:port`, `[v6]` or a
 //! bare IPv6 address (whose colons are not a port).
 
+/// The addresses of this host's network interfaces, each once, in the kernel's order; link-local
+/// IPv6 ones left out (meaningless without a scope, which no URL or certificate carries).
+#[cfg(feature = "net")]
+pub fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    let Ok(ifs) = nix::ifaddrs::getifaddrs() else {
+        return out;
+    };
+    for i in ifs {
+        let Some(addr) = i.address else { continue };
+        let ip = match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+            (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
+            (_, Some(v6)) if v6.ip().segments()[0] & 0xffc0 != 0xfe80 => {
+                std::net::IpAddr::V6(v6.ip())
+            }
+            _ => continue,
+        };
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
 /// The host (without brackets) and the port, if one is given.
 pub fn split(addr: &str) -> (&str, Option<u16>) {
     let addr = addr.trim();

@@ -53,10 +53,10 @@ pub struct App {
     /// What this coordinator answers on (`serve::own_names`): its serving certificate names
     /// them, and no host without the coordinator role is certified for them.
     pub own_names: Vec<String>,
-    /// What every coordinator of the platform published of its own names (this one's
-    /// included), as last read from the store: no host without the coordinator role is
-    /// certified for them either.
-    coordinator_names: std::sync::RwLock<Vec<String>>,
+    /// The names no host without the coordinator role is certified for, as SAN keys
+    /// (`pki::san_key_of_name`): this coordinator's own, and what every coordinator of the
+    /// platform published, as last read from the store.
+    reserved_names: std::sync::RwLock<std::collections::HashSet<String>>,
     /// The key of the TLS serving certificate, kept in the data folder.
     pub serving_key: pki::ServingKey,
     pub metrics: Metrics,
@@ -135,6 +135,8 @@ impl App {
     ) -> Arc<App> {
         let advertise = config.advertise_or_default();
         let own_names = crate::serve::own_names(&advertise);
+        let reserved_names =
+            std::sync::RwLock::new(own_names.iter().map(|n| pki::san_key_of_name(n)).collect());
         let login_failures = FailureLimiter::new(config.login_failures_per_minute);
         let token_failures = FailureLimiter::new(config.token_failures_per_minute);
         Arc::new(App {
@@ -150,7 +152,7 @@ impl App {
             verified_tokens: VerifiedTokens::default(),
             token_records: TokenRecords::default(),
             join_keys: JoinKeys::default(),
-            coordinator_names: std::sync::RwLock::new(Vec::new()),
+            reserved_names,
             verified_password: Mutex::new(None),
             clock: system_now,
         })
@@ -327,9 +329,15 @@ impl App {
 
     /// Reads again what every coordinator published.
     pub async fn refresh_names(&self) -> anyhow::Result<()> {
-        let names = self.store.coordinator_names().await?;
-        if let Ok(mut n) = self.coordinator_names.write() {
-            *n = names;
+        let published = self.store.coordinator_names().await?;
+        let reserved = self
+            .own_names
+            .iter()
+            .chain(&published)
+            .map(|n| pki::san_key_of_name(n))
+            .collect();
+        if let Ok(mut r) = self.reserved_names.write() {
+            *r = reserved;
         }
         Ok(())
     }
@@ -1046,15 +1054,9 @@ impl App {
     fn http_leaf(&self, node_id: &str, host: &HostFacts, coordinator: bool) -> Leaf {
         let mut leaf = self.leaf(node_id, host, coordinator);
         if !coordinator {
-            let mut own: Vec<String> = self
-                .own_names
-                .iter()
-                .map(|n| pki::san_key_of_name(n))
-                .collect();
-            if let Ok(others) = self.coordinator_names.read() {
-                own.extend(others.iter().map(|n| pki::san_key_of_name(n)));
+            if let Ok(reserved) = self.reserved_names.read() {
+                leaf.sans.retain(|s| !reserved.contains(&pki::san_key(s)));
             }
-            leaf.sans.retain(|s| !own.contains(&pki::san_key(s)));
         }
         leaf
     }

@@ -61,27 +61,18 @@ pub fn tune(cfg: &mut rustls::ServerConfig) {
 }
 
 /// The names and addresses this coordinator answers on: loopback, its host name, the addresses
-/// of its network interfaces (link-local IPv6 ones aside: they need a scope no URL carries
-/// well), and the hosts it advertises. Its serving certificate names them all, so an admin's
+/// of its network interfaces (as the installer reports a host's), and the hosts it advertises. Its serving certificate names them all, so an admin's
 /// `curl https://COORDINATOR_HOST_IP:12443/…` checks; no other host is certified for them.
 pub fn own_names(advertise: &[String]) -> Vec<String> {
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     if let Ok(h) = nix::unistd::gethostname() {
         names.extend(h.into_string().ok());
     }
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for a in addrs {
-            let Some(sa) = a.address else { continue };
-            let ip = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
-                (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
-                (_, Some(v6)) if (v6.ip().segments()[0] & 0xffc0) != 0xfe80 => {
-                    std::net::IpAddr::V6(v6.ip())
-                }
-                _ => continue,
-            };
-            names.push(ip.to_string());
-        }
-    }
+    names.extend(
+        muster_protocol::addr::interface_addresses()
+            .iter()
+            .map(|ip| ip.to_string()),
+    );
     for a in advertise {
         names.push(crate::pki::host_of_address(a).to_string());
     }
@@ -147,8 +138,9 @@ impl ServingCert {
         Ok(true)
     }
 
-    /// The current certificate (DER), for tests and checks.
-    pub fn current_der(&self) -> Option<Vec<u8>> {
+    /// The current certificate (DER).
+    #[cfg(test)]
+    fn current_der(&self) -> Option<Vec<u8>> {
         let c = self.current.read().ok()?;
         c.0.cert.first().map(|d| d.to_vec())
     }

@@ -469,6 +469,15 @@ impl Host {
         Ok(Run::from(out))
     }
 
+    /// The subject alternative names of this host's HTTP certificate, as openssl prints them.
+    pub fn http_sans(&self) -> anyhow::Result<String> {
+        tool(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+                .arg(self.path("etc/muster/tls/http.crt")),
+        )
+    }
+
     pub fn muster(&self, args: &[&str]) -> anyhow::Result<Run> {
         let out = Command::new(bin("muster"))
             .args(args)

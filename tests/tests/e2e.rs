@@ -1393,13 +1393,7 @@ fn only_a_coordinator_is_certified_for_the_coordinators_own_address() -> R {
     // must not get a certificate that could stand in for the coordinator's.
     let c = Coordinator::start()?;
     let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator","coordinator"]}"#)?;
-    let sans = |h: &Host| -> anyhow::Result<String> {
-        tool(
-            Command::new("openssl")
-                .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-                .arg(h.path("etc/muster/tls/http.crt")),
-        )
-    };
+    let sans = |h: &Host| h.http_sans();
     let plain = Host::new("plain-alloc")?;
     let r = plain.install(&c.host(), &tok, &["--roles", "allocator"])?;
     assert_eq!(r.code, 0, "{r:?}");

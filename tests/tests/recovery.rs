@@ -386,11 +386,7 @@ fn no_ordinary_host_is_certified_for_another_coordinators_name() -> R {
     let h = Host::new("coordinator-b.example")?;
     let r = h.install(&a.host(), &tok, &[])?;
     assert_eq!(r.code, 0, "{r:?}");
-    let sans = tool(
-        Command::new("openssl")
-            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-            .arg(h.path("etc/muster/tls/http.crt")),
-    )?;
+    let sans = h.http_sans()?;
     assert!(!sans.contains("DNS:coordinator-b.example"), "{sans}");
     Ok(())
 }

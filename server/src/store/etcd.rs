@@ -125,25 +125,19 @@ async fn watch_tokens(clients: Vec<Client>, tokens_key: String, copy: Arc<TokenC
             let mut rev = 0;
             let mut records = HashMap::new();
             loop {
-                let opts = GetOptions::new()
-                    .with_range(end.clone())
-                    .with_limit(PAGE)
-                    .with_revision(rev);
-                let page = c.get(start.clone(), Some(opts)).await?;
-                if rev == 0 {
-                    rev = page.header().map_or(0, |h| h.revision());
-                }
-                for kv in page.kvs() {
+                let (kvs, at, next) = read_page(&mut c, start, end.clone(), rev).await?;
+                rev = at;
+                for kv in &kvs {
                     if let Ok(t) = decode::<TokenRecord>(kv) {
                         if t.revoked {
                             records.insert(t.id.clone(), t);
                         }
                     }
                 }
-                match (page.more(), page.kvs().last()) {
-                    (true, Some(last)) => start = [last.key(), &[0]].concat(),
-                    _ => break,
+                if next.is_empty() {
+                    break;
                 }
+                start = next;
             }
             copy.set(records);
             let mut stream = c
@@ -202,6 +196,33 @@ fn unreachable(e: &etcd_client::Error) -> bool {
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> StoreResult<T> {
     serde_json::from_slice(kv.value())
         .map_err(|e| StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(kv.key()))))
+}
+
+/// Up to [`PAGE`] keys from `start` to before `end`, read at revision `rev` (0: the latest);
+/// with the revision read at and where the next page starts (empty after the last).
+async fn read_page(
+    c: &mut Client,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    rev: i64,
+) -> Result<(Vec<KeyValue>, i64, Vec<u8>), etcd_client::Error> {
+    let opts = GetOptions::new()
+        .with_range(end)
+        .with_limit(PAGE)
+        .with_revision(rev);
+    let mut resp = c.get(start, Some(opts)).await?;
+    let rev = match rev {
+        0 => resp.header().map_or(0, |h| h.revision()),
+        r => r,
+    };
+    let more = resp.more();
+    let kvs = resp.take_kvs();
+    // Just past this page's last key.
+    let next = match (more, kvs.last()) {
+        (true, Some(last)) => [last.key(), &[0]].concat(),
+        _ => Vec::new(),
+    };
+    Ok((kvs, rev, next))
 }
 
 /// The first key after every key that starts with `prefix` (etcd's range end for a prefix):
@@ -366,27 +387,13 @@ impl EtcdStore {
             Some((rev, start)) => (rev, start),
             None => (0, prefix.clone()),
         };
-        let opts = GetOptions::new()
-            .with_range(prefix_end(&prefix))
-            .with_limit(PAGE)
-            .with_revision(rev);
-        let mut resp = self
+        let end = prefix_end(&prefix);
+        let (kvs, rev, next) = self
             .call(|mut c| {
-                let (key, opts) = (start.clone(), opts.clone());
-                async move { c.get(key, Some(opts)).await }
+                let (start, end) = (start.clone(), end.clone());
+                async move { read_page(&mut c, start, end, rev).await }
             })
             .await?;
-        let rev = match rev {
-            0 => resp.header().map_or(0, |h| h.revision()),
-            r => r,
-        };
-        let more = resp.more();
-        let kvs = resp.take_kvs();
-        // Where the next page starts: just past this page's last key; empty when done.
-        let next = match (more, kvs.last()) {
-            (true, Some(last)) => [last.key(), &[0]].concat(),
-            _ => Vec::new(),
-        };
         *at = Some((rev, next));
         Ok(Some(kvs))
     }
@@ -890,16 +897,21 @@ mod tests {
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 
-    #[tokio::test]
-    async fn etcd_passes_conformance() -> anyhow::Result<()> {
-        // The testkit's etcd: a real member on loopback ports, answering before it returns.
-        let etcd = muster_tests::Etcd::start(1)?;
+    /// A store on the testkit's etcd (a real member on loopback ports, answering before it
+    /// returns), under `prefix`.
+    async fn store_on(etcd: &muster_tests::Etcd, prefix: &str) -> anyhow::Result<EtcdStore> {
         let cfg = crate::config::EtcdConfig {
             endpoints: etcd.client_urls.clone(),
-            prefix: "/conformance/".into(),
+            prefix: prefix.into(),
             tls: None,
         };
-        let store = EtcdStore::connect(&cfg).await?;
+        EtcdStore::connect(&cfg).await
+    }
+
+    #[tokio::test]
+    async fn etcd_passes_conformance() -> anyhow::Result<()> {
+        let etcd = muster_tests::Etcd::start(1)?;
+        let store = store_on(&etcd, "/conformance/").await?;
         crate::store::conformance::run(&store).await
     }
 
@@ -909,12 +921,7 @@ mod tests {
     async fn records_past_one_answers_size_are_read_in_pages() -> anyhow::Result<()> {
         use crate::store::conformance::{reservation, token};
         let etcd = muster_tests::Etcd::start(1)?;
-        let cfg = crate::config::EtcdConfig {
-            endpoints: etcd.client_urls.clone(),
-            prefix: "/pages/".into(),
-            tls: None,
-        };
-        let store = EtcdStore::connect(&cfg).await?;
+        let store = store_on(&etcd, "/pages/").await?;
         store.insert_token(&token("t", None)).await?;
         // About 6 KB each, as two real certificates make a reservation about 3 KB: 5 MB.
         let n = 850;
