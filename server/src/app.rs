@@ -51,8 +51,9 @@ pub struct App {
     pub config: Config,
     pub advertise: Vec<String>,
     /// What this coordinator answers on (`serve::own_names`): its serving certificate names
-    /// them, and no host without the coordinator role is certified for them.
-    pub own_names: Vec<String>,
+    /// them, and no host without the coordinator role is certified for them. Read again each
+    /// sweep ([`App::reread_own_names`]): addresses come and go with DHCP and interfaces.
+    own_names: std::sync::RwLock<Vec<String>>,
     /// The names no host without the coordinator role is certified for, as SAN keys
     /// (`pki::san_key_of_name`): this coordinator's own, and what every coordinator of the
     /// platform published, as last read from the store.
@@ -144,7 +145,7 @@ impl App {
             platform,
             config,
             advertise,
-            own_names,
+            own_names: std::sync::RwLock::new(own_names),
             serving_key,
             metrics: Metrics::default(),
             login_failures,
@@ -316,14 +317,49 @@ impl App {
         })
     }
 
-    /// Removes expired reservations (giving their uses back) and retires expired ephemeral
-    /// tokens. Run periodically.
+    /// What this coordinator answers on, as last read.
+    pub fn own_names(&self) -> Vec<String> {
+        self.own_names.read().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// Reads this coordinator's names again (an address from DHCP, a new interface, a renamed
+    /// host) and, when they changed, keeps and publishes them; whether they changed. The
+    /// serving certificate follows at once ([`crate::serve::ServingCert::renew_if_due`]).
+    pub async fn reread_own_names(&self) -> anyhow::Result<bool> {
+        self.set_own_names(crate::serve::own_names(&self.advertise))
+            .await
+    }
+
+    pub(crate) async fn set_own_names(&self, names: Vec<String>) -> anyhow::Result<bool> {
+        let same =
+            |a: &[String], b: &[String]| a.len() == b.len() && a.iter().all(|n| b.contains(n));
+        let before = {
+            let mut current = self
+                .own_names
+                .write()
+                .map_err(|_| anyhow::anyhow!("own names lock poisoned"))?;
+            if same(&current, &names) {
+                return Ok(false);
+            }
+            tracing::info!(names = ?names, "this coordinator's names changed");
+            std::mem::replace(&mut *current, names)
+        };
+        if let Err(e) = self.publish_names().await {
+            // Kept as they were, so the next sweep sees the change again and tries again.
+            if let Ok(mut current) = self.own_names.write() {
+                *current = before;
+            }
+            return Err(e.context("publishing this coordinator's new names"));
+        }
+        Ok(true)
+    }
+
     /// Publishes this coordinator's names in the store, under the id of its serving key, for
     /// the platform's other coordinators to keep from ordinary hosts' certificates.
     pub async fn publish_names(&self) -> anyhow::Result<()> {
         let id = muster_protocol::pin::spki_pin(&self.serving_key.key_pair().public_key_der());
         let id = id.trim_start_matches("sha256:").to_string();
-        self.store.publish_names(&id, &self.own_names).await?;
+        self.store.publish_names(&id, &self.own_names()).await?;
         self.refresh_names().await
     }
 
@@ -331,7 +367,7 @@ impl App {
     pub async fn refresh_names(&self) -> anyhow::Result<()> {
         let published = self.store.coordinator_names().await?;
         let reserved = self
-            .own_names
+            .own_names()
             .iter()
             .chain(&published)
             .map(|n| pki::san_key_of_name(n))
@@ -342,6 +378,8 @@ impl App {
         Ok(())
     }
 
+    /// Removes expired reservations (giving their uses back) and retires expired ephemeral
+    /// tokens. Run periodically.
     pub async fn sweep(&self) -> anyhow::Result<()> {
         if let Err(e) = self.refresh_names().await {
             tracing::warn!(error = %format!("{e:#}"), "reading the coordinators' names failed");

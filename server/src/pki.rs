@@ -399,7 +399,7 @@ pub fn check_csr(pem: &str, allowed: &[SanType]) -> Result<CheckedCsr, CsrError>
     })
 }
 
-fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+pub(crate) fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
         16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),

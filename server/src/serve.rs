@@ -88,12 +88,19 @@ const SERVING_VALIDITY: time::Duration = time::Duration::days(30);
 const SERVING_RENEW_AFTER: u64 = 10 * 86_400;
 
 /// The coordinator's serving certificate, over the data folder's serving key, from the HTTP CA,
-/// marked as a coordinator's and naming what [`own_names`] gives; issued again once it is
-/// [`SERVING_RENEW_AFTER`] old, without a restart (every handshake asks this for the current
-/// one).
+/// marked as a coordinator's and naming what [`App::own_names`] gives; issued again once it is
+/// [`SERVING_RENEW_AFTER`] old or those names changed, without a restart (every handshake asks
+/// this for the current one).
 pub struct ServingCert {
-    /// The certificate with its chain and key, and when it was issued (unix seconds).
-    current: std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, u64)>,
+    current: std::sync::RwLock<Issued>,
+}
+
+/// A serving certificate with its chain and key, when it was issued (unix seconds) and the
+/// names it was issued for.
+struct Issued {
+    key: Arc<rustls::sign::CertifiedKey>,
+    at: u64,
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for ServingCert {
@@ -107,34 +114,43 @@ impl rustls::server::ResolvesServerCert for ServingCert {
         &self,
         _hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        self.current.read().ok().map(|c| c.0.clone())
+        self.current.read().ok().map(|c| c.key.clone())
     }
 }
 
 impl ServingCert {
     pub fn new(app: &App) -> anyhow::Result<Arc<ServingCert>> {
-        let now = app.now();
         Ok(Arc::new(ServingCert {
-            current: std::sync::RwLock::new((issue(app, now)?, now)),
+            current: std::sync::RwLock::new(issue(app, app.now())?),
         }))
     }
 
-    /// Issues the certificate again if the current one is due at `now`; whether it did.
+    /// Issues the certificate again if the current one is due at `now` or no longer names
+    /// what this coordinator answers on; whether it did.
     pub fn renew_if_due(&self, app: &App, now: u64) -> anyhow::Result<bool> {
-        let issued = self
-            .current
-            .read()
-            .map_err(|_| anyhow::anyhow!("serving certificate lock poisoned"))?
-            .1;
-        if now.saturating_sub(issued) < SERVING_RENEW_AFTER {
+        let (due, names_changed) = {
+            let c = self
+                .current
+                .read()
+                .map_err(|_| anyhow::anyhow!("serving certificate lock poisoned"))?;
+            (
+                now.saturating_sub(c.at) >= SERVING_RENEW_AFTER,
+                c.names != app.own_names(),
+            )
+        };
+        if !due && !names_changed {
             return Ok(false);
         }
         let fresh = issue(app, now)?;
         *self
             .current
             .write()
-            .map_err(|_| anyhow::anyhow!("serving certificate lock poisoned"))? = (fresh, now);
-        tracing::info!("serving certificate issued again");
+            .map_err(|_| anyhow::anyhow!("serving certificate lock poisoned"))? = fresh;
+        if names_changed {
+            tracing::info!("serving certificate issued again for this coordinator's new names");
+        } else {
+            tracing::info!("serving certificate issued again");
+        }
         Ok(true)
     }
 
@@ -142,14 +158,15 @@ impl ServingCert {
     #[cfg(test)]
     fn current_der(&self) -> Option<Vec<u8>> {
         let c = self.current.read().ok()?;
-        c.0.cert.first().map(|d| d.to_vec())
+        c.key.cert.first().map(|d| d.to_vec())
     }
 }
 
-/// A serving certificate valid from `now`.
-fn issue(app: &App, now: u64) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+/// A serving certificate valid from `now`, naming what this coordinator answers on.
+fn issue(app: &App, now: u64) -> anyhow::Result<Issued> {
+    let names = app.own_names();
     let mut sans = Vec::new();
-    for n in app.own_names.iter() {
+    for n in &names {
         let san = match n.parse::<std::net::IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
             Err(_) => match n.clone().try_into() {
@@ -176,7 +193,11 @@ fn issue(app: &App, now: u64) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>>
     ];
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signer = tls_provider().key_provider.load_private_key(der)?;
-    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)))
+    Ok(Issued {
+        key: Arc::new(rustls::sign::CertifiedKey::new(chain, signer)),
+        at: now,
+        names,
+    })
 }
 
 /// Builds the TLS config: the serving certificate `cert` gives, client certificates from the
@@ -223,6 +244,9 @@ pub async fn serve(
                 tick.tick().await;
                 if let Err(e) = app.sweep().await {
                     tracing::warn!(error = %format!("{e:#}"), "sweep failed");
+                }
+                if let Err(e) = app.reread_own_names().await {
+                    tracing::warn!(error = %format!("{e:#}"), "reading this coordinator's names again failed");
                 }
                 if let Err(e) = cert.renew_if_due(&app, app.now()) {
                     tracing::warn!(error = %format!("{e:#}"), "issuing the serving certificate again failed");
@@ -464,6 +488,7 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     #[test]
     fn a_director_warns_before_its_certificate_runs_out_and_stops_after() -> anyhow::Result<()> {
@@ -515,6 +540,68 @@ mod tests {
         assert_eq!(until - from, SERVING_VALIDITY.whole_seconds() + 300);
         // Not again until it is due again.
         assert!(!cert.renew_if_due(&app, later + 1)?);
+        Ok(())
+    }
+
+    /// A coordinator whose addresses change (DHCP, a new interface) publishes the new ones for
+    /// the other coordinators and is certified for them at once, not at its next restart.
+    #[tokio::test]
+    async fn the_serving_certificate_follows_the_coordinators_addresses() -> anyhow::Result<()> {
+        use x509_parser::prelude::*;
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(crate::store::sqlite::SqliteStore::open(
+            &dir.path().join("muster.db"),
+        )?);
+        let (platform, _, _) =
+            crate::platform::Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
+        let key = crate::pki::ServingKey::load_or_create(dir.path())?;
+        let app = App::new(
+            store.clone(),
+            platform,
+            crate::config::Config::default(),
+            key,
+        );
+        app.publish_names().await?;
+        let cert = ServingCert::new(&app)?;
+        let now = app.now();
+        let ips = |der: &[u8]| -> anyhow::Result<Vec<std::net::IpAddr>> {
+            let (_, c) = X509Certificate::from_der(der)?;
+            let mut out = Vec::new();
+            if let Some(san) = c.subject_alternative_name()? {
+                for n in &san.value.general_names {
+                    if let GeneralName::IPAddress(b) = n {
+                        out.extend(crate::pki::ip_from_bytes(b));
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let new_ip: std::net::IpAddr = "192.0.2.77".parse()?;
+        assert!(!ips(&cert.current_der().unwrap_or_default())?.contains(&new_ip));
+        // Nothing changed: nothing published, nothing issued.
+        assert!(!app.set_own_names(app.own_names()).await?);
+        assert!(!cert.renew_if_due(&app, now + 1)?);
+
+        let mut names = app.own_names();
+        names.push(new_ip.to_string());
+        assert!(app.set_own_names(names.clone()).await?);
+        assert!(store
+            .coordinator_names()
+            .await?
+            .contains(&new_ip.to_string()));
+        assert!(cert.renew_if_due(&app, now + 1)?);
+        assert!(ips(&cert.current_der().unwrap_or_default())?.contains(&new_ip));
+        assert!(!cert.renew_if_due(&app, now + 2)?);
+
+        // The address goes away again: no longer published, no longer certified.
+        names.retain(|n| n != &new_ip.to_string());
+        assert!(app.set_own_names(names).await?);
+        assert!(!store
+            .coordinator_names()
+            .await?
+            .contains(&new_ip.to_string()));
+        assert!(cert.renew_if_due(&app, now + 3)?);
+        assert!(!ips(&cert.current_der().unwrap_or_default())?.contains(&new_ip));
         Ok(())
     }
 
