@@ -56,6 +56,23 @@ pub struct EtcdStore {
     prefix: String,
     tokens_seen: Arc<TokenCopy>,
     watcher: tokio::task::JoinHandle<()>,
+    /// Tests: how many more transaction answers to lose after etcd applied them, as a member
+    /// that dies before it answers does.
+    #[cfg(test)]
+    lose_answers: std::sync::atomic::AtomicU32,
+}
+
+/// What a guarded transaction came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    /// Its guards held and its writes were made.
+    Yes,
+    /// Its guards did not hold: nothing was written.
+    No,
+    /// Its guards did not hold on a retry, after an attempt whose answer never came: that
+    /// attempt may have made the writes (and so broken the guards). The caller reads again and
+    /// tells by what it finds.
+    Unsure,
 }
 
 impl Drop for EtcdStore {
@@ -298,6 +315,8 @@ impl EtcdStore {
             prefix,
             tokens_seen,
             watcher,
+            #[cfg(test)]
+            lose_answers: 0.into(),
         };
         store
             .call(|mut c| async move { c.status().await })
@@ -441,7 +460,13 @@ impl EtcdStore {
                 }
                 ops.extend(self.revoke_ops(&r.serials)?);
             }
-            if self.txn(guards, ops).await? && !r.committed {
+            let ran = match self.txn_ran(guards, ops).await? {
+                // Gone since: this sweep's lost attempt removed it, or another coordinator's
+                // sweep did (and it is then audited twice, not never).
+                Ran::Unsure => self.get::<Reservation>(&resv_key).await?.is_none(),
+                ran => ran == Ran::Yes,
+            };
+            if ran && !r.committed {
                 expired.push(r);
             }
         }
@@ -465,16 +490,52 @@ impl EtcdStore {
         TxnOp::delete(self.key(rest), None)
     }
 
-    /// Runs `ops` if every guard holds; whether it ran.
+    /// Runs `ops` if every guard holds; whether it ran. A step that must tell its own earlier
+    /// attempt from somebody else's change uses [`EtcdStore::txn_ran`].
     async fn txn(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> StoreResult<bool> {
+        Ok(self.txn_ran(guards, ops).await? == Ran::Yes)
+    }
+
+    /// Runs `ops` if every guard holds: whether it ran, did not, or may have on an attempt
+    /// whose answer was lost.
+    async fn txn_ran(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> StoreResult<Ran> {
         let txn = Txn::new().when(guards).and_then(ops);
+        let lost = std::sync::atomic::AtomicBool::new(false);
         let resp = self
             .call(|mut c| {
                 let txn = txn.clone();
-                async move { c.txn(txn).await }
+                let lost = &lost;
+                async move {
+                    let answer = c.txn(txn).await;
+                    #[cfg(test)]
+                    let answer = match answer {
+                        Ok(_) if self.lose_answer() => Err(etcd_client::Error::IoError(
+                            std::io::Error::other("answer lost (test)"),
+                        )),
+                        other => other,
+                    };
+                    if answer.as_ref().is_err_and(unreachable) {
+                        lost.store(true, Ordering::Relaxed);
+                    }
+                    answer
+                }
             })
             .await?;
-        Ok(resp.succeeded())
+        Ok(if resp.succeeded() {
+            Ran::Yes
+        } else if lost.load(Ordering::Relaxed) {
+            Ran::Unsure
+        } else {
+            Ran::No
+        })
+    }
+
+    /// Tests: whether to lose this answer.
+    #[cfg(test)]
+    fn lose_answer(&self) -> bool {
+        self.lose_answers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     async fn lease(&self, ttl_secs: i64) -> StoreResult<i64> {
@@ -532,11 +593,18 @@ fn contended() -> StoreError {
 #[async_trait]
 impl Store for EtcdStore {
     async fn init_platform(&self, record: &[u8]) -> StoreResult<bool> {
-        self.txn(
-            vec![self.unchanged("platform", None)],
-            vec![TxnOp::put(self.key("platform"), record, None)],
-        )
-        .await
+        match self
+            .txn_ran(
+                vec![self.unchanged("platform", None)],
+                vec![TxnOp::put(self.key("platform"), record, None)],
+            )
+            .await?
+        {
+            Ran::Yes => Ok(true),
+            Ran::No => Ok(false),
+            // The record there is this one: written by the attempt whose answer was lost.
+            Ran::Unsure => Ok(self.platform().await?.as_deref() == Some(record)),
+        }
     }
 
     async fn platform(&self) -> StoreResult<Option<Vec<u8>>> {
@@ -577,20 +645,23 @@ impl Store for EtcdStore {
 
     async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
         let rest = format!("tokens/{id}");
+        // Whether an attempt whose answer was lost may have revoked it.
+        let mut attempted = false;
         for _ in 0..MAX_ROUNDS {
             let Some(mut t) = self.get::<TokenRecord>(&rest).await? else {
                 return Ok(false);
             };
             if t.value.revoked {
-                return Ok(false);
+                return Ok(attempted);
             }
             t.value.revoked = true;
             let op = self.put(&rest, &t.value, t.lease)?;
-            if self
-                .txn(vec![self.unchanged(&rest, Some(t.rev))], vec![op])
+            match self
+                .txn_ran(vec![self.unchanged(&rest, Some(t.rev))], vec![op])
                 .await?
             {
-                return Ok(true);
+                Ran::Yes => return Ok(true),
+                ran => attempted = ran == Ran::Unsure,
             }
         }
         Err(contended())
@@ -652,13 +723,26 @@ impl Store for EtcdStore {
 
     async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
         let resv_key = format!("resv/{node_id}");
+        // What an attempt whose answer was lost would have written.
+        let mut attempted: Option<(HostRecord, Option<HostRecord>)> = None;
         for _ in 0..MAX_ROUNDS {
-            let Some(mut r) = self.get::<Reservation>(&resv_key).await? else {
-                return self.already_committed(node_id).await;
+            let mut r = match self.get::<Reservation>(&resv_key).await? {
+                Some(r) if !r.value.committed => r,
+                _ => {
+                    // Committed, or gone: by the attempt whose answer was lost if the host
+                    // there is the one it wrote.
+                    if let Some((host, replaced)) = attempted.take() {
+                        let there = self.get::<HostRecord>(&format!("hosts/{node_id}")).await?;
+                        if there.is_some_and(|h| h.value == host) {
+                            return Ok(CommitOutcome::Committed {
+                                host: Box::new(host),
+                                replaced: replaced.map(Box::new),
+                            });
+                        }
+                    }
+                    return self.already_committed(node_id).await;
+                }
             };
-            if r.value.committed {
-                return self.already_committed(node_id).await;
-            }
             if r.value.expires_at <= now {
                 return Ok(CommitOutcome::Unknown);
             }
@@ -707,11 +791,15 @@ impl Store for EtcdStore {
                 ops.push(self.delete(&old_key));
                 ops.extend(self.revoke_ops(&o.value.serials)?);
             }
-            if self.txn(guards, ops).await? {
-                return Ok(CommitOutcome::Committed {
-                    host: Box::new(host),
-                    replaced: old.map(|o| Box::new(o.value)),
-                });
+            match self.txn_ran(guards, ops).await? {
+                Ran::Yes => {
+                    return Ok(CommitOutcome::Committed {
+                        host: Box::new(host),
+                        replaced: old.map(|o| Box::new(o.value)),
+                    })
+                }
+                Ran::Unsure => attempted = Some((host, old.map(|o| o.value))),
+                Ran::No => attempted = None,
             }
         }
         Err(contended())
@@ -807,9 +895,13 @@ impl Store for EtcdStore {
 
     async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
         let host_key = format!("hosts/{node_id}");
+        // The host as an attempt whose answer was lost removed it.
+        let mut attempted = None;
         for _ in 0..MAX_ROUNDS {
             let Some(h) = self.get::<HostRecord>(&host_key).await? else {
-                return Ok(None);
+                // Gone since that attempt: it was that attempt (or a removal at the same
+                // moment, and the host is then reported removed twice, not never).
+                return Ok(attempted);
             };
             let name_key = format!("hostname/{}", h.value.host.hostname);
             let mut guards = vec![self.unchanged(&host_key, Some(h.rev))];
@@ -821,8 +913,10 @@ impl Store for EtcdStore {
                 }
             }
             ops.extend(self.revoke_ops(&h.value.serials)?);
-            if self.txn(guards, ops).await? {
-                return Ok(Some(h.value));
+            match self.txn_ran(guards, ops).await? {
+                Ran::Yes => return Ok(Some(h.value)),
+                Ran::Unsure => attempted = Some(h.value),
+                Ran::No => attempted = None,
             }
         }
         Err(contended())
@@ -845,12 +939,21 @@ impl Store for EtcdStore {
             let mut e = e.clone();
             e.seq = next;
             let guards = vec![self.unchanged("audit-seq", seq.as_ref().map(|s| s.rev))];
-            let ops = vec![
-                self.put("audit-seq", &next, 0)?,
-                self.put(&format!("audit/{next:020}"), &e, 0)?,
-            ];
-            if self.txn(guards, ops).await? {
-                return Ok(());
+            let key = format!("audit/{next:020}");
+            let ops = vec![self.put("audit-seq", &next, 0)?, self.put(&key, &e, 0)?];
+            match self.txn_ran(guards, ops).await? {
+                Ran::Yes => return Ok(()),
+                // The event there is this one (same time, action and names): appended by the
+                // attempt whose answer was lost, not to be appended twice.
+                Ran::Unsure
+                    if self
+                        .get::<AuditEvent>(&key)
+                        .await?
+                        .is_some_and(|there| there.value == e) =>
+                {
+                    return Ok(())
+                }
+                Ran::Unsure | Ran::No => {}
             }
         }
         Err(contended())
@@ -913,6 +1016,95 @@ mod tests {
         let etcd = muster_tests::Etcd::start(1)?;
         let store = store_on(&etcd, "/conformance/").await?;
         crate::store::conformance::run(&store).await
+    }
+
+    /// A member that makes a transaction's writes and dies before it answers: the step's
+    /// retry finds its guards broken by its own lost attempt and must tell that from somebody
+    /// else's change, or a commit is answered "already committed" and never audited, a removal
+    /// "no such host", a revocation "already revoked", an audit event appended twice, `init`
+    /// refused over its own platform, an expired reservation never audited.
+    #[tokio::test]
+    async fn a_step_whose_answer_was_lost_knows_its_own_writes() -> anyhow::Result<()> {
+        use crate::store::conformance::{reservation, token};
+        let etcd = muster_tests::Etcd::start(1)?;
+        let store = store_on(&etcd, "/lost/").await?;
+        let lose_next = || store.lose_answers.store(1, Ordering::Relaxed);
+
+        lose_next();
+        anyhow::ensure!(
+            store.init_platform(b"record").await?,
+            "init over its own record"
+        );
+        anyhow::ensure!(!store.init_platform(b"other").await?, "init twice");
+
+        store.insert_token(&token("t", None)).await?;
+        anyhow::ensure!(
+            store
+                .reserve(&reservation("n1", "t", "k1", "h1", 100), 50)
+                .await?
+                == ReserveOutcome::Reserved
+        );
+        lose_next();
+        let committed = store.commit("n1", 60).await?;
+        anyhow::ensure!(
+            matches!(committed, CommitOutcome::Committed { .. }),
+            "commit: {committed:?}"
+        );
+        anyhow::ensure!(matches!(
+            store.commit("n1", 61).await?,
+            CommitOutcome::AlreadyCommitted(_)
+        ));
+
+        let e = AuditEvent {
+            seq: 0,
+            at: 60,
+            event: "used".into(),
+            token_id: Some("t".into()),
+            node_id: Some("n1".into()),
+            hostname: Some("h1".into()),
+            source: None,
+            reason: None,
+        };
+        lose_next();
+        store.audit(&e).await?;
+        let log = store.audit_log(0, 10).await?;
+        anyhow::ensure!(log.len() == 1, "appended once: {log:?}");
+
+        lose_next();
+        anyhow::ensure!(
+            store.revoke_token("t").await?,
+            "revoked by the lost attempt"
+        );
+        anyhow::ensure!(!store.revoke_token("t").await?, "not revoked twice");
+
+        lose_next();
+        let removed = store.remove_host("n1").await?;
+        anyhow::ensure!(
+            removed.is_some_and(|h| h.node_id == "n1"),
+            "removed by the lost attempt"
+        );
+        anyhow::ensure!(store.remove_host("n1").await?.is_none());
+
+        store.insert_token(&token("t2", None)).await?;
+        anyhow::ensure!(
+            store
+                .reserve(&reservation("n2", "t2", "k2", "h2", 100), 50)
+                .await?
+                == ReserveOutcome::Reserved
+        );
+        lose_next();
+        let expired = store.expire_reservations(200).await?;
+        anyhow::ensure!(
+            expired
+                .iter()
+                .map(|r| r.node_id.as_str())
+                .collect::<Vec<_>>()
+                == ["n2"],
+            "expired: {expired:?}"
+        );
+        let uses = store.token("t2").await?.map(|t| t.uses);
+        anyhow::ensure!(uses == Some(0), "the use given back once: {uses:?}");
+        Ok(())
     }
 
     /// More records than one etcd answer may hold (etcd-client decodes at most 4 MiB): they
