@@ -7,8 +7,8 @@
 //! | --- | --- |
 //! | `platform` | the platform record |
 //! | `tokens/{id}` | [`TokenRecord`]; ephemeral ones under a lease that outlives their expiry |
-//! | `resv/{node_id}` | [`Reservation`], under a lease that outlives `expires_at` |
-//! | `resv-key/{token_id}/{key_hash}` | the node id holding that key's reservation (same lease) |
+//! | `resv/{node_id}` | [`Reservation`] |
+//! | `resv-key/{token_id}/{key_hash}` | the node id holding that key's reservation |
 //! | `hosts/{node_id}` | [`HostRecord`] |
 //! | `hostname/{hostname}` | the node id registered under that hostname |
 //! | `revoked/{serial}` | empty: a revoked certificate |
@@ -17,9 +17,10 @@
 //! Every protocol step is one etcd transaction guarded by the mod revisions of the keys it
 //! read: a step that lost a race to another coordinator reads again and retries. So a one-use
 //! token is used once across coordinators, and a revoked token is refused by every coordinator
-//! from the moment the revocation commits. The leases are a safety net: the sweeper on every
-//! coordinator expires reservations (returning their token use exactly once, by the same
-//! compare-and-swap) long before their lease runs out.
+//! from the moment the revocation commits. Reservations have no lease: only the sweeper on a
+//! coordinator expires them, returning their token use exactly once (by the same
+//! compare-and-swap) and revoking their certificates, however long every coordinator was down.
+//! etcd dropping them on its own would do neither.
 //!
 //! A watch on `tokens/` drops a revoked token on every coordinator at once: each keeps the
 //! revoked token records the watch delivers and refuses them without asking etcd again.
@@ -38,8 +39,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// How long a lease outlives the expiry it covers.
-const LEASE_GRACE_SECS: i64 = 3600;
 /// How long an expired ephemeral token stays readable (for audit and clear refusals).
 const TOKEN_RETENTION_SECS: i64 = 86_400;
 /// Compare-and-swap rounds before a step gives up as contended.
@@ -670,7 +669,6 @@ impl Store for EtcdStore {
     async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
         let token_key = format!("tokens/{}", r.token_id);
         let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
-        let mut lease = 0;
         for _ in 0..MAX_ROUNDS {
             let Some(mut t) = self.get::<TokenRecord>(&token_key).await? else {
                 return Ok(ReserveOutcome::UnknownToken);
@@ -693,19 +691,14 @@ impl Store for EtcdStore {
                 return Ok(ReserveOutcome::UseLimitReached);
             }
             t.value.uses += 1;
-            if lease == 0 {
-                lease = self
-                    .lease(r.expires_at.saturating_sub(now) as i64 + LEASE_GRACE_SECS)
-                    .await?;
-            }
             let guards = vec![
                 self.unchanged(&token_key, Some(t.rev)),
                 self.unchanged(&index_key, index.as_ref().map(|i| i.rev)),
             ];
             let ops = vec![
                 self.put(&token_key, &t.value, t.lease)?,
-                self.put(&format!("resv/{}", r.node_id), r, lease)?,
-                self.put(&index_key, &r.node_id, lease)?,
+                self.put(&format!("resv/{}", r.node_id), r, 0)?,
+                self.put(&index_key, &r.node_id, 0)?,
             ];
             if self.txn(guards, ops).await? {
                 return Ok(ReserveOutcome::Reserved);
@@ -1104,6 +1097,31 @@ mod tests {
         );
         let uses = store.token("t2").await?.map(|t| t.uses);
         anyhow::ensure!(uses == Some(0), "the use given back once: {uses:?}");
+        Ok(())
+    }
+
+    /// A reservation stays until a sweep expires it, however long every coordinator was
+    /// down: etcd dropping it on its own (a lease running out) would keep its token use spent
+    /// and its certificates unrevoked.
+    #[tokio::test]
+    async fn only_the_sweep_ends_a_reservation() -> anyhow::Result<()> {
+        use crate::store::conformance::{reservation, token};
+        let etcd = muster_tests::Etcd::start(1)?;
+        let store = store_on(&etcd, "/leases/").await?;
+        store.insert_token(&token("t", Some(1))).await?;
+        let r = reservation("n1", "t", "k1", "h1", 100);
+        anyhow::ensure!(store.reserve(&r, 50).await? == ReserveOutcome::Reserved);
+        for key in ["resv/n1", "resv-key/t/k1"] {
+            let got = store.range(key, None).await?;
+            let leases: Vec<i64> = got.kvs().iter().map(|kv| kv.lease()).collect();
+            anyhow::ensure!(leases == [0], "{key}: leases {leases:?}");
+        }
+        let expired = store.expire_reservations(1_000_000).await?;
+        anyhow::ensure!(expired.len() == 1);
+        anyhow::ensure!(store.token("t").await?.map(|t| t.uses) == Some(0));
+        for serial in &r.serials {
+            anyhow::ensure!(store.is_revoked(serial).await?, "{serial} revoked");
+        }
         Ok(())
     }
 
