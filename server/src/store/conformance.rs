@@ -121,6 +121,12 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         s.commit("zzz", 21).await? == CommitOutcome::Unknown,
         "unknown commit"
     );
+    // The same key asking again after its commit finds it committed (the join answers a
+    // committed host's bundle, not a fresh one).
+    match s.reserve(&r1, 22).await? {
+        ReserveOutcome::Existing(r) => check!(r.committed, "found uncommitted: {r:?}"),
+        other => anyhow::bail!("reserve after commit: {other:?}"),
+    }
 
     // Expiry gives the use back and revokes the certificates.
     s.insert_token(&token("t2", Some(1))).await?;
@@ -300,6 +306,31 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         ReserveOutcome::Existing(r) => check!(r.node_id == "n9b", "found {r:?}"),
         other => anyhow::bail!("the key's live reservation must be found: {other:?}"),
     }
+
+    // Tokens are listed in the order they were made, however often one was used since.
+    let mut early = token("order-a", None);
+    early.created = 5;
+    let mut late = token("order-b", None);
+    late.created = 6;
+    s.insert_token(&early).await?;
+    s.insert_token(&late).await?;
+    check!(
+        s.reserve(
+            &reservation("n10", "order-a", "k10", "host-10", 9_000),
+            1_400
+        )
+        .await?
+            == ReserveOutcome::Reserved,
+        "reserve with order-a"
+    );
+    let order: Vec<String> = s
+        .tokens()
+        .await?
+        .into_iter()
+        .map(|t| t.id)
+        .filter(|id| id.starts_with("order-"))
+        .collect();
+    check!(order == ["order-a", "order-b"], "token order: {order:?}");
 
     // Audit is ordered and append-only.
     use muster_protocol::api::AuditEvent;

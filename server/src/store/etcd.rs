@@ -452,10 +452,18 @@ impl EtcdStore {
                 // Give the use back in the same transaction; if another coordinator expires
                 // this reservation first, the guard fails and the use is not given twice.
                 let token_key = format!("tokens/{}", r.token_id);
-                if let Some(mut t) = self.get::<TokenRecord>(&token_key).await? {
-                    t.value.uses = t.value.uses.saturating_sub(1);
-                    guards.push(self.unchanged(&token_key, Some(t.rev)));
-                    ops.push(self.put(&token_key, &t.value, t.lease)?);
+                match self.get::<TokenRecord>(&token_key).await {
+                    Ok(Some(mut t)) => {
+                        t.value.uses = t.value.uses.saturating_sub(1);
+                        guards.push(self.unchanged(&token_key, Some(t.rev)));
+                        ops.push(self.put(&token_key, &t.value, t.lease)?);
+                    }
+                    Ok(None) => {}
+                    // Its certificates are still revoked and the reservation still ends.
+                    Err(StoreError::Corrupt(e)) => {
+                        tracing::warn!(token_id = %r.token_id, error = %e, "store: a token record does not read; its use is not given back")
+                    }
+                    Err(e) => return Err(e),
                 }
                 ops.extend(self.revoke_ops(&r.serials)?);
             }

@@ -418,8 +418,13 @@ impl Store for SqliteStore {
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        self.run(|c| query_json(c, "SELECT json FROM tokens ORDER BY rowid", []))
-            .await
+        // In the order they were made, as etcd lists them (a write replaces the row, so rowid
+        // order would move a token to the end each time it is used).
+        let mut all: Vec<TokenRecord> = self
+            .run(|c| query_json(c, "SELECT json FROM tokens", []))
+            .await?;
+        all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(all)
     }
 
     async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
@@ -445,16 +450,16 @@ impl Store for SqliteStore {
             if t.revoked {
                 return Ok(ReserveOutcome::Revoked);
             }
-            let existing: Option<String> = tx
-                .prepare_cached("SELECT json FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3")
+            let existing: Option<(String, bool)> = tx
+                .prepare_cached("SELECT json, committed FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3")
         .map_err(unavailable)?
         .query_row(params![r.token_id, r.key_hash, now as i64],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
                 .map_err(unavailable)?;
-            if let Some(s) = existing {
-                return Ok(ReserveOutcome::Existing(Box::new(from_json(&s)?)));
+            if let Some(row) = existing {
+                return Ok(ReserveOutcome::Existing(Box::new(reservation_of(row)?)));
             }
             if t.max_uses.is_some_and(|max| t.uses >= max) {
                 return Ok(ReserveOutcome::UseLimitReached);
@@ -543,13 +548,22 @@ impl Store for SqliteStore {
 
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
         self.tx(move |tx| {
-            let all: Vec<Reservation> = tx
-                .prepare_cached("SELECT json, committed FROM reservations WHERE expires_at <= ?1")
+            let rows: Vec<(String, String, bool)> = tx
+                .prepare_cached("SELECT node_id, json, committed FROM reservations WHERE expires_at <= ?1")
                 .map_err(unavailable)?
-                .query_map(params![now as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(unavailable)?
-                .map(|row| row.map_err(unavailable).and_then(reservation_of))
-                .collect::<StoreResult<_>>()?;
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            // A record that does not read is named in the log and left: one bad record must
+            // not stop every other reservation from expiring.
+            let mut all = Vec::with_capacity(rows.len());
+            for (node_id, json, committed) in rows {
+                match reservation_of((json, committed)) {
+                    Ok(r) => all.push(r),
+                    Err(e) => tracing::warn!(%node_id, error = %e, "store: a reservation record does not read; left for an operator"),
+                }
+            }
             // Committed ones only had to outlive a lost answer; they just go.
             let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
                 all.into_iter().partition(|r| r.committed);
@@ -560,9 +574,15 @@ impl Store for SqliteStore {
                     .map_err(unavailable)?;
             }
             for r in &expired {
-                if let Some(mut t) = get_token(tx, &r.token_id)? {
-                    t.uses = t.uses.saturating_sub(1);
-                    put_token(tx, &t)?;
+                match get_token(tx, &r.token_id) {
+                    Ok(Some(mut t)) => {
+                        t.uses = t.uses.saturating_sub(1);
+                        put_token(tx, &t)?;
+                    }
+                    Ok(None) => {}
+                    // Its certificates are still revoked and the reservation still ends.
+                    Err(StoreError::Corrupt(e)) => tracing::warn!(token_id = %r.token_id, error = %e, "store: a token record does not read; its use is not given back"),
+                    Err(e) => return Err(e),
                 }
                 revoke_serials(tx, &r.serials)?;
                 tx.prepare_cached("DELETE FROM reservations WHERE node_id = ?1")
@@ -766,6 +786,46 @@ mod tests {
         let d = tempfile::tempdir()?;
         let s = super::SqliteStore::open(&d.path().join("muster.db"))?;
         crate::store::conformance::run(&s).await
+    }
+
+    /// A record that does not read (a bad reservation, a bad token) is left for an operator
+    /// and stops no other reservation from expiring.
+    #[tokio::test]
+    async fn one_bad_record_stops_no_sweep() -> anyhow::Result<()> {
+        use crate::store::conformance::{reservation, token};
+        use crate::store::{ReserveOutcome, Store};
+        let d = tempfile::tempdir()?;
+        let path = d.path().join("muster.db");
+        let s = super::SqliteStore::open(&path)?;
+        s.insert_token(&token("t", None)).await?;
+        s.insert_token(&token("bad-token", None)).await?;
+        for (id, tok) in [("good", "t"), ("of-bad-token", "bad-token")] {
+            let r = reservation(id, tok, id, id, 100);
+            anyhow::ensure!(s.reserve(&r, 50).await? == ReserveOutcome::Reserved);
+        }
+        {
+            let c = rusqlite::Connection::open(&path)?;
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            c.execute(
+                "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES ('unreadable', 't', 'x', 1, 'not json')",
+                [],
+            )?;
+            c.execute(
+                "UPDATE tokens SET json = 'not json' WHERE id = 'bad-token'",
+                [],
+            )?;
+        }
+        let mut expired: Vec<String> = s
+            .expire_reservations(200)
+            .await?
+            .into_iter()
+            .map(|r| r.node_id)
+            .collect();
+        expired.sort();
+        assert_eq!(expired, ["good", "of-bad-token"]);
+        assert_eq!(s.token("t").await?.map(|t| t.uses), Some(0));
+        assert!(s.is_revoked("serial-of-bad-token").await?);
+        Ok(())
     }
 
     /// A data folder written by schema version 1 (the committed flag inside the record, the
