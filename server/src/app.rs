@@ -1370,6 +1370,15 @@ async fn commit(
         // Registered under this name since the join (which checked the same): refused here too,
         // inside the commit's own transaction.
         CommitOutcome::ReplaceRefused(old) => Err(replace_refused(&old)),
+        CommitOutcome::TokenRevoked(token_id) => {
+            app.token_records.forget(&token_id);
+            let r = Refusal::new(
+                ErrorCode::TokenRevoked,
+                "roles token was revoked after this join; the host is not registered",
+                Some(token_id),
+            );
+            Err(app.refused(r, c.remote.ip()).await)
+        }
     }
 }
 

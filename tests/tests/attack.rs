@@ -349,6 +349,51 @@ fn slow_clients_and_connection_floods_leave_the_server_responsive() -> R {
     Ok(())
 }
 
+/// The proof of a commit: an ECDSA signature over the commit message by the key `csr` left in
+/// `key_dir`, base64.
+fn commit_proof(key_dir: &std::path::Path, node_id: &str, psk: &str) -> anyhow::Result<String> {
+    let msg = key_dir.join("msg");
+    std::fs::write(&msg, muster_protocol::node::commit_message(node_id, psk))?;
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key_dir.join("k.pem"))
+        .arg(&msg)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "openssl dgst -sign");
+    Ok(base64::engine::general_purpose::STANDARD.encode(out.stdout))
+}
+
+/// A token revoked (say, found leaked) after a join it answered and before that join's commit:
+/// the commit is refused with `token.revoked` and registers nothing; the reservation then
+/// expires as any other.
+#[test]
+fn a_token_revoked_between_join_and_commit_registers_nothing() -> R {
+    let c = Coordinator::start()?;
+    let (tok, id) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let dir = tempfile::tempdir()?;
+    let tcsr = csr(dir.path())?;
+    let body = serde_json::json!({
+        "token": tok, "transport_csr": tcsr, "http_csr": tcsr,
+        "host": {"hostname": "late"}, "roles": ["proxy"],
+    });
+    let (status, bundle) = c.post_json(JOIN, &body, &[])?;
+    assert_eq!(status, 200, "{bundle}");
+    let node_id = bundle["node_id"].as_str().unwrap_or_default().to_string();
+    let psk = bundle["psk"].as_str().unwrap_or_default().to_string();
+    assert_eq!(c.api("DELETE", &format!("{TOKENS}/{id}"), None)?.0, 200);
+    let proof = commit_proof(dir.path(), &node_id, &psk)?;
+    let commit = serde_json::json!({"node_id": node_id, "psk": psk, "proof": proof});
+    let (status, v) = c.post_json("/api/v1/node/commit", &commit, &[])?;
+    assert_eq!(
+        (status, v["errors"][0]["code"].as_str().unwrap_or("-")),
+        (403, "token.revoked"),
+        "{v}"
+    );
+    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(v["runners"].as_array().map(Vec::len), Some(0), "{v}");
+    Ok(())
+}
+
 #[test]
 fn a_commit_without_the_psk_and_the_new_keys_signature_is_refused_and_registers_nothing() -> R {
     // The join answered (a node id and a PSK), then commits that do not prove both: the wrong
@@ -370,18 +415,7 @@ fn a_commit_without_the_psk_and_the_new_keys_signature_is_refused_and_registers_
     assert_eq!(status, 200, "{bundle}");
     let node_id = bundle["node_id"].as_str().unwrap_or_default().to_string();
     let psk = bundle["psk"].as_str().unwrap_or_default().to_string();
-    // An ECDSA signature over the commit message by the key in `key_dir`, base64.
-    let sign = |key_dir: &std::path::Path, psk: &str| -> anyhow::Result<String> {
-        let msg = key_dir.join("msg");
-        std::fs::write(&msg, muster_protocol::node::commit_message(&node_id, psk))?;
-        let out = Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(key_dir.join("k.pem"))
-            .arg(&msg)
-            .output()?;
-        anyhow::ensure!(out.status.success(), "openssl dgst -sign");
-        Ok(base64::engine::general_purpose::STANDARD.encode(out.stdout))
-    };
+    let sign = |key_dir: &std::path::Path, psk: &str| commit_proof(key_dir, &node_id, psk);
     let runners = || -> anyhow::Result<usize> {
         let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
         Ok(v["runners"].as_array().map(Vec::len).unwrap_or(usize::MAX))

@@ -307,6 +307,25 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         other => anyhow::bail!("the key's live reservation must be found: {other:?}"),
     }
 
+    // A token revoked between a join and its commit: the commit is refused, nothing registered.
+    s.insert_token(&token("t-rev", None)).await?;
+    check!(
+        s.reserve(&reservation("n11", "t-rev", "k11", "host-11", 9_000), 1_400)
+            .await?
+            == ReserveOutcome::Reserved,
+        "reserve with t-rev"
+    );
+    check!(s.revoke_token("t-rev").await?, "revoke t-rev");
+    let refused = s.commit("n11", 1_401).await?;
+    check!(
+        refused == CommitOutcome::TokenRevoked("t-rev".into()),
+        "commit after revocation: {refused:?}"
+    );
+    check!(
+        s.host("n11").await?.is_none() && s.host_named("host-11").await?.is_none(),
+        "nothing registered after a refused commit"
+    );
+
     // Tokens are listed in the order they were made, however often one was used since.
     let mut early = token("order-a", None);
     early.created = 5;

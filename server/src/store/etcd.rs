@@ -747,6 +747,16 @@ impl Store for EtcdStore {
             if r.value.expires_at <= now {
                 return Ok(CommitOutcome::Unknown);
             }
+            // Not guarded (every join of the token changes its record, and would break the
+            // commit's guard): a revocation committing during this commit may let it through,
+            // as if it had come first.
+            if self
+                .token(&r.value.token_id)
+                .await?
+                .is_some_and(|t| t.revoked)
+            {
+                return Ok(CommitOutcome::TokenRevoked(r.value.token_id));
+            }
             let name_key = format!("hostname/{}", r.value.host.hostname);
             let index = self.get::<String>(&name_key).await?;
             let old = match &index {

@@ -152,6 +152,10 @@ pub enum CommitOutcome {
     /// A host of that hostname is registered with roles the reservation does not have:
     /// replacing it takes a join granting all of them ([`may_replace`]). Nothing changed.
     ReplaceRefused(Box<HostRecord>),
+    /// The token the join used (its id here) was revoked since: a leaked token revoked is
+    /// revoked for joins it answered and that are not committed yet. Nothing changed; the
+    /// reservation expires as any other (its certificates revoked).
+    TokenRevoked(String),
 }
 
 /// Whether a host joined with `roles` may replace `old`, registered under its hostname: only

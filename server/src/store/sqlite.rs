@@ -499,6 +499,9 @@ impl Store for SqliteStore {
             if r.expires_at <= now {
                 return Ok(CommitOutcome::Unknown);
             }
+            if get_token(tx, &r.token_id)?.is_some_and(|t| t.revoked) {
+                return Ok(CommitOutcome::TokenRevoked(r.token_id));
+            }
             let old: Option<String> = tx
                 .prepare_cached("SELECT json FROM hosts WHERE hostname = ?1")
                 .map_err(unavailable)?
