@@ -1148,23 +1148,29 @@ async fn join(
         match token::grant_roles(&checked, &requested) {
             Ok(r) => (r, vec![]),
             Err(e) => {
-                app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
-                app.audit("refused", Some(&rec.id), None, Some(source), Some(e.code()))
-                    .await;
-                return Err(ApiError::new(e.code(), e.to_string()));
+                let r = Refusal {
+                    code: e.code(),
+                    message: e.to_string(),
+                    token_id: Some(rec.id),
+                };
+                return Err(app.refused(r, source).await);
             }
         }
     };
     // A join under the name of a registered host replaces it when it commits (a rebuilt host).
     // That takes a token granting every role the registered host has: a weaker one (say, the
-    // role-less initial token) must not knock a coordinator off the registry.
+    // role-less initial token) must not knock a coordinator off the registry. Refused as a
+    // bad token is (counted against the source): the answer names the host's roles, so a
+    // token holder may not ask about name after name.
     if let Some(old) = app.store.host_named(&req.host.hostname).await? {
         if !crate::store::may_replace(&old, &roles) {
-            app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
-            let code = ErrorCode::HostReplaceRoles;
-            app.audit("refused", Some(&rec.id), None, Some(source), Some(code))
-                .await;
-            return Err(replace_refused(&old));
+            let e = replace_refused(&old);
+            let r = Refusal {
+                code: ErrorCode::HostReplaceRoles,
+                message: e.message,
+                token_id: Some(rec.id),
+            };
+            return Err(app.refused(r, source).await);
         }
     }
     let allowed = pki::host_sans(&req.host.hostname, &req.host.addresses);
@@ -1248,19 +1254,12 @@ async fn join(
             return Err(app.refused(r, source).await);
         }
         ReserveOutcome::UseLimitReached => {
-            app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
-            app.audit(
-                "refused",
-                Some(&rec.id),
-                None,
-                Some(source),
-                Some(ErrorCode::TokenUseLimit),
-            )
-            .await;
-            return Err(ApiError::new(
+            let r = Refusal::new(
                 ErrorCode::TokenUseLimit,
                 "roles token has reached its use limit",
-            ));
+                Some(rec.id),
+            );
+            return Err(app.refused(r, source).await);
         }
     };
     app.join_keys

@@ -37,9 +37,21 @@ fn csr(dir: &std::path::Path) -> anyhow::Result<String> {
 
 /// POSTs a join with `token` from `source` (a loopback address): status and error code.
 fn join_as(c: &Coordinator, source: &str, token: &str, csr: &str) -> anyhow::Result<(u16, String)> {
+    join_named(c, source, token, csr, "h", "allocator")
+}
+
+/// [`join_as`] for host `hostname`, asking for `role`.
+fn join_named(
+    c: &Coordinator,
+    source: &str,
+    token: &str,
+    csr: &str,
+    hostname: &str,
+    role: &str,
+) -> anyhow::Result<(u16, String)> {
     let body = serde_json::json!({
         "token": token, "transport_csr": csr, "http_csr": csr,
-        "host": {"hostname": "h"}, "roles": ["allocator"],
+        "host": {"hostname": hostname}, "roles": [role],
     });
     let (status, v) = c.post_json(JOIN, &body, &["--interface", source])?;
     Ok((
@@ -250,6 +262,26 @@ fn token_guessing_from_one_address_is_held_off_and_others_carry_on() -> R {
     // Another address is not affected: a host enrolls from 127.0.0.1.
     let h = Host::new("neighbour")?;
     assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    // A valid token asking about registered hosts by name (the refusal names the host's
+    // roles) is held off the same way.
+    let (weak, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(join_named(
+            &c,
+            "127.0.0.3",
+            &weak,
+            &csr,
+            "neighbour",
+            "proxy",
+        )?);
+    }
+    let refused = answers
+        .iter()
+        .filter(|a| *a == &(409, "host.replace_needs_roles".to_string()))
+        .count();
+    let held = answers.iter().filter(|a| a.0 == 429).count();
+    assert_eq!((refused, held), (5, 3), "{answers:?}");
     Ok(())
 }
 
