@@ -100,25 +100,41 @@ pub fn write_state(root: &Path, o: &Owners, s: &State) -> Result<()> {
     )?)
 }
 
-/// What `--force` replaces on an enrolled host, kept until the new join is answered.
-struct Previous {
-    node_key: Option<Zeroizing<Vec<u8>>>,
-    http_key: Option<Zeroizing<Vec<u8>>>,
-    state: State,
+/// Where `--force` keeps a new key until its join is answered (beside the key it replaces, so
+/// it moves into place by a rename): the host's working enrollment stays whole meanwhile,
+/// whether the run fails or is killed.
+fn staged(root: &Path, f: File) -> PathBuf {
+    let live = f.path(root);
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    live.with_file_name(format!(".next-{name}"))
 }
 
-impl Previous {
-    fn restore(&self, root: &Path, o: &Owners) -> Result<()> {
-        for (f, key) in [
-            (File::NodeKey, &self.node_key),
-            (File::HttpKey, &self.http_key),
-        ] {
-            if let Some(key) = key {
-                write_atomic(&f.path(root), key, f.perms(o))?;
-            }
+/// Moves keys staged by a `--force` whose join was answered into place (the run that staged
+/// them was killed before it could).
+fn promote_staged_keys(root: &Path) -> Result<()> {
+    for f in [File::NodeKey, File::HttpKey] {
+        let next = staged(root, f);
+        if std::fs::symlink_metadata(&next).is_ok() {
+            muster_protocol::fs::rename_into_place(&next, &f.path(root))?;
         }
-        write_state(root, o, &self.state)
     }
+    Ok(())
+}
+
+/// Where `--force` stages keys.
+pub fn staged_key_paths(root: &Path) -> [PathBuf; 2] {
+    [staged(root, File::NodeKey), staged(root, File::HttpKey)]
+}
+
+/// Removes keys staged by a `--force` that never got its join answered.
+fn drop_staged_keys(root: &Path) -> Result<()> {
+    for f in [File::NodeKey, File::HttpKey] {
+        muster_protocol::fs::remove(&staged(root, f))?;
+    }
+    Ok(())
 }
 
 /// A generated or reloaded private key.
@@ -341,6 +357,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     // so `--force` has a matching pair to fall back on; dropped otherwise).
     let state = match read_state(root)? {
         Some(st) if st.stage == Stage::Committed => {
+            drop_staged_keys(root)?;
             if !s.force {
                 p.step("already enrolled: nothing to do (use --force to enroll again)");
                 if !s.dry_run {
@@ -352,6 +369,8 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         }
         other => {
             muster_protocol::fs::remove(&File::Renewal.path(root))?;
+            // A `--force` killed after its join was answered: its keys are this enrollment's.
+            promote_staged_keys(root)?;
             other
         }
     };
@@ -374,44 +393,38 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     } else {
         None
     };
-    // `--force` over a working enrollment keeps what it replaces until the new join is
-    // answered: a refused token or no coordinator leaves the host enrolled as it was.
-    let previous = match &state {
-        Some(st) if s.force && st.stage == Stage::Committed => Some(Previous {
-            node_key: std::fs::read(File::NodeKey.path(root))
-                .ok()
-                .map(Zeroizing::new),
-            http_key: std::fs::read(File::HttpKey.path(root))
-                .ok()
-                .map(Zeroizing::new),
-            state: st.clone(),
-        }),
-        _ => None,
-    };
-    // From here until the join is answered, a failure puts back what `--force` replaces.
+    // `--force` over a working enrollment touches none of it until the new join is answered:
+    // its new keys are staged beside the old ones, and the state still says enrolled. A
+    // refused token, no coordinator or a kill leaves the host enrolled as it was.
+    let replacing = state
+        .as_ref()
+        .is_some_and(|st| s.force && st.stage == Stage::Committed);
     let attempt = async {
         let (tkey, hkey) = match keys {
             Some(k) => k,
             None => {
                 let (t, h) = (Key::generate()?, Key::generate()?);
+                let at = |f: File| if replacing { staged(root, f) } else { f.path(root) };
                 write_atomic(
-                    &File::NodeKey.path(root),
+                    &at(File::NodeKey),
                     t.pem().as_bytes(),
                     File::NodeKey.perms(&owners),
                 )?;
                 write_atomic(
-                    &File::HttpKey.path(root),
+                    &at(File::HttpKey),
                     h.pem().as_bytes(),
                     File::HttpKey.perms(&owners),
                 )?;
-                write_state(
-                    root,
-                    &owners,
-                    &State {
-                        token_id: Some(claims.sub.clone()),
-                        ..State::new(Stage::Keys)
-                    },
-                )?;
+                if !replacing {
+                    write_state(
+                        root,
+                        &owners,
+                        &State {
+                            token_id: Some(claims.sub.clone()),
+                            ..State::new(Stage::Keys)
+                        },
+                    )?;
+                }
                 (t, h)
             }
         };
@@ -463,15 +476,15 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         Ok::<_, Failure>((tkey, hkey, client, bundle, recovered_files))
     }
     .await;
-    let (tkey, _hkey, mut client, bundle, recovered_files) = match (attempt, &previous) {
-        (Ok(done), _) => done,
-        (Err(mut e), Some(prev)) => {
-            prev.restore(root, &owners)?;
+    let (tkey, _hkey, mut client, bundle, recovered_files) = match attempt {
+        Ok(done) => done,
+        Err(mut e) if replacing => {
+            drop_staged_keys(root)?;
             e.message
                 .push_str("; the host's previous enrollment is kept as it was");
             return Err(e);
         }
-        (Err(e), None) => return Err(e),
+        Err(e) => return Err(e),
     };
     p.note(&format!(
         "node id {}, {}s to commit",
@@ -488,6 +501,9 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         ..State::new(Stage::Joined)
     };
     write_state(root, &owners, &st)?;
+    // The new state names the new join: from here on the staged keys are this enrollment's.
+    failpoint("after-join-state");
+    promote_staged_keys(root)?;
     failpoint("after-join");
 
     p.step("writing certificates, keystores and config");

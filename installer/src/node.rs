@@ -366,29 +366,62 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     let lock = layout::lock(&a.root)?;
     // A renewal killed half-way is finished first: its new key is what the coordinator knows.
     let st = finish_renewal(&a.root, enrolled(&a.root)?)?;
-    let mut c = client(&a.root, &st, a.timeout)?;
     // A host the coordinator no longer takes (removed by an admin, replaced by a rebuild, its
     // certificate revoked) has nothing left to deregister: leaving removes its files all the
-    // same.
-    let known = match c
-        .post::<_, serde_json::Value>(paths::LEAVE, &serde_json::json!({}))
-        .await
-    {
-        Ok(_) => true,
-        Err(f) if f.code.as_deref() == Some(ErrorCode::NodeUnknown.as_str()) => {
+    // same. So does a host whose key is gone (a leave that deregistered it and stopped before
+    // the state went): it has nothing left to sign in with.
+    let known = match client(&a.root, &st, a.timeout) {
+        Err(f) if !File::NodeKey.path(&a.root).exists() => {
             eprintln!(
-                "muster: the coordinator no longer takes this host's certificate ({}); removing its files",
+                "muster: this host's key is gone ({}); removing what is left of its files",
                 f.message
             );
             false
         }
         Err(f) => return Err(f),
+        Ok(mut c) => match c
+            .post::<_, serde_json::Value>(paths::LEAVE, &serde_json::json!({}))
+            .await
+        {
+            Ok(_) => true,
+            Err(f) if f.code.as_deref() == Some(ErrorCode::NodeUnknown.as_str()) => {
+                eprintln!(
+                    "muster: the coordinator no longer takes this host's certificate ({}); removing its files",
+                    f.message
+                );
+                false
+            }
+            Err(f) => return Err(f),
+        },
     };
+    // Private keys first, the state last: a leave that fails or is killed part-way leaves no
+    // key behind a removed state, and runs again (the coordinator then no longer knows the
+    // host, and the files go all the same).
     let mut removed = Vec::new();
-    for f in [File::Renewal].iter().chain(File::ALL.iter().rev()) {
-        if muster_protocol::fs::remove(&f.path(&a.root))? {
-            removed.push(f.path(&a.root).display().to_string());
+    let mut first_error = None;
+    let paths = crate::install::staged_key_paths(&a.root).into_iter().chain(
+        [File::Renewal]
+            .iter()
+            .chain(File::ALL.iter())
+            .filter(|f| **f != File::State)
+            .map(|f| f.path(&a.root)),
+    );
+    for path in paths {
+        match muster_protocol::fs::remove(&path) {
+            Ok(true) => removed.push(path.display().to_string()),
+            Ok(false) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
+    }
+    if let Some(e) = first_error {
+        let mut f = Failure::from(e);
+        f.message.push_str("; the host is deregistered but its files are not all removed: fix that and run `muster leave` again");
+        return Err(f);
+    }
+    if muster_protocol::fs::remove(&File::State.path(&a.root))? {
+        removed.push(File::State.path(&a.root).display().to_string());
     }
     // Last, the lock itself, so that nothing of the enrollment is left in var/lib/muster.
     muster_protocol::fs::remove(&layout::lock_path(&a.root))?;

@@ -166,6 +166,21 @@ pub fn write_atomic(path: &Path, content: &[u8], perms: Perms) -> Result<(), Wri
     sync_dir(dir)
 }
 
+/// Moves the file `from` over `to` (in the same folder) atomically, fsyncing the folder; a
+/// symlink or a folder at `to` is refused, not replaced.
+pub fn rename_into_place(from: &Path, to: &Path) -> Result<(), WriteError> {
+    if let Some(m) = check_not_symlink(to)? {
+        if !m.is_file() {
+            return Err(WriteError::WrongType(to.to_path_buf(), "regular file"));
+        }
+    }
+    fs::rename(from, to).map_err(io_err("renaming into place", to))?;
+    match to.parent() {
+        Some(d) => sync_dir(d),
+        None => Ok(()),
+    }
+}
+
 /// Removes `path` if it is there (a symlink is removed, not followed), fsyncing its folder.
 pub fn remove(path: &Path) -> Result<bool, WriteError> {
     match fs::remove_file(path) {

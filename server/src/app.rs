@@ -1148,12 +1148,10 @@ async fn join(
         match token::grant_roles(&checked, &requested) {
             Ok(r) => (r, vec![]),
             Err(e) => {
-                let r = Refusal {
-                    code: e.code(),
-                    message: e.to_string(),
-                    token_id: Some(rec.id),
-                };
-                return Err(app.refused(r, source).await);
+                app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+                app.audit("refused", Some(&rec.id), None, Some(source), Some(e.code()))
+                    .await;
+                return Err(ApiError::new(e.code(), e.to_string()));
             }
         }
     };
@@ -1253,13 +1251,22 @@ async fn join(
             };
             return Err(app.refused(r, source).await);
         }
+        // Not counted against the source: a fleet behind one address racing a one-use token
+        // must hear "use limit reached", not be held off.
         ReserveOutcome::UseLimitReached => {
-            let r = Refusal::new(
+            app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+            app.audit(
+                "refused",
+                Some(&rec.id),
+                None,
+                Some(source),
+                Some(ErrorCode::TokenUseLimit),
+            )
+            .await;
+            return Err(ApiError::new(
                 ErrorCode::TokenUseLimit,
                 "roles token has reached its use limit",
-                Some(rec.id),
-            );
-            return Err(app.refused(r, source).await);
+            ));
         }
     };
     app.join_keys

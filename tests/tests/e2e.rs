@@ -483,6 +483,34 @@ fn enrolls_a_host_with_the_right_files() -> R {
     Ok(())
 }
 
+/// A leave that cannot remove every file (here a folder where the keystore goes) removes the
+/// private keys first and the state last, so it fails clearly and runs again once fixed.
+#[test]
+fn a_leave_stopped_part_way_removes_the_keys_and_runs_again() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("half-left")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    let p12 = h.path("etc/muster/tls/node.p12");
+    std::fs::remove_file(&p12)?;
+    std::fs::create_dir(&p12)?;
+    let first = h.muster(&["leave"])?;
+    assert_eq!(first.code, 7, "{first:?}");
+    assert!(
+        first.stderr.contains("node.p12") && first.stderr.contains("run `muster leave` again"),
+        "{first:?}"
+    );
+    assert!(!h.path("etc/muster/tls/node.key").exists());
+    assert!(!h.path("etc/muster/tls/http.key").exists());
+    assert!(h.path("var/lib/muster/enrollment.json").exists());
+    std::fs::remove_dir(&p12)?;
+    let second = h.muster(&["leave", "--output", "json"])?;
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(second.json()["result"], "removed_locally", "{second:?}");
+    assert!(!h.path("var/lib/muster/enrollment.json").exists());
+    Ok(())
+}
+
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
     for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
@@ -957,6 +985,77 @@ fn a_refused_forced_reenrollment_keeps_the_working_one() -> R {
     assert_eq!(h.state(), state);
     let hb = h.muster(&["agent", "--count", "1"])?;
     assert_eq!(hb.code, 0, "still enrolled and working: {hb:?}");
+    Ok(())
+}
+
+/// `--force` killed before its join is answered leaves the working enrollment whole (its keys,
+/// its state, its heartbeats); killed after, a rerun finishes the new one with the keys that
+/// join was answered for (the same node id).
+#[test]
+fn a_forced_reenrollment_killed_at_any_step_keeps_or_finishes() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    for point in ["after-keys", "write-before-rename"] {
+        let h = Host::new(&format!("forced-{point}"))?;
+        assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+        let key = std::fs::read(h.path("etc/muster/tls/node.key"))?;
+        let state = h.state();
+        let killed = Run::from(
+            h.install_cmd(&c.host(), &tok)
+                .arg("--force")
+                .env("MUSTER_FAILPOINT", point)
+                .output()?,
+        );
+        assert_eq!(killed.code, 137, "{point}: {killed:?}");
+        assert_eq!(
+            std::fs::read(h.path("etc/muster/tls/node.key"))?,
+            key,
+            "{point}"
+        );
+        assert_eq!(h.state(), state, "{point}");
+        let hb = h.muster(&["agent", "--count", "1"])?;
+        assert_eq!(hb.code, 0, "{point}: still enrolled and working: {hb:?}");
+        let again = h.install(&c.host(), &tok, &[])?;
+        assert_eq!(again.code, 0, "{point}: {again:?}");
+        assert_eq!(
+            h.state()["node_id"],
+            state["node_id"],
+            "{point}: nothing to do"
+        );
+    }
+    for point in ["after-join-state", "after-join"] {
+        let h = Host::new(&format!("forced-{point}"))?;
+        assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+        let old = h.state();
+        let killed = Run::from(
+            h.install_cmd(&c.host(), &tok)
+                .arg("--force")
+                .env("MUSTER_FAILPOINT", point)
+                .output()?,
+        );
+        assert_eq!(killed.code, 137, "{point}: {killed:?}");
+        let joined = h.state();
+        assert_ne!(joined["node_id"], old["node_id"], "{point}");
+        let r = h.install(&c.host(), &tok, &[])?;
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert_eq!(
+            h.state()["node_id"],
+            joined["node_id"],
+            "{point}: the same join"
+        );
+        tool(
+            Command::new("openssl")
+                .current_dir(h.path("etc/muster/tls"))
+                .args(["verify", "-CAfile", "transport-ca.pem", "node.crt"]),
+        )?;
+        let hb = h.muster(&["agent", "--count", "1"])?;
+        assert_eq!(hb.code, 0, "{point}: the new enrollment works: {hb:?}");
+        let staged: Vec<_> = walk(h.root.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(".next-"))
+            .collect();
+        assert!(staged.is_empty(), "{point}: staged keys left: {staged:?}");
+    }
     Ok(())
 }
 
