@@ -1406,6 +1406,79 @@ fn hooks_run_in_order_and_a_failing_pre_enroll_hook_stops_everything() -> R {
     Ok(())
 }
 
+/// A hook that leaves something running (`daemon &`) does not keep `muster` waiting, and a hook
+/// that never finishes is stopped, with what it started, after `MUSTER_HOOK_TIMEOUT`. (`timeout`
+/// guards the test itself: a hang shows as exit 124.)
+#[test]
+fn a_hook_that_leaves_something_running_or_hangs_does_not_hold_muster() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("daemonizing")?;
+    let pidfile = h.path("bg.pid");
+    hook(
+        &h,
+        "post-enroll",
+        "10-daemon",
+        &format!("sleep 600 & echo $! > {}; echo started", pidfile.display()),
+    )?;
+    let mut cmd = Command::new("timeout");
+    let inner = h.install_cmd(&c.host(), &tok);
+    cmd.arg("60")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let r = Run::from(cmd.output()?);
+    let bg = std::fs::read_to_string(&pidfile).unwrap_or_default();
+    if let Ok(pid) = bg.trim().parse::<i32>() {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    assert_eq!(r.code, 0, "{r:?}");
+
+    let h = Host::new("hanging")?;
+    let pidfile = h.path("child.pid");
+    hook(
+        &h,
+        "post-enroll",
+        "10-hang",
+        &format!(
+            "sleep 600 & echo $! > {}; echo waiting for ever; wait",
+            pidfile.display()
+        ),
+    )?;
+    let mut cmd = Command::new("timeout");
+    let inner = h.install_cmd(&c.host(), &tok);
+    cmd.arg("60")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.env("MUSTER_HOOK_TIMEOUT", "1");
+    let r = Run::from(cmd.output()?);
+    assert_eq!(r.code, 8, "{r:?}");
+    assert!(
+        r.stderr.contains("did not finish in 1 s") && r.stderr.contains("waiting for ever"),
+        "{r:?}"
+    );
+    // What the hook started went with it (gone, or a zombie left for its new parent to reap).
+    let child = std::fs::read_to_string(&pidfile)?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.trim())).unwrap_or_default();
+    let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+    assert!(
+        matches!(state, None | Some('Z') | Some('X')),
+        "the hook's child {child} still runs: {stat}"
+    );
+    Ok(())
+}
+
 #[test]
 fn token_inspect_shows_claims_never_the_signature() -> R {
     let c = Coordinator::with(Opts::default())?;
