@@ -495,7 +495,10 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         token_id: Some(bundle.token_id.clone()),
         roles: bundle.roles.clone(),
         pending_roles: bundle.pending_roles.clone(),
-        coordinators: bundle.coordinators.clone(),
+        // The address that answered first (it works from here, whatever the coordinator
+        // advertises: say, its host name, which this host may not resolve), then the
+        // advertised ones.
+        coordinators: coordinator_list(client.current(), &bundle.coordinators),
         reservation_expires: Some(bundle.issued_at.saturating_add(bundle.remaining_seconds)),
         cert_not_after: Some(bundle.cert_not_after),
         ..State::new(Stage::Joined)
@@ -507,7 +510,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     failpoint("after-join");
 
     p.step("writing certificates, keystores and config");
-    let mut files = write_bundle(root, &owners, &bundle, &tkey, &facts.zone)?;
+    let mut files = write_bundle(root, &owners, &bundle, &tkey, &facts.zone, &st.coordinators)?;
     files.extend(recovered_files);
     failpoint("after-files");
 
@@ -680,13 +683,15 @@ fn pem_der(pem: &str) -> Result<Vec<u8>> {
         .map_err(|_| Failure::new(Exit::Other, "a certificate in the bundle is not PEM"))
 }
 
-/// Writes everything the bundle brings. Returns the paths written.
+/// Writes everything the bundle brings, with `coordinators` (where this host finds them) in
+/// `node.yaml`. Returns the paths written.
 pub fn write_bundle(
     root: &Path,
     o: &Owners,
     b: &Bundle,
     tkey: &Key,
     zone: &str,
+    coordinators: &[String],
 ) -> Result<Vec<String>> {
     let certs = Certs {
         transport_ca_pem: &b.transport_ca_pem,
@@ -701,7 +706,7 @@ pub fn write_bundle(
         roles: b.roles.clone(),
         pending_roles: b.pending_roles.clone(),
         zone: zone.to_string(),
-        coordinators: b.coordinators.clone(),
+        coordinators: coordinators.to_vec(),
         tls: TlsPaths {
             transport_ca: format!("/{}", File::TransportCa.rel()),
             http_ca: format!("/{}", File::HttpCa.rel()),
@@ -714,13 +719,19 @@ pub fn write_bundle(
             truststore: format!("/{}", File::Truststore.rel()),
         },
     };
+    write_node_yaml(root, o, &node)?;
+    files.push(File::NodeYaml.path(root).display().to_string());
+    Ok(files)
+}
+
+/// Writes `/etc/muster/node.yaml`.
+pub fn write_node_yaml(root: &Path, o: &Owners, node: &NodeConfig) -> Result<()> {
     let yaml =
-        serde_norway::to_string(&node).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
+        serde_norway::to_string(node).map_err(|e| Failure::new(Exit::Other, e.to_string()))?;
     let yaml = format!("# Written by muster install; muster leave removes it.\n{yaml}");
     let f = File::NodeYaml;
     write_atomic(&f.path(root), yaml.as_bytes(), f.perms(o))?;
-    files.push(f.path(root).display().to_string());
-    Ok(files)
+    Ok(())
 }
 
 /// The certificates a join or a renewal brings.

@@ -324,6 +324,26 @@ async fn renew_locked(a: &CommonArgs) -> Result<serde_json::Value> {
     Ok(serde_json::json!({"result": "renewed", "cert_not_after": r.cert_not_after}))
 }
 
+/// Brings `node.yaml` in line with the state: roles granted since, coordinators changed. What
+/// else it says (zone, paths) stays; a `node.yaml` that does not read is left as it is.
+fn update_node_yaml(root: &Path, o: &Owners, st: &State) -> Result<()> {
+    let path = File::NodeYaml.path(root);
+    let node: Option<crate::state::NodeConfig> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|y| serde_norway::from_str(&y).ok());
+    let Some(mut node) = node else {
+        eprintln!(
+            "muster agent: {} does not read; its roles and coordinators are not updated",
+            path.display()
+        );
+        return Ok(());
+    };
+    node.roles = st.roles.clone();
+    node.pending_roles = st.pending_roles.clone();
+    node.coordinators = st.coordinators.clone();
+    crate::install::write_node_yaml(root, o, &node)
+}
+
 pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_json::Value> {
     let mut sent = 0u64;
     loop {
@@ -338,10 +358,16 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
         st2.roles = reply.roles.clone();
         st2.pending_roles = reply.pending_roles.clone();
         if !reply.coordinators.is_empty() {
-            st2.coordinators = reply.coordinators.clone();
+            // The one that answered first: it is reachable from here, whatever it advertises.
+            st2.coordinators = crate::install::coordinator_list(c.current(), &reply.coordinators);
         }
         if st2 != st {
             write_state(&a.root, &o, &st2)?;
+        }
+        if (&st2.roles, &st2.pending_roles, &st2.coordinators)
+            != (&st.roles, &st.pending_roles, &st.coordinators)
+        {
+            update_node_yaml(&a.root, &o, &st2)?;
         }
         sent += 1;
         // Renew when less than a third of the certificate's life is left (its own life, from

@@ -862,6 +862,11 @@ fn a_roleless_host_waits_for_roles_and_removal_revokes_it() -> R {
         serde_json::json!(["allocator"]),
         "the heartbeat brings the granted roles home"
     );
+    let yaml = std::fs::read_to_string(h.path("etc/muster/node.yaml"))?;
+    assert!(
+        yaml.contains("roles:\n- allocator") && yaml.contains("pending-roles: []"),
+        "node.yaml follows: {yaml}"
+    );
     let (code, _) = c.api(
         "DELETE",
         &format!("/api/v1/platform/infrastructure/runners/{id}"),
@@ -873,6 +878,29 @@ fn a_roleless_host_waits_for_roles_and_removal_revokes_it() -> R {
         hb.code, 9,
         "a removed host's certificate stops working: {hb:?}"
     );
+    Ok(())
+}
+
+/// A coordinator that advertises a name this host cannot resolve (the default is its host
+/// name) still serves the hosts enrolled through its address: that address is kept first.
+#[test]
+fn the_address_a_host_enrolled_through_is_kept() -> R {
+    let c = Coordinator::with(Opts {
+        advertise: Some("coordinator.invalid:12443".into()),
+        start: true,
+        ..Default::default()
+    })?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("by-address")?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let want = serde_json::json!([c.host(), "coordinator.invalid:12443"]);
+    assert_eq!(h.state()["coordinators"], want);
+    let hb = h.muster(&["agent", "--count", "1", "--timeout", "5s"])?;
+    assert_eq!(hb.code, 0, "{hb:?}");
+    assert_eq!(h.state()["coordinators"], want, "after a heartbeat too");
+    let yaml = std::fs::read_to_string(h.path("etc/muster/node.yaml"))?;
+    assert!(yaml.contains(&format!("- {}", c.host())), "{yaml}");
     Ok(())
 }
 
