@@ -229,6 +229,7 @@ ConditionPathExists=/var/lib/muster/enrollment.json
 ExecStart=/usr/local/bin/muster agent
 Restart=always
 RestartSec=10s
+RestartPreventExitStatus=9
 
 [Install]
 WantedBy=multi-user.target

@@ -60,6 +60,28 @@ fn cert_validity(path: &Path) -> Option<(i64, i64)> {
     ))
 }
 
+/// Refuses to go on with a node certificate that has run out: the coordinator would refuse it
+/// in the handshake, which looks like a coordinator that does not answer, retried for ever.
+/// (Five minutes of leeway for a clock a little ahead.)
+fn check_not_expired(root: &Path) -> Result<()> {
+    match cert_validity(&File::NodeCert.path(root)) {
+        Some((_, not_after)) if now() as i64 > not_after.saturating_add(300) => {
+            let when = time::OffsetDateTime::from_unix_timestamp(not_after)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| not_after.to_string());
+            Err(Failure::new(
+                Exit::NotEnrolled,
+                format!("this host's certificate ran out at {when} (it was not renewed in time: was the agent stopped?); enroll it again: muster install --force with a roles token"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether a certificate valid from `not_before` to `not_after` has less than a third of its
 /// life left at `now`: the agent renews it then.
 fn due_for_renewal(not_before: i64, not_after: i64, now: i64) -> bool {
@@ -267,6 +289,7 @@ pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
 /// New keys and certificates, under the host's lock.
 async fn renew_locked(a: &CommonArgs) -> Result<serde_json::Value> {
     let st = finish_renewal(&a.root, enrolled(&a.root)?)?;
+    check_not_expired(&a.root)?;
     let o = owners_on_disk(&a.root)?;
     let mut c = client(&a.root, &st, a.timeout)?;
     // The coordinator certifies the names it has on record for this host, so the CSRs
@@ -350,6 +373,7 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
         enrolled(&a.root)?;
         let lock = layout::lock(&a.root)?;
         let st = finish_renewal(&a.root, enrolled(&a.root)?)?;
+        check_not_expired(&a.root)?;
         let mut c = client(&a.root, &st, a.timeout)?;
         let reply: HeartbeatReply = c.post(paths::HEARTBEAT, &Heartbeat::default()).await?;
         let o = owners_on_disk(&a.root)?;
@@ -396,10 +420,10 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     // certificate revoked) has nothing left to deregister: leaving removes its files all the
     // same. So does a host whose key is gone (a leave that deregistered it and stopped before
     // the state went): it has nothing left to sign in with.
-    let known = match client(&a.root, &st, a.timeout) {
-        Err(f) if !File::NodeKey.path(&a.root).exists() => {
+    let known = match check_not_expired(&a.root).and_then(|()| client(&a.root, &st, a.timeout)) {
+        Err(f) if !File::NodeKey.path(&a.root).exists() || f.exit == Exit::NotEnrolled => {
             eprintln!(
-                "muster: this host's key is gone ({}); removing what is left of its files",
+                "muster: this host cannot sign in any more ({}); removing its files",
                 f.message
             );
             false

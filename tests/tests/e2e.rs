@@ -1348,6 +1348,38 @@ fn the_static_installer_enrolls_a_host() -> R {
     Ok(())
 }
 
+/// A host whose certificate ran out (its agent was stopped for too long) is told so and what to
+/// do, at once, not retried as if no coordinator answered; `leave` removes its files.
+#[test]
+fn a_host_whose_certificate_ran_out_is_told_so() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("lapsed")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    let later = |args: &[&str]| -> anyhow::Result<Run> {
+        let mut cmd = Command::new("faketime");
+        cmd.args(["-f", "+3660d"])
+            .arg(bin("muster"))
+            .args(args)
+            .args(["--timeout", "20s", "--root"])
+            .arg(h.root.path())
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        Ok(Run::from(cmd.output()?))
+    };
+    for cmd in [&["agent", "--count", "1"][..], &["renew"][..]] {
+        let r = later(cmd)?;
+        assert_eq!(r.code, 9, "{cmd:?}: {r:?}");
+        assert!(
+            r.stderr.contains("certificate ran out") && r.stderr.contains("install --force"),
+            "{cmd:?}: {r:?}"
+        );
+    }
+    let r = later(&["leave", "--output", "json"])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["result"], "removed_locally", "{r:?}");
+    Ok(())
+}
+
 #[test]
 fn a_wrong_host_clock_is_named_with_its_size() -> R {
     // libfaketime sets this host's clock two hours back for the installer alone.
