@@ -521,6 +521,9 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         psk: bundle.psk.clone(),
         proof: base64::engine::general_purpose::STANDARD.encode(proof),
     };
+    // The commit has `--timeout` of its own (within the reservation's 600 s), whatever the
+    // join took.
+    client.restart_clock(s.timeout);
     let reply: CommitReply = client.post(paths::COMMIT, &commit).await?;
     failpoint("after-commit-answer");
     st.stage = Stage::Committed;

@@ -234,14 +234,15 @@ impl Client {
             http,
             coordinators,
             refusal,
-            // A timeout too long to add to the clock (`--timeout` in the billions of years)
-            // means no deadline worth the name: a century.
-            deadline: Instant::now()
-                .checked_add(timeout)
-                .or_else(|| Instant::now().checked_add(Duration::from_secs(100 * 365 * 86_400)))
-                .unwrap_or_else(Instant::now),
+            deadline: deadline_after(timeout),
             verbose: false,
         })
+    }
+
+    /// Gives the next calls `timeout` from now: a step of its own (the commit) does not make do
+    /// with what an earlier one (a join that waited for the network) left over.
+    pub fn restart_clock(&mut self, timeout: Duration) {
+        self.deadline = deadline_after(timeout);
     }
 
     /// POSTs `body` to `path`, trying each coordinator in turn and backing off while none
@@ -397,6 +398,15 @@ impl Client {
     }
 }
 
+/// `timeout` from now. A timeout too long to add to the clock (`--timeout` in the billions of
+/// years) means no deadline worth the name: a century.
+fn deadline_after(timeout: Duration) -> Instant {
+    Instant::now()
+        .checked_add(timeout)
+        .or_else(|| Instant::now().checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or_else(Instant::now)
+}
+
 enum Attempt {
     Retry(String),
     Final(Failure),
@@ -449,6 +459,18 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commit gets a full `--timeout` of its own after a join that used up the first one.
+    #[test]
+    fn a_later_step_gets_a_timeout_of_its_own() -> Result<()> {
+        let mut c = Client::new(vec!["c:1".into()], vec![], None, Duration::ZERO)?;
+        assert!(c.deadline <= Instant::now());
+        c.restart_clock(Duration::from_secs(60));
+        assert!(c.deadline > Instant::now() + Duration::from_secs(50));
+        c.restart_clock(Duration::MAX);
+        assert!(c.deadline > Instant::now() + Duration::from_secs(50 * 365 * 86_400));
+        Ok(())
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {
