@@ -64,7 +64,7 @@ pub enum TokenCmd {
     },
 }
 
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Clone, Default)]
 pub struct TokenArgs {
     /// The roles token. Prefer MUSTER_ROLES_TOKEN or --roles-token-file: muster moves a token
     /// given here out of its argument list at once, but the shell may have logged it.
@@ -133,8 +133,20 @@ pub struct InstallArgs {
     pub config: Option<PathBuf>,
 }
 
+/// What stands for a secret in Debug output.
+const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("roles_token", &self.roles_token.as_ref().map(|_| REDACTED))
+            .field("roles_token_file", &self.roles_token_file)
+            .finish()
+    }
+}
+
 /// The config file: the flags' names as keys. Flags override it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub version: Option<u32>,
@@ -152,6 +164,26 @@ pub struct FileConfig {
     pub force: Option<bool>,
 }
 
+impl std::fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("version", &self.version)
+            .field("coordinator_host", &self.coordinator_host)
+            .field("roles_token", &self.roles_token.as_ref().map(|_| REDACTED))
+            .field("roles_token_file", &self.roles_token_file)
+            .field("roles", &self.roles)
+            .field("availability_zone", &self.availability_zone)
+            .field("root", &self.root)
+            .field("owner", &self.owner)
+            .field("hostname", &self.hostname)
+            .field("advertise", &self.advertise)
+            .field("timeout", &self.timeout)
+            .field("output", &self.output)
+            .field("force", &self.force)
+            .finish()
+    }
+}
+
 /// `roles:` as `allocator,proxy` or as a YAML list.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -161,7 +193,7 @@ pub enum RolesValue {
 }
 
 /// Everything `install` needs, merged from flags, environment and the config file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub coordinator_host: Option<String>,
     pub token: zeroize::Zeroizing<String>,
@@ -175,6 +207,25 @@ pub struct Settings {
     pub force: bool,
     pub timeout: std::time::Duration,
     pub output: Output,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("coordinator_host", &self.coordinator_host)
+            .field("token", &REDACTED)
+            .field("roles", &self.roles)
+            .field("zone", &self.zone)
+            .field("root", &self.root)
+            .field("owner", &self.owner)
+            .field("hostname", &self.hostname)
+            .field("advertise", &self.advertise)
+            .field("dry_run", &self.dry_run)
+            .field("force", &self.force)
+            .field("timeout", &self.timeout)
+            .field("output", &self.output)
+            .finish()
+    }
 }
 
 /// Parses `30s`, `15m`, `1h`, or plain seconds.
@@ -326,6 +377,37 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Debug output (a log line, a panic message) never shows the token, wherever it sits.
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        use clap::Parser;
+        let cli = Cli::parse_from(["muster", "install", "--roles-token", "SECRET-TOKEN"]);
+        let file: FileConfig =
+            serde_norway::from_str("roles-token: SECRET-TOKEN\n").unwrap_or_default();
+        let settings = Settings {
+            coordinator_host: None,
+            token: zeroize::Zeroizing::new("SECRET-TOKEN".into()),
+            roles: vec![],
+            zone: String::new(),
+            root: "/".into(),
+            owner: String::new(),
+            hostname: None,
+            advertise: None,
+            dry_run: false,
+            force: false,
+            timeout: std::time::Duration::from_secs(1),
+            output: Output::Text,
+        };
+        for shown in [
+            format!("{cli:?}"),
+            format!("{file:?}"),
+            format!("{settings:?}"),
+        ] {
+            assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
     }
 
     #[test]
