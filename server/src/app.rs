@@ -385,7 +385,11 @@ impl App {
             tracing::warn!(error = %format!("{e:#}"), "reading the coordinators' names failed");
         }
         let now = self.now();
-        for r in self.store.expire_reservations(now).await? {
+        // Tokens expire even when reservations cannot be swept this time (and the other way
+        // round): the first error is answered after both were tried.
+        let expired = self.store.expire_reservations(now).await;
+        let tokens = self.expire_tokens(now).await;
+        for r in expired? {
             self.metrics
                 .reservations_expired
                 .fetch_add(1, Ordering::Relaxed);
@@ -399,6 +403,11 @@ impl App {
             )
             .await;
         }
+        tokens
+    }
+
+    /// Retires the ephemeral tokens past their expiry (and its leeway).
+    async fn expire_tokens(&self, now: u64) -> anyhow::Result<()> {
         for t in self.store.tokens().await? {
             let expired = !t.revoked
                 && t.expires
@@ -1682,6 +1691,28 @@ async fn download_installer_sha256(State(app): S) -> Result<Response, ApiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sweep that cannot expire reservations (here their table is gone) still retires the
+    /// expired tokens, and says what failed.
+    #[tokio::test]
+    async fn a_sweep_that_fails_half_way_does_the_other_half() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("muster.db");
+        let store = Arc::new(crate::store::sqlite::SqliteStore::open(&path)?);
+        let (platform, _, _) =
+            crate::platform::Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
+        let key = pki::ServingKey::load_or_create(dir.path())?;
+        let app = App::new(store.clone(), platform, Config::default(), key);
+        let mut t = crate::store::conformance::token("gone-by", None);
+        t.kind = TokenKind::Ephemeral;
+        t.expires = Some(1_000);
+        store.insert_token(&t).await?;
+        rusqlite::Connection::open(&path)?.execute_batch("DROP TABLE reservations")?;
+        let swept = app.sweep().await;
+        assert!(swept.is_err_and(|e| e.to_string().contains("reservations")));
+        assert_eq!(store.token("gone-by").await?.map(|t| t.revoked), Some(true));
+        Ok(())
+    }
 
     #[test]
     fn token_records_are_used_again_for_a_few_seconds_and_forgotten_on_revocation() {
