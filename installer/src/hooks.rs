@@ -2,7 +2,7 @@
 //! name order with `MUSTER_NODE_ID`, `MUSTER_ROLES`, `MUSTER_TLS_DIR`.
 
 use crate::exit::{Exit, Failure, Result};
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -23,9 +23,10 @@ fn timeout() -> Duration {
 /// Runs every executable regular file in `dir` in name order; stops at the first failure.
 /// A missing folder runs nothing. Symlinks and non-executables are skipped with a notice.
 ///
-/// A hook's output goes to a file, not a pipe, so something it leaves running in the
-/// background (`daemon &`) does not keep `muster` waiting; a hook still running after the
-/// timeout is killed with everything it started (its own process group) and counts as failed.
+/// `muster` waits for the hook, not for its output to end, so something it leaves running in
+/// the background (`daemon &`) does not keep `muster` waiting (and writes into a closed pipe
+/// once the hook is done). A hook still running after the timeout is killed with its process
+/// group (what it started, unless that left the group) and counts as failed.
 pub fn run(dir: &Path, env: &[(&str, String)]) -> Result<usize> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(0);
@@ -52,34 +53,39 @@ pub fn run(dir: &Path, env: &[(&str, String)]) -> Result<usize> {
 
 fn run_one(f: &Path, env: &[(&str, String)], limit: Duration) -> Result<()> {
     let fail = |what: String| Failure::new(Exit::HookFailed, what);
-    let mut out = tempfile::tempfile().map_err(|e| {
+    let setup = |e: std::io::Error| {
         fail(format!(
-            "a file for the output of hook {}: {e}",
+            "a pipe for the output of hook {}: {e}",
             f.display()
         ))
-    })?;
-    let err = out.try_clone().map_err(|e| {
-        fail(format!(
-            "a file for the output of hook {}: {e}",
-            f.display()
-        ))
-    })?;
+    };
+    let (mut reader, writer) = std::io::pipe().map_err(setup)?;
+    {
+        use std::os::fd::AsRawFd;
+        nix::fcntl::fcntl(
+            reader.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| setup(e.into()))?;
+    }
     let mut cmd = Command::new(f);
     cmd.env_remove("MUSTER_ROLES_TOKEN")
         .stdin(Stdio::null())
-        .stdout(Stdio::from(
-            err.try_clone().map_err(|e| fail(e.to_string()))?,
-        ))
-        .stderr(Stdio::from(err))
+        .stdout(writer.try_clone().map_err(setup)?)
+        .stderr(writer)
         .process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("running hook {}: {e}", f.display())))?;
+    let spawned = cmd.spawn();
+    // The command holds this end's copies: gone with it, so only the hook (and what it
+    // started) can keep the pipe open.
+    drop(cmd);
+    let mut child = spawned.map_err(|e| fail(format!("running hook {}: {e}", f.display())))?;
+    let mut output = Vec::new();
     let started = Instant::now();
     let status = loop {
+        drain(&mut reader, &mut output);
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if started.elapsed() >= limit => break None,
@@ -87,21 +93,26 @@ fn run_one(f: &Path, env: &[(&str, String)], limit: Duration) -> Result<()> {
             Err(e) => return Err(fail(format!("waiting for hook {}: {e}", f.display()))),
         }
     };
-    let output = |out: &mut std::fs::File| {
-        let mut text = String::new();
-        let _ = out.rewind();
-        let _ = out.take(64 * 1024).read_to_string(&mut text);
-        text.trim().chars().take(2000).collect::<String>()
+    drain(&mut reader, &mut output);
+    // Closed now: something the hook left running gets EPIPE if it writes, not a reader that
+    // never comes.
+    drop(reader);
+    let shown = || {
+        String::from_utf8_lossy(&output)
+            .trim()
+            .chars()
+            .take(2000)
+            .collect::<String>()
     };
     match status {
         Some(s) if s.success() => Ok(()),
         Some(s) => Err(fail(format!(
             "hook {} failed ({s}): {}",
             f.display(),
-            output(&mut out)
+            shown()
         ))),
         None => {
-            // The hook and whatever it started: its process group (it leads it).
+            // The hook and whatever it started in its process group (it leads it).
             if let Ok(pid) = i32::try_from(child.id()) {
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(pid),
@@ -113,8 +124,22 @@ fn run_one(f: &Path, env: &[(&str, String)], limit: Duration) -> Result<()> {
                 "hook {} did not finish in {} s and was stopped (MUSTER_HOOK_TIMEOUT sets the limit): {}",
                 f.display(),
                 limit.as_secs(),
-                output(&mut out)
+                shown()
             )))
+        }
+    }
+}
+
+/// Reads what is waiting in the pipe, keeping the first 64 KiB.
+fn drain(reader: &mut std::io::PipeReader, kept: &mut Vec<u8>) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = (64 * 1024usize).saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
         }
     }
 }
