@@ -347,20 +347,28 @@ async fn renew_locked(a: &CommonArgs) -> Result<serde_json::Value> {
     Ok(serde_json::json!({"result": "renewed", "cert_not_after": r.cert_not_after}))
 }
 
-/// Brings `node.yaml` in line with the state: roles granted since, coordinators changed. What
-/// else it says (zone, paths) stays; a `node.yaml` that does not read is left as it is.
-fn update_node_yaml(root: &Path, o: &Owners, st: &State) -> Result<()> {
+/// Brings `node.yaml` in line with the state when it is not: roles granted since, coordinators
+/// changed. What else it says (zone, paths) stays; a `node.yaml` that does not read is left as
+/// it is (named when `changed`, the state having just changed).
+fn sync_node_yaml(root: &Path, o: &Owners, st: &State, changed: bool) -> Result<()> {
     let path = File::NodeYaml.path(root);
     let node: Option<crate::state::NodeConfig> = std::fs::read_to_string(&path)
         .ok()
         .and_then(|y| serde_norway::from_str(&y).ok());
     let Some(mut node) = node else {
-        eprintln!(
-            "muster agent: {} does not read; its roles and coordinators are not updated",
-            path.display()
-        );
+        if changed {
+            eprintln!(
+                "muster agent: {} does not read; its roles and coordinators are not updated",
+                path.display()
+            );
+        }
         return Ok(());
     };
+    if (&node.roles, &node.pending_roles, &node.coordinators)
+        == (&st.roles, &st.pending_roles, &st.coordinators)
+    {
+        return Ok(());
+    }
     node.roles = st.roles.clone();
     node.pending_roles = st.pending_roles.clone();
     node.coordinators = st.coordinators.clone();
@@ -385,13 +393,11 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
             // The one that answered first: it is reachable from here, whatever it advertises.
             st2.coordinators = crate::install::coordinator_list(c.current(), &reply.coordinators);
         }
+        // node.yaml first, checked against the state each round: a run killed between the
+        // two writes is caught up by the next.
+        sync_node_yaml(&a.root, &o, &st2, st2 != st)?;
         if st2 != st {
             write_state(&a.root, &o, &st2)?;
-        }
-        if (&st2.roles, &st2.pending_roles, &st2.coordinators)
-            != (&st.roles, &st.pending_roles, &st.coordinators)
-        {
-            update_node_yaml(&a.root, &o, &st2)?;
         }
         sent += 1;
         // Renew when less than a third of the certificate's life is left (its own life, from
@@ -467,7 +473,11 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     }
     if let Some(e) = first_error {
         let mut f = Failure::from(e);
-        f.message.push_str("; the host is deregistered but its files are not all removed: fix that and run `muster leave` again");
+        f.message.push_str(if known {
+            "; the host is deregistered but its files are not all removed: fix that and run `muster leave` again"
+        } else {
+            "; not every file could be removed: fix that and run `muster leave` again"
+        });
         return Err(f);
     }
     if muster_protocol::fs::remove(&File::State.path(&a.root))? {

@@ -54,6 +54,10 @@ pub struct App {
     /// them, and no host without the coordinator role is certified for them. Read again each
     /// sweep ([`App::reread_own_names`]): addresses come and go with DHCP and interfaces.
     own_names: std::sync::RwLock<Vec<String>>,
+    /// The names as last read, when they differed from `own_names`: a change is taken once two
+    /// reads in a row agree, so one odd read (an interface list that failed, an address
+    /// flapping during a DHCP renewal) changes nothing.
+    names_seen: Mutex<Option<Vec<String>>>,
     /// The names no host without the coordinator role is certified for, as SAN keys
     /// (`pki::san_key_of_name`): this coordinator's own, and what every coordinator of the
     /// platform published, as last read from the store.
@@ -146,6 +150,7 @@ impl App {
             config,
             advertise,
             own_names: std::sync::RwLock::new(own_names),
+            names_seen: Mutex::new(None),
             serving_key,
             metrics: Metrics::default(),
             login_failures,
@@ -326,13 +331,33 @@ impl App {
     /// host) and, when they changed, keeps and publishes them; whether they changed. The
     /// serving certificate follows at once ([`crate::serve::ServingCert::renew_if_due`]).
     pub async fn reread_own_names(&self) -> anyhow::Result<bool> {
-        self.set_own_names(crate::serve::own_names(&self.advertise))
+        self.names_read(crate::serve::own_names(&self.advertise))
             .await
     }
 
+    /// Takes `read` as this coordinator's names if the read before it said the same.
+    pub(crate) async fn names_read(&self, read: Vec<String>) -> anyhow::Result<bool> {
+        let confirmed = {
+            let mut seen = self
+                .names_seen
+                .lock()
+                .map_err(|_| anyhow::anyhow!("names lock poisoned"))?;
+            if same_names(&self.own_names(), &read) {
+                *seen = None;
+                return Ok(false);
+            }
+            let confirmed = seen.as_ref().is_some_and(|s| same_names(s, &read));
+            *seen = (!confirmed).then(|| read.clone());
+            confirmed
+        };
+        if !confirmed {
+            return Ok(false);
+        }
+        self.set_own_names(read).await
+    }
+
     pub(crate) async fn set_own_names(&self, names: Vec<String>) -> anyhow::Result<bool> {
-        let same =
-            |a: &[String], b: &[String]| a.len() == b.len() && a.iter().all(|n| b.contains(n));
+        let same = same_names;
         let before = {
             let mut current = self
                 .own_names
@@ -418,6 +443,11 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Whether two lists hold the same names, in any order.
+fn same_names(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|n| b.contains(n))
 }
 
 /// The line that enrolls a host with a token: fetch `install.sh` over TLS pinned to this
@@ -1385,14 +1415,24 @@ async fn commit(
         // Registered under this name since the join (which checked the same): refused here too,
         // inside the commit's own transaction.
         CommitOutcome::ReplaceRefused(old) => Err(replace_refused(&old)),
+        // Audited, not counted against the source: the caller proved the PSK and the key, so
+        // there is nothing to guess, and a fleet behind one address may be re-enrolling.
         CommitOutcome::TokenRevoked(token_id) => {
             app.token_records.forget(&token_id);
-            let r = Refusal::new(
-                ErrorCode::TokenRevoked,
+            app.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+            let code = ErrorCode::TokenRevoked;
+            app.audit(
+                "refused",
+                Some(&token_id),
+                None,
+                Some(c.remote.ip()),
+                Some(code),
+            )
+            .await;
+            Err(ApiError::new(
+                code,
                 "roles token was revoked after this join; the host is not registered",
-                Some(token_id),
-            );
-            Err(app.refused(r, c.remote.ip()).await)
+            ))
         }
     }
 }

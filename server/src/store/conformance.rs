@@ -325,6 +325,29 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         s.host("n11").await?.is_none() && s.host_named("host-11").await?.is_none(),
         "nothing registered after a refused commit"
     );
+    // An ephemeral token retired by the sweep past its expiry is not revoked for the joins it
+    // answered before: they commit within their reservation.
+    let mut brief = token("t-brief", None);
+    brief.kind = TokenKind::Ephemeral;
+    brief.expires = Some(1_450);
+    s.insert_token(&brief).await?;
+    check!(
+        s.reserve(
+            &reservation("n12", "t-brief", "k12", "host-12", 9_000),
+            1_440
+        )
+        .await?
+            == ReserveOutcome::Reserved,
+        "reserve with t-brief"
+    );
+    check!(s.revoke_token("t-brief").await?, "retire t-brief");
+    let late = s
+        .commit("n12", 1_450 + muster_protocol::token::LEEWAY_SECS + 10)
+        .await?;
+    check!(
+        matches!(late, CommitOutcome::Committed { .. }),
+        "commit after the token's expiry: {late:?}"
+    );
 
     // Tokens are listed in the order they were made, however often one was used since.
     let mut early = token("order-a", None);

@@ -668,7 +668,7 @@ impl Store for EtcdStore {
                 .await?
             {
                 Ran::Yes => return Ok(true),
-                ran => attempted = ran == Ran::Unsure,
+                ran => attempted |= ran == Ran::Unsure,
             }
         }
         Err(contended())
@@ -753,7 +753,7 @@ impl Store for EtcdStore {
             if self
                 .token(&r.value.token_id)
                 .await?
-                .is_some_and(|t| t.revoked)
+                .is_some_and(|t| super::revoked_before_commit(&t, now))
             {
                 return Ok(CommitOutcome::TokenRevoked(r.value.token_id));
             }
@@ -810,7 +810,8 @@ impl Store for EtcdStore {
                     })
                 }
                 Ran::Unsure => attempted = Some((host, old.map(|o| o.value))),
-                Ran::No => attempted = None,
+                // Kept: a lost attempt before this one may still be what the next read finds.
+                Ran::No => {}
             }
         }
         Err(contended())
@@ -927,7 +928,7 @@ impl Store for EtcdStore {
             match self.txn_ran(guards, ops).await? {
                 Ran::Yes => return Ok(Some(h.value)),
                 Ran::Unsure => attempted = Some(h.value),
-                Ran::No => attempted = None,
+                Ran::No => {}
             }
         }
         Err(contended())
@@ -1096,15 +1097,22 @@ mod tests {
         );
         anyhow::ensure!(store.remove_host("n1").await?.is_none());
 
+        // n1's committed reservation goes first, so the lost answer below is n2's expiry.
+        anyhow::ensure!(store.expire_reservations(200).await?.is_empty());
+        anyhow::ensure!(store
+            .range("resv/", Some(GetOptions::new().with_prefix()))
+            .await?
+            .kvs()
+            .is_empty());
         store.insert_token(&token("t2", None)).await?;
         anyhow::ensure!(
             store
-                .reserve(&reservation("n2", "t2", "k2", "h2", 100), 50)
+                .reserve(&reservation("n2", "t2", "k2", "h2", 300), 250)
                 .await?
                 == ReserveOutcome::Reserved
         );
         lose_next();
-        let expired = store.expire_reservations(200).await?;
+        let expired = store.expire_reservations(400).await?;
         anyhow::ensure!(
             expired
                 .iter()

@@ -158,6 +158,16 @@ pub enum CommitOutcome {
     TokenRevoked(String),
 }
 
+/// Whether a join with token `t` is refused at its commit: `t` was revoked, and not by the
+/// sweep retiring it past its expiry (a join answered before then commits within its
+/// reservation).
+pub fn revoked_before_commit(t: &TokenRecord, now: u64) -> bool {
+    let retired = t
+        .expires
+        .is_some_and(|e| e.saturating_add(muster_protocol::token::LEEWAY_SECS) < now);
+    t.revoked && !retired
+}
+
 /// Whether a host joined with `roles` may replace `old`, registered under its hostname: only
 /// with every role `old` has, so that a weaker token cannot knock a host off the registry.
 pub fn may_replace(old: &HostRecord, roles: &[Role]) -> bool {

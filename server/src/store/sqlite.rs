@@ -499,7 +499,7 @@ impl Store for SqliteStore {
             if r.expires_at <= now {
                 return Ok(CommitOutcome::Unknown);
             }
-            if get_token(tx, &r.token_id)?.is_some_and(|t| t.revoked) {
+            if get_token(tx, &r.token_id)?.is_some_and(|t| super::revoked_before_commit(&t, now)) {
                 return Ok(CommitOutcome::TokenRevoked(r.token_id));
             }
             let old: Option<String> = tx
