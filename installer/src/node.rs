@@ -158,6 +158,16 @@ pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
 }
 
 fn client(root: &Path, st: &State, timeout: std::time::Duration) -> Result<Client> {
+    client_as(root, st, timeout, None)
+}
+
+/// [`client`] signing in as `identity` rather than with the files on disk.
+fn client_as(
+    root: &Path,
+    st: &State,
+    timeout: std::time::Duration,
+    identity: Option<ClientIdentity>,
+) -> Result<Client> {
     let read = |f: File| {
         std::fs::read_to_string(f.path(root)).map_err(|e| {
             Failure::new(
@@ -175,11 +185,25 @@ fn client(root: &Path, st: &State, timeout: std::time::Duration) -> Result<Clien
             ),
         )
     })?;
-    let id = ClientIdentity {
-        cert_pem: read(File::NodeCert)?,
-        key_pem: zeroize::Zeroizing::new(read(File::NodeKey)?),
+    let id = match identity {
+        Some(id) => id,
+        None => ClientIdentity {
+            cert_pem: read(File::NodeCert)?,
+            key_pem: zeroize::Zeroizing::new(read(File::NodeKey)?),
+        },
     };
     Client::new(st.coordinators.clone(), vec![pin], Some(&id), timeout)
+}
+
+/// The transport pair a renewal waiting in `renewal.json` brings: valid at the coordinator
+/// whether or not its files could be written.
+fn renewed_identity(root: &Path) -> Option<ClientIdentity> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(File::Renewal.path(root)).ok()?);
+    let r: Renewal = serde_json::from_slice(&bytes).ok()?;
+    Some(ClientIdentity {
+        cert_pem: r.transport_cert_pem.clone(),
+        key_pem: zeroize::Zeroizing::new(r.transport_key_pem.clone()),
+    })
 }
 
 /// A renewal the coordinator has answered, kept in `var/lib/muster/renewal.json` (root, 0600)
@@ -380,9 +404,25 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
     loop {
         enrolled(&a.root)?;
         let lock = layout::lock(&a.root)?;
-        let st = finish_renewal(&a.root, enrolled(&a.root)?)?;
-        check_not_expired(&a.root)?;
-        let mut c = client(&a.root, &st, a.timeout)?;
+        // A renewal whose files cannot be written (a full disk) leaves the files on disk
+        // half old, half new: the host keeps heartbeating with the renewed pair, kept whole in
+        // renewal.json, and each round tries the files again.
+        let (st, identity) = match finish_renewal(&a.root, enrolled(&a.root)?) {
+            Ok(st) => (st, None),
+            Err(f) if f.exit == Exit::LocalWrite => match renewed_identity(&a.root) {
+                Some(id) => {
+                    eprintln!("muster agent: {}; heartbeating with the renewed certificate until its files are written", f.message);
+                    (enrolled(&a.root)?, Some(id))
+                }
+                None => return Err(f),
+            },
+            Err(f) => return Err(f),
+        };
+        let pending = identity.is_some();
+        if !pending {
+            check_not_expired(&a.root)?;
+        }
+        let mut c = client_as(&a.root, &st, a.timeout, identity)?;
         let reply: HeartbeatReply = c.post(paths::HEARTBEAT, &Heartbeat::default()).await?;
         let o = owners_on_disk(&a.root)?;
         let mut st2 = st.clone();
@@ -394,15 +434,22 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
             st2.coordinators = crate::install::coordinator_list(c.current(), &reply.coordinators);
         }
         // node.yaml first, checked against the state each round: a run killed between the
-        // two writes is caught up by the next.
-        sync_node_yaml(&a.root, &o, &st2, st2 != st)?;
-        if st2 != st {
-            write_state(&a.root, &o, &st2)?;
+        // two writes is caught up by the next. The heartbeat is sent either way: a host whose
+        // disk is full stays connected, and says why its files lag.
+        let recorded = sync_node_yaml(&a.root, &o, &st2, st2 != st).and_then(|()| {
+            if st2 != st {
+                write_state(&a.root, &o, &st2)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = recorded {
+            eprintln!("muster agent: {}; tried again next round", e.message);
         }
         sent += 1;
         // Renew when less than a third of the certificate's life is left (its own life, from
         // the certificate: each renewal starts a new one).
-        if let Some((nb, na)) = cert_validity(&File::NodeCert.path(&a.root)) {
+        if let Some((nb, na)) = cert_validity(&File::NodeCert.path(&a.root)).filter(|_| !pending) {
             if due_for_renewal(nb, na, now() as i64) {
                 if let Err(e) = renew_locked(a).await {
                     eprintln!("muster agent: renewal failed, will retry: {e}");

@@ -511,6 +511,47 @@ fn a_leave_stopped_part_way_removes_the_keys_and_runs_again() -> R {
     Ok(())
 }
 
+/// A renewal whose files cannot all be written (a full disk; here a folder where `node.crt`
+/// goes) leaves the new key beside the old certificate: the agent keeps the host connected with
+/// the renewed pair from `renewal.json`, and finishes writing once it can.
+#[test]
+fn a_renewal_that_cannot_be_written_keeps_the_host_connected() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("disk-full")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    let killed = Run::from(
+        Command::new(bin("muster"))
+            .args(["renew", "--root"])
+            .arg(h.root.path())
+            .env("MUSTER_FAILPOINT", "renew-saved")
+            .output()?,
+    );
+    assert_eq!(killed.code, 137, "{killed:?}");
+    let crt = h.path("etc/muster/tls/node.crt");
+    std::fs::remove_file(&crt)?;
+    std::fs::create_dir(&crt)?;
+    let hb = h.muster(&["agent", "--count", "1", "--timeout", "10s"])?;
+    assert_eq!(hb.code, 0, "{hb:?}");
+    assert!(
+        hb.stderr
+            .contains("heartbeating with the renewed certificate"),
+        "{hb:?}"
+    );
+    assert!(h.path("var/lib/muster/renewal.json").exists());
+    std::fs::remove_dir(&crt)?;
+    let hb = h.muster(&["agent", "--count", "1"])?;
+    assert_eq!(hb.code, 0, "{hb:?}");
+    assert!(hb.stderr.contains("finishing a renewal"), "{hb:?}");
+    assert!(!h.path("var/lib/muster/renewal.json").exists());
+    tool(
+        Command::new("openssl")
+            .current_dir(h.path("etc/muster/tls"))
+            .args(["verify", "-CAfile", "transport-ca.pem", "node.crt"]),
+    )?;
+    Ok(())
+}
+
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
     for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
