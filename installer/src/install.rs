@@ -129,6 +129,87 @@ pub fn staged_key_paths(root: &Path) -> [PathBuf; 2] {
     [staged(root, File::NodeKey), staged(root, File::HttpKey)]
 }
 
+/// Where `--force` keeps a file of the enrollment it replaces, from its join's answer until its
+/// commit's.
+fn backup(root: &Path, f: File) -> PathBuf {
+    let live = f.path(root);
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    live.with_file_name(format!(".prev-{name}"))
+}
+
+/// Keeps a copy of every file of the working enrollment (state last) before a `--force` whose
+/// join was answered writes over them.
+fn back_up_enrollment(root: &Path, o: &Owners) -> Result<()> {
+    for f in File::ALL {
+        let live = f.path(root);
+        let bytes = match std::fs::read(&live) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Failure::new(
+                    Exit::LocalWrite,
+                    format!("keeping a copy of {}: {e}", live.display()),
+                ))
+            }
+        };
+        write_atomic(&backup(root, f), &bytes, f.perms(o))?;
+    }
+    Ok(())
+}
+
+/// Puts back the enrollment a `--force` replaced, if its copies are there (state last, so a run
+/// killed half-way puts back the rest next time); whether it did.
+fn restore_enrollment(root: &Path) -> Result<bool> {
+    if std::fs::symlink_metadata(backup(root, File::State)).is_err() {
+        return Ok(false);
+    }
+    for f in File::ALL {
+        let prev = backup(root, f);
+        if std::fs::symlink_metadata(&prev).is_ok() {
+            muster_protocol::fs::rename_into_place(&prev, &f.path(root))?;
+        }
+    }
+    Ok(true)
+}
+
+/// Removes the copies of a replaced enrollment (the new one is committed).
+fn drop_backups(root: &Path) -> Result<()> {
+    for f in File::ALL {
+        muster_protocol::fs::remove(&backup(root, f))?;
+    }
+    Ok(())
+}
+
+/// What `--force` leaves beside the live files while it runs: staged keys and copies of the
+/// enrollment it replaces (`leave` removes them).
+pub fn replacement_paths(root: &Path) -> Vec<PathBuf> {
+    let mut out = staged_key_paths(root).to_vec();
+    out.extend(File::ALL.iter().map(|f| backup(root, *f)));
+    out
+}
+
+/// A failure that running again will not change (a refused token, roles, a reservation gone):
+/// the enrollment a `--force` replaced is put back, if it was kept.
+fn put_back_on_final(root: &Path, mut e: Failure) -> Failure {
+    if e.exit == Exit::Unreachable {
+        return e;
+    }
+    match restore_enrollment(root) {
+        Ok(true) => e
+            .message
+            .push_str("; the host's previous enrollment is put back as it was"),
+        Ok(false) => {}
+        Err(r) => e.message.push_str(&format!(
+            "; putting the previous enrollment back failed too: {}",
+            r.message
+        )),
+    }
+    e
+}
+
 /// Removes keys staged by a `--force` that never got its join answered.
 fn drop_staged_keys(root: &Path) -> Result<()> {
     for f in [File::NodeKey, File::HttpKey] {
@@ -358,6 +439,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     let state = match read_state(root)? {
         Some(st) if st.stage == Stage::Committed => {
             drop_staged_keys(root)?;
+            drop_backups(root)?;
             if !s.force {
                 p.step("already enrolled: nothing to do (use --force to enroll again)");
                 if !s.dry_run {
@@ -484,7 +566,8 @@ pub async fn run(s: Settings) -> Result<Outcome> {
                 .push_str("; the host's previous enrollment is kept as it was");
             return Err(e);
         }
-        Err(e) => return Err(e),
+        // A resumed `--force` whose join is now refused for good: the old enrollment back.
+        Err(e) => return Err(put_back_on_final(root, e)),
     };
     p.note(&format!(
         "node id {}, {}s to commit",
@@ -503,6 +586,10 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         cert_not_after: Some(bundle.cert_not_after),
         ..State::new(Stage::Joined)
     };
+    if replacing {
+        // Until the commit is answered: a commit refused for good puts these back.
+        back_up_enrollment(root, &owners)?;
+    }
     write_state(root, &owners, &st)?;
     // The new state names the new join: from here on the staged keys are this enrollment's.
     failpoint("after-join-state");
@@ -524,12 +611,16 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     // The commit has `--timeout` of its own (within the reservation's 600 s), whatever the
     // join took.
     client.restart_clock(s.timeout);
-    let reply: CommitReply = client.post(paths::COMMIT, &commit).await?;
+    let reply: CommitReply = client
+        .post(paths::COMMIT, &commit)
+        .await
+        .map_err(|e| put_back_on_final(root, e))?;
     failpoint("after-commit-answer");
     st.stage = Stage::Committed;
     st.committed_at = Some(now());
     st.last_heartbeat = st.committed_at;
     write_state(root, &owners, &st)?;
+    drop_backups(root)?;
 
     p.step("running post-enroll hooks");
     crate::hooks::run(&layout::hook_dir(root, "post-enroll"), &hook_env(root, &st))?;

@@ -502,13 +502,15 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     // host, and the files go all the same).
     let mut removed = Vec::new();
     let mut first_error = None;
-    let paths = crate::install::staged_key_paths(&a.root).into_iter().chain(
-        [File::Renewal]
-            .iter()
-            .chain(File::ALL.iter())
-            .filter(|f| **f != File::State)
-            .map(|f| f.path(&a.root)),
-    );
+    let paths = crate::install::replacement_paths(&a.root)
+        .into_iter()
+        .chain(
+            [File::Renewal]
+                .iter()
+                .chain(File::ALL.iter())
+                .filter(|f| **f != File::State)
+                .map(|f| f.path(&a.root)),
+        );
     for path in paths {
         match muster_protocol::fs::remove(&path) {
             Ok(true) => removed.push(path.display().to_string()),

@@ -1121,10 +1121,67 @@ fn a_forced_reenrollment_killed_at_any_step_keeps_or_finishes() -> R {
         assert_eq!(hb.code, 0, "{point}: the new enrollment works: {hb:?}");
         let staged: Vec<_> = walk(h.root.path())
             .into_iter()
-            .filter(|p| p.to_string_lossy().contains(".next-"))
+            .filter(|p| {
+                let p = p.to_string_lossy();
+                p.contains(".next-") || p.contains(".prev-")
+            })
             .collect();
-        assert!(staged.is_empty(), "{point}: staged keys left: {staged:?}");
+        assert!(
+            staged.is_empty(),
+            "{point}: staged keys or copies left: {staged:?}"
+        );
     }
+    Ok(())
+}
+
+/// A `--force` whose new enrollment is refused for good after its join was answered (here its
+/// token revoked while it was stopped before the commit) puts the previous enrollment back:
+/// the old record was never replaced, and its files work again.
+#[test]
+fn a_forced_reenrollment_refused_after_its_join_puts_the_old_one_back() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let h = Host::new("put-back")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    let key = std::fs::read(h.path("etc/muster/tls/node.key"))?;
+    let crt = std::fs::read(h.path("etc/muster/tls/node.crt"))?;
+    let state = h.state();
+    let (next, next_id) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let killed = Run::from(
+        h.install_cmd(&c.host(), &next)
+            .arg("--force")
+            .env("MUSTER_FAILPOINT", "after-files")
+            .output()?,
+    );
+    assert_eq!(killed.code, 137, "{killed:?}");
+    assert_ne!(
+        h.state()["node_id"],
+        state["node_id"],
+        "the new join is on disk"
+    );
+    assert_eq!(
+        c.api("DELETE", &format!("{TOKENS}/{next_id}"), None)?.0,
+        200
+    );
+    let r = h.install(&c.host(), &next, &[])?;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("previous enrollment is put back"),
+        "{r:?}"
+    );
+    assert_eq!(std::fs::read(h.path("etc/muster/tls/node.key"))?, key);
+    assert_eq!(std::fs::read(h.path("etc/muster/tls/node.crt"))?, crt);
+    assert_eq!(h.state(), state);
+    let hb = h.muster(&["agent", "--count", "1"])?;
+    assert_eq!(hb.code, 0, "the old enrollment works again: {hb:?}");
+    let left: Vec<_> = walk(h.root.path())
+        .into_iter()
+        .filter(|p| {
+            let p = p.to_string_lossy();
+            p.contains(".prev-") || p.contains(".next-")
+        })
+        .collect();
+    assert!(left.is_empty(), "copies left: {left:?}");
     Ok(())
 }
 
