@@ -22,7 +22,7 @@ use base64::Engine;
 use muster_protocol::fs::{ensure_dir, failpoint, write_atomic};
 use muster_protocol::node::*;
 use muster_protocol::token::{self, Secret};
-use muster_protocol::{paths, Role};
+use muster_protocol::{paths, ErrorCode, Role};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -175,10 +175,24 @@ fn restore_enrollment(root: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Removes the copies of a replaced enrollment (the new one is committed).
-fn drop_backups(root: &Path) -> Result<()> {
+/// Removes the copies of a replaced enrollment (the new one is committed, or the old one
+/// whole). A copy that cannot be removed is named, not fatal: `install`, `leave` try again.
+fn drop_backups(root: &Path) {
     for f in File::ALL {
-        muster_protocol::fs::remove(&backup(root, f))?;
+        if let Err(e) = muster_protocol::fs::remove(&backup(root, f)) {
+            eprintln!("muster: {e}; remove it by hand (a copy of the enrollment --force replaced)");
+        }
+    }
+}
+
+/// A restore killed half-way (it puts the keys back first, the state last) is finished before
+/// anything else, so no new key is written beside an old certificate.
+fn finish_interrupted_restore(root: &Path) -> Result<()> {
+    let state_kept = std::fs::symlink_metadata(backup(root, File::State)).is_ok();
+    let key_kept = std::fs::symlink_metadata(backup(root, File::NodeKey)).is_ok();
+    if state_kept && !key_kept {
+        eprintln!("muster: finishing putting back the enrollment a --force replaced");
+        restore_enrollment(root)?;
     }
     Ok(())
 }
@@ -191,12 +205,45 @@ pub fn replacement_paths(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A failure that running again will not change (a refused token, roles, a reservation gone):
-/// the enrollment a `--force` replaced is put back, if it was kept.
-fn put_back_on_final(root: &Path, mut e: Failure) -> Failure {
-    if e.exit == Exit::Unreachable {
+/// Whether a coordinator's refusal says the join was not committed, and running again will
+/// not change that: the token refused, the reservation gone, the name taken, the proof refused.
+/// (A commit whose earlier attempt went through is answered as committed, never refused.)
+fn refused_for_good(e: &Failure) -> bool {
+    e.code.as_deref().is_some_and(|c| {
+        c.starts_with("token.")
+            || c == ErrorCode::JoinUnknown.as_str()
+            || c == ErrorCode::HostReplaceRoles.as_str()
+            || c == ErrorCode::JoinProof.as_str()
+    })
+}
+
+/// A `--force`'s new join refused for good at its commit: the enrollment it replaced (never
+/// replaced at the coordinator, since nothing was committed) is put back, if it was kept.
+fn put_back_on_final(root: &Path, e: Failure) -> Failure {
+    if !refused_for_good(&e) {
         return e;
     }
+    put_back(root, e)
+}
+
+/// A resumed `--force` whose join is now refused for good: the run before may have committed
+/// (replacing the old record and revoking its certificates) and been stopped before it said
+/// so, so the enrollment it replaced is put back only if the coordinator still takes it.
+async fn put_back_if_still_registered(root: &Path, e: Failure) -> Failure {
+    if !refused_for_good(&e) || std::fs::symlink_metadata(backup(root, File::State)).is_err() {
+        return e;
+    }
+    let paths = |f: File| backup(root, f);
+    if crate::node::still_registered(&paths).await {
+        put_back(root, e)
+    } else {
+        let mut e = e;
+        e.message.push_str("; the enrollment it replaced is no longer registered, so it is not put back: enroll with a valid token");
+        e
+    }
+}
+
+fn put_back(root: &Path, mut e: Failure) -> Failure {
     match restore_enrollment(root) {
         Ok(true) => e
             .message
@@ -436,10 +483,11 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     // Under the lock, where things stand now: another run may have enrolled meanwhile, and a
     // renewal killed half-way belongs to the enrollment on disk (finished if it is committed,
     // so `--force` has a matching pair to fall back on; dropped otherwise).
+    finish_interrupted_restore(root)?;
     let state = match read_state(root)? {
         Some(st) if st.stage == Stage::Committed => {
             drop_staged_keys(root)?;
-            drop_backups(root)?;
+            drop_backups(root);
             if !s.force {
                 p.step("already enrolled: nothing to do (use --force to enroll again)");
                 if !s.dry_run {
@@ -567,7 +615,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
             return Err(e);
         }
         // A resumed `--force` whose join is now refused for good: the old enrollment back.
-        Err(e) => return Err(put_back_on_final(root, e)),
+        Err(e) => return Err(put_back_if_still_registered(root, e).await),
     };
     p.note(&format!(
         "node id {}, {}s to commit",
@@ -616,11 +664,12 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         .await
         .map_err(|e| put_back_on_final(root, e))?;
     failpoint("after-commit-answer");
+    // Committed: what --force replaced is gone at the coordinator, and its copies go too.
+    drop_backups(root);
     st.stage = Stage::Committed;
     st.committed_at = Some(now());
     st.last_heartbeat = st.committed_at;
     write_state(root, &owners, &st)?;
-    drop_backups(root)?;
 
     p.step("running post-enroll hooks");
     crate::hooks::run(&layout::hook_dir(root, "post-enroll"), &hook_env(root, &st))?;

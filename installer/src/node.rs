@@ -65,21 +65,27 @@ fn cert_validity(path: &Path) -> Option<(i64, i64)> {
 /// (Five minutes of leeway for a clock a little ahead.)
 fn check_not_expired(root: &Path) -> Result<()> {
     match cert_validity(&File::NodeCert.path(root)) {
-        Some((_, not_after)) if now() as i64 > not_after.saturating_add(300) => {
-            let when = time::OffsetDateTime::from_unix_timestamp(not_after)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_else(|| not_after.to_string());
-            Err(Failure::new(
-                Exit::NotEnrolled,
-                format!("this host's certificate ran out at {when} (it was not renewed in time: was the agent stopped?); enroll it again: muster install --force with a roles token"),
-            ))
-        }
-        _ => Ok(()),
+        Some((_, not_after)) => refuse_if_ran_out(not_after, ""),
+        None => Ok(()),
     }
+}
+
+/// [`check_not_expired`] for a certificate valid until `not_after`; `why` adds to the message.
+fn refuse_if_ran_out(not_after: i64, why: &str) -> Result<()> {
+    if now() as i64 <= not_after.saturating_add(300) {
+        return Ok(());
+    }
+    let when = time::OffsetDateTime::from_unix_timestamp(not_after)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| not_after.to_string());
+    Err(Failure::new(
+        Exit::NotEnrolled,
+        format!("this host's certificate ran out at {when}{why} (it was not renewed in time: was the agent stopped?); enroll it again: muster install --force with a roles token"),
+    ))
 }
 
 /// Whether a certificate valid from `not_before` to `not_after` has less than a third of its
@@ -193,6 +199,41 @@ fn client_as(
         },
     };
     Client::new(st.coordinators.clone(), vec![pin], Some(&id), timeout)
+}
+
+/// Whether the coordinator still takes the enrollment whose files `path` gives (a heartbeat
+/// with them answered, within ten seconds).
+pub(crate) async fn still_registered(path: &dyn Fn(File) -> std::path::PathBuf) -> bool {
+    let read = |f: File| std::fs::read_to_string(path(f)).ok();
+    let (Some(state), Some(ca), Some(cert), Some(key)) = (
+        read(File::State),
+        read(File::HttpCa),
+        read(File::NodeCert),
+        read(File::NodeKey).map(zeroize::Zeroizing::new),
+    ) else {
+        return false;
+    };
+    let Ok(st) = serde_json::from_str::<State>(&state) else {
+        return false;
+    };
+    let Some(pin) = pin_of_pem(ca.as_bytes()) else {
+        return false;
+    };
+    let id = ClientIdentity {
+        cert_pem: cert,
+        key_pem: key,
+    };
+    let Ok(mut c) = Client::new(
+        st.coordinators,
+        vec![pin],
+        Some(&id),
+        std::time::Duration::from_secs(10),
+    ) else {
+        return false;
+    };
+    c.post::<_, HeartbeatReply>(paths::HEARTBEAT, &Heartbeat::default())
+        .await
+        .is_ok()
 }
 
 /// The transport pair a renewal waiting in `renewal.json` brings: valid at the coordinator
@@ -419,8 +460,19 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
             Err(f) => return Err(f),
         };
         let pending = identity.is_some();
-        if !pending {
-            check_not_expired(&a.root)?;
+        match &identity {
+            None => check_not_expired(&a.root)?,
+            Some(id) => {
+                let not_after =
+                    muster_protocol::cert::pem_to_der(id.cert_pem.as_bytes()).and_then(|der| {
+                        x509_parser::parse_x509_certificate(&der)
+                            .ok()
+                            .map(|(_, c)| c.validity().not_after.timestamp())
+                    });
+                if let Some(na) = not_after {
+                    refuse_if_ran_out(na, " (the renewed one, whose files could not be written)")?;
+                }
+            }
         }
         let mut c = client_as(&a.root, &st, a.timeout, identity)?;
         let reply: HeartbeatReply = c.post(paths::HEARTBEAT, &Heartbeat::default()).await?;

@@ -539,6 +539,21 @@ fn a_renewal_that_cannot_be_written_keeps_the_host_connected() -> R {
         "{hb:?}"
     );
     assert!(h.path("var/lib/muster/renewal.json").exists());
+    // Left like that for years, the renewed certificate runs out too, and the agent says so.
+    let mut later = Command::new("faketime");
+    later
+        .args(["-f", "+3660d"])
+        .arg(bin("muster"))
+        .args(["agent", "--count", "1", "--timeout", "5s", "--root"])
+        .arg(h.root.path())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let r = Run::from(later.output()?);
+    assert_eq!(r.code, 9, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("the renewed one, whose files could not be written"),
+        "{r:?}"
+    );
     std::fs::remove_dir(&crt)?;
     let hb = h.muster(&["agent", "--count", "1"])?;
     assert_eq!(hb.code, 0, "{hb:?}");
@@ -1182,6 +1197,27 @@ fn a_forced_reenrollment_refused_after_its_join_puts_the_old_one_back() -> R {
         })
         .collect();
     assert!(left.is_empty(), "copies left: {left:?}");
+
+    // The same, but stopped after the coordinator took the commit: the old record is replaced
+    // and its certificates revoked, so a refused rerun must not put it back over the new keys.
+    let (third, third_id) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let killed = Run::from(
+        h.install_cmd(&c.host(), &third)
+            .arg("--force")
+            .env("MUSTER_FAILPOINT", "after-commit-answer")
+            .output()?,
+    );
+    assert_eq!(killed.code, 137, "{killed:?}");
+    let new_key = std::fs::read(h.path("etc/muster/tls/node.key"))?;
+    assert_ne!(new_key, key);
+    assert_eq!(
+        c.api("DELETE", &format!("{TOKENS}/{third_id}"), None)?.0,
+        200
+    );
+    let r = h.install(&c.host(), &third, &[])?;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("no longer registered"), "{r:?}");
+    assert_eq!(std::fs::read(h.path("etc/muster/tls/node.key"))?, new_key);
     Ok(())
 }
 
