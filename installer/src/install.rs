@@ -100,16 +100,20 @@ pub fn write_state(root: &Path, o: &Owners, s: &State) -> Result<()> {
     )?)
 }
 
-/// Where `--force` keeps a new key until its join is answered (beside the key it replaces, so
-/// it moves into place by a rename): the host's working enrollment stays whole meanwhile,
-/// whether the run fails or is killed.
-fn staged(root: &Path, f: File) -> PathBuf {
+/// `f`'s path with its name behind `prefix`: beside it, so it moves into place by a rename.
+fn beside(root: &Path, f: File, prefix: &str) -> PathBuf {
     let live = f.path(root);
     let name = live
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    live.with_file_name(format!(".next-{name}"))
+    live.with_file_name(format!("{prefix}{name}"))
+}
+
+/// Where `--force` keeps a new key until its join is answered: the host's working enrollment
+/// stays whole meanwhile, whether the run fails or is killed.
+fn staged(root: &Path, f: File) -> PathBuf {
+    beside(root, f, ".next-")
 }
 
 /// Moves keys staged by a `--force` whose join was answered into place (the run that staged
@@ -132,12 +136,7 @@ pub fn staged_key_paths(root: &Path) -> [PathBuf; 2] {
 /// Where `--force` keeps a file of the enrollment it replaces, from its join's answer until its
 /// commit's.
 fn backup(root: &Path, f: File) -> PathBuf {
-    let live = f.path(root);
-    let name = live
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    live.with_file_name(format!(".prev-{name}"))
+    beside(root, f, ".prev-")
 }
 
 /// Keeps a copy of every file of the working enrollment (state last) before a `--force` whose

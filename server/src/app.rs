@@ -1728,6 +1728,21 @@ async fn download_installer_sha256(State(app): S) -> Result<Response, ApiError> 
     Ok(format!("{}  muster-x86_64\n", sha256_hex(&bytes)).into_response())
 }
 
+/// Tests: a coordinator's App on a fresh SQLite store in `dir`, and the store.
+#[cfg(test)]
+pub(crate) async fn test_app(
+    dir: &std::path::Path,
+) -> anyhow::Result<(Arc<crate::store::sqlite::SqliteStore>, Arc<App>)> {
+    let store = Arc::new(crate::store::sqlite::SqliteStore::open(
+        &dir.join("muster.db"),
+    )?);
+    let (platform, _, _) =
+        crate::platform::Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
+    let key = pki::ServingKey::load_or_create(dir)?;
+    let app = App::new(store.clone(), platform, Config::default(), key);
+    Ok((store, app))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1738,11 +1753,7 @@ mod tests {
     async fn a_sweep_that_fails_half_way_does_the_other_half() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("muster.db");
-        let store = Arc::new(crate::store::sqlite::SqliteStore::open(&path)?);
-        let (platform, _, _) =
-            crate::platform::Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
-        let key = pki::ServingKey::load_or_create(dir.path())?;
-        let app = App::new(store.clone(), platform, Config::default(), key);
+        let (store, app) = test_app(dir.path()).await?;
         let mut t = crate::store::conformance::token("gone-by", None);
         t.kind = TokenKind::Ephemeral;
         t.expires = Some(1_000);

@@ -517,13 +517,7 @@ mod tests {
     async fn the_serving_certificate_is_issued_again_before_it_runs_out() -> anyhow::Result<()> {
         use x509_parser::prelude::*;
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(crate::store::sqlite::SqliteStore::open(
-            &dir.path().join("muster.db"),
-        )?);
-        let (platform, _, _) =
-            crate::platform::Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
-        let key = crate::pki::ServingKey::load_or_create(dir.path())?;
-        let app = App::new(store, platform, crate::config::Config::default(), key);
+        let (_, app) = crate::app::test_app(dir.path()).await?;
         let cert = ServingCert::new(&app)?;
         let first = cert.current_der().unwrap_or_default();
         let now = app.now();
@@ -549,18 +543,7 @@ mod tests {
     async fn the_serving_certificate_follows_the_coordinators_addresses() -> anyhow::Result<()> {
         use x509_parser::prelude::*;
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(crate::store::sqlite::SqliteStore::open(
-            &dir.path().join("muster.db"),
-        )?);
-        let (platform, _, _) =
-            crate::platform::Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
-        let key = crate::pki::ServingKey::load_or_create(dir.path())?;
-        let app = App::new(
-            store.clone(),
-            platform,
-            crate::config::Config::default(),
-            key,
-        );
+        let (store, app) = crate::app::test_app(dir.path()).await?;
         app.publish_names().await?;
         let cert = ServingCert::new(&app)?;
         let now = app.now();
