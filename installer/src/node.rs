@@ -51,8 +51,12 @@ fn owners_on_disk(root: &Path) -> Result<Owners> {
 
 /// A certificate file's validity: not before, not after (seconds since the epoch).
 fn cert_validity(path: &Path) -> Option<(i64, i64)> {
-    let pem = std::fs::read(path).ok()?;
-    let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    pem_validity(&std::fs::read(path).ok()?)
+}
+
+/// notBefore and notAfter (unix seconds) of a PEM certificate.
+fn pem_validity(pem: &[u8]) -> Option<(i64, i64)> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     let c = p.parse_x509().ok()?;
     Some((
         c.validity().not_before.timestamp(),
@@ -463,13 +467,7 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
         match &identity {
             None => check_not_expired(&a.root)?,
             Some(id) => {
-                let not_after =
-                    muster_protocol::cert::pem_to_der(id.cert_pem.as_bytes()).and_then(|der| {
-                        x509_parser::parse_x509_certificate(&der)
-                            .ok()
-                            .map(|(_, c)| c.validity().not_after.timestamp())
-                    });
-                if let Some(na) = not_after {
+                if let Some((_, na)) = pem_validity(id.cert_pem.as_bytes()) {
                     refuse_if_ran_out(na, " (the renewed one, whose files could not be written)")?;
                 }
             }

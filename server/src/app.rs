@@ -357,13 +357,12 @@ impl App {
     }
 
     pub(crate) async fn set_own_names(&self, names: Vec<String>) -> anyhow::Result<bool> {
-        let same = same_names;
         let before = {
             let mut current = self
                 .own_names
                 .write()
                 .map_err(|_| anyhow::anyhow!("own names lock poisoned"))?;
-            if same(&current, &names) {
+            if same_names(&current, &names) {
                 return Ok(false);
             }
             tracing::info!(names = ?names, "this coordinator's names changed");

@@ -1600,6 +1600,21 @@ fn hooks_run_in_order_and_a_failing_pre_enroll_hook_stops_everything() -> R {
     Ok(())
 }
 
+/// `inner` run under `timeout 60`, with its environment: a hang shows as exit 124.
+fn within_a_minute(inner: Command) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("60")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd
+}
+
 /// A hook that leaves something running (`daemon &`) does not keep `muster` waiting, and a hook
 /// that never finishes is stopped, with what it started, after `MUSTER_HOOK_TIMEOUT`. (`timeout`
 /// guards the test itself: a hang shows as exit 124.)
@@ -1615,17 +1630,7 @@ fn a_hook_that_leaves_something_running_or_hangs_does_not_hold_muster() -> R {
         "10-daemon",
         &format!("sleep 600 & echo $! > {}; echo started", pidfile.display()),
     )?;
-    let mut cmd = Command::new("timeout");
-    let inner = h.install_cmd(&c.host(), &tok);
-    cmd.arg("60")
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
+    let mut cmd = within_a_minute(h.install_cmd(&c.host(), &tok));
     let r = Run::from(cmd.output()?);
     let bg = std::fs::read_to_string(&pidfile).unwrap_or_default();
     if let Ok(pid) = bg.trim().parse::<i32>() {
@@ -1644,17 +1649,7 @@ fn a_hook_that_leaves_something_running_or_hangs_does_not_hold_muster() -> R {
             pidfile.display()
         ),
     )?;
-    let mut cmd = Command::new("timeout");
-    let inner = h.install_cmd(&c.host(), &tok);
-    cmd.arg("60")
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
+    let mut cmd = within_a_minute(h.install_cmd(&c.host(), &tok));
     cmd.env("MUSTER_HOOK_TIMEOUT", "1");
     let r = Run::from(cmd.output()?);
     assert_eq!(r.code, 8, "{r:?}");
