@@ -85,16 +85,9 @@ pub async fn audit(
     source: Option<IpAddr>,
     reason: Option<ErrorCode>,
 ) {
-    let e = AuditEvent {
-        seq: 0,
-        at,
-        event: event.into(),
-        token_id: token_id.map(str::to_string),
-        node_id: node.map(|n| n.0.to_string()),
-        hostname: node.map(|n| n.1.to_string()),
-        source: source.map(|s| s.to_string()),
-        reason: reason.map(|c| c.as_str().to_string()),
-    };
+    let source = source.map(|s| s.to_string());
+    let reason = reason.map(|c| c.as_str());
+    let e = crate::store::event(at, event, token_id, node, source.as_deref(), reason);
     if let Err(err) = store.audit(&e).await {
         tracing::error!(error = %err, event, "could not append to the audit log");
     }
@@ -410,7 +403,8 @@ impl App {
         }
         let now = self.now();
         // Tokens expire even when reservations cannot be swept this time (and the other way
-        // round): the first error is answered after both were tried.
+        // round): the first error is answered after both were tried. The store audits each
+        // use it gives back.
         let expired = self.store.expire_reservations(now).await;
         let tokens = self.expire_tokens(now).await;
         for r in expired? {
@@ -418,14 +412,6 @@ impl App {
                 .reservations_expired
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!(node_id = %r.node_id, token_id = %r.token_id, "join reservation expired; certificates revoked, token use returned");
-            self.audit(
-                "returned",
-                Some(&r.token_id),
-                Some((&r.node_id, &r.host.hostname)),
-                None,
-                None,
-            )
-            .await;
         }
         tokens
     }
@@ -1251,7 +1237,8 @@ async fn join(
     };
     // A reservation under this join's own node id is this join's: a store that retried the
     // write after losing its answer (etcd's client does) finds it there. It is new, as
-    // `Reserved`; only an earlier join of the same key has another node id.
+    // `Reserved`; only an earlier join of the same key has another node id. The store audited
+    // the use with it.
     let outcome = match app.store.reserve(&r, now).await? {
         ReserveOutcome::Existing(e) if e.node_id == r.node_id => ReserveOutcome::Reserved,
         other => other,
@@ -1259,14 +1246,6 @@ async fn join(
     let r = match outcome {
         ReserveOutcome::Reserved => {
             app.metrics.joins.fetch_add(1, Ordering::Relaxed);
-            app.audit(
-                "used",
-                Some(&rec.id),
-                Some((&r.node_id, &r.host.hostname)),
-                Some(source),
-                None,
-            )
-            .await;
             r
         }
         ReserveOutcome::Existing(existing) => *existing,
@@ -1370,29 +1349,15 @@ async fn commit(
             "commit refused: the PSK or the proof of possession of the new key is wrong",
         ));
     }
-    match app.store.commit(&req.node_id, now).await? {
+    // The store audits the commit (and the host it replaced) with it.
+    let source = c.remote.ip().to_string();
+    match app.store.commit(&req.node_id, now, &source).await? {
         CommitOutcome::Committed { host, replaced } => {
             app.join_keys.forget(&host.node_id);
             app.metrics.commits.fetch_add(1, Ordering::Relaxed);
             if let Some(old) = replaced {
                 tracing::info!(hostname = %old.host.hostname, old = %old.node_id, new = %host.node_id, "host re-enrolled; old record replaced and its certificates revoked");
-                app.audit(
-                    "replaced",
-                    Some(&host.token_id),
-                    Some((&old.node_id, &old.host.hostname)),
-                    Some(c.remote.ip()),
-                    None,
-                )
-                .await;
             }
-            app.audit(
-                "committed",
-                Some(&host.token_id),
-                Some((&host.node_id, &host.host.hostname)),
-                Some(c.remote.ip()),
-                None,
-            )
-            .await;
             Ok(Json(CommitReply {
                 node_id: host.node_id,
                 registered: true,

@@ -1,7 +1,9 @@
 //! Crash safety, measured: a storm of 1,000 real installers while `musterd` is killed with
 //! SIGKILL at random moments and restarted, and while installers themselves are killed and run
 //! again. Afterwards every acknowledged enrollment is in the registry, no node id is issued
-//! twice, the token's use count matches the hosts exactly, and every installer ends enrolled.
+//! twice, the token's use count matches the hosts exactly, every installer ends enrolled, and
+//! the audit log holds each use and each commit once (written with them, so no kill can keep
+//! one and lose the other).
 
 use muster_tests::*;
 use serde_json::Value;
@@ -148,6 +150,33 @@ fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> 
     // One use per host: none lost, none spent twice.
     let uses = c.token_uses(&id)?;
     assert_eq!(uses, Some(INSTALLERS as u64));
+    // The audit log tells the same story: a use and a commit for each registered host, once.
+    let (_, v) = c.api(
+        "GET",
+        &format!("{}/_audit?limit=10000", muster_protocol::paths::TOKENS),
+        None,
+    )?;
+    let mut audited: HashMap<(String, String), usize> = HashMap::new();
+    for e in v["events"].as_array().into_iter().flatten() {
+        let (Some(event), Some(node)) = (e["event"].as_str(), e["node_id"].as_str()) else {
+            continue;
+        };
+        *audited
+            .entry((event.to_string(), node.to_string()))
+            .or_default() += 1;
+    }
+    let count = |event: &str| audited.keys().filter(|(e, _)| e == event).count();
+    for node in runners.values() {
+        for event in ["used", "committed"] {
+            let n = audited.get(&(event.to_string(), node.clone())).copied();
+            assert_eq!(n, Some(1), "{event} events for {node}");
+        }
+    }
+    assert_eq!(
+        (count("used"), count("committed")),
+        (INSTALLERS, INSTALLERS),
+        "audited uses and commits"
+    );
     // And one more is refused: the limit holds.
     let r = Host::new("one-too-many")?.install(&c.host(), &tok, &[])?;
     assert_eq!(
@@ -158,11 +187,14 @@ fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> 
     println!(
         "crash storm: {INSTALLERS} installers ({AT_ONCE} at once) in {:.1} s; musterd killed \
          (SIGKILL) and restarted {server_kills} times, installers killed {installer_kills} times \
-         and run again; {} hosts registered, {} distinct node ids, token uses {}, 0 failed",
+         and run again; {} hosts registered, {} distinct node ids, token uses {}, audited uses {} \
+         and commits {}, 0 failed",
         took.as_secs_f64(),
         runners.len(),
         ids.len(),
-        uses.unwrap_or(0)
+        uses.unwrap_or(0),
+        count("used"),
+        count("committed")
     );
     Ok(())
 }

@@ -103,7 +103,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     );
 
     // Commit registers, is idempotent, and an expired reservation cannot commit.
-    match s.commit("n1", 20).await? {
+    match s.commit("n1", 20, "10.0.0.9").await? {
         CommitOutcome::Committed {
             host,
             replaced: None,
@@ -112,13 +112,13 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     }
     check!(
         matches!(
-            s.commit("n1", 21).await?,
+            s.commit("n1", 21, "10.0.0.9").await?,
             CommitOutcome::AlreadyCommitted(_)
         ),
         "commit must be idempotent"
     );
     check!(
-        s.commit("zzz", 21).await? == CommitOutcome::Unknown,
+        s.commit("zzz", 21, "10.0.0.9").await? == CommitOutcome::Unknown,
         "unknown commit"
     );
     // The same key asking again after its commit finds it committed (the join answers a
@@ -137,7 +137,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         "reserve t2"
     );
     check!(
-        s.commit("n4", 31).await? == CommitOutcome::Unknown,
+        s.commit("n4", 31, "10.0.0.9").await? == CommitOutcome::Unknown,
         "expired reservation must not commit"
     );
     let expired = s.expire_reservations(31).await?;
@@ -166,7 +166,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
             == ReserveOutcome::Reserved,
         "reserve n5"
     );
-    match s.commit("n5", 41).await? {
+    match s.commit("n5", 41, "10.0.0.9").await? {
         CommitOutcome::Committed {
             replaced: Some(old),
             ..
@@ -183,6 +183,43 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
             && s.host_named("host-nobody").await?.is_none(),
         "host_named"
     );
+    // Each use, commit, replacement and use given back was audited with it, once; nothing
+    // else (a reservation found again, a refusal) was.
+    let log: Vec<_> = s
+        .audit_log(0, 100)
+        .await?
+        .into_iter()
+        .map(|e| {
+            (
+                e.event,
+                e.node_id.unwrap_or_default(),
+                e.at,
+                e.source.unwrap_or_default(),
+                e.token_id.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let want: Vec<_> = [
+        ("used", "n1", 10, "127.0.0.1", "t1"),
+        ("committed", "n1", 20, "10.0.0.9", "t1"),
+        ("used", "n4", 25, "127.0.0.1", "t2"),
+        ("returned", "n4", 31, "", "t2"),
+        ("used", "n5", 40, "127.0.0.1", "t3"),
+        ("replaced", "n1", 41, "10.0.0.9", "t3"),
+        ("committed", "n5", 41, "10.0.0.9", "t3"),
+    ]
+    .into_iter()
+    .map(|(e, n, at, src, t)| {
+        (
+            e.to_string(),
+            n.to_string(),
+            at,
+            src.to_string(),
+            t.to_string(),
+        )
+    })
+    .collect();
+    check!(log == want, "audit log of the enrollments: {log:?}");
     // A join without the registered host's roles does not replace it at commit.
     let mut weaker = reservation("n7", "t3", "k7", "host-a", 100);
     weaker.roles = vec![];
@@ -190,7 +227,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         s.reserve(&weaker, 42).await? == ReserveOutcome::Reserved,
         "reserve n7"
     );
-    match s.commit("n7", 43).await? {
+    match s.commit("n7", 43, "10.0.0.9").await? {
         CommitOutcome::ReplaceRefused(old) => check!(old.node_id == "n5", "refused for {old:?}"),
         other => anyhow::bail!("a weaker commit must not replace host-a: {other:?}"),
     }
@@ -316,7 +353,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         "reserve with t-rev"
     );
     check!(s.revoke_token("t-rev").await?, "revoke t-rev");
-    let refused = s.commit("n11", 1_401).await?;
+    let refused = s.commit("n11", 1_401, "10.0.0.9").await?;
     check!(
         refused == CommitOutcome::TokenRevoked("t-rev".into()),
         "commit after revocation: {refused:?}"
@@ -342,7 +379,11 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     );
     check!(s.revoke_token("t-brief").await?, "retire t-brief");
     let late = s
-        .commit("n12", 1_450 + muster_protocol::token::LEEWAY_SECS + 10)
+        .commit(
+            "n12",
+            1_450 + muster_protocol::token::LEEWAY_SECS + 10,
+            "10.0.0.9",
+        )
         .await?;
     check!(
         matches!(late, CommitOutcome::Committed { .. }),
@@ -376,6 +417,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
 
     // Audit is ordered and append-only.
     use muster_protocol::api::AuditEvent;
+    let before = s.audit_log(0, 1_000).await?.last().map_or(0, |e| e.seq);
     let e = AuditEvent {
         seq: 0,
         at: 1,
@@ -392,7 +434,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         ..e.clone()
     })
     .await?;
-    let log = s.audit_log(0, 10).await?;
+    let log = s.audit_log(before, 10).await?;
     check!(
         log.len() == 2 && log[1].seq > log[0].seq && log[1].event == "used",
         "audit_log: {log:?}"

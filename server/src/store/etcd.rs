@@ -426,58 +426,82 @@ impl EtcdStore {
         expired: &mut Vec<Reservation>,
     ) -> StoreResult<()> {
         for kv in kvs {
-            let r: Reservation = match decode(kv) {
+            let mut r: Reservation = match decode(kv) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "store: a reservation record does not read; left for an operator");
                     continue;
                 }
             };
-            if r.expires_at > now {
-                continue;
-            }
             let resv_key = format!("resv/{}", r.node_id);
-            let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
-            let mut guards = vec![self.unchanged(&resv_key, Some(kv.mod_revision()))];
-            let mut ops = vec![self.delete(&resv_key)];
-            // The key's index goes only if it still points here: the same key may have joined
-            // again since, and its new reservation keeps its index.
-            if let Some(ix) = self.get::<String>(&index_key).await? {
-                if ix.value == r.node_id {
-                    guards.push(self.unchanged(&index_key, Some(ix.rev)));
-                    ops.push(self.delete(&index_key));
+            let mut rev = kv.mod_revision();
+            for _ in 0..MAX_ROUNDS {
+                if r.expires_at > now {
+                    break;
                 }
-            }
-            if !r.committed {
-                // Give the use back in the same transaction; if another coordinator expires
-                // this reservation first, the guard fails and the use is not given twice.
-                let token_key = format!("tokens/{}", r.token_id);
-                match self.get::<TokenRecord>(&token_key).await {
-                    Ok(Some(mut t)) => {
-                        t.value.uses = t.value.uses.saturating_sub(1);
-                        guards.push(self.unchanged(&token_key, Some(t.rev)));
-                        ops.push(self.put(&token_key, &t.value, t.lease)?);
+                match self.expire_one(&r, rev, now).await? {
+                    Ran::Yes => {}
+                    // Gone since: this sweep's lost attempt removed it, or another
+                    // coordinator's sweep did (and audited it).
+                    Ran::Unsure if self.get::<Reservation>(&resv_key).await?.is_none() => {}
+                    // Changed since it was read (committed, expired elsewhere), or the audit
+                    // log grew meanwhile: read again.
+                    Ran::Unsure | Ran::No => {
+                        match self.get::<Reservation>(&resv_key).await {
+                            Ok(Some(again)) => (r, rev) = (again.value, again.rev),
+                            Ok(None) | Err(StoreError::Corrupt(_)) => break,
+                            Err(e) => return Err(e),
+                        }
+                        continue;
                     }
-                    Ok(None) => {}
-                    // Its certificates are still revoked and the reservation still ends.
-                    Err(StoreError::Corrupt(e)) => {
-                        tracing::warn!(token_id = %r.token_id, error = %e, "store: a token record does not read; its use is not given back")
-                    }
-                    Err(e) => return Err(e),
                 }
-                ops.extend(self.revoke_ops(&r.serials)?);
-            }
-            let ran = match self.txn_ran(guards, ops).await? {
-                // Gone since: this sweep's lost attempt removed it, or another coordinator's
-                // sweep did (and it is then audited twice, not never).
-                Ran::Unsure => self.get::<Reservation>(&resv_key).await?.is_none(),
-                ran => ran == Ran::Yes,
-            };
-            if ran && !r.committed {
-                expired.push(r);
+                if !r.committed {
+                    expired.push(r);
+                }
+                break;
             }
         }
         Ok(())
+    }
+
+    /// One expired reservation `r`, read at revision `rev`, removed; its use given back and
+    /// audited if it was not committed.
+    async fn expire_one(&self, r: &Reservation, rev: i64, now: u64) -> StoreResult<Ran> {
+        let resv_key = format!("resv/{}", r.node_id);
+        let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
+        let mut guards = vec![self.unchanged(&resv_key, Some(rev))];
+        let mut ops = vec![self.delete(&resv_key)];
+        // The key's index goes only if it still points here: the same key may have joined
+        // again since, and its new reservation keeps its index.
+        if let Some(ix) = self.get::<String>(&index_key).await? {
+            if ix.value == r.node_id {
+                guards.push(self.unchanged(&index_key, Some(ix.rev)));
+                ops.push(self.delete(&index_key));
+            }
+        }
+        if !r.committed {
+            // Give the use back in the same transaction; if another coordinator expires
+            // this reservation first, the guard fails and the use is not given twice.
+            let token_key = format!("tokens/{}", r.token_id);
+            match self.get::<TokenRecord>(&token_key).await {
+                Ok(Some(mut t)) => {
+                    t.value.uses = t.value.uses.saturating_sub(1);
+                    guards.push(self.unchanged(&token_key, Some(t.rev)));
+                    ops.push(self.put(&token_key, &t.value, t.lease)?);
+                }
+                Ok(None) => {}
+                // Its certificates are still revoked and the reservation still ends.
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(token_id = %r.token_id, error = %e, "store: a token record does not read; its use is not given back")
+                }
+                Err(e) => return Err(e),
+            }
+            ops.extend(self.revoke_ops(&r.serials)?);
+            let (audit_guard, seq) = self.audit_slot().await?;
+            guards.push(audit_guard);
+            ops.extend(self.audit_ops(seq, &[super::returned_event(r, now)])?);
+        }
+        self.txn_ran(guards, ops).await
     }
 
     /// The guard that `rest` is as it was read: same mod revision, or still absent.
@@ -552,6 +576,30 @@ impl EtcdStore {
         Ok(resp.id())
     }
 
+    /// Where the next audit events go: the guard that nobody appended meanwhile, and the
+    /// number of the first.
+    async fn audit_slot(&self) -> StoreResult<(Compare, u64)> {
+        let last = self.get::<u64>(AUDIT_SEQ).await?;
+        let guard = self.unchanged(AUDIT_SEQ, last.as_ref().map(|s| s.rev));
+        Ok((guard, last.map_or(0, |s| s.value) + 1))
+    }
+
+    /// The writes appending `events`, numbered from `first` on (from [`Self::audit_slot`],
+    /// whose guard goes with them).
+    fn audit_ops(&self, first: u64, events: &[AuditEvent]) -> StoreResult<Vec<TxnOp>> {
+        let mut ops = Vec::with_capacity(events.len() + 1);
+        let mut seq = first;
+        for e in events {
+            let e = AuditEvent { seq, ..e.clone() };
+            ops.push(self.put(&audit_key(seq), &e, 0)?);
+            seq += 1;
+        }
+        if seq > first {
+            ops.push(self.put(AUDIT_SEQ, &(seq - 1), 0)?);
+        }
+        Ok(ops)
+    }
+
     fn revoke_ops(&self, serials: &[String]) -> StoreResult<Vec<TxnOp>> {
         serials
             .iter()
@@ -591,6 +639,14 @@ impl EtcdStore {
             },
         )
     }
+}
+
+/// The last audit event's number.
+const AUDIT_SEQ: &str = "audit-seq";
+
+/// Where audit event `seq` is kept: zero-padded, so the keys sort as the numbers do.
+fn audit_key(seq: u64) -> String {
+    format!("audit/{seq:020}")
 }
 
 fn contended() -> StoreError {
@@ -699,15 +755,20 @@ impl Store for EtcdStore {
                 return Ok(ReserveOutcome::UseLimitReached);
             }
             t.value.uses += 1;
+            let (audit_guard, seq) = self.audit_slot().await?;
             let guards = vec![
                 self.unchanged(&token_key, Some(t.rev)),
                 self.unchanged(&index_key, index.as_ref().map(|i| i.rev)),
+                audit_guard,
             ];
-            let ops = vec![
+            let mut ops = vec![
                 self.put(&token_key, &t.value, t.lease)?,
                 self.put(&format!("resv/{}", r.node_id), r, 0)?,
                 self.put(&index_key, &r.node_id, 0)?,
             ];
+            ops.extend(self.audit_ops(seq, &[super::used_event(r, now)])?);
+            // An attempt whose answer was lost is found by the next round as this join's own
+            // reservation (`Existing` with this node id), its use and event written with it.
             if self.txn(guards, ops).await? {
                 return Ok(ReserveOutcome::Reserved);
             }
@@ -722,7 +783,7 @@ impl Store for EtcdStore {
             .map(|g| g.value))
     }
 
-    async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
+    async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome> {
         let resv_key = format!("resv/{node_id}");
         // What an attempt whose answer was lost would have written.
         let mut attempted: Option<(HostRecord, Option<HostRecord>)> = None;
@@ -787,9 +848,11 @@ impl Store for EtcdStore {
                 memory_used_mb: 0,
             };
             r.value.committed = true;
+            let (audit_guard, seq) = self.audit_slot().await?;
             let mut guards = vec![
                 self.unchanged(&resv_key, Some(r.rev)),
                 self.unchanged(&name_key, index.as_ref().map(|i| i.rev)),
+                audit_guard,
             ];
             let mut ops = vec![
                 self.put(&format!("hosts/{node_id}"), &host, 0)?,
@@ -802,6 +865,8 @@ impl Store for EtcdStore {
                 ops.push(self.delete(&old_key));
                 ops.extend(self.revoke_ops(&o.value.serials)?);
             }
+            let events = super::commit_events(&host, old.as_ref().map(|o| &o.value), now, source);
+            ops.extend(self.audit_ops(seq, &events)?);
             match self.txn_ran(guards, ops).await? {
                 Ran::Yes => {
                     return Ok(CommitOutcome::Committed {
@@ -946,14 +1011,14 @@ impl Store for EtcdStore {
 
     async fn audit(&self, e: &AuditEvent) -> StoreResult<()> {
         for _ in 0..MAX_ROUNDS {
-            let seq = self.get::<u64>("audit-seq").await?;
-            let next = seq.as_ref().map(|s| s.value).unwrap_or(0) + 1;
-            let mut e = e.clone();
-            e.seq = next;
-            let guards = vec![self.unchanged("audit-seq", seq.as_ref().map(|s| s.rev))];
-            let key = format!("audit/{next:020}");
-            let ops = vec![self.put("audit-seq", &next, 0)?, self.put(&key, &e, 0)?];
-            match self.txn_ran(guards, ops).await? {
+            let (guard, next) = self.audit_slot().await?;
+            let e = AuditEvent {
+                seq: next,
+                ..e.clone()
+            };
+            let key = audit_key(next);
+            let ops = self.audit_ops(next, std::slice::from_ref(&e))?;
+            match self.txn_ran(vec![guard], ops).await? {
                 Ran::Yes => return Ok(()),
                 // The event there is this one (same time, action and names): appended by the
                 // attempt whose answer was lost, not to be appended twice.
@@ -977,10 +1042,7 @@ impl Store for EtcdStore {
             .with_range(self.key("audit0"))
             .with_limit(i64::from(limit.max(1)));
         let resp = self
-            .range(
-                &format!("audit/{:020}", after.saturating_add(1)),
-                Some(opts),
-            )
+            .range(&audit_key(after.saturating_add(1)), Some(opts))
             .await?;
         resp.kvs().iter().map(decode).collect()
     }
@@ -1050,20 +1112,24 @@ mod tests {
         anyhow::ensure!(!store.init_platform(b"other").await?, "init twice");
 
         store.insert_token(&token("t", None)).await?;
-        anyhow::ensure!(
-            store
-                .reserve(&reservation("n1", "t", "k1", "h1", 100), 50)
-                .await?
-                == ReserveOutcome::Reserved
-        );
+        // The join's own reservation, found by the retry (the join takes it as new).
+        let r1 = reservation("n1", "t", "k1", "h1", 100);
         lose_next();
-        let committed = store.commit("n1", 60).await?;
+        let reserved = store.reserve(&r1, 50).await?;
+        anyhow::ensure!(
+            reserved == ReserveOutcome::Existing(Box::new(r1)),
+            "reserve: {reserved:?}"
+        );
+        let uses = store.token("t").await?.map(|t| t.uses);
+        anyhow::ensure!(uses == Some(1), "one use spent: {uses:?}");
+        lose_next();
+        let committed = store.commit("n1", 60, "10.0.0.9").await?;
         anyhow::ensure!(
             matches!(committed, CommitOutcome::Committed { .. }),
             "commit: {committed:?}"
         );
         anyhow::ensure!(matches!(
-            store.commit("n1", 61).await?,
+            store.commit("n1", 61, "10.0.0.9").await?,
             CommitOutcome::AlreadyCommitted(_)
         ));
 
@@ -1079,8 +1145,16 @@ mod tests {
         };
         lose_next();
         store.audit(&e).await?;
-        let log = store.audit_log(0, 10).await?;
-        anyhow::ensure!(log.len() == 1, "appended once: {log:?}");
+        // The use and the commit were written by the attempts whose answers were lost, with
+        // their events, once each.
+        let log: Vec<_> = store
+            .audit_log(0, 10)
+            .await?
+            .into_iter()
+            .map(|e| (e.seq, e.event))
+            .collect();
+        let want = [(1, "used"), (2, "committed"), (3, "used")].map(|(n, e)| (n, e.to_string()));
+        anyhow::ensure!(log == want, "appended once each: {log:?}");
 
         lose_next();
         anyhow::ensure!(
@@ -1123,6 +1197,12 @@ mod tests {
         );
         let uses = store.token("t2").await?.map(|t| t.uses);
         anyhow::ensure!(uses == Some(0), "the use given back once: {uses:?}");
+        let returned = store.audit_log(0, 100).await?;
+        let returned: Vec<_> = returned.iter().filter(|e| e.event == "returned").collect();
+        anyhow::ensure!(
+            returned.len() == 1 && returned[0].node_id.as_deref() == Some("n2"),
+            "the use given back audited once: {returned:?}"
+        );
         Ok(())
     }
 

@@ -174,6 +174,68 @@ pub fn may_replace(old: &HostRecord, roles: &[Role]) -> bool {
     old.roles.iter().all(|r| roles.contains(r))
 }
 
+/// An audit event, numbered by the store that appends it.
+pub fn event(
+    at: u64,
+    event: &str,
+    token_id: Option<&str>,
+    node: Option<(&str, &str)>,
+    source: Option<&str>,
+    reason: Option<&str>,
+) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
+        at,
+        event: event.into(),
+        token_id: token_id.map(str::to_string),
+        node_id: node.map(|n| n.0.to_string()),
+        hostname: node.map(|n| n.1.to_string()),
+        source: source.map(str::to_string),
+        reason: reason.map(str::to_string),
+    }
+}
+
+/// What [`Store::reserve`] appends with a new reservation: its token's use, by the joining
+/// address.
+pub fn used_event(r: &Reservation, at: u64) -> AuditEvent {
+    let node = (r.node_id.as_str(), r.host.hostname.as_str());
+    event(
+        at,
+        "used",
+        Some(&r.token_id),
+        Some(node),
+        Some(&r.source),
+        None,
+    )
+}
+
+/// What [`Store::commit`] appends with a new host: the host it replaced, if any, then the
+/// host itself.
+pub fn commit_events(
+    host: &HostRecord,
+    replaced: Option<&HostRecord>,
+    at: u64,
+    source: &str,
+) -> Vec<AuditEvent> {
+    let of = |h: &HostRecord| (h.node_id.clone(), h.host.hostname.clone());
+    replaced
+        .map(|o| ("replaced", of(o)))
+        .into_iter()
+        .chain([("committed", of(host))])
+        .map(|(name, (id, hostname))| {
+            let node = Some((id.as_str(), hostname.as_str()));
+            event(at, name, Some(&host.token_id), node, Some(source), None)
+        })
+        .collect()
+}
+
+/// What [`Store::expire_reservations`] appends for an uncommitted reservation it ends: its
+/// token's use given back.
+pub fn returned_event(r: &Reservation, at: u64) -> AuditEvent {
+    let node = (r.node_id.as_str(), r.host.hostname.as_str());
+    event(at, "returned", Some(&r.token_id), Some(node), None, None)
+}
+
 /// A store failure. Backends map their own errors here.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -200,13 +262,17 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str) -> StoreResult<bool>;
 
     /// Atomically: checks the token (known, not revoked, use limit), returns a live reservation
-    /// of the same key and token if there is one, else counts a use and stores `r`.
+    /// of the same key and token if there is one, else counts a use and stores `r` with the
+    /// use's audit event ([`used_event`]): a crash cannot keep one and lose the other.
     async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome>;
     async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>>;
-    /// Atomically turns a live reservation into a host, replacing a host of the same hostname.
-    async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome>;
-    /// Atomically removes reservations expired at `now`, gives their token uses back and
-    /// revokes their certificates. Returns what it removed.
+    /// Atomically turns a live reservation into a host, replacing a host of the same hostname,
+    /// and appends the audit events of that ([`commit_events`]; `source` is the committing
+    /// address).
+    async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome>;
+    /// Atomically removes reservations expired at `now`, gives their token uses back, revokes
+    /// their certificates and audits each use given back ([`returned_event`]). Returns the
+    /// uncommitted ones it removed (those whose use came back).
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>>;
 
     async fn hosts(&self) -> StoreResult<Vec<HostRecord>>;

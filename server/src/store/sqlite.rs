@@ -325,6 +325,15 @@ fn put_host(tx: &Connection, h: &HostRecord) -> StoreResult<()> {
     Ok(())
 }
 
+/// Appends an audit event in the step's own transaction.
+fn append_audit(tx: &Connection, e: &AuditEvent) -> StoreResult<()> {
+    tx.prepare_cached("INSERT INTO audit (json) VALUES (?1)")
+        .map_err(unavailable)?
+        .execute(params![to_json(e)?])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult<()> {
     for s in serials {
         tx.prepare_cached("INSERT OR IGNORE INTO revoked (serial) VALUES (?1)")
@@ -471,6 +480,7 @@ impl Store for SqliteStore {
                 .execute(params![r.node_id, r.token_id, r.key_hash, r.expires_at as i64, to_json(&r)?],
             )
             .map_err(unavailable)?;
+            append_audit(tx, &super::used_event(&r, now))?;
             Ok(ReserveOutcome::Reserved)
         })
         .await
@@ -481,8 +491,8 @@ impl Store for SqliteStore {
         self.read(move |c| get_reservation(c, &id))
     }
 
-    async fn commit(&self, node_id: &str, now: u64) -> StoreResult<CommitOutcome> {
-        let id = node_id.to_string();
+    async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome> {
+        let (id, source) = (node_id.to_string(), source.to_string());
         self.tx(move |tx| {
             let already = |tx: &Connection| -> StoreResult<CommitOutcome> {
                 Ok(match get_host(tx, &id)? {
@@ -541,6 +551,9 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?
                 .execute(params![id])
                 .map_err(unavailable)?;
+            for e in super::commit_events(&host, replaced.as_deref(), now, &source) {
+                append_audit(tx, &e)?;
+            }
             Ok(CommitOutcome::Committed {
                 host: Box::new(host),
                 replaced,
@@ -592,6 +605,7 @@ impl Store for SqliteStore {
                     .map_err(unavailable)?
                     .execute(params![r.node_id])
                     .map_err(unavailable)?;
+                append_audit(tx, &super::returned_event(r, now))?;
             }
             Ok(expired)
         })
@@ -706,11 +720,9 @@ impl Store for SqliteStore {
     async fn audit(&self, e: &AuditEvent) -> StoreResult<()> {
         // Queued, not awaited: the event rides the next group commit, after every step queued
         // before it, without making this request wait for a disk flush of its own.
-        let json = to_json(e)?;
+        let e = e.clone();
         let step: Step = Box::new(move |tx: &mut rusqlite::Transaction<'_>| {
-            let out = tx
-                .prepare_cached("INSERT INTO audit (json) VALUES (?1)")
-                .and_then(|mut st| st.execute(params![json]));
+            let out = append_audit(tx, &e);
             Box::new(move |committed: bool| {
                 if let Err(e) = out {
                     tracing::error!(error = %e, "could not append to the audit log");
@@ -877,11 +889,11 @@ mod tests {
             .map(|r| (r.committed, r.spki_der));
         assert_eq!(done, Some((true, vec![1, 2, 3])));
         assert!(matches!(
-            s.commit("done", 10).await?,
+            s.commit("done", 10, "127.0.0.1").await?,
             CommitOutcome::Unknown
         ));
         assert!(matches!(
-            s.commit("open", 10).await?,
+            s.commit("open", 10, "127.0.0.1").await?,
             CommitOutcome::Committed { .. }
         ));
         assert_eq!(
