@@ -435,23 +435,43 @@ impl EtcdStore {
             };
             let resv_key = format!("resv/{}", r.node_id);
             let mut rev = kv.mod_revision();
-            for _ in 0..MAX_ROUNDS {
-                if r.expires_at > now {
+            let mut rounds = 0;
+            while r.expires_at <= now {
+                rounds += 1;
+                if rounds > MAX_ROUNDS {
+                    tracing::warn!(node_id = %r.node_id, "store: a reservation kept changing while it expired; left for the next sweep");
                     break;
                 }
-                match self.expire_one(&r, rev, now).await? {
-                    Ran::Yes => {}
-                    // Gone since: this sweep's lost attempt removed it, or another
-                    // coordinator's sweep did (and audited it).
-                    Ran::Unsure if self.get::<Reservation>(&resv_key).await?.is_none() => {}
-                    // Changed since it was read (committed, expired elsewhere), or the audit
-                    // log grew meanwhile: read again.
-                    Ran::Unsure | Ran::No => {
-                        match self.get::<Reservation>(&resv_key).await {
-                            Ok(Some(again)) => (r, rev) = (again.value, again.rev),
-                            Ok(None) | Err(StoreError::Corrupt(_)) => break,
-                            Err(e) => return Err(e),
+                let (ran, seq) = self.expire_one(&r, rev, now).await?;
+                let again = match ran {
+                    Ran::Yes => None,
+                    Ran::No | Ran::Unsure => match self.get::<Reservation>(&resv_key).await {
+                        Ok(again) => again,
+                        Err(StoreError::Corrupt(_)) => break,
+                        Err(e) => return Err(e),
+                    },
+                };
+                match (ran, again) {
+                    (Ran::Yes, _) => {}
+                    // Gone: by this sweep's attempt whose answer was lost if the event it
+                    // numbered is its own, else by another coordinator's sweep (which
+                    // audited it).
+                    (_, None) => {
+                        let ours = match seq {
+                            Some(seq) => self
+                                .get::<AuditEvent>(&audit_key(seq))
+                                .await?
+                                .is_some_and(|e| e.value == returned(&r, seq, now)),
+                            None => false,
+                        };
+                        if !ours {
+                            break;
                         }
+                    }
+                    // Changed since it was read (committed, say), or the audit log grew
+                    // meanwhile: go again with what is there now.
+                    (_, Some(again)) => {
+                        (r, rev) = (again.value, again.rev);
                         continue;
                     }
                 }
@@ -465,8 +485,13 @@ impl EtcdStore {
     }
 
     /// One expired reservation `r`, read at revision `rev`, removed; its use given back and
-    /// audited if it was not committed.
-    async fn expire_one(&self, r: &Reservation, rev: i64, now: u64) -> StoreResult<Ran> {
+    /// audited if it was not committed. Whether it ran, and the number its event was given.
+    async fn expire_one(
+        &self,
+        r: &Reservation,
+        rev: i64,
+        now: u64,
+    ) -> StoreResult<(Ran, Option<u64>)> {
         let resv_key = format!("resv/{}", r.node_id);
         let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
         let mut guards = vec![self.unchanged(&resv_key, Some(rev))];
@@ -500,8 +525,9 @@ impl EtcdStore {
             let (audit_guard, seq) = self.audit_slot().await?;
             guards.push(audit_guard);
             ops.extend(self.audit_ops(seq, &[super::returned_event(r, now)])?);
+            return Ok((self.txn_ran(guards, ops).await?, Some(seq)));
         }
-        self.txn_ran(guards, ops).await
+        Ok((self.txn_ran(guards, ops).await?, None))
     }
 
     /// The guard that `rest` is as it was read: same mod revision, or still absent.
@@ -643,6 +669,14 @@ impl EtcdStore {
 
 /// The last audit event's number.
 const AUDIT_SEQ: &str = "audit-seq";
+
+/// The `returned` event of `r` as [`EtcdStore::audit_ops`] numbers it `seq`.
+fn returned(r: &Reservation, seq: u64, now: u64) -> AuditEvent {
+    AuditEvent {
+        seq,
+        ..super::returned_event(r, now)
+    }
+}
 
 /// Where audit event `seq` is kept: zero-padded, so the keys sort as the numbers do.
 fn audit_key(seq: u64) -> String {
@@ -893,9 +927,9 @@ impl Store for EtcdStore {
             };
             match step {
                 Ok(()) => {}
-                // What expired is done (uses given back, certificates revoked): it is answered
-                // so that it is audited; the rest waits for the next sweep (say, the first
-                // page's revision was compacted meanwhile).
+                // What expired is done (uses given back, certificates revoked and audited): it
+                // is answered for the metrics and the log; the rest waits for the next sweep
+                // (say, the first page's revision was compacted meanwhile).
                 Err(e) if !expired.is_empty() => {
                     tracing::warn!(error = %e, "reservation sweep stopped part-way; the rest waits for the next one");
                     break;
