@@ -5,7 +5,9 @@ use crate::error::ApiError;
 use crate::limit::FailureLimiter;
 use crate::pki::{self, Leaf};
 use crate::platform::{sha256_hex, Platform};
-use crate::store::{CommitOutcome, HostRecord, Reservation, ReserveOutcome, Store, TokenRecord};
+use crate::store::{
+    event, CommitOutcome, HostRecord, Reservation, ReserveOutcome, Store, TokenRecord,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -300,10 +302,17 @@ impl App {
             &self.advertise,
             self.now(),
         )?;
-        self.store.insert_token(&rec).await?;
+        let source = source.map(|s| s.to_string());
+        let created = event(
+            rec.created,
+            "created",
+            Some(&rec.id),
+            None,
+            source.as_deref(),
+            None,
+        );
+        self.store.insert_token(&rec, Some(&created)).await?;
         self.metrics.tokens_created.fetch_add(1, Ordering::Relaxed);
-        self.audit("created", Some(&rec.id), None, source, None)
-            .await;
         let install_command = self
             .advertise
             .first()
@@ -422,8 +431,9 @@ impl App {
             let expired = !t.revoked
                 && t.expires
                     .is_some_and(|e| e.saturating_add(token::LEEWAY_SECS) < now);
-            if expired && self.store.revoke_token(&t.id).await? {
-                self.audit("expired", Some(&t.id), None, None, None).await;
+            if expired {
+                let e = event(now, "expired", Some(&t.id), None, None, None);
+                self.store.revoke_token(&t.id, &e).await?;
             }
         }
         Ok(())
@@ -674,10 +684,10 @@ async fn delete_token(
             "the emergency token cannot be deleted: it is what recovers the platform",
         ));
     }
-    app.store.revoke_token(&id).await?;
+    let source = c.remote.ip().to_string();
+    let e = event(app.now(), "revoked", Some(&id), None, Some(&source), None);
+    app.store.revoke_token(&id, &e).await?;
     app.token_records.forget(&id);
-    app.audit("revoked", Some(&id), None, Some(c.remote.ip()), None)
-        .await;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -830,18 +840,10 @@ async fn remove_runner(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
-    match app.store.remove_host(&id).await? {
-        Some(h) => {
-            app.audit(
-                "host_removed",
-                Some(&h.token_id),
-                Some((&h.node_id, &h.host.hostname)),
-                Some(c.remote.ip()),
-                None,
-            )
-            .await;
-            Ok(Json(serde_json::json!({})))
-        }
+    let source = c.remote.ip().to_string();
+    let e = event(app.now(), "host_removed", None, None, Some(&source), None);
+    match app.store.remove_host(&id, &e).await? {
+        Some(_) => Ok(Json(serde_json::json!({}))),
         None => Err(ApiError::new(
             ErrorCode::NodeUnknown,
             format!("no runner with id {id}"),
@@ -1525,15 +1527,9 @@ fn pair_of(serials: &[String], serial: &str) -> Vec<String> {
 
 async fn leave(State(app): S, Extension(c): Conn) -> Result<Json<serde_json::Value>, ApiError> {
     let h = node_of(&app, &c).await?;
-    app.store.remove_host(&h.node_id).await?;
-    app.audit(
-        "host_left",
-        Some(&h.token_id),
-        Some((&h.node_id, &h.host.hostname)),
-        Some(c.remote.ip()),
-        None,
-    )
-    .await;
+    let source = c.remote.ip().to_string();
+    let e = event(app.now(), "host_left", None, None, Some(&source), None);
+    app.store.remove_host(&h.node_id, &e).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -1721,7 +1717,7 @@ mod tests {
         let mut t = crate::store::conformance::token("gone-by", None);
         t.kind = TokenKind::Ephemeral;
         t.expires = Some(1_000);
-        store.insert_token(&t).await?;
+        store.insert_token(&t, None).await?;
         rusqlite::Connection::open(&path)?.execute_batch("DROP TABLE reservations")?;
         let swept = app.sweep().await;
         assert!(swept.is_err_and(|e| e.to_string().contains("reservations")));

@@ -603,19 +603,16 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     bail!("the emergency token cannot be revoked")
                 }
                 Some(_) => {
-                    if app.store.revoke_token(&token_id).await? {
-                        // Audited as the API's DELETE is (no source address: the command line).
-                        crate::app::audit(
-                            app.store.as_ref(),
-                            system_now(),
-                            "revoked",
-                            Some(&token_id),
-                            None,
-                            None,
-                            None,
-                        )
-                        .await;
-                    }
+                    // Audited as the API's DELETE is (no source address: the command line).
+                    let e = crate::store::event(
+                        system_now(),
+                        "revoked",
+                        Some(&token_id),
+                        None,
+                        None,
+                        None,
+                    );
+                    app.store.revoke_token(&token_id, &e).await?;
                     println!("revoked {token_id}");
                     Ok(())
                 }

@@ -257,8 +257,8 @@ impl Platform {
             kdf_salt: B64.encode(salt),
         };
         let bytes = Zeroizing::new(serde_json::to_vec(&rec)?);
-        store.insert_token(&emergency).await?;
-        store.insert_token(&initial).await?;
+        store.insert_token(&emergency, None).await?;
+        store.insert_token(&initial, None).await?;
         // Refused: someone else's platform, or ours (a store that retried a write whose answer
         // was lost, as the etcd client does). The record holds fresh random salt and keys, so
         // equal bytes can only be ours.

@@ -69,7 +69,9 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     );
 
     // One-use token: one reservation, then the limit; same key gets its reservation back.
-    s.insert_token(&token("t1", Some(1))).await?;
+    let created = event(5, "created", Some("t1"), None, Some("10.0.0.9"), None);
+    s.insert_token(&token("t1", Some(1)), Some(&created))
+        .await?;
     let r1 = reservation("n1", "t1", "k1", "host-a", 100);
     check!(
         s.reserve(&r1, 10).await? == ReserveOutcome::Reserved,
@@ -129,7 +131,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     }
 
     // Expiry gives the use back and revokes the certificates.
-    s.insert_token(&token("t2", Some(1))).await?;
+    s.insert_token(&token("t2", Some(1)), None).await?;
     check!(
         s.reserve(&reservation("n4", "t2", "k4", "host-d", 30), 25)
             .await?
@@ -159,7 +161,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     );
 
     // Same hostname replaces the old record and revokes its certs.
-    s.insert_token(&token("t3", None)).await?;
+    s.insert_token(&token("t3", None), None).await?;
     check!(
         s.reserve(&reservation("n5", "t3", "k5", "host-a", 100), 40)
             .await?
@@ -200,6 +202,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         })
         .collect();
     let want: Vec<_> = [
+        ("created", "", 5, "10.0.0.9", "t1"),
         ("used", "n1", 10, "127.0.0.1", "t1"),
         ("committed", "n1", 20, "10.0.0.9", "t1"),
         ("used", "n4", 25, "127.0.0.1", "t2"),
@@ -290,7 +293,15 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         s.is_revoked("serial-n5").await? && s.is_revoked("newer").await?,
         "replace_certs without keep revokes every old serial"
     );
-    check!(s.remove_host("n5").await?.is_some(), "remove_host");
+    let removed = event(50, "host_removed", None, None, Some("10.0.0.9"), None);
+    check!(
+        s.remove_host("n5", &removed).await?.is_some(),
+        "remove_host"
+    );
+    check!(
+        s.remove_host("n5", &removed).await?.is_none(),
+        "remove_host again"
+    );
     check!(
         s.is_revoked("newest").await?,
         "removed host's certs revoked"
@@ -298,12 +309,36 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     check!(s.host("n5").await?.is_none(), "host gone");
 
     // Revocation.
-    check!(s.revoke_token("t3").await?, "revoke");
+    let revoked = |id: &str| event(51, "revoked", Some(id), None, None, None);
+    check!(s.revoke_token("t3", &revoked("t3")).await?, "revoke");
     check!(
-        !s.revoke_token("t3").await?,
+        !s.revoke_token("t3", &revoked("t3")).await?,
         "revoking again changes nothing and says so"
     );
-    check!(!s.revoke_token("nope").await?, "revoke unknown");
+    check!(
+        !s.revoke_token("nope", &revoked("nope")).await?,
+        "revoke unknown"
+    );
+    // The removal and the revocation were audited with them, once each; the removal names the
+    // host it removed.
+    let tail: Vec<_> = s
+        .audit_log(0, 100)
+        .await?
+        .into_iter()
+        .filter(|e| e.at >= 50)
+        .map(|e| (e.event, e.token_id, e.node_id, e.hostname))
+        .collect();
+    let some = |v: &str| Some(v.to_string());
+    let want = [
+        (
+            "host_removed".to_string(),
+            some("t3"),
+            some("n5"),
+            some("host-a"),
+        ),
+        ("revoked".to_string(), some("t3"), None, None),
+    ];
+    check!(tail == want, "audit of removal and revocation: {tail:?}");
     check!(
         s.reserve(&reservation("n6", "t3", "k6", "host-x", 100), 60)
             .await?
@@ -313,7 +348,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
 
     // A key that joins again after its reservation expired but before the sweep: the sweep
     // takes the old reservation and leaves the new one findable by its key.
-    s.insert_token(&token("t9", None)).await?;
+    s.insert_token(&token("t9", None), None).await?;
     check!(
         s.reserve(&reservation("n9", "t9", "k9", "host-9", 1_000), 900)
             .await?
@@ -345,14 +380,17 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     }
 
     // A token revoked between a join and its commit: the commit is refused, nothing registered.
-    s.insert_token(&token("t-rev", None)).await?;
+    s.insert_token(&token("t-rev", None), None).await?;
     check!(
         s.reserve(&reservation("n11", "t-rev", "k11", "host-11", 9_000), 1_400)
             .await?
             == ReserveOutcome::Reserved,
         "reserve with t-rev"
     );
-    check!(s.revoke_token("t-rev").await?, "revoke t-rev");
+    check!(
+        s.revoke_token("t-rev", &revoked("t-rev")).await?,
+        "revoke t-rev"
+    );
     let refused = s.commit("n11", 1_401, "10.0.0.9").await?;
     check!(
         refused == CommitOutcome::TokenRevoked("t-rev".into()),
@@ -367,7 +405,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     let mut brief = token("t-brief", None);
     brief.kind = TokenKind::Ephemeral;
     brief.expires = Some(1_450);
-    s.insert_token(&brief).await?;
+    s.insert_token(&brief, None).await?;
     check!(
         s.reserve(
             &reservation("n12", "t-brief", "k12", "host-12", 9_000),
@@ -377,7 +415,10 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
             == ReserveOutcome::Reserved,
         "reserve with t-brief"
     );
-    check!(s.revoke_token("t-brief").await?, "retire t-brief");
+    check!(
+        s.revoke_token("t-brief", &revoked("t-brief")).await?,
+        "retire t-brief"
+    );
     let late = s
         .commit(
             "n12",
@@ -395,8 +436,8 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     early.created = 5;
     let mut late = token("order-b", None);
     late.created = 6;
-    s.insert_token(&early).await?;
-    s.insert_token(&late).await?;
+    s.insert_token(&early, None).await?;
+    s.insert_token(&late, None).await?;
     check!(
         s.reserve(
             &reservation("n10", "order-a", "k10", "host-10", 9_000),

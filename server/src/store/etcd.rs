@@ -626,6 +626,32 @@ impl EtcdStore {
         Ok(ops)
     }
 
+    /// Runs `ops` if every guard holds and nobody appended to the audit log meanwhile,
+    /// appending `events` (at least one) in the same transaction; whether it ran. An attempt
+    /// whose answer was lost ran if and only if its first event is there under the number it
+    /// was given (same time, action and names): nothing else writes that number.
+    async fn txn_audited(
+        &self,
+        mut guards: Vec<Compare>,
+        mut ops: Vec<TxnOp>,
+        events: &[AuditEvent],
+    ) -> StoreResult<bool> {
+        let (guard, seq) = self.audit_slot().await?;
+        guards.push(guard);
+        ops.extend(self.audit_ops(seq, events)?);
+        Ok(match self.txn_ran(guards, ops).await? {
+            Ran::Yes => true,
+            Ran::No => false,
+            Ran::Unsure => match events.first() {
+                Some(e) => self
+                    .get::<AuditEvent>(&audit_key(seq))
+                    .await?
+                    .is_some_and(|there| there.value == AuditEvent { seq, ..e.clone() }),
+                None => false,
+            },
+        })
+    }
+
     fn revoke_ops(&self, serials: &[String]) -> StoreResult<Vec<TxnOp>> {
         serials
             .iter()
@@ -709,7 +735,7 @@ impl Store for EtcdStore {
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
-    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+    async fn insert_token(&self, t: &TokenRecord, created: Option<&AuditEvent>) -> StoreResult<()> {
         let lease = match t.expires {
             Some(e) => {
                 let ttl = e.saturating_sub(t.created) as i64
@@ -720,8 +746,17 @@ impl Store for EtcdStore {
             None => 0,
         };
         let op = self.put(&format!("tokens/{}", t.id), t, lease)?;
-        self.txn(vec![], vec![op]).await?;
-        Ok(())
+        let Some(e) = created else {
+            self.txn(vec![], vec![op]).await?;
+            return Ok(());
+        };
+        for _ in 0..MAX_ROUNDS {
+            let events = std::slice::from_ref(e);
+            if self.txn_audited(vec![], vec![op.clone()], events).await? {
+                return Ok(());
+            }
+        }
+        Err(contended())
     }
 
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
@@ -740,25 +775,23 @@ impl Store for EtcdStore {
         Ok(all)
     }
 
-    async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
+    async fn revoke_token(&self, id: &str, e: &AuditEvent) -> StoreResult<bool> {
         let rest = format!("tokens/{id}");
-        // Whether an attempt whose answer was lost may have revoked it.
-        let mut attempted = false;
         for _ in 0..MAX_ROUNDS {
             let Some(mut t) = self.get::<TokenRecord>(&rest).await? else {
                 return Ok(false);
             };
             if t.value.revoked {
-                return Ok(attempted);
+                return Ok(false);
             }
             t.value.revoked = true;
             let op = self.put(&rest, &t.value, t.lease)?;
-            match self
-                .txn_ran(vec![self.unchanged(&rest, Some(t.rev))], vec![op])
+            let guard = self.unchanged(&rest, Some(t.rev));
+            if self
+                .txn_audited(vec![guard], vec![op], std::slice::from_ref(e))
                 .await?
             {
-                Ran::Yes => return Ok(true),
-                ran => attempted |= ran == Ran::Unsure,
+                return Ok(true);
             }
         }
         Err(contended())
@@ -1004,15 +1037,11 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
+    async fn remove_host(&self, node_id: &str, e: &AuditEvent) -> StoreResult<Option<HostRecord>> {
         let host_key = format!("hosts/{node_id}");
-        // The host as an attempt whose answer was lost removed it.
-        let mut attempted = None;
         for _ in 0..MAX_ROUNDS {
             let Some(h) = self.get::<HostRecord>(&host_key).await? else {
-                // Gone since that attempt: it was that attempt (or a removal at the same
-                // moment, and the host is then reported removed twice, not never).
-                return Ok(attempted);
+                return Ok(None);
             };
             let name_key = format!("hostname/{}", h.value.host.hostname);
             let mut guards = vec![self.unchanged(&host_key, Some(h.rev))];
@@ -1024,10 +1053,12 @@ impl Store for EtcdStore {
                 }
             }
             ops.extend(self.revoke_ops(&h.value.serials)?);
-            match self.txn_ran(guards, ops).await? {
-                Ran::Yes => return Ok(Some(h.value)),
-                Ran::Unsure => attempted = Some(h.value),
-                Ran::No => {}
+            let event = super::about_host(e, &h.value);
+            if self
+                .txn_audited(guards, ops, std::slice::from_ref(&event))
+                .await?
+            {
+                return Ok(Some(h.value));
             }
         }
         Err(contended())
@@ -1045,26 +1076,11 @@ impl Store for EtcdStore {
 
     async fn audit(&self, e: &AuditEvent) -> StoreResult<()> {
         for _ in 0..MAX_ROUNDS {
-            let (guard, next) = self.audit_slot().await?;
-            let e = AuditEvent {
-                seq: next,
-                ..e.clone()
-            };
-            let key = audit_key(next);
-            let ops = self.audit_ops(next, std::slice::from_ref(&e))?;
-            match self.txn_ran(vec![guard], ops).await? {
-                Ran::Yes => return Ok(()),
-                // The event there is this one (same time, action and names): appended by the
-                // attempt whose answer was lost, not to be appended twice.
-                Ran::Unsure
-                    if self
-                        .get::<AuditEvent>(&key)
-                        .await?
-                        .is_some_and(|there| there.value == e) =>
-                {
-                    return Ok(())
-                }
-                Ran::Unsure | Ran::No => {}
+            if self
+                .txn_audited(vec![], vec![], std::slice::from_ref(e))
+                .await?
+            {
+                return Ok(());
             }
         }
         Err(contended())
@@ -1145,7 +1161,7 @@ mod tests {
         );
         anyhow::ensure!(!store.init_platform(b"other").await?, "init twice");
 
-        store.insert_token(&token("t", None)).await?;
+        store.insert_token(&token("t", None), None).await?;
         // The join's own reservation, found by the retry (the join takes it as new).
         let r1 = reservation("n1", "t", "k1", "h1", 100);
         lose_next();
@@ -1190,20 +1206,37 @@ mod tests {
         let want = [(1, "used"), (2, "committed"), (3, "used")].map(|(n, e)| (n, e.to_string()));
         anyhow::ensure!(log == want, "appended once each: {log:?}");
 
+        let revoked = super::super::event(70, "revoked", Some("t"), None, None, None);
+        let left = super::super::event(71, "host_left", None, None, Some("10.0.0.9"), None);
         lose_next();
         anyhow::ensure!(
-            store.revoke_token("t").await?,
+            store.revoke_token("t", &revoked).await?,
             "revoked by the lost attempt"
         );
-        anyhow::ensure!(!store.revoke_token("t").await?, "not revoked twice");
+        anyhow::ensure!(
+            !store.revoke_token("t", &revoked).await?,
+            "not revoked twice"
+        );
 
         lose_next();
-        let removed = store.remove_host("n1").await?;
+        let removed = store.remove_host("n1", &left).await?;
         anyhow::ensure!(
             removed.is_some_and(|h| h.node_id == "n1"),
             "removed by the lost attempt"
         );
-        anyhow::ensure!(store.remove_host("n1").await?.is_none());
+        anyhow::ensure!(store.remove_host("n1", &left).await?.is_none());
+        // Each audited once, with the change.
+        let log: Vec<_> = store
+            .audit_log(3, 10)
+            .await?
+            .into_iter()
+            .map(|e| (e.event, e.node_id))
+            .collect();
+        let want = [
+            ("revoked".to_string(), None),
+            ("host_left".to_string(), Some("n1".to_string())),
+        ];
+        anyhow::ensure!(log == want, "revocation and removal audited once: {log:?}");
 
         // n1's committed reservation goes first, so the lost answer below is n2's expiry.
         anyhow::ensure!(store.expire_reservations(200).await?.is_empty());
@@ -1212,7 +1245,7 @@ mod tests {
             .await?
             .kvs()
             .is_empty());
-        store.insert_token(&token("t2", None)).await?;
+        store.insert_token(&token("t2", None), None).await?;
         anyhow::ensure!(
             store
                 .reserve(&reservation("n2", "t2", "k2", "h2", 300), 250)
@@ -1248,7 +1281,7 @@ mod tests {
         use crate::store::conformance::{reservation, token};
         let etcd = muster_tests::Etcd::start(1)?;
         let store = store_on(&etcd, "/leases/").await?;
-        store.insert_token(&token("t", Some(1))).await?;
+        store.insert_token(&token("t", Some(1)), None).await?;
         let r = reservation("n1", "t", "k1", "h1", 100);
         anyhow::ensure!(store.reserve(&r, 50).await? == ReserveOutcome::Reserved);
         for key in ["resv/n1", "resv-key/t/k1"] {
@@ -1272,7 +1305,7 @@ mod tests {
         use crate::store::conformance::{reservation, token};
         let etcd = muster_tests::Etcd::start(1)?;
         let store = store_on(&etcd, "/pages/").await?;
-        store.insert_token(&token("t", None)).await?;
+        store.insert_token(&token("t", None), None).await?;
         // About 6 KB each, as two real certificates make a reservation about 3 KB: 5 MB.
         let n = 850;
         let pem = "x".repeat(3000);

@@ -3,7 +3,9 @@
 //! Each method is one atomic step of the protocol (reserve a join, commit it, expire it,
 //! revoke a token), so a backend maps it to one transaction: an SQLite `BEGIN IMMEDIATE`, an etcd
 //! `Txn` with compare-and-swap ([`etcd`]). Records are plain serde values; backends store them
-//! as JSON.
+//! as JSON. A step that changes something appends the audit event that records it in the same
+//! transaction ([`used_event`], [`commit_events`], [`returned_event`], and the events the caller
+//! hands to `insert_token`, `revoke_token` and `remove_host`).
 //! The conformance tests in [`conformance`] run against every backend.
 
 pub mod etcd;
@@ -229,6 +231,16 @@ pub fn commit_events(
         .collect()
 }
 
+/// Event `e` about host `h`: its token, node id and name.
+pub fn about_host(e: &AuditEvent, h: &HostRecord) -> AuditEvent {
+    AuditEvent {
+        token_id: Some(h.token_id.clone()),
+        node_id: Some(h.node_id.clone()),
+        hostname: Some(h.host.hostname.clone()),
+        ..e.clone()
+    }
+}
+
 /// What [`Store::expire_reservations`] appends for an uncommitted reservation it ends: its
 /// token's use given back.
 pub fn returned_event(r: &Reservation, at: u64) -> AuditEvent {
@@ -255,11 +267,14 @@ pub trait Store: Send + Sync + 'static {
     async fn init_platform(&self, record: &[u8]) -> StoreResult<bool>;
     async fn platform(&self) -> StoreResult<Option<Vec<u8>>>;
 
-    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()>;
+    /// Stores a new token, with its `created` event if one is given (a platform's first
+    /// tokens have none).
+    async fn insert_token(&self, t: &TokenRecord, created: Option<&AuditEvent>) -> StoreResult<()>;
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>>;
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
-    /// Marks a token revoked; false if there is no such token or it was revoked already.
-    async fn revoke_token(&self, id: &str) -> StoreResult<bool>;
+    /// Marks a token revoked, appending `e` (`revoked`, or `expired` from the sweep) with it;
+    /// false, and nothing appended, if there is no such token or it was revoked already.
+    async fn revoke_token(&self, id: &str, e: &AuditEvent) -> StoreResult<bool>;
 
     /// Atomically: checks the token (known, not revoked, use limit), returns a live reservation
     /// of the same key and token if there is one, else counts a use and stores `r` with the
@@ -302,8 +317,9 @@ pub trait Store: Send + Sync + 'static {
         keep: &[String],
         not_after: u64,
     ) -> StoreResult<Option<HostRecord>>;
-    /// Removes a host and revokes its certificates.
-    async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>>;
+    /// Removes a host and revokes its certificates, appending `e` about it ([`about_host`]:
+    /// `host_removed`, `host_left`); nothing if there is no such host.
+    async fn remove_host(&self, node_id: &str, e: &AuditEvent) -> StoreResult<Option<HostRecord>>;
     async fn is_revoked(&self, serial: &str) -> StoreResult<bool>;
 
     /// Appends an audit event. The store numbers it; it may be written with the next commit

@@ -416,9 +416,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
-        let t = t.clone();
-        self.tx(move |tx| put_token(tx, &t)).await
+    async fn insert_token(&self, t: &TokenRecord, created: Option<&AuditEvent>) -> StoreResult<()> {
+        let (t, created) = (t.clone(), created.cloned());
+        self.tx(move |tx| {
+            put_token(tx, &t)?;
+            created.map_or(Ok(()), |e| append_audit(tx, &e))
+        })
+        .await
     }
 
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
@@ -436,8 +440,8 @@ impl Store for SqliteStore {
         Ok(all)
     }
 
-    async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
-        let id = id.to_string();
+    async fn revoke_token(&self, id: &str, e: &AuditEvent) -> StoreResult<bool> {
+        let (id, e) = (id.to_string(), e.clone());
         self.tx(move |tx| {
             let Some(mut t) = get_token(tx, &id)? else {
                 return Ok(false);
@@ -447,6 +451,7 @@ impl Store for SqliteStore {
             }
             t.revoked = true;
             put_token(tx, &t)?;
+            append_audit(tx, &e)?;
             Ok(true)
         })
         .await
@@ -689,8 +694,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn remove_host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
-        let id = node_id.to_string();
+    async fn remove_host(&self, node_id: &str, e: &AuditEvent) -> StoreResult<Option<HostRecord>> {
+        let (id, e) = (node_id.to_string(), e.clone());
         self.tx(move |tx| {
             let Some(h) = get_host(tx, &id)? else {
                 return Ok(None);
@@ -700,6 +705,7 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?
                 .execute(params![id])
                 .map_err(unavailable)?;
+            append_audit(tx, &super::about_host(&e, &h))?;
             Ok(Some(h))
         })
         .await
@@ -812,8 +818,8 @@ mod tests {
         let d = tempfile::tempdir()?;
         let path = d.path().join("muster.db");
         let s = super::SqliteStore::open(&path)?;
-        s.insert_token(&token("t", None)).await?;
-        s.insert_token(&token("bad-token", None)).await?;
+        s.insert_token(&token("t", None), None).await?;
+        s.insert_token(&token("bad-token", None), None).await?;
         for (id, tok) in [("good", "t"), ("of-bad-token", "bad-token")] {
             let r = reservation(id, tok, id, id, 100);
             anyhow::ensure!(s.reserve(&r, 50).await? == ReserveOutcome::Reserved);
