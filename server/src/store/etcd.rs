@@ -627,15 +627,18 @@ impl EtcdStore {
     }
 
     /// Runs `ops` if every guard holds and nobody appended to the audit log meanwhile,
-    /// appending `events` (at least one) in the same transaction; whether it ran. An attempt
-    /// whose answer was lost ran if and only if its first event is there under the number it
-    /// was given (same time, action and names): nothing else writes that number.
+    /// appending `events` (at least one: they are what tells a lost answer) in the same
+    /// transaction; whether it ran. An attempt whose answer was lost ran if its first event is
+    /// there under the number it was given: only a transaction guarded as this one writes that
+    /// number, so it is this attempt, or another step making the same change at the same second
+    /// from the same source (the same event, and the same outcome).
     async fn txn_audited(
         &self,
         mut guards: Vec<Compare>,
         mut ops: Vec<TxnOp>,
         events: &[AuditEvent],
     ) -> StoreResult<bool> {
+        debug_assert!(!events.is_empty(), "a lost answer is told by its event");
         let (guard, seq) = self.audit_slot().await?;
         guards.push(guard);
         ops.extend(self.audit_ops(seq, events)?);
@@ -1206,6 +1209,18 @@ mod tests {
         let want = [(1, "used"), (2, "committed"), (3, "used")].map(|(n, e)| (n, e.to_string()));
         anyhow::ensure!(log == want, "appended once each: {log:?}");
 
+        // A token's creation whose answer was lost: one token, one event.
+        let created = super::super::event(69, "created", Some("t0"), None, None, None);
+        lose_next();
+        store
+            .insert_token(&token("t0", None), Some(&created))
+            .await?;
+        let found = store.audit_log(3, 10).await?;
+        anyhow::ensure!(
+            found.len() == 1 && found[0].event == "created" && store.token("t0").await?.is_some(),
+            "created once: {found:?}"
+        );
+
         let revoked = super::super::event(70, "revoked", Some("t"), None, None, None);
         let left = super::super::event(71, "host_left", None, None, Some("10.0.0.9"), None);
         lose_next();
@@ -1227,7 +1242,7 @@ mod tests {
         anyhow::ensure!(store.remove_host("n1", &left).await?.is_none());
         // Each audited once, with the change.
         let log: Vec<_> = store
-            .audit_log(3, 10)
+            .audit_log(4, 10)
             .await?
             .into_iter()
             .map(|e| (e.event, e.node_id))

@@ -3,7 +3,7 @@
 //! Each method is one atomic step of the protocol (reserve a join, commit it, expire it,
 //! revoke a token), so a backend maps it to one transaction: an SQLite `BEGIN IMMEDIATE`, an etcd
 //! `Txn` with compare-and-swap ([`etcd`]). Records are plain serde values; backends store them
-//! as JSON. A step that changes something appends the audit event that records it in the same
+//! as JSON. A step whose change is audited appends the event that records it in the same
 //! transaction ([`used_event`], [`commit_events`], [`returned_event`], and the events the caller
 //! hands to `insert_token`, `revoke_token` and `remove_host`).
 //! The conformance tests in [`conformance`] run against every backend.
