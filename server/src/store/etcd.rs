@@ -442,56 +442,28 @@ impl EtcdStore {
                     tracing::warn!(node_id = %r.node_id, "store: a reservation kept changing while it expired; left for the next sweep");
                     break;
                 }
-                let (ran, seq) = self.expire_one(&r, rev, now).await?;
-                let again = match ran {
-                    Ran::Yes => None,
-                    Ran::No | Ran::Unsure => match self.get::<Reservation>(&resv_key).await {
-                        Ok(again) => again,
-                        Err(StoreError::Corrupt(_)) => break,
-                        Err(e) => return Err(e),
-                    },
-                };
-                match (ran, again) {
-                    (Ran::Yes, _) => {}
-                    // Gone: by this sweep's attempt whose answer was lost if the event it
-                    // numbered is its own, else by another coordinator's sweep (which
-                    // audited it).
-                    (_, None) => {
-                        let ours = match seq {
-                            Some(seq) => self
-                                .get::<AuditEvent>(&audit_key(seq))
-                                .await?
-                                .is_some_and(|e| e.value == returned(&r, seq, now)),
-                            None => false,
-                        };
-                        if !ours {
-                            break;
-                        }
+                if self.expire_one(&r, rev, now).await? == Ran::Yes {
+                    if !r.committed {
+                        expired.push(r);
                     }
-                    // Changed since it was read (committed, say), or the audit log grew
-                    // meanwhile: go again with what is there now.
-                    (_, Some(again)) => {
-                        (r, rev) = (again.value, again.rev);
-                        continue;
-                    }
+                    break;
                 }
-                if !r.committed {
-                    expired.push(r);
+                // Changed since it was read (committed, say), or the audit log grew meanwhile:
+                // go again with what is there now. Gone: another coordinator's sweep ended it
+                // (and audited it), or this one's lost attempt at a committed reservation did.
+                match self.get::<Reservation>(&resv_key).await {
+                    Ok(Some(again)) => (r, rev) = (again.value, again.rev),
+                    Ok(None) | Err(StoreError::Corrupt(_)) => break,
+                    Err(e) => return Err(e),
                 }
-                break;
             }
         }
         Ok(())
     }
 
     /// One expired reservation `r`, read at revision `rev`, removed; its use given back and
-    /// audited if it was not committed. Whether it ran, and the number its event was given.
-    async fn expire_one(
-        &self,
-        r: &Reservation,
-        rev: i64,
-        now: u64,
-    ) -> StoreResult<(Ran, Option<u64>)> {
+    /// audited if it was not committed (and then a lost answer is known by its event).
+    async fn expire_one(&self, r: &Reservation, rev: i64, now: u64) -> StoreResult<Ran> {
         let resv_key = format!("resv/{}", r.node_id);
         let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
         let mut guards = vec![self.unchanged(&resv_key, Some(rev))];
@@ -522,12 +494,11 @@ impl EtcdStore {
                 Err(e) => return Err(e),
             }
             ops.extend(self.revoke_ops(&r.serials)?);
-            let (audit_guard, seq) = self.audit_slot().await?;
-            guards.push(audit_guard);
-            ops.extend(self.audit_ops(seq, &[super::returned_event(r, now)])?);
-            return Ok((self.txn_ran(guards, ops).await?, Some(seq)));
+            let events = [super::returned_event(r, now)];
+            let ran = self.txn_audited(guards, ops, &events).await?;
+            return Ok(if ran { Ran::Yes } else { Ran::No });
         }
-        Ok((self.txn_ran(guards, ops).await?, None))
+        self.txn_ran(guards, ops).await
     }
 
     /// The guard that `rest` is as it was read: same mod revision, or still absent.
@@ -699,14 +670,6 @@ impl EtcdStore {
 /// The last audit event's number.
 const AUDIT_SEQ: &str = "audit-seq";
 
-/// The `returned` event of `r` as [`EtcdStore::audit_ops`] numbers it `seq`.
-fn returned(r: &Reservation, seq: u64, now: u64) -> AuditEvent {
-    AuditEvent {
-        seq,
-        ..super::returned_event(r, now)
-    }
-}
-
 /// Where audit event `seq` is kept: zero-padded, so the keys sort as the numbers do.
 fn audit_key(seq: u64) -> String {
     format!("audit/{seq:020}")
@@ -855,25 +818,10 @@ impl Store for EtcdStore {
 
     async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome> {
         let resv_key = format!("resv/{node_id}");
-        // What an attempt whose answer was lost would have written.
-        let mut attempted: Option<(HostRecord, Option<HostRecord>)> = None;
         for _ in 0..MAX_ROUNDS {
             let mut r = match self.get::<Reservation>(&resv_key).await? {
                 Some(r) if !r.value.committed => r,
-                _ => {
-                    // Committed, or gone: by the attempt whose answer was lost if the host
-                    // there is the one it wrote.
-                    if let Some((host, replaced)) = attempted.take() {
-                        let there = self.get::<HostRecord>(&format!("hosts/{node_id}")).await?;
-                        if there.is_some_and(|h| h.value == host) {
-                            return Ok(CommitOutcome::Committed {
-                                host: Box::new(host),
-                                replaced: replaced.map(Box::new),
-                            });
-                        }
-                    }
-                    return self.already_committed(node_id).await;
-                }
+                _ => return self.already_committed(node_id).await,
             };
             if r.value.expires_at <= now {
                 return Ok(CommitOutcome::Unknown);
@@ -918,11 +866,9 @@ impl Store for EtcdStore {
                 memory_used_mb: 0,
             };
             r.value.committed = true;
-            let (audit_guard, seq) = self.audit_slot().await?;
             let mut guards = vec![
                 self.unchanged(&resv_key, Some(r.rev)),
                 self.unchanged(&name_key, index.as_ref().map(|i| i.rev)),
-                audit_guard,
             ];
             let mut ops = vec![
                 self.put(&format!("hosts/{node_id}"), &host, 0)?,
@@ -935,18 +881,13 @@ impl Store for EtcdStore {
                 ops.push(self.delete(&old_key));
                 ops.extend(self.revoke_ops(&o.value.serials)?);
             }
+            // An attempt whose answer was lost is known by its events.
             let events = super::commit_events(&host, old.as_ref().map(|o| &o.value), now, source);
-            ops.extend(self.audit_ops(seq, &events)?);
-            match self.txn_ran(guards, ops).await? {
-                Ran::Yes => {
-                    return Ok(CommitOutcome::Committed {
-                        host: Box::new(host),
-                        replaced: old.map(|o| Box::new(o.value)),
-                    })
-                }
-                Ran::Unsure => attempted = Some((host, old.map(|o| o.value))),
-                // Kept: a lost attempt before this one may still be what the next read finds.
-                Ran::No => {}
+            if self.txn_audited(guards, ops, &events).await? {
+                return Ok(CommitOutcome::Committed {
+                    host: Box::new(host),
+                    replaced: old.map(|o| Box::new(o.value)),
+                });
             }
         }
         Err(contended())

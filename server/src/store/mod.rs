@@ -200,15 +200,7 @@ pub fn event(
 /// What [`Store::reserve`] appends with a new reservation: its token's use, by the joining
 /// address.
 pub fn used_event(r: &Reservation, at: u64) -> AuditEvent {
-    let node = (r.node_id.as_str(), r.host.hostname.as_str());
-    event(
-        at,
-        "used",
-        Some(&r.token_id),
-        Some(node),
-        Some(&r.source),
-        None,
-    )
+    about_reservation("used", r, at, Some(&r.source))
 }
 
 /// What [`Store::commit`] appends with a new host: the host it replaced, if any, then the
@@ -219,15 +211,14 @@ pub fn commit_events(
     at: u64,
     source: &str,
 ) -> Vec<AuditEvent> {
-    let of = |h: &HostRecord| (h.node_id.clone(), h.host.hostname.clone());
+    let about = |name, h: &HostRecord| {
+        let node = Some((h.node_id.as_str(), h.host.hostname.as_str()));
+        event(at, name, Some(&host.token_id), node, Some(source), None)
+    };
     replaced
-        .map(|o| ("replaced", of(o)))
+        .map(|o| about("replaced", o))
         .into_iter()
-        .chain([("committed", of(host))])
-        .map(|(name, (id, hostname))| {
-            let node = Some((id.as_str(), hostname.as_str()));
-            event(at, name, Some(&host.token_id), node, Some(source), None)
-        })
+        .chain([about("committed", host)])
         .collect()
 }
 
@@ -244,8 +235,13 @@ pub fn about_host(e: &AuditEvent, h: &HostRecord) -> AuditEvent {
 /// What [`Store::expire_reservations`] appends for an uncommitted reservation it ends: its
 /// token's use given back.
 pub fn returned_event(r: &Reservation, at: u64) -> AuditEvent {
+    about_reservation("returned", r, at, None)
+}
+
+/// Event `name` about reservation `r`: its token, node id and host name.
+fn about_reservation(name: &str, r: &Reservation, at: u64, source: Option<&str>) -> AuditEvent {
     let node = (r.node_id.as_str(), r.host.hostname.as_str());
-    event(at, "returned", Some(&r.token_id), Some(node), None, None)
+    event(at, name, Some(&r.token_id), Some(node), source, None)
 }
 
 /// A store failure. Backends map their own errors here.
