@@ -64,8 +64,12 @@ pub struct App {
     /// (`pki::san_key_of_name`): this coordinator's own, and what every coordinator of the
     /// platform published, as last read from the store.
     reserved_names: std::sync::RwLock<std::collections::HashSet<String>>,
-    /// The key of the TLS serving certificate, kept in the data folder.
+    /// The key of the TLS serving certificate: the platform's, or (a platform made before it
+    /// kept one) the one in the data folder.
     pub serving_key: pki::ServingKey,
+    /// This coordinator's id among the platform's coordinators: the hex SPKI SHA-256 of the key
+    /// in its data folder.
+    coordinator_id: String,
     pub metrics: Metrics,
     login_failures: FailureLimiter,
     pub token_failures: FailureLimiter,
@@ -129,10 +133,14 @@ pub fn system_now() -> u64 {
 impl App {
     pub fn new(
         store: Arc<dyn Store>,
-        platform: Platform,
+        mut platform: Platform,
         config: Config,
-        serving_key: pki::ServingKey,
+        local_key: pki::ServingKey,
     ) -> Arc<App> {
+        let coordinator_id = muster_protocol::pin::spki_pin(&local_key.key_pair().public_key_der())
+            .trim_start_matches(muster_protocol::pin::PREFIX)
+            .to_string();
+        let serving_key = platform.serving_key.take().unwrap_or(local_key);
         let advertise = config.advertise_or_default();
         let own_names = crate::serve::own_names(&advertise);
         let reserved_names =
@@ -147,6 +155,7 @@ impl App {
             own_names: std::sync::RwLock::new(own_names),
             names_seen: Mutex::new(None),
             serving_key,
+            coordinator_id,
             metrics: Metrics::default(),
             login_failures,
             token_failures,
@@ -383,9 +392,9 @@ impl App {
     /// Publishes this coordinator's names in the store, under the id of its serving key, for
     /// the platform's other coordinators to keep from ordinary hosts' certificates.
     pub async fn publish_names(&self) -> anyhow::Result<()> {
-        let id = muster_protocol::pin::spki_pin(&self.serving_key.key_pair().public_key_der());
-        let id = id.trim_start_matches("sha256:").to_string();
-        self.store.publish_names(&id, &self.own_names()).await?;
+        self.store
+            .publish_names(&self.coordinator_id, &self.own_names())
+            .await?;
         self.refresh_names().await
     }
 
@@ -448,9 +457,13 @@ fn same_names(a: &[String], b: &[String]) -> bool {
 /// The line that enrolls a host with a token: fetch `install.sh` over TLS pinned to this
 /// coordinator's serving key and hand it the token. The script passes the token on to `muster`
 /// in its environment, never in a URL or an argument list of its own making.
+/// The token rides in `sh`'s environment, set by the shell itself (an assignment before a
+/// command runs no process) and passed on by `sudo --preserve-env`: it is in no argument list,
+/// where every local user could read it in /proc.
 pub fn install_line(coordinator: &str, curl_pin: &str, token: &str) -> String {
     format!(
-        "curl -fsSk --pinnedpubkey '{curl_pin}' https://{coordinator}/install.sh | sudo sh -s -- --roles-token '{token}'"
+        "curl -fsSk --pinnedpubkey '{curl_pin}' https://{coordinator}/install.sh | \
+         MUSTER_ROLES_TOKEN='{token}' sudo --preserve-env=MUSTER_ROLES_TOKEN sh"
     )
 }
 

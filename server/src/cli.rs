@@ -162,23 +162,113 @@ fn me(mode: u32) -> Perms {
     }
 }
 
+/// Whether a command may make a data folder and an empty store: only `init` and `unseal` (and
+/// `restore`, which builds its folder apart) do; every other command finds them or stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    Yes,
+    No,
+}
+
 /// The store the config names: SQLite in the data folder, or the etcd cluster.
-async fn open_store(data_dir: &Path, config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(
+    data_dir: &Path,
+    config: &Config,
+    create: Create,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let db = data_dir.join(SQLITE_FILE);
+    if create == Create::No {
+        if !data_dir.is_dir() {
+            bail!(
+                "the data folder {} does not exist: no platform there (looked for {}); give \
+                 --data-dir, or create a platform with `musterd init`",
+                data_dir.display(),
+                config.describe_store(data_dir)
+            );
+        }
+        if config.store.backend == Backend::Sqlite && !db.exists() {
+            bail!(
+                "no platform in {}; give --data-dir or --config, or create one with `musterd init`",
+                config.describe_store(data_dir)
+            );
+        }
+    }
     ensure_dir(data_dir, me(0o700))
         .with_context(|| format!("preparing data folder {}", data_dir.display()))?;
     Ok(match config.store.backend {
-        Backend::Sqlite => Arc::new(SqliteStore::open(&data_dir.join("muster.db"))?),
+        Backend::Sqlite => Arc::new(SqliteStore::open(&db)?),
         Backend::Etcd => Arc::new(EtcdStore::connect(&config.store.etcd).await?),
     })
 }
 
+/// The embedded store's file in the data folder.
+const SQLITE_FILE: &str = "muster.db";
+
+/// Where `init --advertise` keeps the addresses it was given, so that every later command of
+/// this coordinator (serve, token create) puts the same ones into tokens and install lines.
+const ADVERTISE_FILE: &str = "advertise.json";
+
+/// The config (`--config`, or the packaged one), with the addresses `init --advertise`
+/// recorded in the data folder when the config names none.
+fn load_config(data: &DataArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(data.config.as_deref())?;
+    if config.advertise.is_empty() {
+        let p = data.data_dir.join(ADVERTISE_FILE);
+        match std::fs::read(&p) {
+            Ok(bytes) => {
+                config.advertise = serde_json::from_slice(&bytes).with_context(|| {
+                    format!("reading {} (a JSON list of host:port)", p.display())
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("reading {}: {e}", p.display()),
+        }
+    }
+    Ok(config)
+}
+
+/// The platform record is there, or an error that says where it was looked for.
+async fn ensure_platform(
+    store: &dyn Store,
+    config: &Config,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    if store.platform().await?.is_none() {
+        bail!(
+            "no platform in {}; give --data-dir or --config, or create one with `musterd init`",
+            config.describe_store(data_dir)
+        );
+    }
+    Ok(())
+}
+
 async fn load_app(data: &DataArgs) -> anyhow::Result<Arc<App>> {
-    let config = Config::load(data.config.as_deref())?;
-    let store = open_store(&data.data_dir, &config).await?;
+    let config = load_config(data)?;
+    let store = open_store(&data.data_dir, &config, Create::No).await?;
+    ensure_platform(store.as_ref(), &config, &data.data_dir).await?;
     let key = read_unseal_key(&data.data_dir)?;
     let platform = Platform::load(store.as_ref(), &key).await?;
     let serving_key = crate::pki::ServingKey::load_or_create(&data.data_dir)?;
     Ok(App::new(store, platform, config, serving_key))
+}
+
+/// What in `data_dir` says it already belongs to a platform (or a director): the names found.
+/// `ca.pem` alone is not among them: it is public, and init writes it anew.
+fn muster_state_in(data_dir: &Path) -> Vec<String> {
+    [
+        SQLITE_FILE,
+        "muster.db-wal",
+        UNSEAL_KEY_FILE,
+        "bootstrap-secrets.json",
+        crate::pki::ServingKey::FILE,
+        ADVERTISE_FILE,
+        crate::director::CERT_FILE,
+        crate::director::KEY_FILE,
+    ]
+    .iter()
+    .filter(|f| data_dir.join(f).symlink_metadata().is_ok())
+    .map(|f| f.to_string())
+    .collect()
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -189,7 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => init(&data, advertise, output).await,
         Cmd::Serve { data, listen } => {
-            let config = Config::load(data.config.as_deref())?;
+            let config = load_config(&data)?;
             if config.mode == Mode::Director {
                 return serve_director(&data, config, listen).await;
             }
@@ -256,9 +346,16 @@ fn read_unseal_key(data_dir: &Path) -> anyhow::Result<DataKey> {
 
 /// `musterd unseal`: the data key from the store, unwrapped with the emergency token.
 async fn unseal(data: &DataArgs, token_file: Option<&Path>) -> anyhow::Result<()> {
-    let config = Config::load(data.config.as_deref())?;
+    let config = load_config(data)?;
+    // A coordinator joining an etcd platform gets its data folder here; the embedded store is
+    // never made by unseal (that is init's or restore's).
+    let create = match config.store.backend {
+        Backend::Etcd => Create::Yes,
+        Backend::Sqlite => Create::No,
+    };
+    let store = open_store(&data.data_dir, &config, create).await?;
+    ensure_platform(store.as_ref(), &config, &data.data_dir).await?;
     let token = emergency_token(token_file)?;
-    let store = open_store(&data.data_dir, &config).await?;
     let key = Platform::unwrap_key(store.as_ref(), &token).await?;
     write_unseal_key(&data.data_dir, &key)?;
     eprintln!(
@@ -270,17 +367,17 @@ async fn unseal(data: &DataArgs, token_file: Option<&Path>) -> anyhow::Result<()
 
 /// `musterd backup`: a consistent snapshot of the embedded store, secrets still sealed.
 async fn backup(data: &DataArgs, output: &Path) -> anyhow::Result<()> {
-    let config = Config::load(data.config.as_deref())?;
+    let config = load_config(data)?;
     if config.store.backend != Backend::Sqlite {
         bail!(
             "musterd backup copies the embedded store; back etcd up with `etcdctl snapshot save`"
         );
     }
-    let db = data.data_dir.join("muster.db");
+    let db = data.data_dir.join(SQLITE_FILE);
     if !db.exists() {
         bail!(
-            "{} is missing: no platform in this data folder",
-            db.display()
+            "no platform in {}; give --data-dir or --config",
+            config.describe_store(&data.data_dir)
         );
     }
     let store = SqliteStore::open(&db)?;
@@ -399,8 +496,9 @@ async fn serve_director(
     listen: Option<String>,
 ) -> anyhow::Result<()> {
     let tls = crate::serve::director_tls_config(&data.data_dir)?;
-    let store = open_store(&data.data_dir, &config).await?;
+    let store = open_store(&data.data_dir, &config, Create::No).await?;
     // Fail at start, not at the first recovery, when the store holds no platform.
+    ensure_platform(store.as_ref(), &config, &data.data_dir).await?;
     let public = crate::platform::PublicPlatform::load(store.as_ref()).await?;
     write_ca_pem(&data.data_dir, &public.http_ca_pem)?;
     let listen = listen.unwrap_or_else(|| config.listen.clone());
@@ -480,18 +578,32 @@ async fn shutdown_signal() {
 
 async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow::Result<()> {
     let mut config = Config::load(data.config.as_deref())?;
-    if !advertise.is_empty() {
+    let advertise_given = !advertise.is_empty();
+    if advertise_given {
         config.advertise = advertise;
     }
     let secrets_path = data.data_dir.join("bootstrap-secrets.json");
-    if secrets_path.exists() {
-        bail!("{} exists: this data folder already holds a platform; refusing to create another over it", secrets_path.display());
+    let found = muster_state_in(&data.data_dir);
+    if !found.is_empty() {
+        bail!(
+            "{} already holds Muster state ({}): refusing to create a platform over it; use an \
+             empty data folder (a coordinator joining an etcd platform runs `musterd unseal`)",
+            data.data_dir.display(),
+            found.join(", ")
+        );
     }
     if config.mode == Mode::Director {
         bail!("a director holds no secret and creates no platform; run `musterd init` on a coordinator");
     }
     let store_tls = store_tls(&config)?;
-    let store = open_store(&data.data_dir, &config).await?;
+    let store = open_store(&data.data_dir, &config, Create::Yes).await?;
+    if store.platform().await?.is_some() {
+        bail!(
+            "{} already holds a platform; refusing to create another over it (a coordinator \
+             joining it runs `musterd unseal`)",
+            config.describe_store(&data.data_dir)
+        );
+    }
     let (platform, secrets, key) = Platform::init(
         store.as_ref(),
         &config.advertise_or_default(),
@@ -502,7 +614,17 @@ async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow
     let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&secrets)?);
     // The platform is in the store now and a second init is refused, so the secrets are shown
     // even if a file cannot be written (a full disk): they are not lost with it.
+    let advertise_path = data.data_dir.join(ADVERTISE_FILE);
     let written = write_unseal_key(&data.data_dir, &key)
+        .and_then(|()| match advertise_given {
+            true => write_atomic(
+                &advertise_path,
+                serde_json::to_string(&config.advertise)?.as_bytes(),
+                me(0o644),
+            )
+            .with_context(|| format!("writing {}", advertise_path.display())),
+            false => Ok(()),
+        })
         .and_then(|()| {
             write_atomic(&secrets_path, json.as_bytes(), me(0o600))
                 .with_context(|| format!("writing {}", secrets_path.display()))

@@ -89,7 +89,14 @@ pub struct Config {
     pub token_failures_per_minute: u32,
     /// Path of the static installer served at `/download/muster-x86_64`.
     pub installer_path: Option<PathBuf>,
+    /// The file this was read from (not a key of the file).
+    #[serde(skip)]
+    source: Option<PathBuf>,
 }
+
+/// The config every `musterd` command reads when `--config` (or `MUSTERD_CONFIG`) names none
+/// and this file exists: the one the packages install.
+pub const DEFAULT_PATH: &str = "/etc/muster/musterd.yaml";
 
 impl Default for Config {
     fn default() -> Self {
@@ -108,22 +115,58 @@ impl Default for Config {
             login_failures_per_minute: 10,
             token_failures_per_minute: 30,
             installer_path: None,
+            source: None,
         }
     }
 }
 
 impl Config {
+    /// The file given, or else [`DEFAULT_PATH`] when it exists (a packaged coordinator's), or
+    /// else the defaults. [`Config::source`] says which.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-        use anyhow::Context;
-        let Some(path) = path else {
-            return Ok(Config::default());
+        let default = Path::new(DEFAULT_PATH);
+        match path {
+            Some(p) => Config::load_file(p),
+            None if default.exists() => Config::load_file(default),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// The config file read, if any: for messages that must say where a setting came from.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Where the store is, as a person would look for it: the backend, where it lives, and the
+    /// config file that said so.
+    pub fn describe_store(&self, data_dir: &Path) -> String {
+        let place = match self.store.backend {
+            Backend::Sqlite => format!(
+                "the embedded SQLite store {}",
+                data_dir.join("muster.db").display()
+            ),
+            Backend::Etcd => format!(
+                "etcd at {} under {}",
+                self.store.etcd.endpoints.join(","),
+                self.store.etcd.prefix
+            ),
         };
+        match self.source() {
+            Some(f) => format!("{place} (config {})", f.display()),
+            None => format!("{place} (no config file: not given, and {DEFAULT_PATH} is absent)"),
+        }
+    }
+
+    fn load_file(path: &Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         let cfg: Config = serde_norway::from_str(&text)
             .with_context(|| format!("parsing config {}", path.display()))?;
+        let mut cfg = cfg;
         cfg.check()
             .with_context(|| format!("in config {}", path.display()))?;
+        cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
 

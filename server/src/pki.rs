@@ -125,9 +125,12 @@ impl Ca {
     }
 }
 
-/// The key of the coordinator's TLS serving certificate. It is kept in the data folder, so the
-/// key, and with it the `--pinnedpubkey` pin of the install one-liner, survives restarts; the
-/// certificate over it is made anew at each start.
+/// A coordinator's TLS serving key. A platform keeps one, sealed with its secrets and shared by
+/// every coordinator, so the `--pinnedpubkey` pin of an install line holds at any coordinator,
+/// across restarts and after a restore. Each coordinator also keeps one in its data folder: it
+/// names the coordinator (the names it publishes are filed under its pin), and it serves TLS
+/// for a platform made before the shared key existed. The certificate over the serving key is
+/// made anew at each start.
 pub struct ServingKey {
     key: KeyPair,
 }
@@ -178,6 +181,12 @@ impl ServingKey {
             )
         })?;
         Ok(Some(ServingKey { key }))
+    }
+
+    /// A key from PKCS#8 PEM (the platform's, unsealed).
+    pub fn from_pem(pem: &str) -> anyhow::Result<ServingKey> {
+        let key = KeyPair::from_pem(pem).map_err(|_| anyhow::anyhow!("not a PEM private key"))?;
+        Ok(ServingKey { key })
     }
 
     pub fn key_pair(&self) -> &KeyPair {

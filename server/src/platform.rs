@@ -62,6 +62,11 @@ struct Secrets {
     /// key and the CA certificates are still checked against the sealed keys.
     #[serde(default)]
     public_sha256: Option<String>,
+    /// PKCS#8 PEM of the key every coordinator of the platform serves TLS with, so the pin of
+    /// an install line holds at any coordinator and after a restore. Records made before it
+    /// have none; their coordinators serve with the key in their data folder.
+    #[serde(default)]
+    serving_key: Option<String>,
 }
 
 /// The digest of a public part that its secrets hold.
@@ -149,6 +154,9 @@ pub struct Platform {
     pub admin_password_hash: String,
     pub api_key_hash: String,
     pub emergency_token_id: String,
+    /// The platform's TLS serving key, shared by its coordinators (None for a platform made
+    /// before it was kept there).
+    pub serving_key: Option<crate::pki::ServingKey>,
 }
 
 /// What `init` prints once and writes to `bootstrap-secrets.json`.
@@ -221,6 +229,9 @@ impl Platform {
             psk_key: psk_key.to_string(),
             store_tls,
             public_sha256: Some(public_digest(&public)?),
+            serving_key: Some(
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem(),
+            ),
         };
         let platform = Platform::from_parts(&public, &secrets)?;
         let (emergency_token, emergency) = platform.make_token(
@@ -344,6 +355,12 @@ impl Platform {
             admin_password_hash: p.admin_password_hash.clone(),
             api_key_hash: p.api_key_hash.clone(),
             emergency_token_id: p.emergency_token_id.clone(),
+            serving_key: s
+                .serving_key
+                .as_deref()
+                .map(crate::pki::ServingKey::from_pem)
+                .transpose()
+                .context("loading the platform's serving key")?,
         })
     }
 

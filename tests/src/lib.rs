@@ -542,6 +542,62 @@ impl Run {
 }
 
 /// Runs a command and returns its stdout, failing with its stderr.
+/// Everything under `dir`, for comparing a whole tree before and after: each path (relative,
+/// folders too) with its owner, mode, kind and, for files, the SHA-256 of its content.
+pub fn tree(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            let m = std::fs::symlink_metadata(&p)?;
+            let what = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p)?.display())
+            } else if m.is_dir() {
+                todo.push(p.clone());
+                "dir".to_string()
+            } else {
+                format!(
+                    "file {}",
+                    hex::encode(sha2::Sha256::digest(std::fs::read(&p)?))
+                )
+            };
+            let rel = p.strip_prefix(dir)?.display().to_string();
+            out.insert(
+                rel,
+                format!("{}:{} {:o} {what}", m.uid(), m.gid(), m.mode() & 0o7777),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A command line typed into a shell, as a person pastes it: read by `sh` from its input, so
+/// it is in no process's argument list (as `sh -c LINE` would put it).
+pub fn typed(line: &str) -> anyhow::Result<Run> {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{line}")?;
+    }
+    Ok(Run::from(child.wait_with_output()?))
+}
+
+/// The `curl … /install.sh` part of a printed install line, run as typed: whether curl took
+/// the coordinator's key for the line's pin (curl's exit code, 90 when it did not).
+pub fn install_line_fetch(line: &str) -> anyhow::Result<Run> {
+    let (fetch, _) = line
+        .split_once(" | ")
+        .ok_or_else(|| anyhow::anyhow!("no pipe in the install line {line:?}"))?;
+    typed(&format!("{fetch} > /dev/null"))
+}
+
 pub fn tool(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {

@@ -52,6 +52,115 @@ fn init_writes_secrets_once_and_refuses_twice() -> R {
 }
 
 #[test]
+fn init_refuses_a_folder_holding_muster_state_and_changes_nothing() -> R {
+    for planted in [
+        "unseal.key",
+        "muster.db",
+        "bootstrap-secrets.json",
+        "serving-key.pem",
+        "advertise.json",
+        "director-key.pem",
+    ] {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data)?;
+        std::fs::write(data.join(planted), b"what an earlier platform left here")?;
+        let before = tree(dir.path())?;
+        let r = Run::from(
+            Command::new(bin("musterd"))
+                .args(["init", "--output", "json", "--data-dir"])
+                .arg(&data)
+                .output()?,
+        );
+        assert_ne!(r.code, 0, "{planted}: {r:?}");
+        assert!(
+            r.stderr.contains("already holds Muster state") && r.stderr.contains(planted),
+            "{planted}: {r:?}"
+        );
+        assert_eq!(r.stdout, "", "{planted}: secrets printed");
+        assert_eq!(tree(dir.path())?, before, "{planted}: the folder changed");
+    }
+    Ok(())
+}
+
+#[test]
+fn commands_other_than_init_never_create_a_store() -> R {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("mistyped");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    let before = tree(dir.path())?;
+    for data in [&missing, &empty] {
+        for args in [
+            vec!["token", "create", "--roles", "allocator"],
+            vec!["token", "list"],
+            vec!["token", "revoke", "some-id"],
+            vec!["serve", "--listen", "127.0.0.1:1"],
+            vec!["backup", "--output", "-"],
+            vec![
+                "director-cert",
+                "--address",
+                "d.example",
+                "--output",
+                "/nonexistent/d",
+            ],
+            vec!["unseal"],
+        ] {
+            let r = Run::from(
+                Command::new(bin("musterd"))
+                    .args(&args)
+                    .arg("--data-dir")
+                    .arg(data)
+                    .env("MUSTER_EMERGENCY_TOKEN", "not.a.token")
+                    .env_remove("MUSTERD_CONFIG")
+                    .output()?,
+            );
+            assert_ne!(r.code, 0, "{args:?} in {}: {r:?}", data.display());
+            assert!(
+                r.stderr.contains("the embedded SQLite store")
+                    && r.stderr.contains(&data.display().to_string()),
+                "{args:?} names the backend and where it looked: {r:?}"
+            );
+        }
+    }
+    assert_eq!(tree(dir.path())?, before, "a command made something");
+    Ok(())
+}
+
+#[test]
+fn init_advertise_is_kept_for_every_later_command() -> R {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    tool(
+        Command::new(bin("musterd"))
+            .args([
+                "init",
+                "--output",
+                "json",
+                "--advertise",
+                "coordinator-9.example.net:12443",
+            ])
+            .arg("--data-dir")
+            .arg(&data),
+    )?;
+    let out = tool(
+        Command::new(bin("musterd"))
+            .args(["token", "create", "--roles", "proxy", "--output", "json"])
+            .arg("--data-dir")
+            .arg(&data),
+    )?;
+    let v: Value = serde_json::from_str(&out)?;
+    let line = v["install_command"].as_str().unwrap_or_default();
+    assert!(
+        line.contains("https://coordinator-9.example.net:12443/install.sh"),
+        "{v}"
+    );
+    let claims = muster_protocol::token::inspect(v["token"].as_str().unwrap_or_default())?;
+    assert_eq!(claims.coordinators, vec!["coordinator-9.example.net:12443"]);
+    Ok(())
+}
+
+#[test]
 fn an_init_that_cannot_write_its_files_still_shows_its_secrets() -> R {
     // A folder where ca.pem goes: the platform is in the store before the files are written,
     // and a second init is refused, so the secrets must reach the operator anyway.

@@ -20,15 +20,20 @@ fn serving_coordinator() -> anyhow::Result<Coordinator> {
     })
 }
 
-/// The pinned `curl … | sh -s -- …` line as a test runs it: already root, so no sudo, and
-/// into the host's scratch root.
+/// The pinned `curl … | MUSTER_ROLES_TOKEN=… sudo --preserve-env=… sh` line as printed (sudo
+/// and all), with `muster install` options after it that put the host into its scratch root.
 fn local(line: &str, h: &Host) -> String {
     format!(
-        "{} --root '{}' --hostname {} --timeout 20s",
-        line.replacen("| sudo sh -s --", "| sh -s --", 1),
+        "{line} -s -- --root '{}' --hostname {} --timeout 20s",
         h.root.path().display(),
         h.name
     )
+}
+
+/// The line as musterd prints it: the token in an assignment to `sh`'s environment, passed on
+/// by sudo, never as an argument.
+fn printed_line(token: &str) -> String {
+    format!("| MUSTER_ROLES_TOKEN='{token}' sudo --preserve-env=MUSTER_ROLES_TOKEN sh")
 }
 
 fn sha256(p: &Path) -> anyhow::Result<String> {
@@ -56,24 +61,25 @@ fn the_one_liner_enrolls_a_host_over_pinned_tls_without_showing_the_token() -> R
     assert!(
         line.starts_with("curl -fsSk --pinnedpubkey 'sha256//")
             && line.contains(&format!("https://{}/install.sh", c.host()))
-            && line.ends_with(&format!("| sudo sh -s -- --roles-token '{token}'")),
+            && line.ends_with(&printed_line(&token)),
         "{line}"
     );
     let h = Host::new("one-liner")?;
-    // A pre-enroll hook records what `muster` was started with and whether it sees the token.
+    // A pre-enroll hook records what `muster` was started with, whether it sees the token,
+    // and every process on the machine whose argument list holds the token (curl, sudo, sh and
+    // muster are all running then).
     let seen = h.path("seen");
     executable(
         &h.path("etc/muster/hooks.d/pre-enroll/10-argv"),
         &format!(
-            "#!/bin/sh\ntr '\\000' ' ' < /proc/$PPID/cmdline > {s}.argv\nenv > {s}.env\n",
+            "#!/bin/sh\ntr '\\000' ' ' < /proc/$PPID/cmdline > {s}.argv\nenv > {s}.env\n\
+             grep -l -F -f {s}.token /proc/[0-9]*/cmdline > {s}.holders 2>/dev/null || true\n\
+             ls /proc | grep -c '^[0-9]' > {s}.procs\n",
             s = seen.display()
         ),
     )?;
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(local(&line, &h))
-        .output()?;
-    let r = Run::from(out);
+    std::fs::write(seen.with_extension("token"), &token)?;
+    let r = typed(&local(&line, &h))?;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("enrolled as"), "{r:?}");
     assert!(
@@ -98,6 +104,12 @@ fn the_one_liner_enrolls_a_host_over_pinned_tls_without_showing_the_token() -> R
     );
     let env = std::fs::read_to_string(seen.with_extension("env"))?;
     assert!(!env.contains(&token), "a hook saw the token");
+    let holders = std::fs::read_to_string(seen.with_extension("holders"))?;
+    assert_eq!(holders, "", "processes whose argument list held the token");
+    let procs: u32 = std::fs::read_to_string(seen.with_extension("procs"))?
+        .trim()
+        .parse()?;
+    assert!(procs > 1, "the hook saw no processes to check");
     Ok(())
 }
 
@@ -347,12 +359,12 @@ fn token_create_prints_the_install_line_and_the_api_only_on_request() -> R {
         .unwrap_or_default();
     assert!(
         line.starts_with("curl -fsSk --pinnedpubkey 'sha256//")
-            && line.ends_with(&format!("| sudo sh -s -- --roles-token '{token}'")),
+            && line.ends_with(&printed_line(&token)),
         "{out}"
     );
     // The CLI's pin is the running server's: the line works as printed.
     let h = Host::new("from-cli")?;
-    let r = Run::from(Command::new("sh").arg("-c").arg(local(line, &h)).output()?);
+    let r = typed(&local(line, &h))?;
     assert_eq!(r.code, 0, "{r:?}");
 
     let (code, v) = c.api(

@@ -191,6 +191,40 @@ fn enroll_inside(o: &Overlay, c: &Coordinator, name: &str) -> R {
 }
 
 #[test]
+fn a_packaged_coordinator_reads_its_config_without_being_told() -> R {
+    let base = debian_root()?;
+    let o = Overlay::new(&base)?;
+    std::fs::copy(package("musterd", "deb")?, o.path("tmp/musterd.deb"))?;
+    o.run("dpkg -i /tmp/musterd.deb")?;
+    // Before init: every command says where it looked, and makes nothing there.
+    let out = o.chroot("musterd token list").output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains("no platform in the embedded SQLite store /var/lib/musterd/muster.db")
+            && err.contains("config /etc/muster/musterd.yaml"),
+        "{err}"
+    );
+    assert!(!o.path("var/lib/musterd/muster.db").exists());
+    // The operator sets the address hosts reach it at, once, in the packaged config.
+    o.run("echo 'advertise: [coordinator-1.example.net:12443]' >> /etc/muster/musterd.yaml")?;
+    o.run("musterd init --output json > /root/secrets.json")?;
+    let out = o.run("musterd token create --roles allocator")?;
+    let line = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("https://coordinator-1.example.net:12443/install.sh"),
+        "{out}"
+    );
+    let list = o.run("musterd token list")?;
+    assert!(list.contains("allocator"), "{list}");
+    Ok(())
+}
+
+#[test]
 fn deb_packages_install_enroll_upgrade_and_purge_in_a_debian_root() -> R {
     let base = debian_root()?;
     let o = Overlay::new(&base)?;

@@ -73,6 +73,7 @@ fn backup_while_serving_and_restore_with_the_emergency_token_give_the_same_platf
     let mut c = Coordinator::start()?;
     let (kept, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
     let (revoked, revoked_id) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let (_, _, line) = c.token_with_line(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     let h = Host::new("before-backup")?;
     assert_eq!(h.install(&c.host(), &kept, &[])?.code, 0);
     let (code, _) = c.api("DELETE", &format!("{TOKENS}/{revoked_id}"), None)?;
@@ -153,6 +154,10 @@ fn backup_while_serving_and_restore_with_the_emergency_token_give_the_same_platf
     let h3 = Host::new("revoked-after-restore")?;
     let r = h3.install(&c.host(), &revoked, &[])?;
     assert_eq!(r.json()["code"], "token.revoked", "{r:?}");
+    // An install line printed before the backup still fetches over its pin (curl says 90
+    // when the coordinator's key is not the pinned one).
+    let r = install_line_fetch(&line)?;
+    assert_eq!(r.code, 0, "{r:?}");
     // And the old host's agent still talks to it.
     let r = h.muster(&["agent", "--count", "1"])?;
     assert_eq!(r.code, 0, "{r:?}");

@@ -63,6 +63,45 @@ fn two_coordinators_share_tokens_and_a_revocation_is_refused_by_both_at_once() -
 }
 
 #[test]
+fn an_install_line_printed_by_one_coordinator_runs_against_another() -> R {
+    let etcd = Etcd::start(1)?;
+    let (p1, p2) = (free_port(), free_port());
+    let opts = |port| Opts {
+        config: format!(
+            "{}installer_path: {}\n",
+            etcd.store_config("/muster/"),
+            static_installer().display()
+        ),
+        start: true,
+        port: Some(port),
+        // The first advertised address is the first coordinator's: lines name it.
+        advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
+        ..Opts::default()
+    };
+    let c1 = Coordinator::with(opts(p1))?;
+    let c2 = Coordinator::alongside(&c1, opts(p2))?;
+    let (_, _, line) = c2.token_with_line(r#"{"persistent":false,"roles":["allocator"]}"#)?;
+    assert!(
+        line.contains(&format!("https://{}/install.sh", c1.host())),
+        "{line}"
+    );
+    // The whole line, as printed by the second coordinator, enrolls a host at the first.
+    let h = Host::new("line-from-second")?;
+    let r = typed(&format!(
+        "{line} -s -- --root '{}' --hostname {} --timeout 20s",
+        h.root.path().display(),
+        h.name
+    ))?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(h.state()["stage"], "committed", "{}", h.state());
+    // And its pin holds at the second as well.
+    let at_second = line.replace(&c1.host(), &c2.host());
+    let r = install_line_fetch(&at_second)?;
+    assert_eq!(r.code, 0, "{r:?}");
+    Ok(())
+}
+
+#[test]
 fn one_use_token_raced_through_two_coordinators_by_fifty_installers_enrolls_once() -> R {
     let etcd = Etcd::start(1)?;
     let (c1, c2) = pair(&etcd)?;
