@@ -12,7 +12,7 @@ for tool in curl:curl wget:wget openssl:openssl stat:coreutils mount:mount file:
   faketime:faketime setpriv:util-linux ip:iproute2 shellcheck:shellcheck lintian:lintian \
   rpm:rpm rpmlint:rpmlint cloud-init:cloud-init debootstrap:debootstrap \
   dpkg-scanpackages:dpkg-dev systemd-analyze:systemd etcd:etcd-server etcdctl:etcd-client \
-  cfssl:golang-cfssl; do
+  cfssl:golang-cfssl sudo:sudo; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 if [ -n "$need" ]; then

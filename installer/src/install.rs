@@ -256,6 +256,55 @@ fn put_back(root: &Path, mut e: Failure) -> Failure {
     e
 }
 
+/// The host folders (and their parents, up to the root) that do not exist yet, deepest last.
+fn missing_dirs(root: &Path, o: &Owners) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = vec![];
+    for (dir, _) in layout::dirs(root, o) {
+        let mut chain = vec![];
+        let mut d = dir.as_path();
+        while d != root && std::fs::symlink_metadata(d).is_err() {
+            chain.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        for d in chain.into_iter().rev() {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a failure of a first run can never turn into an enrollment by running again: the
+/// token refused, a role it does not grant, a coordinator that is not the platform's.
+fn final_refusal(e: &Failure) -> bool {
+    matches!(
+        e.exit,
+        Exit::TokenRefused | Exit::RoleNotAllowed | Exit::PinMismatch
+    ) || refused_for_good(e)
+}
+
+/// Takes away what a first run wrote before it was refused: its keys, its state, its lock and
+/// the folders it made (only while empty: whatever else is there stays).
+fn undo_first_run(root: &Path, made_dirs: &[PathBuf]) {
+    for path in [
+        File::NodeKey.path(root),
+        File::HttpKey.path(root),
+        File::State.path(root),
+        layout::lock_path(root),
+    ] {
+        if let Err(e) = muster_protocol::fs::remove(&path) {
+            eprintln!("muster: {e}; remove it by hand (written by this refused run)");
+        }
+    }
+    for d in made_dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
 /// Removes keys staged by a `--force` that never got its join answered.
 fn drop_staged_keys(root: &Path) -> Result<()> {
     for f in [File::NodeKey, File::HttpKey] {
@@ -472,6 +521,8 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     )?;
 
     p.step("preparing keys on this host");
+    // What this run makes, so that a refusal no retry can fix takes it all away again.
+    let made_dirs = missing_dirs(root, &owners);
     for (dir, perms) in layout::dirs(root, &owners) {
         ensure_dir(&dir, perms)?;
     }
@@ -607,6 +658,14 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     .await;
     let (tkey, _hkey, mut client, bundle, recovered_files) = match attempt {
         Ok(done) => done,
+        // A first run refused for good (a forged or revoked token, a role it does not grant,
+        // another platform's coordinator): the host is left exactly as it was. Only a
+        // coordinator that may answer later keeps the keys, for the retry.
+        Err(e) if state.is_none() && !replacing && final_refusal(&e) => {
+            drop(_lock);
+            undo_first_run(root, &made_dirs);
+            return Err(e);
+        }
         Err(mut e) if replacing => {
             drop_staged_keys(root)?;
             e.message

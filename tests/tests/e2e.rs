@@ -743,15 +743,14 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
     ];
     for (name, t, extra, want, code) in cases {
         let h = Host::new("h")?;
+        let before = tree(h.root.path())?;
         let r = h.install(&c.host(), &t, &extra)?;
         assert_eq!(r.code, want, "{name}: {r:?}");
         if let Some(code) = code {
             assert_eq!(r.json()["code"], code, "{name}: {r:?}");
         }
-        assert!(
-            !h.path("etc/muster/tls/node.crt").exists(),
-            "{name}: certificates written"
-        );
+        // Nothing this run wrote is left: no key, no state, no folder.
+        assert_eq!(tree(h.root.path())?, before, "{name}: the root changed");
         assert!(
             !r.stderr.contains(&t) || t.len() < 20,
             "{name}: token echoed"
@@ -759,21 +758,47 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
     }
     // The emergency token never enrolls an allocator.
     let h = Host::new("h")?;
+    let before = tree(h.root.path())?;
     let r = h.install(
         &c.host(),
         &c.secret("emergency_token"),
         &["--roles", "allocator"],
     )?;
     assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(tree(h.root.path())?, before, "emergency: the root changed");
     // A revoked token is refused by the coordinator with its own code.
     let (tok2, id2) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
     c.api("DELETE", &format!("{TOKENS}/{id2}"), None)?;
-    let r = Host::new("h2")?.install(&c.host(), &tok2, &[])?;
+    let h2 = Host::new("h2")?;
+    let before = tree(h2.root.path())?;
+    let r = h2.install(&c.host(), &tok2, &[])?;
     assert_eq!(
         (r.code, r.json()["code"].as_str()),
         (3, Some("token.revoked")),
         "{r:?}"
     );
+    assert_eq!(tree(h2.root.path())?, before, "revoked: the root changed");
+    // A coordinator that does not answer (the other platform's is not started) keeps the
+    // keys for the retry, as documented.
+    let tok5 = other_tok.clone();
+    let h5 = Host::new("h5")?;
+    let r = Run::from(
+        Command::new(bin("muster"))
+            .args(["install", "--output", "json", "--timeout", "2s"])
+            .args([
+                "--coordinator-host",
+                &other.host(),
+                "--hostname",
+                "h5",
+                "--root",
+            ])
+            .arg(h5.root.path())
+            .env("MUSTER_ROLES_TOKEN", &tok5)
+            .output()?,
+    );
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(h5.path("etc/muster/tls/node.key").exists(), "{r:?}");
+    assert_eq!(h5.state()["stage"], "keys", "{}", h5.state());
     // An expired one is refused locally, before any network call.
     let (tok3, _) = c.token(r#"{"persistent":false,"roles":["proxy"],"validity_in_seconds":1}"#)?;
     std::thread::sleep(Duration::from_secs(1));
@@ -784,8 +809,11 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
     // Source restriction.
     let (tok4, _) =
         c.token(r#"{"persistent":true,"roles":["proxy"],"allowed_sources":["10.9.0.0/16"]}"#)?;
-    let r = Host::new("h4")?.install(&c.host(), &tok4, &[])?;
+    let h4 = Host::new("h4")?;
+    let before = tree(h4.root.path())?;
+    let r = h4.install(&c.host(), &tok4, &[])?;
     assert_eq!(r.json()["code"], "token.source_not_allowed", "{r:?}");
+    assert_eq!(tree(h4.root.path())?, before, "source: the root changed");
     let log = c.log();
     for t in [&tok, &tok2, &tok4] {
         assert!(!log.contains(t.as_str()), "token in the server log");
