@@ -2,7 +2,10 @@
 # Muster one-line installer.
 #
 #   curl -fsSk --pinnedpubkey 'sha256//…' https://COORDINATOR:12443/install.sh \
-#       | sudo sh -s -- --roles-token 'TOKEN' [more `muster install` options]
+#       | MUSTER_ROLES_TOKEN='TOKEN' sudo --preserve-env=MUSTER_ROLES_TOKEN sh [-s -- options]
+#
+# (what musterd prints: the token in no process's argument list), or ECE's form
+#   … | sudo sh -s -- --roles-token 'TOKEN' [more `muster install` options]
 #
 # Fetches the static `muster` binary from the coordinator over TLS pinned to the coordinator's
 # key (curl) or its CA (wget), checks the binary's SHA-256, installs it as

@@ -12,7 +12,7 @@ for tool in curl:curl wget:wget openssl:openssl stat:coreutils mount:mount file:
   faketime:faketime setpriv:util-linux ip:iproute2 shellcheck:shellcheck lintian:lintian \
   rpm:rpm rpmlint:rpmlint cloud-init:cloud-init debootstrap:debootstrap \
   dpkg-scanpackages:dpkg-dev systemd-analyze:systemd etcd:etcd-server etcdctl:etcd-client \
-  cfssl:golang-cfssl sudo:sudo; do
+  cfssl:golang-cfssl sudo:sudo keytool:openjdk-17-jre-headless python3:python3; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 if [ -n "$need" ]; then
@@ -21,6 +21,11 @@ if [ -n "$need" ]; then
   # shellcheck disable=SC2086 # a list of package names, split on purpose
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
 fi
+# Python's cryptography: the strict certificate parser the certificate test loads ours with.
+python3 -c 'import cryptography' 2>/dev/null ||
+  python3 -m pip install --quiet cryptography ||
+  { apt-get install -y -qq --no-install-recommends python3-pip &&
+    python3 -m pip install --quiet --break-system-packages cryptography; }
 for sub in cargo-deb cargo-generate-rpm cargo-fuzz; do
   command -v "$sub" >/dev/null 2>&1 || cargo install --locked --quiet "$sub"
 done

@@ -33,9 +33,11 @@ pub fn memory_mb() -> u64 {
 
 pub fn gather(hostname_override: Option<&str>, zone: &str) -> HostFacts {
     HostFacts {
+        // One name in any letter case, as the coordinator registers it.
         hostname: hostname_override
             .map(str::to_string)
-            .unwrap_or_else(hostname),
+            .unwrap_or_else(hostname)
+            .to_ascii_lowercase(),
         addresses: addresses(),
         memory_mb: memory_mb(),
         zone: zone.to_string(),

@@ -31,6 +31,7 @@ pub fn run(dir: &Path, env: &[(&str, String)]) -> Result<usize> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(0);
     };
+    trusted(dir)?;
     let mut files: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     files.sort();
     let mut ran = 0;
@@ -45,10 +46,45 @@ pub fn run(dir: &Path, env: &[(&str, String)]) -> Result<usize> {
             );
             continue;
         }
+        trusted(&f)?;
         run_one(&f, env, timeout())?;
         ran += 1;
     }
     Ok(ran)
+}
+
+/// A hook, or its folder, that someone other than root (or the user running `muster`) owns or
+/// may write is refused, as cron and sshd refuse such files: whoever can change it would run
+/// code as root at the next enrollment.
+fn trusted(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).map_err(|e| {
+        Failure::new(
+            Exit::HookFailed,
+            format!("inspecting {}: {e}", path.display()),
+        )
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = if m.uid() != 0 && m.uid() != me {
+        Some(format!("owned by uid {}, not root", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "writable by its group or everyone (mode {:o})",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Failure::new(
+            Exit::HookFailed,
+            format!(
+                "refusing hook {}: {why}; make it root's and writable by root alone (chown root; chmod go-w)",
+                path.display()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn run_one(f: &Path, env: &[(&str, String)], limit: Duration) -> Result<()> {

@@ -76,6 +76,8 @@ pub struct App {
     pub verified_tokens: VerifiedTokens,
     pub token_records: TokenRecords,
     pub join_keys: JoinKeys,
+    /// Installer downloads in flight ([`MAX_DOWNLOADS`]).
+    downloads: Arc<tokio::sync::Semaphore>,
     /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
     verified_password: Mutex<Option<String>>,
     pub clock: fn() -> u64,
@@ -162,6 +164,7 @@ impl App {
             verified_tokens: VerifiedTokens::default(),
             token_records: TokenRecords::default(),
             join_keys: JoinKeys::default(),
+            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
             reserved_names,
             verified_password: Mutex::new(None),
             clock: system_now,
@@ -222,10 +225,13 @@ impl App {
                 .ok()
                 .and_then(|d| String::from_utf8(d).ok());
             match decoded.as_deref().and_then(|d| d.split_once(':')) {
-                Some((user, password)) if user == self.platform.admin_user => {
-                    self.check_password(password)
+                // The password is checked whatever the user, so an unknown user costs what a
+                // wrong password does and the answer's time tells nothing about user names.
+                Some((user, password)) => {
+                    let password_ok = self.check_password(password);
+                    constant_eq(user, &self.platform.admin_user) && password_ok
                 }
-                _ => false,
+                None => false,
             }
         } else {
             false
@@ -864,8 +870,18 @@ async fn remove_runner(
     }
 }
 
+/// The most memory a host may report, in MiB (4 PiB): figures a node sends are checked, so a
+/// hostile one cannot put 2^64−1 into the registry and every sum over it.
+const MAX_MEMORY_MB: u64 = 1 << 32;
+
 /// Checks a host's self-description: a DNS-shaped hostname, IP literals, a sane zone.
 fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
+    if h.memory_mb > MAX_MEMORY_MB {
+        return Err(ApiError::new(
+            ErrorCode::RequestInvalid,
+            format!("host.memory_mb must be at most {MAX_MEMORY_MB}"),
+        ));
+    }
     let name_ok = !h.hostname.is_empty()
         && h.hostname.len() <= 253
         && h.hostname.split('.').all(|l| {
@@ -1004,8 +1020,13 @@ fn verify_signature(
     match checked {
         Ok(c) => Ok((c, hash)),
         Err(e) => {
-            // The id of a token that fails verification is only a claim; audit it as such.
-            let id = token::inspect(tok.expose()).ok().map(|c| c.sub);
+            // The id of a token that fails verification is only a claim, made by whoever sent
+            // it: it reaches the audit log only if it has the shape of a token id (a UUID), so
+            // no attacker-chosen text (newlines, escapes, markup) is stored.
+            let id = token::inspect(tok.expose())
+                .ok()
+                .map(|c| c.sub)
+                .filter(|s| uuid::Uuid::try_parse(s).is_ok());
             Err(Refusal::new(e.code(), &e.to_string(), id))
         }
     }
@@ -1168,9 +1189,12 @@ async fn join(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Bundle>, ApiError> {
     let source = c.remote.ip();
-    let req: JoinRequest = parse_json(body)?;
+    let mut req: JoinRequest = parse_json(body)?;
     let (claims, rec) = app.check_token(&req.token, source).await?;
     check_facts(&req.host)?;
+    // DNS names are one name in any letter case: the registry, the replacement rule and the
+    // certificates know a host by its name in lower case, so `ALLOC-1` is `alloc-1`.
+    req.host.hostname.make_ascii_lowercase();
     let now = app.now();
     let mut requested = req.roles.clone();
     muster_protocol::role::normalize(&mut requested);
@@ -1464,6 +1488,12 @@ async fn heartbeat(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
     let hb: Heartbeat = parse_json(body)?;
+    if hb.memory_used_mb > MAX_MEMORY_MB {
+        return Err(ApiError::new(
+            ErrorCode::RequestInvalid,
+            format!("memory_used_mb must be at most {MAX_MEMORY_MB}"),
+        ));
+    }
     let h = node_of(&app, &c).await?;
     let now = app.now();
     let h = app
@@ -1638,18 +1668,31 @@ async fn metrics(State(app): S) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-async fn installer_bytes(app: &App) -> Result<Vec<u8>, ApiError> {
+/// Installer downloads served at once; more wait (within the request's time). Each streams in
+/// chunks, so all of them together hold a few MiB, not a copy of the file each.
+const MAX_DOWNLOADS: usize = 32;
+/// The chunk a download reads and sends at a time.
+const DOWNLOAD_CHUNK: usize = 64 * 1024;
+
+/// The installer file, opened, with its length.
+async fn installer_file(app: &App) -> Result<(tokio::fs::File, u64), ApiError> {
     let path = app
         .config
         .installer_path
         .clone()
         .unwrap_or_else(|| "/usr/lib/muster/muster-x86_64".into());
-    tokio::fs::read(&path).await.map_err(|_| {
+    let missing = || {
         ApiError::new(
             ErrorCode::NotFound,
             "no installer binary on this coordinator (set installer_path in the server config)",
         )
-    })
+    };
+    let f = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
+    let m = f.metadata().await.map_err(|_| missing())?;
+    if !m.is_file() {
+        return Err(missing());
+    }
+    Ok((f, m.len()))
 }
 
 /// `hooks/install.sh`, as served: musterd fills in the address it was reached at, its serving
@@ -1692,13 +1735,52 @@ pub fn render_install_script(coordinator: &str, curl_pin: &str, ca_pem: &str) ->
 }
 
 async fn download_installer(State(app): S) -> Result<Response, ApiError> {
-    let bytes = installer_bytes(&app).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let permit = app
+        .downloads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "downloads closed"))?;
+    let (file, len) = installer_file(&app).await?;
+    // The permit rides with the body: it is given back when the last chunk is sent, or the
+    // client goes away.
+    use futures_util::StreamExt;
+    let chunks =
+        tokio_util::io::ReaderStream::with_capacity(file, DOWNLOAD_CHUNK).map(move |chunk| {
+            let _held = &permit;
+            chunk
+        });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 async fn download_installer_sha256(State(app): S) -> Result<Response, ApiError> {
-    let bytes = installer_bytes(&app).await?;
-    Ok(format!("{}  muster-x86_64\n", sha256_hex(&bytes)).into_response())
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let _permit = app
+        .downloads
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "downloads closed"))?;
+    let (mut file, _) = installer_file(&app).await?;
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; DOWNLOAD_CHUNK];
+    loop {
+        let n = file.read(&mut buf).await.map_err(|e| {
+            ApiError::new(ErrorCode::Internal, format!("reading the installer: {e}"))
+        })?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(format!("{}  muster-x86_64\n", hex::encode(hash.finalize())).into_response())
 }
 
 /// Tests: a coordinator's App on a fresh SQLite store in `dir`, and the store.

@@ -89,6 +89,14 @@ pub struct Config {
     pub token_failures_per_minute: u32,
     /// Path of the static installer served at `/download/muster-x86_64`.
     pub installer_path: Option<PathBuf>,
+    /// Open connections at once, in all (lowered to fit the process's file limit); past it,
+    /// new connections are closed at once.
+    pub max_connections: usize,
+    /// Open connections at once from one source address (an IPv6 /64 counts as one).
+    pub max_connections_per_source: usize,
+    /// Seconds a connection may move no byte before it is closed (an idle keep-alive, a
+    /// client that finished TLS and sends nothing, an HTTP/2 client that stopped reading).
+    pub idle_timeout_seconds: u64,
     /// The file this was read from (not a key of the file).
     #[serde(skip)]
     source: Option<PathBuf>,
@@ -115,6 +123,9 @@ impl Default for Config {
             login_failures_per_minute: 10,
             token_failures_per_minute: 30,
             installer_path: None,
+            max_connections: 4096,
+            max_connections_per_source: 256,
+            idle_timeout_seconds: 60,
             source: None,
         }
     }
@@ -192,7 +203,15 @@ impl Config {
             self.heartbeat_timeout_seconds,
             1,
             30 * 86_400,
-        )
+        )?;
+        within("max_connections", self.max_connections as u64, 1, 1_000_000)?;
+        within(
+            "max_connections_per_source",
+            self.max_connections_per_source as u64,
+            1,
+            self.max_connections as u64,
+        )?;
+        within("idle_timeout_seconds", self.idle_timeout_seconds, 1, 3_600)
     }
 
     /// Advertised addresses, defaulting to this host's name on the default port.

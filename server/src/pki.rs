@@ -100,7 +100,10 @@ impl Ca {
             },
         );
         params.subject_alt_names = leaf.sans.clone();
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints at all: rcgen's ExplicitNoCa writes `cA FALSE` out, which DER
+        // forbids (a DEFAULT value is left out) and strict parsers (Python's cryptography)
+        // refuse. Without keyCertSign in the key usage a leaf cannot sign certificates anyway.
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

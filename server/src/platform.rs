@@ -528,6 +528,7 @@ mod tests {
             psk_key: String::new(),
             store_tls: None,
             public_sha256: None,
+            serving_key: None,
         };
         check_public(&public, &secrets)?;
         public.verify_key = B64.encode([7u8; 32]);

@@ -20,6 +20,16 @@ const MAX_HANDSHAKES: usize = 256;
 /// connections are closed at once, so one slow client (slowloris) cannot hold the shared
 /// handshake slots from everyone else.
 const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
+/// Once a connection idle past its limit is told to close (HTTP/2: GOAWAY), how long its
+/// streams get to finish before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 streams one connection may have open at once.
+const H2_MAX_STREAMS: u32 = 32;
+/// Bytes one HTTP/2 stream may have queued for a client that does not read: with
+/// [`H2_MAX_STREAMS`], what a connection can hold (2 MiB).
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// File descriptors kept aside from connections (the store, logs, the installer file).
+const FD_RESERVE: u64 = 128;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -223,6 +233,45 @@ pub fn tls_config(app: &App, cert: Arc<ServingCert>) -> anyhow::Result<rustls::S
     Ok(cfg)
 }
 
+/// The bounds on connections a listener keeps (from the server config).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub per_source: usize,
+    pub idle: Duration,
+}
+
+impl Limits {
+    /// The config's bounds, with `max_connections` lowered to what the file limit allows. The
+    /// soft file limit is raised to the hard one first, as servers do.
+    pub fn from_config(config: &crate::config::Config) -> Limits {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let files = match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            {
+                Ok(()) => hard,
+                Err(_) => soft,
+            },
+            Ok((soft, _)) => soft,
+            Err(_) => 1024,
+        };
+        let fit = usize::try_from(files.saturating_sub(FD_RESERVE).max(16)).unwrap_or(usize::MAX);
+        let max_connections = config.max_connections.min(fit);
+        if max_connections < config.max_connections {
+            tracing::warn!(
+                files,
+                max_connections,
+                "the file limit allows fewer connections than max_connections; raise LimitNOFILE"
+            );
+        }
+        Limits {
+            max_connections,
+            per_source: config.max_connections_per_source.min(max_connections),
+            idle: Duration::from_secs(config.idle_timeout_seconds),
+        }
+    }
+}
+
 /// Serves the coordinator until `shutdown` resolves.
 pub async fn serve(
     app: Arc<App>,
@@ -254,7 +303,8 @@ pub async fn serve(
             }
         })
     };
-    let served = run(router, acceptor, listen, shutdown).await;
+    let limits = Limits::from_config(&app.config);
+    let served = run(router, acceptor, listen, limits, shutdown).await;
     sweeper.abort();
     served
 }
@@ -336,21 +386,25 @@ pub async fn serve_director(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let limits = Limits::from_config(&director.config);
     run(
         crate::director::router(director),
         acceptor,
         listen,
+        limits,
         shutdown,
     )
     .await
 }
 
-/// The accept loop: bounded concurrent handshakes, each with a deadline, then HTTP/1.1 or
-/// HTTP/2 with a header-read timeout and a per-request timeout.
+/// The accept loop: bounded open connections (in all and per source), bounded concurrent
+/// handshakes, each with a deadline, then HTTP/1.1 or HTTP/2 with a header-read timeout, a
+/// per-request timeout, bounded HTTP/2 streams and send buffers, and an idle timeout.
 async fn run(
     router: axum::Router,
     acceptor: tokio_rustls::TlsAcceptor,
     listen: SocketAddr,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listener = self::listen(listen).with_context(|| format!("listening on {listen}"))?;
@@ -360,7 +414,9 @@ async fn run(
     tracing::info!(%local, "listening");
 
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    let per_source = Arc::new(PerSource::default());
+    let per_source = Arc::new(PerSource::new(MAX_HANDSHAKES_PER_SOURCE));
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let connections_per_source = Arc::new(PerSource::new(limits.per_source));
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -374,6 +430,14 @@ async fn run(
                 }
             },
         };
+        let Ok(open) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "max_connections open; closed");
+            continue;
+        };
+        let Some(open_here) = connections_per_source.take(remote.ip()) else {
+            tracing::debug!(%remote, "max_connections_per_source open from this address; closed");
+            continue;
+        };
         let Some(slot) = per_source.take(remote.ip()) else {
             tracing::debug!(%remote, "too many handshakes in flight from this address; closed");
             continue;
@@ -383,6 +447,8 @@ async fn run(
         let router = router.clone();
         let handshakes = handshakes.clone();
         tokio::spawn(async move {
+            // Held while the connection is open.
+            let _open = (open, open_here);
             let Ok(permit) = handshakes.acquire_owned().await else {
                 return;
             };
@@ -418,8 +484,37 @@ async fn run(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                .max_send_buf_size(H2_MAX_SEND_BUF);
+            let (io, moved) = Watched::new(tls);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(limits.idle.min(CLOSE_GRACE) / 2);
+            let mut closing: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%remote, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => match closing {
+                        None if moved.idle_for() >= limits.idle => {
+                            tracing::debug!(%remote, "connection idle; closing");
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(tokio::time::Instant::now());
+                        }
+                        Some(at) if at.elapsed() >= CLOSE_GRACE => {
+                            tracing::debug!(%remote, "connection did not close in time; dropped");
+                            break;
+                        }
+                        _ => {}
+                    },
+                }
             }
         });
     }
@@ -446,9 +541,110 @@ async fn within_time(
     }
 }
 
-/// Handshakes in flight per source address.
-#[derive(Default)]
-struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+/// A connection's stream, noting when it last moved a byte either way.
+struct Watched<T> {
+    inner: T,
+    last: Arc<LastMoved>,
+}
+
+/// When a [`Watched`] stream last moved a byte: milliseconds since `start`.
+struct LastMoved {
+    start: std::time::Instant,
+    at_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LastMoved {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let at = Duration::from_millis(self.at_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(at)
+    }
+}
+
+impl<T> Watched<T> {
+    fn new(inner: T) -> (Watched<T>, Arc<LastMoved>) {
+        let last = Arc::new(LastMoved {
+            start: std::time::Instant::now(),
+            at_ms: std::sync::atomic::AtomicU64::new(0),
+        });
+        (
+            Watched {
+                inner,
+                last: last.clone(),
+            },
+            last,
+        )
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Things (handshakes, open connections) in flight per source address, up to a limit.
+struct PerSource {
+    limit: usize,
+    map: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
 
 /// One handshake slot of a source; given back when dropped.
 struct Slot {
@@ -457,11 +653,18 @@ struct Slot {
 }
 
 impl PerSource {
+    fn new(limit: usize) -> PerSource {
+        PerSource {
+            limit,
+            map: Default::default(),
+        }
+    }
+
     fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
         let ip = crate::limit::source_of(ip);
-        let mut m = self.0.lock().ok()?;
+        let mut m = self.map.lock().ok()?;
         let n = m.entry(ip).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+        if *n >= self.limit {
             return None;
         }
         *n += 1;
@@ -474,7 +677,7 @@ impl PerSource {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.map.0.lock() {
+        if let Ok(mut m) = self.map.map.lock() {
             if let Some(n) = m.get_mut(&self.ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -622,7 +825,7 @@ mod tests {
 
     #[test]
     fn a_source_gets_a_bounded_number_of_handshake_slots() {
-        let p = Arc::new(PerSource::default());
+        let p = Arc::new(PerSource::new(MAX_HANDSHAKES_PER_SOURCE));
         let a: std::net::IpAddr = [10, 0, 0, 1].into();
         let held: Vec<Slot> = (0..MAX_HANDSHAKES_PER_SOURCE)
             .filter_map(|_| p.take(a))
@@ -640,6 +843,6 @@ mod tests {
         drop(v6);
         drop(held);
         assert!(p.take(a).is_some());
-        assert!(p.0.lock().map(|m| m.len() <= 1).unwrap_or(false));
+        assert!(p.map.lock().map(|m| m.len() <= 1).unwrap_or(false));
     }
 }

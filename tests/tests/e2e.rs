@@ -822,6 +822,55 @@ fn bad_tokens_are_refused_and_nothing_is_written() -> R {
 }
 
 #[test]
+fn every_certificate_loads_in_openssl_keytool_and_python_cryptography() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("strict-parsers")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    let tls = h.path("etc/muster/tls");
+    for name in ["node.crt", "http.crt", "transport-ca.pem", "http-ca.pem"] {
+        let f = tls.join(name);
+        tool(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-in"])
+                .arg(&f),
+        )
+        .map_err(|e| anyhow::anyhow!("openssl, {name}: {e}"))?;
+        tool(
+            Command::new("keytool")
+                .args(["-printcert", "-file"])
+                .arg(&f),
+        )
+        .map_err(|e| anyhow::anyhow!("keytool, {name}: {e}"))?;
+        // cryptography's parser refuses DER that is not DER (a DEFAULT value written out).
+        tool(
+            Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import sys; from cryptography import x509; \
+                     c = x509.load_pem_x509_certificate(open(sys.argv[1], 'rb').read()); \
+                     [e.value for e in c.extensions]",
+                )
+                .arg(&f),
+        )
+        .map_err(|e| anyhow::anyhow!("python cryptography, {name}: {e}"))?;
+    }
+    // The keystores open in keytool with the password beside them, and list the certificates.
+    let pass = tls.join("node.p12.password");
+    for store in ["node.p12", "truststore.p12"] {
+        let out = tool(
+            Command::new("keytool")
+                .args(["-list", "-storetype", "PKCS12", "-keystore"])
+                .arg(tls.join(store))
+                .arg(format!("-storepass:file={}", pass.display())),
+        )
+        .map_err(|e| anyhow::anyhow!("keytool, {store}: {e}"))?;
+        assert!(out.contains("Your keystore contains"), "{store}: {out}");
+    }
+    Ok(())
+}
+
+#[test]
 fn one_use_token_raced_by_fifty_installers_succeeds_once() -> R {
     let c = Coordinator::start()?;
     let (tok, id) = c.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
@@ -1691,6 +1740,45 @@ fn hook(h: &Host, phase: &str, name: &str, body: &str) -> anyhow::Result<()> {
     let p = dir.join(name);
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n"))?;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+#[test]
+fn a_hook_another_user_owns_or_may_write_is_refused_and_not_run() -> R {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let nobody = 65534;
+    type Spoil<'a> = &'a dyn Fn(&std::path::Path) -> std::io::Result<()>;
+    let cases: [(&str, Spoil); 3] = [
+        ("world-writable", &|p| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
+        }),
+        ("group-writable folder", &|p| match p.parent() {
+            Some(d) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o775)),
+            None => Ok(()),
+        }),
+        ("another owner", &|p| {
+            std::os::unix::fs::chown(p, Some(nobody), Some(nobody))
+        }),
+    ];
+    for (name, spoil) in cases {
+        let h = Host::new("hook-owner")?;
+        let ran = h.path("ran");
+        hook(
+            &h,
+            "pre-enroll",
+            "10-planted",
+            &format!("touch {}", ran.display()),
+        )?;
+        spoil(&h.path("etc/muster/hooks.d/pre-enroll/10-planted"))?;
+        let before = tree(h.root.path())?;
+        let r = h.install(&c.host(), &tok, &[])?;
+        assert_eq!(r.code, 8, "{name}: {r:?}");
+        assert!(r.stderr.contains("refusing hook"), "{name}: {r:?}");
+        assert!(!ran.exists(), "{name}: the hook ran");
+        assert_eq!(tree(h.root.path())?, before, "{name}: the root changed");
+    }
     Ok(())
 }
 

@@ -359,7 +359,7 @@ fn token_create_prints_the_install_line_and_the_api_only_on_request() -> R {
         .unwrap_or_default();
     assert!(
         line.starts_with("curl -fsSk --pinnedpubkey 'sha256//")
-            && line.ends_with(&printed_line(&token)),
+            && line.ends_with(&printed_line(token)),
         "{out}"
     );
     // The CLI's pin is the running server's: the line works as printed.
