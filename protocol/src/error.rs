@@ -74,6 +74,9 @@ codes! {
     /// The request took longer than the server gives one (30 s) and was dropped: as with a
     /// lost answer, retry it (every step is safe to repeat).
     RequestTimeout = "request.timeout",
+    /// This source address has as many of these requests in flight as it may (installer
+    /// downloads); retry once one is done.
+    RequestRateLimited = "request.rate_limited",
     /// A role name is not one of allocator, coordinator, proxy, director.
     RoleUnknown = "roles.unknown",
     /// The token is not a well-formed JWT.
@@ -148,6 +151,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::RequestTimeout
                 | ErrorCode::AuthRateLimited
+                | ErrorCode::RequestRateLimited
                 | ErrorCode::TokenRateLimited
         )
     }

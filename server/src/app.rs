@@ -76,8 +76,8 @@ pub struct App {
     pub verified_tokens: VerifiedTokens,
     pub token_records: TokenRecords,
     pub join_keys: JoinKeys,
-    /// Installer downloads in flight ([`MAX_DOWNLOADS`]).
-    downloads: Arc<tokio::sync::Semaphore>,
+    /// Installer downloads in flight per source ([`MAX_DOWNLOADS_PER_SOURCE`]).
+    downloads: Arc<crate::limit::PerSource>,
     /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
     verified_password: Mutex<Option<String>>,
     pub clock: fn() -> u64,
@@ -164,7 +164,7 @@ impl App {
             verified_tokens: VerifiedTokens::default(),
             token_records: TokenRecords::default(),
             join_keys: JoinKeys::default(),
-            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
+            downloads: Arc::new(crate::limit::PerSource::new(MAX_DOWNLOADS_PER_SOURCE)),
             reserved_names,
             verified_password: Mutex::new(None),
             clock: system_now,
@@ -1668,9 +1668,10 @@ async fn metrics(State(app): S) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Installer downloads served at once; more wait (within the request's time). Each streams in
-/// chunks, so all of them together hold a few MiB, not a copy of the file each.
-const MAX_DOWNLOADS: usize = 32;
+/// Installer downloads one source address may have in flight; past it, `429
+/// request.rate_limited`. Each streams in chunks (an HTTP/2 stream queues at most 64 KiB), so a
+/// source holds a few hundred KiB, not a copy of the file per request.
+const MAX_DOWNLOADS_PER_SOURCE: usize = 4;
 /// The chunk a download reads and sends at a time.
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
@@ -1734,13 +1735,21 @@ pub fn render_install_script(coordinator: &str, curl_pin: &str, ca_pem: &str) ->
         .replacen("@CA_PEM@", ca_pem.trim_end(), 1)
 }
 
-async fn download_installer(State(app): S) -> Result<Response, ApiError> {
-    let permit = app
-        .downloads
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "downloads closed"))?;
+/// A download slot of the client's address, or `429 request.rate_limited`.
+fn download_slot(app: &Arc<App>, c: &ConnInfo) -> Result<crate::limit::Slot, ApiError> {
+    app.downloads.take(c.remote.ip()).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::RequestRateLimited,
+            format!(
+                "{} has {MAX_DOWNLOADS_PER_SOURCE} installer downloads in flight; retry once one is done",
+                c.remote.ip()
+            ),
+        )
+    })
+}
+
+async fn download_installer(State(app): S, Extension(c): Conn) -> Result<Response, ApiError> {
+    let permit = download_slot(&app, &c)?;
     let (file, len) = installer_file(&app).await?;
     // The permit rides with the body: it is given back when the last chunk is sent, or the
     // client goes away.
@@ -1760,14 +1769,13 @@ async fn download_installer(State(app): S) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn download_installer_sha256(State(app): S) -> Result<Response, ApiError> {
+async fn download_installer_sha256(
+    State(app): S,
+    Extension(c): Conn,
+) -> Result<Response, ApiError> {
     use sha2::Digest;
     use tokio::io::AsyncReadExt;
-    let _permit = app
-        .downloads
-        .acquire()
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "downloads closed"))?;
+    let _permit = download_slot(&app, &c)?;
     let (mut file, _) = installer_file(&app).await?;
     let mut hash = sha2::Sha256::new();
     let mut buf = vec![0u8; DOWNLOAD_CHUNK];

@@ -25,7 +25,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
         AuthRequired | AuthInvalid => StatusCode::UNAUTHORIZED,
-        AuthRateLimited | TokenRateLimited => StatusCode::TOO_MANY_REQUESTS,
+        AuthRateLimited | TokenRateLimited | RequestRateLimited => StatusCode::TOO_MANY_REQUESTS,
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -74,6 +74,54 @@ impl FailureLimiter {
     }
 }
 
+/// Things (handshakes, open connections) in flight per source address, up to a limit.
+pub struct PerSource {
+    limit: usize,
+    pub(crate) map: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One slot of a source; given back when dropped.
+pub struct Slot {
+    map: std::sync::Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    pub fn new(limit: usize) -> PerSource {
+        PerSource {
+            limit,
+            map: Default::default(),
+        }
+    }
+
+    pub fn take(self: &std::sync::Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let ip = source_of(ip);
+        let mut m = self.map.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.map.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

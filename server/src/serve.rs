@@ -4,6 +4,7 @@
 //! given, must chain to the transport CA; the node-protocol handlers that need one check it.
 
 use crate::app::{App, ConnInfo};
+use crate::limit::PerSource;
 use crate::pki::Leaf;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -640,57 +641,10 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
     }
 }
 
-/// Things (handshakes, open connections) in flight per source address, up to a limit.
-struct PerSource {
-    limit: usize,
-    map: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// One handshake slot of a source; given back when dropped.
-struct Slot {
-    map: Arc<PerSource>,
-    ip: std::net::IpAddr,
-}
-
-impl PerSource {
-    fn new(limit: usize) -> PerSource {
-        PerSource {
-            limit,
-            map: Default::default(),
-        }
-    }
-
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
-        let ip = crate::limit::source_of(ip);
-        let mut m = self.map.lock().ok()?;
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            map: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.map.map.lock() {
-            if let Some(n) = m.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&self.ip);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limit::Slot;
     use crate::store::Store;
 
     #[test]
