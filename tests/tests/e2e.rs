@@ -855,14 +855,18 @@ fn every_certificate_loads_in_openssl_keytool_and_python_cryptography() -> R {
         )
         .map_err(|e| anyhow::anyhow!("python cryptography, {name}: {e}"))?;
     }
-    // The keystores open in keytool with the password beside them, and list the certificates.
+    // The keystores open in keytool with their passwords (the node's beside it; the trust
+    // store's is Java's `changeit`), and list the certificates.
     let pass = tls.join("node.p12.password");
-    for store in ["node.p12", "truststore.p12"] {
+    let trust_pass = h.path("truststore.password");
+    std::fs::write(&trust_pass, "changeit")?;
+    for (store, pass) in [("node.p12", &pass), ("truststore.p12", &trust_pass)] {
         let out = tool(
             Command::new("keytool")
                 .args(["-list", "-storetype", "PKCS12", "-keystore"])
                 .arg(tls.join(store))
-                .arg(format!("-storepass:file={}", pass.display())),
+                .arg("-storepass:file")
+                .arg(pass),
         )
         .map_err(|e| anyhow::anyhow!("keytool, {store}: {e}"))?;
         assert!(out.contains("Your keystore contains"), "{store}: {out}");
