@@ -297,7 +297,11 @@ async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
     let config = dir.join("musterd.yaml");
     std::fs::write(
         &config,
-        format!("listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n"),
+        // Every installer of a storm comes from 127.0.0.1: one source may hold them all.
+        format!(
+            "listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n\
+             max_connections_per_source: 4096\n"
+        ),
     )?;
     let base = |cmd: &mut Command| {
         cmd.arg("--data-dir")
