@@ -297,11 +297,7 @@ async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
     let config = dir.join("musterd.yaml");
     std::fs::write(
         &config,
-        // Every installer of a storm comes from 127.0.0.1: one source may hold them all.
-        format!(
-            "listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n\
-             max_connections_per_source: 4096\n"
-        ),
+        format!("listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n"),
     )?;
     let base = |cmd: &mut Command| {
         cmd.arg("--data-dir")
