@@ -460,12 +460,11 @@ fn same_names(a: &[String], b: &[String]) -> bool {
     a.len() == b.len() && a.iter().all(|n| b.contains(n))
 }
 
-/// The line that enrolls a host with a token: fetch `install.sh` over TLS pinned to this
-/// coordinator's serving key and hand it the token. The script passes the token on to `muster`
-/// in its environment, never in a URL or an argument list of its own making.
-/// The token rides in `sh`'s environment, set by the shell itself (an assignment before a
-/// command runs no process) and passed on by `sudo --preserve-env`: it is in no argument list,
-/// where every local user could read it in /proc.
+/// The line that enrolls a host with a token: fetch `install.sh` over TLS pinned to the
+/// platform's serving key and hand it the token in `sh`'s environment, set by the shell itself
+/// (an assignment before a command runs no process) and passed on by `sudo --preserve-env`. The
+/// script passes it on to `muster` in its environment too: it is in no URL and no argument
+/// list, where every local user could read it in /proc.
 pub fn install_line(coordinator: &str, curl_pin: &str, token: &str) -> String {
     format!(
         "curl -fsSk --pinnedpubkey '{curl_pin}' https://{coordinator}/install.sh | \

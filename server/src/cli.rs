@@ -1,7 +1,7 @@
 //! The `musterd` command line.
 
 use crate::app::{system_now, App};
-use crate::config::{Backend, Config, Mode};
+use crate::config::{Backend, Config, Mode, SQLITE_FILE};
 use crate::platform::Platform;
 use crate::seal::{emergency_token, DataKey, UNSEAL_KEY_FILE};
 use crate::store::etcd::EtcdStore;
@@ -187,10 +187,7 @@ async fn open_store(
             );
         }
         if config.store.backend == Backend::Sqlite && !db.exists() {
-            bail!(
-                "no platform in {}; give --data-dir or --config, or create one with `musterd init`",
-                config.describe_store(data_dir)
-            );
+            return Err(no_platform(config, data_dir));
         }
     }
     ensure_dir(data_dir, me(0o700))
@@ -200,9 +197,6 @@ async fn open_store(
         Backend::Etcd => Arc::new(EtcdStore::connect(&config.store.etcd).await?),
     })
 }
-
-/// The embedded store's file in the data folder.
-const SQLITE_FILE: &str = "muster.db";
 
 /// Where `init --advertise` keeps the addresses it was given, so that every later command of
 /// this coordinator (serve, token create) puts the same ones into tokens and install lines.
@@ -234,12 +228,17 @@ async fn ensure_platform(
     data_dir: &Path,
 ) -> anyhow::Result<()> {
     if store.platform().await?.is_none() {
-        bail!(
-            "no platform in {}; give --data-dir or --config, or create one with `musterd init`",
-            config.describe_store(data_dir)
-        );
+        return Err(no_platform(config, data_dir));
     }
     Ok(())
+}
+
+/// "No platform here", saying where it was looked for.
+fn no_platform(config: &Config, data_dir: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no platform in {}; give --data-dir or --config, or create one with `musterd init`",
+        config.describe_store(data_dir)
+    )
 }
 
 async fn load_app(data: &DataArgs) -> anyhow::Result<Arc<App>> {
@@ -375,10 +374,7 @@ async fn backup(data: &DataArgs, output: &Path) -> anyhow::Result<()> {
     }
     let db = data.data_dir.join(SQLITE_FILE);
     if !db.exists() {
-        bail!(
-            "no platform in {}; give --data-dir or --config",
-            config.describe_store(&data.data_dir)
-        );
+        return Err(no_platform(&config, &data.data_dir));
     }
     let store = SqliteStore::open(&db)?;
     let tmp_dir = tempfile::tempdir()?;
@@ -427,7 +423,7 @@ async fn restore(data_dir: &Path, input: &Path, token_file: Option<&Path>) -> an
     let scratch = tempfile::Builder::new()
         .prefix(".musterd-restore-")
         .tempdir_in(&parent)?;
-    let db = scratch.path().join("muster.db");
+    let db = scratch.path().join(SQLITE_FILE);
     write_atomic(&db, &bytes, me(0o600))?;
     let store = SqliteStore::open(&db)
         .with_context(|| format!("{} is not a musterd backup", input.display()))?;

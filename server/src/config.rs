@@ -106,6 +106,9 @@ pub struct Config {
 /// and this file exists: the one the packages install.
 pub const DEFAULT_PATH: &str = "/etc/muster/musterd.yaml";
 
+/// The embedded store's file in the data folder.
+pub const SQLITE_FILE: &str = "muster.db";
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -154,7 +157,7 @@ impl Config {
         let place = match self.store.backend {
             Backend::Sqlite => format!(
                 "the embedded SQLite store {}",
-                data_dir.join("muster.db").display()
+                data_dir.join(SQLITE_FILE).display()
             ),
             Backend::Etcd => format!(
                 "etcd at {} under {}",
@@ -172,9 +175,8 @@ impl Config {
         use anyhow::Context;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let cfg: Config = serde_norway::from_str(&text)
+        let mut cfg: Config = serde_norway::from_str(&text)
             .with_context(|| format!("parsing config {}", path.display()))?;
-        let mut cfg = cfg;
         cfg.check()
             .with_context(|| format!("in config {}", path.display()))?;
         cfg.source = Some(path.to_path_buf());

@@ -177,13 +177,15 @@ impl ServingKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
         };
-        let key = KeyPair::from_pem(&pem).map_err(|_| {
+        let key = Self::from_pem(&pem).map_err(|_| {
             anyhow::anyhow!(
-                "{} is not a PEM private key; remove it and a new one is made at the next start                  (install lines printed before then stop working)",
+                "{} is not a PEM private key; remove it and a new one is made at the next start \
+                 (on a platform made before it kept a serving key, install lines printed before \
+                 then stop working)",
                 path.display()
             )
         })?;
-        Ok(Some(ServingKey { key }))
+        Ok(Some(key))
     }
 
     /// A key from PKCS#8 PEM (the platform's, unsealed).

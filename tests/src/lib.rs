@@ -541,7 +541,6 @@ impl Run {
     }
 }
 
-/// Runs a command and returns its stdout, failing with its stderr.
 /// Everything under `dir`, for comparing a whole tree before and after: each path (relative,
 /// folders too) with its owner, mode, kind and, for files, the SHA-256 of its content.
 pub fn tree(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -574,6 +573,14 @@ pub fn tree(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, Str
     Ok(out)
 }
 
+/// The install line in what `musterd token create` printed (the line that starts with curl).
+pub fn printed_install_line(out: &str) -> &str {
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl "))
+        .unwrap_or_default()
+}
+
 /// A command line typed into a shell, as a person pastes it: read by `sh` from its input, so
 /// it is in no process's argument list (as `sh -c LINE` would put it).
 pub fn typed(line: &str) -> anyhow::Result<Run> {
@@ -598,6 +605,7 @@ pub fn install_line_fetch(line: &str) -> anyhow::Result<Run> {
     typed(&format!("{fetch} > /dev/null"))
 }
 
+/// Runs a command and returns its stdout, failing with its stderr.
 pub fn tool(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {

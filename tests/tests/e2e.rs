@@ -128,7 +128,7 @@ fn commands_other_than_init_never_create_a_store() -> R {
 }
 
 #[test]
-fn init_advertise_is_kept_for_every_later_command() -> R {
+fn init_advertise_is_what_a_later_token_create_puts_in_tokens_and_lines() -> R {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     tool(

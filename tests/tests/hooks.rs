@@ -352,11 +352,7 @@ fn token_create_prints_the_install_line_and_the_api_only_on_request() -> R {
         .map(str::trim)
         .unwrap_or_default();
     assert!(token.starts_with("eyJ"), "{out}");
-    let line = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("curl "))
-        .unwrap_or_default();
+    let line = printed_install_line(&out);
     assert!(
         line.starts_with("curl -fsSk --pinnedpubkey 'sha256//")
             && line.ends_with(&printed_line(token)),

@@ -210,11 +210,7 @@ fn a_packaged_coordinator_reads_its_config_without_being_told() -> R {
     o.run("echo 'advertise: [coordinator-1.example.net:12443]' >> /etc/muster/musterd.yaml")?;
     o.run("musterd init --output json > /root/secrets.json")?;
     let out = o.run("musterd token create --roles allocator")?;
-    let line = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("curl "))
-        .unwrap_or_default();
+    let line = printed_install_line(&out);
     assert!(
         line.contains("https://coordinator-1.example.net:12443/install.sh"),
         "{out}"

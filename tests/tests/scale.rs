@@ -10,9 +10,15 @@ const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens"
 
 /// Two coordinators serving one platform from `etcd`; both addresses go into tokens.
 fn pair(etcd: &Etcd) -> anyhow::Result<(Coordinator, Coordinator)> {
+    pair_with(etcd, "")
+}
+
+/// [`pair`] with `extra` server config lines. The first advertised address is the first
+/// coordinator's: install lines name it.
+fn pair_with(etcd: &Etcd, extra: &str) -> anyhow::Result<(Coordinator, Coordinator)> {
     let (p1, p2) = (free_port(), free_port());
     let opts = |port| Opts {
-        config: etcd.store_config("/muster/"),
+        config: format!("{}{extra}", etcd.store_config("/muster/")),
         start: true,
         port: Some(port),
         advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
@@ -65,21 +71,8 @@ fn two_coordinators_share_tokens_and_a_revocation_is_refused_by_both_at_once() -
 #[test]
 fn an_install_line_printed_by_one_coordinator_runs_against_another() -> R {
     let etcd = Etcd::start(1)?;
-    let (p1, p2) = (free_port(), free_port());
-    let opts = |port| Opts {
-        config: format!(
-            "{}installer_path: {}\n",
-            etcd.store_config("/muster/"),
-            static_installer().display()
-        ),
-        start: true,
-        port: Some(port),
-        // The first advertised address is the first coordinator's: lines name it.
-        advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
-        ..Opts::default()
-    };
-    let c1 = Coordinator::with(opts(p1))?;
-    let c2 = Coordinator::alongside(&c1, opts(p2))?;
+    let installer = format!("installer_path: {}\n", static_installer().display());
+    let (c1, c2) = pair_with(&etcd, &installer)?;
     let (_, _, line) = c2.token_with_line(r#"{"persistent":false,"roles":["allocator"]}"#)?;
     assert!(
         line.contains(&format!("https://{}/install.sh", c1.host())),
