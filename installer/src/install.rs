@@ -72,8 +72,8 @@ pub fn now() -> u64 {
 
 pub fn read_state(root: &Path) -> Result<Option<State>> {
     let p = File::State.path(root);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+    match layout::read_written(root, File::State, &layout::own_owners())? {
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             Failure::new(
                 Exit::Other,
                 format!(
@@ -82,11 +82,7 @@ pub fn read_state(root: &Path) -> Result<Option<State>> {
                 ),
             )
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Failure::new(
-            Exit::LocalWrite,
-            format!("reading {}: {e}", p.display()),
-        )),
+        None => Ok(None),
     }
 }
 
@@ -118,10 +114,11 @@ fn staged(root: &Path, f: File) -> PathBuf {
 
 /// Moves keys staged by a `--force` whose join was answered into place (the run that staged
 /// them was killed before it could).
-fn promote_staged_keys(root: &Path) -> Result<()> {
+fn promote_staged_keys(root: &Path, o: &Owners) -> Result<()> {
     for f in [File::NodeKey, File::HttpKey] {
         let next = staged(root, f);
         if std::fs::symlink_metadata(&next).is_ok() {
+            layout::read_written_at(&next, f, o)?;
             muster_protocol::fs::rename_into_place(&next, &f.path(root))?;
         }
     }
@@ -325,9 +322,14 @@ impl Key {
             .map_err(|e| Failure::new(Exit::Other, format!("generating a key: {e}")))
     }
 
-    pub fn load(path: &Path) -> Option<Key> {
-        let pem = Zeroizing::new(std::fs::read_to_string(path).ok()?);
-        rcgen::KeyPair::from_pem(&pem).ok().map(|pair| Key { pair })
+    /// The key `f` an earlier run wrote, if it is there, is Muster's (owner, mode, no
+    /// symlink: anything else is refused) and parses.
+    pub fn load(root: &Path, f: File, o: &Owners) -> Result<Option<Key>> {
+        let Some(bytes) = layout::read_written(root, f, o)?.map(Zeroizing::new) else {
+            return Ok(None);
+        };
+        let pem = Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
+        Ok(rcgen::KeyPair::from_pem(&pem).ok().map(|pair| Key { pair }))
     }
 
     pub fn from_pem(pem: &str) -> Result<Key> {
@@ -522,6 +524,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
 
     p.step("preparing keys on this host");
     // What this run makes, so that a refusal no retry can fix takes it all away again.
+    layout::check_folders(root)?;
     let made_dirs = missing_dirs(root, &owners);
     for (dir, perms) in layout::dirs(root, &owners) {
         ensure_dir(&dir, perms)?;
@@ -550,7 +553,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         other => {
             muster_protocol::fs::remove(&File::Renewal.path(root))?;
             // A `--force` killed after its join was answered: its keys are this enrollment's.
-            promote_staged_keys(root)?;
+            promote_staged_keys(root, &owners)?;
             other
         }
     };
@@ -561,8 +564,8 @@ pub async fn run(s: Settings) -> Result<Outcome> {
         && !s.force;
     let keys = if resume {
         match (
-            Key::load(&File::NodeKey.path(root)),
-            Key::load(&File::HttpKey.path(root)),
+            Key::load(root, File::NodeKey, &owners)?,
+            Key::load(root, File::HttpKey, &owners)?,
         ) {
             (Some(t), Some(h)) => {
                 p.note("resuming an unfinished enrollment with its keys");
@@ -699,7 +702,7 @@ pub async fn run(s: Settings) -> Result<Outcome> {
     write_state(root, &owners, &st)?;
     // The new state names the new join: from here on the staged keys are this enrollment's.
     failpoint("after-join-state");
-    promote_staged_keys(root)?;
+    promote_staged_keys(root, &owners)?;
     failpoint("after-join");
 
     p.step("writing certificates, keystores and config");
@@ -974,8 +977,9 @@ const P12_ITERATIONS: u64 = 2048;
 
 /// The keystore password already on the host, if it is one Muster wrote (32 characters of
 /// URL-safe base64).
-fn kept_keystore_password(root: &Path) -> Option<Zeroizing<String>> {
-    let p = Zeroizing::new(std::fs::read_to_string(File::KeystorePassword.path(root)).ok()?);
+fn kept_keystore_password(root: &Path, o: &Owners) -> Option<Zeroizing<String>> {
+    let bytes = Zeroizing::new(layout::read_written(root, File::KeystorePassword, o).ok()??);
+    let p = Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
     let ok = p.len() == 32
         && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -990,7 +994,7 @@ fn write_keystores(root: &Path, o: &Owners, b: &Certs, tkey: &Key) -> Result<Vec
     };
     // A renewal or a new enrollment keeps the keystore's password, so a program holding it
     // opens the new keystore too, and the two files never disagree while they are rewritten.
-    let password = match kept_keystore_password(root) {
+    let password = match kept_keystore_password(root, o) {
         Some(p) => p,
         None => {
             let mut b = [0u8; 24];

@@ -120,6 +120,42 @@ pub fn dirs(root: &Path, o: &Owners) -> Vec<(PathBuf, Perms)> {
     ]
 }
 
+/// Refuses a symbolic link or a folder every user may write to on the way from `root` to the
+/// folders Muster writes in (`ROOT/var` pointing at another user's folder would put keys
+/// there), before anything is made or written.
+pub fn check_folders(root: &Path) -> crate::exit::Result<()> {
+    for dir in ["etc/muster/tls", "etc/muster/hooks.d", "var/lib/muster"] {
+        muster_protocol::fs::check_folders(root, &root.join(dir))?;
+    }
+    Ok(())
+}
+
+/// Reads `f` as an earlier run wrote it: a file with another owner or a looser mode than
+/// Muster gives it, or a symlink, is refused, never reused. `None` when it is not there.
+pub fn read_written(root: &Path, f: File, o: &Owners) -> crate::exit::Result<Option<Vec<u8>>> {
+    read_written_at(&f.path(root), f, o)
+}
+
+/// [`read_written`] for `f` kept at `path` (a staged or saved copy).
+pub fn read_written_at(path: &Path, f: File, o: &Owners) -> crate::exit::Result<Option<Vec<u8>>> {
+    Ok(muster_protocol::fs::read_written(path, f.perms(o))?)
+}
+
+/// The owners of what only root (or the user running a scratch install) writes: the state.
+pub fn own_owners() -> Owners {
+    let (u, g) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let (root_uid, root_gid) = if u == 0 { (0, 0) } else { (u, g) };
+    Owners {
+        root_uid,
+        root_gid,
+        uid: root_uid,
+        gid: root_gid,
+    }
+}
+
 /// One writing command at a time on a host: `install`, `renew`, `leave` and each round of the
 /// agent hold this lock on `var/lib/muster/.lock` while they work, so a renewal by hand and the
 /// agent's own never interleave their files, and an install does not sweep away another
@@ -134,6 +170,7 @@ pub fn lock_path(root: &Path) -> PathBuf {
 /// Waits for and takes the [`HostLock`]. `var/lib/muster` must exist.
 pub fn lock(root: &Path) -> crate::exit::Result<HostLock> {
     use std::os::unix::fs::OpenOptionsExt;
+    check_folders(root)?;
     let path = lock_path(root);
     let failed = |what: &str, e: std::io::Error| {
         crate::exit::Failure::new(

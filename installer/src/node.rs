@@ -243,7 +243,9 @@ pub(crate) async fn still_registered(path: &dyn Fn(File) -> std::path::PathBuf) 
 /// The transport pair a renewal waiting in `renewal.json` brings: valid at the coordinator
 /// whether or not its files could be written.
 fn renewed_identity(root: &Path) -> Option<ClientIdentity> {
-    let bytes = zeroize::Zeroizing::new(std::fs::read(File::Renewal.path(root)).ok()?);
+    let bytes = zeroize::Zeroizing::new(
+        layout::read_written(root, File::Renewal, &layout::own_owners()).ok()??,
+    );
     let r: Renewal = serde_json::from_slice(&bytes).ok()?;
     Some(ClientIdentity {
         cert_pem: r.transport_cert_pem.clone(),
@@ -315,15 +317,9 @@ fn apply_renewal(root: &Path, o: &Owners, st: &State, r: &Renewal) -> Result<Sta
 /// Returns the state after it.
 pub(crate) fn finish_renewal(root: &Path, st: State) -> Result<State> {
     let path = File::Renewal.path(root);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => zeroize::Zeroizing::new(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(st),
-        Err(e) => {
-            return Err(Failure::new(
-                Exit::LocalWrite,
-                format!("reading {}: {e}", path.display()),
-            ))
-        }
+    let bytes = match layout::read_written(root, File::Renewal, &layout::own_owners())? {
+        Some(b) => zeroize::Zeroizing::new(b),
+        None => return Ok(st),
     };
     let r: Renewal = serde_json::from_slice(&bytes).map_err(|e| {
         Failure::new(

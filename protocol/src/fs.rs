@@ -27,6 +27,27 @@ pub enum WriteError {
         "refusing to write {0}: it is a symbolic link (remove it if it is not meant to be there)"
     )]
     Symlink(PathBuf),
+    /// A folder on the way to what is written is a symbolic link.
+    #[error(
+        "refusing to write under {0}: it is a symbolic link, and Muster writes only through real folders (remove it if it is not meant to be there)"
+    )]
+    SymlinkFolder(PathBuf),
+    /// A folder on the way to what is written lets every user rename what is in it.
+    #[error(
+        "refusing to write under {0}: every user may write to it (mode {1:04o}); make it writable by its owner only"
+    )]
+    OpenFolder(PathBuf, u32),
+    /// A file an earlier run should have written has an owner or mode that run never gives.
+    #[error(
+        "refusing to reuse {path}: it is owned by uid {uid} with mode {mode:04o}, and Muster writes it owned by uid {want_uid} with mode {want_mode:04o}; remove it if it is not meant to be there"
+    )]
+    NotOurs {
+        path: PathBuf,
+        uid: u32,
+        mode: u32,
+        want_uid: u32,
+        want_mode: u32,
+    },
     /// Something other than a regular file or folder stands there.
     #[error("refusing to write {0}: it exists and is not a {1}")]
     WrongType(PathBuf, &'static str),
@@ -113,6 +134,73 @@ pub fn ensure_dir(dir: &Path, perms: Perms) -> Result<(), WriteError> {
         chown(&d, dir, perms)?;
     }
     Ok(())
+}
+
+/// Refuses folders between `root` (not included) and `dir` (included) that could redirect what
+/// is written under `dir`: a symbolic link (`ROOT/var` pointing at a folder another user owns)
+/// or a folder every user may write to without the sticky bit. Folders not made yet pass.
+pub fn check_folders(root: &Path, dir: &Path) -> Result<(), WriteError> {
+    let Ok(rel) = dir.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        let m = match fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("inspecting", &at)(e)),
+        };
+        if m.file_type().is_symlink() {
+            return Err(WriteError::SymlinkFolder(at));
+        }
+        if !m.is_dir() {
+            return Err(WriteError::WrongType(at, "folder"));
+        }
+        let mode = m.mode() & 0o7777;
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(WriteError::OpenFolder(at, mode));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file an earlier run wrote with `perms`, refusing one that run cannot have written:
+/// a symbolic link, something other than a regular file, another owner, or a mode that gives
+/// anyone more than `perms.mode` does. `None` when nothing is there.
+pub fn read_written(path: &Path, perms: Perms) -> Result<Option<Vec<u8>>, WriteError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(WriteError::Symlink(path.to_path_buf()))
+        }
+        Err(e) => return Err(io_err("opening", path)(e)),
+    };
+    let m = f.metadata().map_err(io_err("inspecting", path))?;
+    if !m.is_file() {
+        return Err(WriteError::WrongType(path.to_path_buf(), "regular file"));
+    }
+    let mode = m.mode() & 0o7777;
+    if m.uid() != perms.uid || mode & !perms.mode != 0 {
+        return Err(WriteError::NotOurs {
+            path: path.to_path_buf(),
+            uid: m.uid(),
+            mode,
+            want_uid: perms.uid,
+            want_mode: perms.mode,
+        });
+    }
+    let mut content = Vec::with_capacity(m.len().min(1 << 20) as usize);
+    f.read_to_end(&mut content)
+        .map_err(io_err("reading", path))?;
+    Ok(Some(content))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WriteError> {

@@ -265,9 +265,16 @@ impl Limits {
                 "the file limit allows fewer connections than max_connections; raise LimitNOFILE"
             );
         }
+        // Under a lowered total, one address may hold a quarter of it, so a quiet crowd from
+        // one place cannot take every connection the file limit leaves.
+        let per_source_cap = if max_connections < config.max_connections {
+            (max_connections / 4).max(1)
+        } else {
+            max_connections
+        };
         Limits {
             max_connections,
-            per_source: config.max_connections_per_source.min(max_connections),
+            per_source: config.max_connections_per_source.min(per_source_cap),
             idle: Duration::from_secs(config.idle_timeout_seconds),
         }
     }

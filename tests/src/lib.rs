@@ -81,6 +81,7 @@ pub struct Coordinator {
     pub secrets: Value,
     /// The network namespace musterd runs in, if not the test's own.
     pub netns: Option<String>,
+    file_limit: Option<u64>,
     data_dir: PathBuf,
     config_file: PathBuf,
     child: Option<Child>,
@@ -98,6 +99,8 @@ pub struct Opts {
     pub advertise: Option<String>,
     /// Listen on this port rather than a free one picked here.
     pub port: Option<u16>,
+    /// Start `serve` with this many open files at most (soft and hard), through `prlimit`.
+    pub file_limit: Option<u64>,
 }
 
 /// `cmd`, run inside network namespace `ns` if there is one.
@@ -184,6 +187,7 @@ impl Coordinator {
             port,
             secrets,
             netns: opts.netns.clone(),
+            file_limit: opts.file_limit,
             child: None,
         };
         if opts.start {
@@ -206,6 +210,7 @@ impl Coordinator {
             port,
             secrets,
             netns: None,
+            file_limit: None,
             data_dir: data_dir.to_path_buf(),
             config_file: config_file.to_path_buf(),
             child: None,
@@ -230,7 +235,17 @@ impl Coordinator {
             .create(true)
             .append(true)
             .open(self.dir.path().join("musterd.log"))?;
-        let child = in_netns(self.netns.as_deref(), &bin("musterd"))
+        let mut cmd = match self.file_limit {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("musterd"));
+                c
+            }
+            None => in_netns(self.netns.as_deref(), &bin("musterd")),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data())

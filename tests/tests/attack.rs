@@ -777,3 +777,143 @@ fn an_unknown_admin_user_costs_what_a_wrong_password_does() -> R {
     assert!(u > k / 2.0, "unknown user {u} s, wrong password {k} s");
     Ok(())
 }
+
+/// A resumed install (state at `keys`) whose key files another user planted (owner nobody,
+/// mode 0666) refuses them, names the file, certifies nothing and leaves the root as it was.
+#[test]
+fn a_resumed_install_refuses_keys_another_user_planted_and_changes_nothing() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    for (what, uid, mode) in [
+        ("owner nobody", 65534, 0o600),
+        ("mode 0666", MUSTER_UID, 0o666),
+        ("both", 65534, 0o666),
+    ] {
+        let h = Host::new(&format!("planted-{}", what.replace(' ', "-")))?;
+        let killed = Run::from(
+            h.install_cmd(&c.host(), &tok)
+                .env("MUSTER_FAILPOINT", "after-keys")
+                .output()?,
+        );
+        assert_eq!(killed.code, 137, "{what}: {killed:?}");
+        assert_eq!(h.state()["stage"], "keys", "{what}");
+        let key = h.path("etc/muster/tls/http.key");
+        // The planted key: another key, with the owner and mode under test.
+        let other = Host::new(&format!("planter-{}", what.replace(' ', "-")))?;
+        let k = other.path("k.pem");
+        tool(
+            Command::new("openssl")
+                .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
+                .args(["ec_paramgen_curve:P-256", "-out"])
+                .arg(&k),
+        )?;
+        std::fs::copy(&k, &key)?;
+        std::os::unix::fs::chown(&key, Some(uid), Some(uid))?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        let before = tree(&h.path(""))?;
+        let r = h.install(&c.host(), &tok, &[])?;
+        assert_eq!(r.code, 7, "{what}: {r:?}");
+        assert!(
+            r.stderr.contains("refusing to reuse") && r.stderr.contains("http.key"),
+            "{what}: {r:?}"
+        );
+        assert_eq!(tree(&h.path(""))?, before, "{what}: nothing changes");
+        assert!(!h.path("etc/muster/tls/http.crt").exists(), "{what}");
+        // Removing what was planted, as the message says, lets the install finish.
+        std::fs::remove_file(&key)?;
+        let again = h.install(&c.host(), &tok, &[])?;
+        assert_eq!(again.code, 0, "{what}: {again:?}");
+        assert_eq!(tree_mode(&key)?, (MUSTER_UID, 0o600), "{what}");
+    }
+    Ok(())
+}
+
+/// Owner and mode of one file.
+fn tree_mode(p: &std::path::Path) -> anyhow::Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p)?;
+    Ok((m.uid(), m.mode() & 0o7777))
+}
+
+/// `ROOT/var` as a symbolic link to a folder every user may write to, or as such a folder
+/// itself: the install refuses before writing anything, there or in the root.
+#[test]
+fn a_folder_on_the_way_that_another_user_controls_is_refused() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("parent-link")?;
+    let open = h.path("open");
+    std::fs::create_dir(&open)?;
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    std::os::unix::fs::symlink(&open, h.path("var"))?;
+    let before = tree(&h.path(""))?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains("symbolic link") && r.stderr.contains("/var"),
+        "{r:?}"
+    );
+    assert_eq!(tree(&h.path(""))?, before, "nothing written anywhere");
+
+    std::fs::remove_file(h.path("var"))?;
+    std::fs::rename(&open, h.path("var"))?;
+    let before = tree(&h.path(""))?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(
+        r.stderr.contains("every user may write") && r.stderr.contains("0777"),
+        "{r:?}"
+    );
+    assert_eq!(tree(&h.path(""))?, before, "nothing written anywhere");
+
+    std::fs::set_permissions(
+        h.path("var"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    Ok(())
+}
+
+/// Under a low file limit (256 open files: 128 connections after what the server keeps for
+/// itself), quiet crowds from two addresses cannot make `/healthz` from a third wait.
+#[test]
+fn under_a_low_file_limit_quiet_crowds_leave_room_for_a_real_request() -> R {
+    let c = Coordinator::with(Opts {
+        config: "idle_timeout_seconds: 30\n".into(),
+        start: true,
+        file_limit: Some(256),
+        ..Opts::default()
+    })?;
+    let (a, b, healthz) = std::thread::scope(|s| {
+        let a = s.spawn(|| idle_clients(&c, "127.0.0.6", 120, "http/1.1"));
+        let b = s.spawn(|| idle_clients(&c, "127.0.0.7", 120, "h2"));
+        std::thread::sleep(Duration::from_secs(3));
+        let url = c.url("/healthz");
+        let healthz = c.curl(&[
+            "-sS",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]);
+        (a.join(), b.join(), healthz)
+    });
+    let a = a.map_err(|_| anyhow::anyhow!("the HTTP/1.1 crowd panicked"))??;
+    let b = b.map_err(|_| anyhow::anyhow!("the HTTP/2 crowd panicked"))??;
+    let healthz = healthz?;
+    println!("file limit 256: HTTP/1.1 crowd {a}; HTTP/2 crowd {b}");
+    assert_eq!(
+        String::from_utf8_lossy(&healthz.stdout),
+        "200",
+        "{healthz:?}"
+    );
+    // Each address holds a quarter of the 128 connections; the rest are refused at once.
+    assert_eq!(a["opened"], 32, "{a}");
+    assert_eq!(b["opened"], 32, "{b}");
+    assert!(c.log().contains("raise LimitNOFILE"), "{}", c.log());
+    Ok(())
+}
