@@ -21,11 +21,20 @@ if [ -n "$need" ]; then
   # shellcheck disable=SC2086 # a list of package names, split on purpose
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
 fi
-# Python's cryptography: the strict certificate parser the certificate test loads ours with.
-python3 -c 'import cryptography' 2>/dev/null ||
-  python3 -m pip install --quiet cryptography ||
-  { apt-get install -y -qq --no-install-recommends python3-pip &&
-    python3 -m pip install --quiet --break-system-packages cryptography; }
+# Python packages the tests drive: cryptography (the strict certificate parser the certificate
+# test loads ours with), elasticsearch (Elastic's own client, against the enroll-node answer)
+# and schemathesis (the API fuzzer, against docs/openapi.yaml).
+pip_need=""
+for mod in cryptography elasticsearch schemathesis; do
+  python3 -c "import $mod" 2>/dev/null || pip_need="$pip_need $mod"
+done
+if [ -n "$pip_need" ]; then
+  echo "installing from PyPI:$pip_need"
+  # shellcheck disable=SC2086 # a list of package names, split on purpose
+  python3 -m pip install --quiet $pip_need ||
+    { apt-get install -y -qq --no-install-recommends python3-pip &&
+      python3 -m pip install --quiet --break-system-packages $pip_need; }
+fi
 for sub in cargo-deb cargo-generate-rpm cargo-fuzz; do
   command -v "$sub" >/dev/null 2>&1 || cargo install --locked --quiet "$sub"
 done

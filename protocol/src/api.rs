@@ -13,14 +13,32 @@ pub struct CreateTokenRequest {
     #[serde(default)]
     pub roles: Vec<String>,
     /// Lifetime of an ephemeral token (default one hour). Ignored for persistent tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub validity_in_seconds: Option<u64>,
     /// Beyond ECE: how many hosts may enroll with the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub max_uses: Option<u32>,
     /// Beyond ECE: source networks (CIDR) joins must come from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_sources: Vec<String>,
+}
+
+/// An optional field that, when given, holds a value: `null` is refused as the schema's type
+/// refuses it, not taken for "absent".
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// The answer to a token creation: the token is shown this once. Its `Debug` leaves the token
@@ -85,11 +103,19 @@ pub struct AllocatorZone {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocatorInfo {
     pub allocator_id: String,
+    pub zone_id: String,
     pub host_ip: String,
     pub public_hostname: String,
     pub status: HostStatus,
     pub capacity: Capacity,
+    /// Always empty: Muster runs no clusters.
     pub instances: Vec<serde_json::Value>,
+    /// ECE's allocator settings; Muster keeps none (`{}`).
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// ECE's `[{"key","value"}]` tags; Muster keeps none.
+    pub metadata: Vec<serde_json::Value>,
+    pub features: Vec<String>,
+    pub external_links: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,11 +130,19 @@ pub struct HostStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     pub memory: Memory,
+    pub storage: Storage,
 }
 
 /// Memory in MiB, as ECE reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Memory {
+    pub total: u64,
+    pub used: u64,
+}
+
+/// Storage in MiB, as ECE reports it. Hosts do not report their disks to Muster: 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Storage {
     pub total: u64,
     pub used: u64,
 }
@@ -119,30 +153,53 @@ pub struct RunnersReply {
     pub runners: Vec<RunnerInfo>,
 }
 
+/// `GET …/runners` and `…/runners/{runner_id}`: ECE's `RunnerInfo`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerInfo {
     pub runner_id: String,
     pub public_hostname: String,
     pub host_ip: String,
-    pub zone: String,
     pub connected: bool,
+    pub healthy: bool,
+    /// Always empty: Muster runs no containers.
+    pub containers: Vec<serde_json::Value>,
     pub roles: Vec<RunnerRole>,
+    /// Beyond ECE: the host's availability zone.
+    pub zone: String,
     /// Beyond ECE: roles the host asked for but was not granted yet.
     pub pending_roles: Vec<Role>,
     /// Beyond ECE: the token the host enrolled with (id only).
     pub token_id: String,
 }
 
+/// ECE's `RunnerRoleInfo`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerRole {
     pub role_name: Role,
 }
 
-/// `PUT …/runners/{id}/roles`.
+/// `PUT …/runners/{id}/roles`: ECE's `RunnerRolesInfo`, `{"roles":[{"role_name":"proxy"}]}`,
+/// the body taken and answered. A bare name (`{"roles":["proxy"]}`) is taken too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RunnerRolesRequest {
-    pub roles: Vec<String>,
+pub struct RunnerRolesInfo {
+    pub roles: Vec<RoleItem>,
+}
+
+/// One role in a [`RunnerRolesInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RoleItem {
+    Named { role_name: String },
+    Bare(String),
+}
+
+impl RoleItem {
+    pub fn name(&self) -> &str {
+        match self {
+            RoleItem::Named { role_name } | RoleItem::Bare(role_name) => role_name,
+        }
+    }
 }
 
 /// One audited token event. Only the token's id is ever recorded.

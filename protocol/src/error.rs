@@ -140,6 +140,15 @@ codes! {
     StoreUnavailable = "server.store_unavailable",
     /// Something failed inside the server; retry, then report.
     Internal = "server.internal",
+    /// ECE's answer to a token request that does not read on `…/enrollment-tokens` (Muster's
+    /// finer reason is in the message).
+    EceTokenRequest = "enrollment_tokens.invalid_token_request",
+    /// ECE's answer on `…/enrollment-tokens/{token}` for a token or id it does not know.
+    EceTokenId = "enrollment_tokens.invalid_token_id",
+    /// ECE's answer on `…/runners/{runner_id}` for a runner it does not know.
+    EceRunnerNotFound = "runners.runner_not_found",
+    /// ECE's answer when `PUT …/runners/{runner_id}/roles` cannot set the roles asked for.
+    EceSetRolesFailed = "runners.runner_set_roles_failed",
 }
 
 impl ErrorCode {

@@ -575,7 +575,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(paths::RUNNERS, get(runners))
         .route(
             &format!("{}/{{runner_id}}", paths::RUNNERS),
-            delete(remove_runner),
+            get(runner).delete(remove_runner),
         )
         .route(
             &format!("{}/{{runner_id}}/roles", paths::RUNNERS),
@@ -643,13 +643,21 @@ async fn create_token(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<CreateTokenReply>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
-    let Query(query) = query.map_err(query_invalid)?;
-    let req: CreateTokenRequest = parse_json(body)?;
-    let mut reply = app.create_token(&req, Some(c.remote.ip())).await?;
-    if !query.install_command {
-        reply.install_command = None;
-    }
-    Ok(Json(reply))
+    let made = async {
+        let Query(query) = query.map_err(query_invalid)?;
+        let req: CreateTokenRequest = parse_json(body)?;
+        let mut reply = app.create_token(&req, Some(c.remote.ip())).await?;
+        if !query.install_command {
+            reply.install_command = None;
+        }
+        Ok(Json(reply))
+    };
+    made.await.map_err(|e: ApiError| {
+        e.as_ece(
+            &[ErrorCode::RequestInvalid, ErrorCode::RoleUnknown],
+            ErrorCode::EceTokenRequest,
+        )
+    })
 }
 
 fn token_info(t: &TokenRecord) -> TokenInfo {
@@ -683,18 +691,33 @@ async fn list_tokens(
     Ok(Json(ListTokensReply { tokens }))
 }
 
+/// `DELETE …/enrollment-tokens/{token}`: `{token}` is the token's id or, as ECE takes it, the
+/// token itself (known by its hash, so only its holder can name it that way).
 async fn delete_token(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(given): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
-    let Some(t) = app.store.token(&id).await?.filter(|t| !t.revoked) else {
-        return Err(ApiError::new(
-            ErrorCode::TokenUnknown,
-            format!("no token with id {id}"),
-        ));
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::EceTokenId,
+            "no live token has that id, and no live token of this platform is that",
+        )
+    };
+    let t = if given.contains('.') {
+        let given = given.trim();
+        let id = token::inspect(given).map_err(|_| unknown())?.sub;
+        app.store
+            .token(&id)
+            .await?
+            .filter(|t| constant_eq(&t.hash, &sha256_hex(given.as_bytes())))
+    } else {
+        app.store.token(&given).await?
+    };
+    let Some(t) = t.filter(|t| !t.revoked) else {
+        return Err(unknown());
     };
     if t.kind == TokenKind::Emergency {
         return Err(ApiError::new(
@@ -702,6 +725,7 @@ async fn delete_token(
             "the emergency token cannot be deleted: it is what recovers the platform",
         ));
     }
+    let id = t.id;
     let source = c.remote.ip().to_string();
     let e = event(app.now(), "revoked", Some(&id), None, Some(&source), None);
     app.store.revoke_token(&id, &e).await?;
@@ -740,25 +764,105 @@ fn host_ip(h: &HostRecord) -> String {
     h.host.addresses.first().cloned().unwrap_or_default()
 }
 
+fn zone_of(app: &App, h: &HostRecord) -> String {
+    if h.host.zone.is_empty() {
+        app.config.default_zone.clone()
+    } else {
+        h.host.zone.clone()
+    }
+}
+
+/// `q`, `size`, `from` and `sort` on ECE's lists (docs/api.md): typed, so `size=-1`,
+/// `size=abc` or `size=null` is refused.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    q: Option<String>,
+    size: Option<u32>,
+    from: Option<u32>,
+    sort: Option<String>,
+}
+
+/// What `q` and `sort` may name in an allocator.
+const ALLOCATOR_FIELDS: &[&str] = &[
+    "allocator_id",
+    "zone_id",
+    "host_ip",
+    "public_hostname",
+    "status.connected",
+    "status.healthy",
+    "status.maintenance_mode",
+    "status.last_heartbeat",
+    "capacity.memory.total",
+    "capacity.memory.used",
+    "features",
+    "instances",
+];
+
+/// What `q` may name in a runner.
+const RUNNER_FIELDS: &[&str] = &[
+    "runner_id",
+    "public_hostname",
+    "host_ip",
+    "connected",
+    "healthy",
+    "roles.role_name",
+    "zone",
+    "pending_roles",
+    "token_id",
+];
+
+/// `items` filtered by `q`, ordered by `sort` (then `key`), cut to `from`/`size`.
+fn listed<T: serde::Serialize>(
+    items: Vec<T>,
+    q: &ListQuery,
+    fields: &[&str],
+    key: &str,
+) -> Result<Vec<T>, ApiError> {
+    let invalid = |e: crate::query::Invalid| ApiError::new(ErrorCode::RequestInvalid, e.0);
+    let query =
+        crate::query::Query::parse(q.q.as_deref().unwrap_or(""), fields).map_err(invalid)?;
+    let sort = crate::query::Sort::parse(
+        &q.sort
+            .as_deref()
+            .map_or(key.to_string(), |s| format!("{s},{key}")),
+        fields,
+    )
+    .map_err(invalid)?;
+    let (from, size) = crate::query::window(q.from, q.size).map_err(invalid)?;
+    let mut kept: Vec<(serde_json::Value, T)> = items
+        .into_iter()
+        .filter_map(|i| {
+            let v = serde_json::to_value(&i).ok()?;
+            query.matches(&v, fields).then_some((v, i))
+        })
+        .collect();
+    kept.sort_by(|a, b| sort.compare(&a.0, &b.0));
+    Ok(kept
+        .into_iter()
+        .skip(from)
+        .take(size)
+        .map(|(_, i)| i)
+        .collect())
+}
+
 async fn allocators(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<AllocatorsReply>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
-    let mut zones: std::collections::BTreeMap<String, Vec<AllocatorInfo>> = Default::default();
+    let Query(q) = q.map_err(query_invalid)?;
+    let mut all = vec![];
     for h in app.store.hosts().await? {
         if !h.roles.contains(&Role::Allocator) {
             continue;
         }
-        let zone = if h.host.zone.is_empty() {
-            app.config.default_zone.clone()
-        } else {
-            h.host.zone.clone()
-        };
         let conn = connected(&app, &h);
-        zones.entry(zone).or_default().push(AllocatorInfo {
+        all.push(AllocatorInfo {
             allocator_id: h.node_id.clone(),
+            zone_id: zone_of(&app, &h),
             host_ip: host_ip(&h),
             public_hostname: h.host.hostname.clone(),
             status: HostStatus {
@@ -772,82 +876,152 @@ async fn allocators(
                     total: h.host.memory_mb,
                     used: h.memory_used_mb,
                 },
+                storage: Storage { total: 0, used: 0 },
             },
             instances: vec![],
+            settings: Default::default(),
+            metadata: vec![],
+            features: vec![],
+            external_links: vec![],
         });
     }
-    Ok(Json(AllocatorsReply {
-        zones: zones
-            .into_iter()
-            .map(|(zone_id, allocators)| AllocatorZone {
-                zone_id,
-                allocators,
-            })
-            .collect(),
-    }))
+    // Zones in the order their first allocator comes in the sorted window.
+    let mut zones: Vec<AllocatorZone> = vec![];
+    for a in listed(all, &q, ALLOCATOR_FIELDS, "allocator_id")? {
+        match zones.iter_mut().find(|z| z.zone_id == a.zone_id) {
+            Some(z) => z.allocators.push(a),
+            None => zones.push(AllocatorZone {
+                zone_id: a.zone_id.clone(),
+                allocators: vec![a],
+            }),
+        }
+    }
+    Ok(Json(AllocatorsReply { zones }))
 }
 
+fn runner_info(app: &App, h: &HostRecord) -> RunnerInfo {
+    let conn = connected(app, h);
+    RunnerInfo {
+        runner_id: h.node_id.clone(),
+        public_hostname: h.host.hostname.clone(),
+        host_ip: host_ip(h),
+        connected: conn,
+        healthy: conn,
+        containers: vec![],
+        roles: h
+            .roles
+            .iter()
+            .map(|r| RunnerRole { role_name: *r })
+            .collect(),
+        zone: zone_of(app, h),
+        pending_roles: h.pending_roles.clone(),
+        token_id: h.token_id.clone(),
+    }
+}
+
+/// `q` on the runners (ECE takes no `size`, `from` or `sort` there; Muster does, as on the
+/// allocators, and answers every runner unless `size` says otherwise).
 async fn runners(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<RunnersReply>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
-    let runners = app
+    let Query(mut q) = q.map_err(query_invalid)?;
+    let all: Vec<RunnerInfo> = app
         .store
         .hosts()
         .await?
         .iter()
-        .map(|h| RunnerInfo {
-            runner_id: h.node_id.clone(),
-            public_hostname: h.host.hostname.clone(),
-            host_ip: host_ip(h),
-            zone: if h.host.zone.is_empty() {
-                app.config.default_zone.clone()
-            } else {
-                h.host.zone.clone()
-            },
-            connected: connected(&app, h),
-            roles: h
-                .roles
-                .iter()
-                .map(|r| RunnerRole { role_name: *r })
-                .collect(),
-            pending_roles: h.pending_roles.clone(),
-            token_id: h.token_id.clone(),
-        })
+        .map(|h| runner_info(&app, h))
         .collect();
+    q.size = Some(q.size.unwrap_or(10_000));
+    let runners = listed(all, &q, RUNNER_FIELDS, "runner_id")?;
     Ok(Json(RunnersReply { runners }))
 }
 
+fn runner_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::EceRunnerNotFound,
+        format!("no runner with id {id}"),
+    )
+}
+
+async fn runner(
+    State(app): S,
+    Extension(c): Conn,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<RunnerInfo>, ApiError> {
+    app.authenticate(&headers, c.remote.ip())?;
+    match app.store.host(&id).await? {
+        Some(h) => Ok(Json(runner_info(&app, &h))),
+        None => Err(runner_not_found(&id)),
+    }
+}
+
+/// `?bless=` on `PUT …/roles`: typed, so `bless=notabool` is refused.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlessQuery {
+    bless: Option<bool>,
+}
+
+/// Sets a runner's roles. Blessed (the default, or `bless=true`), the roles are granted and
+/// no longer pending; `bless=false` keeps granted only those of them it already had and
+/// leaves the rest pending, waiting for a blessing.
 async fn set_runner_roles(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
     Path(id): Path<String>,
+    q: Result<Query<BlessQuery>, QueryRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Json<RunnerRolesRequest>, ApiError> {
+) -> Result<Json<RunnerRolesInfo>, ApiError> {
     app.authenticate(&headers, c.remote.ip())?;
-    let req: RunnerRolesRequest = parse_json(body)?;
-    let roles = parse_roles(&req.roles)?;
+    let bad = [ErrorCode::RequestInvalid, ErrorCode::RoleUnknown];
+    let to_ece = |e: ApiError| e.as_ece(&bad, ErrorCode::EceSetRolesFailed);
+    let Query(q) = q.map_err(query_invalid).map_err(to_ece)?;
+    let req: RunnerRolesInfo = parse_json(body).map_err(to_ece)?;
+    let names: Vec<String> = req.roles.iter().map(|r| r.name().to_string()).collect();
+    let asked = parse_roles(&names).map_err(to_ece)?;
     let Some(host) = app.store.host(&id).await? else {
-        return Err(ApiError::new(
-            ErrorCode::NodeUnknown,
-            format!("no runner with id {id}"),
-        ));
+        return Err(runner_not_found(&id));
     };
-    let pending: Vec<Role> = host
-        .pending_roles
-        .iter()
-        .copied()
-        .filter(|r| !roles.contains(r))
-        .collect();
+    let (granted, pending): (Vec<Role>, Vec<Role>) = if q.bless.unwrap_or(true) {
+        let pending = host
+            .pending_roles
+            .iter()
+            .copied()
+            .filter(|r| !asked.contains(r))
+            .collect();
+        (asked, pending)
+    } else {
+        let granted = host
+            .roles
+            .iter()
+            .copied()
+            .filter(|r| asked.contains(r))
+            .collect::<Vec<_>>();
+        let pending = asked
+            .iter()
+            .copied()
+            .filter(|r| !granted.contains(r))
+            .collect();
+        (granted, pending)
+    };
     app.store
-        .set_roles(&id, &roles, &pending)
+        .set_roles(&id, &granted, &pending)
         .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::NodeUnknown, format!("no runner with id {id}")))?;
-    Ok(Json(RunnerRolesRequest {
-        roles: roles.iter().map(|r| r.to_string()).collect(),
+        .ok_or_else(|| runner_not_found(&id))?;
+    Ok(Json(RunnerRolesInfo {
+        roles: granted
+            .iter()
+            .map(|r| RoleItem::Named {
+                role_name: r.to_string(),
+            })
+            .collect(),
     }))
 }
 
@@ -862,16 +1036,14 @@ async fn remove_runner(
     let e = event(app.now(), "host_removed", None, None, Some(&source), None);
     match app.store.remove_host(&id, &e).await? {
         Some(_) => Ok(Json(serde_json::json!({}))),
-        None => Err(ApiError::new(
-            ErrorCode::NodeUnknown,
-            format!("no runner with id {id}"),
-        )),
+        None => Err(runner_not_found(&id)),
     }
 }
 
-/// The most memory a host may report, in MiB (4 PiB): figures a node sends are checked, so a
-/// hostile one cannot put 2^64−1 into the registry and every sum over it.
-const MAX_MEMORY_MB: u64 = 1 << 32;
+/// The most memory a host may report, in MiB (2 PiB, what ECE's 32-bit `capacity.memory`
+/// holds): figures a node sends are checked, so a hostile one cannot put 2^64−1 into the
+/// registry and every sum over it.
+const MAX_MEMORY_MB: u64 = i32::MAX as u64;
 
 /// Checks a host's self-description: a DNS-shaped hostname, IP literals, a sane zone.
 fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
@@ -1575,11 +1747,14 @@ async fn leave(State(app): S, Extension(c): Conn) -> Result<Json<serde_json::Val
     Ok(Json(serde_json::json!({})))
 }
 
+/// Elasticsearch's transport port, where `nodes_addresses` says the enrolled hosts listen.
+const ES_TRANSPORT_PORT: u16 = 9300;
+
 async fn es_enroll_node(
     State(app): S,
     Extension(c): Conn,
     headers: HeaderMap,
-) -> Result<Json<EsEnrollNodeReply>, ApiError> {
+) -> Result<Response, ApiError> {
     // Credentials first: whether the feature is on is not for anyone to learn.
     app.authenticate(&headers, c.remote.ip())?;
     if !app.config.es_enroll_node {
@@ -1599,14 +1774,32 @@ async fn es_enroll_node(
         .platform
         .transport_ca
         .sign(&key, &leaf, time_of(app.now())?)?;
-    Ok(Json(EsEnrollNodeReply {
+    // As Elasticsearch answers: the transport addresses of the nodes already there (the
+    // registered hosts), for the new node's discovery.
+    let nodes_addresses = app
+        .store
+        .hosts()
+        .await?
+        .iter()
+        .filter_map(|h| h.host.addresses.first())
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, ES_TRANSPORT_PORT).to_string())
+        .collect();
+    let mut resp = Json(EsEnrollNodeReply {
         http_ca_key: b64(&app.platform.http_ca.key_der()),
         http_ca_cert: b64(&app.platform.http_ca.cert_der),
         transport_ca_cert: b64(&app.platform.transport_ca.cert_der),
         transport_key: b64(&key.serialize_der()),
         transport_cert: b64(&cert.der),
-        nodes_addresses: app.advertise.clone(),
-    }))
+        nodes_addresses,
+    })
+    .into_response();
+    // Elastic's clients check that they talk to Elasticsearch by this header.
+    resp.headers_mut().insert(
+        "x-elastic-product",
+        axum::http::HeaderValue::from_static("Elasticsearch"),
+    );
+    Ok(resp)
 }
 
 async fn readyz(State(app): S) -> Response {

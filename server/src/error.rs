@@ -18,6 +18,20 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// On one of ECE's paths, ECE's code for an error of one of the codes in `from`, with
+    /// Muster's finer code kept in the message; any other error (credentials, limits, the
+    /// store) as it is.
+    pub fn as_ece(self, from: &[ErrorCode], to: ErrorCode) -> Self {
+        if from.contains(&self.code) {
+            ApiError {
+                code: to,
+                message: format!("{} ({})", self.message, self.code.as_str()),
+            }
+        } else {
+            self
+        }
+    }
 }
 
 /// The HTTP status of each code. The one place this is decided.
@@ -29,7 +43,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-        NotFound | TokenUnknown | JoinUnknown | NodeUnknown => StatusCode::NOT_FOUND,
+        NotFound | TokenUnknown | JoinUnknown | NodeUnknown | EceTokenId | EceRunnerNotFound => {
+            StatusCode::NOT_FOUND
+        }
         TokenMalformed
         | TokenAlgorithm
         | TokenSignature
@@ -47,9 +63,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         RecoveryRole => StatusCode::BAD_REQUEST,
         RecoveryStore => StatusCode::CONFLICT,
         TokenNotDeletable | HostReplaceRoles => StatusCode::CONFLICT,
-        RequestInvalid | RoleUnknown | CsrInvalid | CsrKeyType | CsrCa | CsrSan => {
-            StatusCode::BAD_REQUEST
-        }
+        RequestInvalid | RoleUnknown | CsrInvalid | CsrKeyType | CsrCa | CsrSan
+        | EceTokenRequest | EceSetRolesFailed => StatusCode::BAD_REQUEST,
         StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -63,6 +78,10 @@ impl IntoResponse for ApiError {
             axum::Json(ApiErrorBody::single(self.code, self.message)),
         )
             .into_response();
+        // As ECE does: the code in a header too, for clients that read no body.
+        if let Ok(v) = axum::http::HeaderValue::from_str(self.code.as_str()) {
+            resp.headers_mut().insert("x-cloud-error-codes", v);
+        }
         if self.code == ErrorCode::AuthRequired || self.code == ErrorCode::AuthInvalid {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod limit;
 pub mod pki;
 pub mod platform;
+pub mod query;
 pub mod seal;
 pub mod serve;
 pub mod store;
