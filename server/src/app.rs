@@ -64,6 +64,10 @@ pub struct App {
     /// (`pki::san_key_of_name`): this coordinator's own, and what every coordinator of the
     /// platform published, as last read from the store.
     reserved_names: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// The addresses registered hosts hold, with the names of the hosts holding each: no other
+    /// host is certified for one. Read from the store every [`ADDRESSES_EVERY`] seconds and
+    /// kept up to date with this coordinator's own commits.
+    host_addresses: std::sync::RwLock<HostAddresses>,
     /// The key of the TLS serving certificate: the platform's, or (a platform made before it
     /// kept one) the one in the data folder.
     pub serving_key: pki::ServingKey,
@@ -166,6 +170,7 @@ impl App {
             join_keys: JoinKeys::default(),
             downloads: Arc::new(crate::limit::PerSource::new(MAX_DOWNLOADS_PER_SOURCE)),
             reserved_names,
+            host_addresses: Default::default(),
             verified_password: Mutex::new(None),
             clock: system_now,
         })
@@ -419,11 +424,58 @@ impl App {
         Ok(())
     }
 
+    /// Reads again which addresses the registered hosts hold, if the last read is older than
+    /// [`ADDRESSES_EVERY`] (or `now` is asked for).
+    pub async fn refresh_addresses(&self, now: bool) -> anyhow::Result<()> {
+        let at = self.now();
+        let due = self
+            .host_addresses
+            .read()
+            .map(|a| now || a.read_at.is_none_or(|t| at >= t + ADDRESSES_EVERY))
+            .unwrap_or(true);
+        if !due {
+            return Ok(());
+        }
+        let mut fresh = HostAddresses {
+            read_at: Some(at),
+            ..Default::default()
+        };
+        let mut hosts = self.store.hosts().await?;
+        hosts.sort_by(|a, b| (a.registered_at, &a.node_id).cmp(&(b.registered_at, &b.node_id)));
+        for h in &hosts {
+            fresh.add(&h.host);
+        }
+        if let Ok(mut a) = self.host_addresses.write() {
+            *a = fresh;
+        }
+        Ok(())
+    }
+
+    /// Gives back the addresses of a host no longer registered (another coordinator sees that
+    /// at its next read).
+    fn forget_addresses(&self, gone: &HostRecord) {
+        if let Ok(mut a) = self.host_addresses.write() {
+            a.forget(&gone.host.hostname);
+        }
+    }
+
+    /// Whether `ip` is held by a registered host other than one named `hostname` (which keeps
+    /// its own: a renewal, a rebuilt host replacing its old record).
+    fn address_taken(&self, ip: &IpAddr, hostname: &str) -> bool {
+        self.host_addresses
+            .read()
+            .map(|a| a.taken(ip, hostname))
+            .unwrap_or(false)
+    }
+
     /// Removes expired reservations (giving their uses back) and retires expired ephemeral
     /// tokens. Run periodically.
     pub async fn sweep(&self) -> anyhow::Result<()> {
         if let Err(e) = self.refresh_names().await {
             tracing::warn!(error = %format!("{e:#}"), "reading the coordinators' names failed");
+        }
+        if let Err(e) = self.refresh_addresses(false).await {
+            tracing::warn!(error = %format!("{e:#}"), "reading the hosts' addresses failed");
         }
         let now = self.now();
         // Tokens expire even when reservations cannot be swept this time (and the other way
@@ -452,6 +504,57 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+/// How often a coordinator reads every registered host's addresses again, in seconds. Between
+/// two reads it knows the hosts it committed itself; another coordinator's are seen at the
+/// next read.
+const ADDRESSES_EVERY: u64 = 30;
+
+/// The addresses registered hosts hold, each with the name of the host that holds it: the
+/// first registered of those that report it (the others were certified without it).
+#[derive(Default)]
+struct HostAddresses {
+    read_at: Option<u64>,
+    by_address: HashMap<IpAddr, String>,
+}
+
+impl HostAddresses {
+    /// Records `host`'s addresses that no host holds yet, leaving out those that name no one
+    /// host: loopback, link-local and unspecified addresses are every host's.
+    fn add(&mut self, host: &HostFacts) {
+        for ip in host
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+        {
+            if unique_address(&ip) {
+                self.by_address
+                    .entry(ip)
+                    .or_insert_with(|| host.hostname.clone());
+            }
+        }
+    }
+
+    fn forget(&mut self, hostname: &str) {
+        self.by_address.retain(|_, holder| holder != hostname);
+    }
+
+    fn taken(&self, ip: &IpAddr, hostname: &str) -> bool {
+        self.by_address
+            .get(ip)
+            .is_some_and(|holder| !holder.eq_ignore_ascii_case(hostname))
+    }
+}
+
+/// Whether `ip` can name one host: not loopback, link-local or unspecified.
+fn unique_address(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()),
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
     }
 }
 
@@ -1035,7 +1138,10 @@ async fn remove_runner(
     let source = c.remote.ip().to_string();
     let e = event(app.now(), "host_removed", None, None, Some(&source), None);
     match app.store.remove_host(&id, &e).await? {
-        Some(_) => Ok(Json(serde_json::json!({}))),
+        Some(gone) => {
+            app.forget_addresses(&gone);
+            Ok(Json(serde_json::json!({})))
+        }
         None => Err(runner_not_found(&id)),
     }
 }
@@ -1306,10 +1412,17 @@ impl App {
         ApiError::new(r.code, r.message)
     }
 
+    /// A host's leaf: its name and addresses, but no address another registered host holds
+    /// (its certificate would stand in for that host's), as its name is its own.
     fn leaf(&self, node_id: &str, host: &HostFacts, coordinator: bool) -> Leaf {
+        let mut sans = pki::host_sans(&host.hostname, &host.addresses);
+        sans.retain(|s| match s {
+            rcgen::SanType::IpAddress(ip) => !self.address_taken(ip, &host.hostname),
+            _ => true,
+        });
         Leaf {
             common_name: node_id.to_string(),
-            sans: pki::host_sans(&host.hostname, &host.addresses),
+            sans,
             coordinator,
             validity: time::Duration::days(self.config.cert_validity_days.into()),
         }
@@ -1564,6 +1677,9 @@ async fn commit(
     match app.store.commit(&req.node_id, now, &source).await? {
         CommitOutcome::Committed { host, replaced } => {
             app.join_keys.forget(&host.node_id);
+            if let Ok(mut a) = app.host_addresses.write() {
+                a.add(&host.host);
+            }
             app.metrics.commits.fetch_add(1, Ordering::Relaxed);
             if let Some(old) = replaced {
                 tracing::info!(hostname = %old.host.hostname, old = %old.node_id, new = %host.node_id, "host re-enrolled; old record replaced and its certificates revoked");
@@ -1743,7 +1859,9 @@ async fn leave(State(app): S, Extension(c): Conn) -> Result<Json<serde_json::Val
     let h = node_of(&app, &c).await?;
     let source = c.remote.ip().to_string();
     let e = event(app.now(), "host_left", None, None, Some(&source), None);
-    app.store.remove_host(&h.node_id, &e).await?;
+    if let Some(gone) = app.store.remove_host(&h.node_id, &e).await? {
+        app.forget_addresses(&gone);
+    }
     Ok(Json(serde_json::json!({})))
 }
 

@@ -291,6 +291,9 @@ pub async fn serve(
     app.publish_names()
         .await
         .context("publishing this coordinator's names in the store")?;
+    app.refresh_addresses(true)
+        .await
+        .context("reading the registered hosts' addresses")?;
     let router = crate::app::router(app.clone());
     let sweeper = {
         let app = app.clone();

@@ -917,3 +917,93 @@ fn under_a_low_file_limit_quiet_crowds_leave_room_for_a_real_request() -> R {
     assert!(c.log().contains("raise LimitNOFILE"), "{}", c.log());
     Ok(())
 }
+
+/// The addresses in an HTTP certificate, as openssl prints them (`IP Address:…`), loopback
+/// and link-local left out (every host has those).
+fn unique_ips(sans: &str) -> Vec<String> {
+    sans.split(',')
+        .filter_map(|s| s.trim().strip_prefix("IP Address:"))
+        .filter(|ip| {
+            let ip = ip.to_ascii_lowercase();
+            !(ip.starts_with("127.")
+                || ip == "0:0:0:0:0:0:0:1"
+                || ip == "::1"
+                || ip.starts_with("fe80"))
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// A registered host's addresses are reserved as its name is: a second host on the same
+/// addresses is certified for its own name only, while the first keeps them through a
+/// renewal, and gets them back once the first host is removed.
+#[test]
+fn a_registered_hosts_addresses_are_not_certified_for_another_host() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let first = Host::new("first")?;
+    assert_eq!(first.install(&c.host(), &tok, &[])?.code, 0);
+    // The transport certificate: the HTTP one leaves out this coordinator's own addresses,
+    // which, on one test machine, are every host's.
+    let held = unique_ips(&node_sans(&first)?);
+    assert!(
+        !held.is_empty(),
+        "this machine has an address of its own: {}",
+        node_sans(&first)?
+    );
+    let second = Host::new("second")?;
+    let r = second.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let sans = node_sans(&second)?;
+    assert!(sans.contains("DNS:second"), "{sans}");
+    assert_eq!(
+        unique_ips(&sans),
+        Vec::<String>::new(),
+        "none of {held:?}: {sans}"
+    );
+    // Checked as a client would.
+    for (crt, ca) in [("node.crt", "transport-ca.pem")] {
+        let verify = |h: &Host| {
+            Command::new("openssl")
+                .args(["verify", "-verify_ip", &held[0], "-CAfile"])
+                .arg(h.path(&format!("etc/muster/tls/{ca}")))
+                .arg(h.path(&format!("etc/muster/tls/{crt}")))
+                .output()
+        };
+        assert!(
+            verify(&first)?.status.success(),
+            "{crt}: the first host holds {}",
+            held[0]
+        );
+        assert!(
+            !verify(&second)?.status.success(),
+            "{crt}: the second does not"
+        );
+    }
+    // The holder keeps its addresses through a renewal.
+    assert_eq!(first.muster(&["renew"])?.code, 0);
+    assert_eq!(unique_ips(&node_sans(&first)?), held);
+    // Removed, the first host gives them back.
+    let id = first.state()["node_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (code, _) = c.api(
+        "DELETE",
+        &format!("/api/v1/platform/infrastructure/runners/{id}"),
+        None,
+    )?;
+    assert_eq!(code, 200);
+    assert_eq!(second.muster(&["renew"])?.code, 0);
+    assert_eq!(unique_ips(&node_sans(&second)?), held);
+    Ok(())
+}
+
+/// The subject alternative names of a host's transport certificate, as openssl prints them.
+fn node_sans(h: &Host) -> anyhow::Result<String> {
+    tool(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(h.path("etc/muster/tls/node.crt")),
+    )
+}
