@@ -45,4 +45,6 @@ pub mod paths {
     pub const INSTALL_SH: &str = "/install.sh";
     pub const INSTALL_SCRIPT: &str = "/install.sh";
     pub const DOWNLOAD_INSTALLER: &str = "/download/muster-x86_64";
+    /// The API as an OpenAPI 3 document (docs/openapi.yaml).
+    pub const OPENAPI: &str = "/api/v1/openapi.yaml";
 }

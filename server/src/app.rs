@@ -695,6 +695,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(paths::INSTALL_SCRIPT, get(install_script))
+        .route(paths::OPENAPI, get(openapi))
         .route(paths::DOWNLOAD_INSTALLER, get(download_installer))
         .route(
             &format!("{}.sha256", paths::DOWNLOAD_INSTALLER),
@@ -1918,6 +1919,13 @@ async fn es_enroll_node(
         axum::http::HeaderValue::from_static("Elasticsearch"),
     );
     Ok(resp)
+}
+
+/// This API as an OpenAPI 3 document, the one kept in the repository.
+const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML).into_response()
 }
 
 async fn readyz(State(app): S) -> Response {

@@ -588,3 +588,72 @@ fn elastics_python_client_enrolls_a_node() -> R {
     }
     Ok(())
 }
+
+/// schemathesis (from PyPI, installed by the test command) against a live musterd, with the
+/// OpenAPI document musterd serves, in a config whose login and token limits let a fuzzer
+/// through (tests/schemathesis.toml says what fails the run). The document served is the one
+/// in the repository.
+#[test]
+fn the_api_answers_as_its_openapi_document_says() -> R {
+    let c = Coordinator::with(Opts {
+        config: "login_failures_per_minute: 1000000\ntoken_failures_per_minute: 1000000\nes_enroll_node: true\n".into(),
+        start: true,
+        ..Opts::default()
+    })?;
+    let served = c.curl(&["-sf", &c.url("/api/v1/openapi.yaml")])?;
+    assert!(served.status.success(), "{served:?}");
+    let kept = std::fs::read(os::repo().join("docs/openapi.yaml"))?;
+    assert!(
+        served.stdout == kept,
+        "musterd serves docs/openapi.yaml as it is"
+    );
+
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("fuzzed")?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let runner = r.json()["node_id"].as_str().unwrap_or_default().to_string();
+
+    let work = tempfile::tempdir()?;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+            "--config-file",
+        ])
+        .arg(os::repo().join("tests/schemathesis.toml"))
+        .arg("run")
+        .arg(c.url("/api/v1/openapi.yaml"))
+        .current_dir(work.path())
+        .env("MUSTER_URL", c.url(""))
+        .env("MUSTER_CA", c.data().join("ca.pem"))
+        .env("MUSTER_ADMIN_PASSWORD", c.secret("admin_password"))
+        .env("MUSTER_RUNNER_ID", &runner)
+        .env("NO_COLOR", "1")
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    let summary: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("generated") || l.contains("Selected") || l.contains("Tested"))
+        .collect();
+    println!("schemathesis: {}", summary.join("; "));
+    assert!(
+        out.status.success(),
+        "schemathesis found answers the document does not describe:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every operation in the document was selected and tested.
+    let figure = |label: &str| -> Option<String> {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_string()))
+    };
+    let selected = figure("Selected:").unwrap_or_default();
+    let tested = figure("Tested:").unwrap_or_default();
+    let (picked, all) = selected.split_once('/').unwrap_or(("", "?"));
+    assert!(
+        picked == all && tested == all && all.parse::<u32>().is_ok_and(|n| n >= 20),
+        "every operation tested: selected {selected}, tested {tested}:\n{report}"
+    );
+    Ok(())
+}
