@@ -6,13 +6,22 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+# How long each step took, printed as it ends, so a slow step shows in CI's log.
+t0=$(date +%s)
+t_step=$t0
+took() {
+  now=$(date +%s)
+  echo "step: $1 took $((now - t_step)) s (total $((now - t0)) s)"
+  t_step=$now
+}
+
 # command:package for each outside tool a test runs.
 need=""
 for tool in curl:curl wget:wget openssl:openssl stat:coreutils mount:mount file:file \
   faketime:faketime setpriv:util-linux ip:iproute2 shellcheck:shellcheck lintian:lintian \
   rpm:rpm rpmlint:rpmlint cloud-init:cloud-init debootstrap:debootstrap \
   dpkg-scanpackages:dpkg-dev systemd-analyze:systemd etcd:etcd-server etcdctl:etcd-client \
-  cfssl:golang-cfssl sudo:sudo keytool:openjdk-17-jre-headless python3:python3; do
+  cfssl:golang-cfssl sudo:sudo keytool:openjdk-17-jre-headless python3:python3 man:man-db; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 if [ -n "$need" ]; then
@@ -41,6 +50,7 @@ done
 # The fuzz targets build with nightly (cargo-fuzz needs its sanitizer flags).
 rustup run nightly rustc --version >/dev/null 2>&1 ||
   rustup toolchain install nightly --profile minimal
+took "installing tools"
 
 # README's first command, as a new user runs it: the build needs no protoc (vendor/README.md).
 # PROTOC names no file, so a build script that reached for protoc would fail here.
@@ -51,18 +61,26 @@ PROTOC=/nonexistent/protoc PORT=12443 sh scripts/quickstart.sh > target/quicksta
   { cat target/quickstart.log; exit 1; }
 grep -q '"allocator_id"' target/quickstart.log || { cat target/quickstart.log; exit 1; }
 echo "quickstart: built and enrolled a host in $(($(date +%s) - step_start)) s"
+took "quickstart"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features muster/failpoints -- -D warnings
+took "fmt and clippy"
 # The end-to-end tests run these binaries; the crash tests need the failpoints build.
 cargo build --workspace --bins --features muster/failpoints
+took "debug build"
 # The shipped binaries (static, release) and the deb and rpm made from them.
 sh packaging/build
+took "static binaries and packages"
 # The Debian root the package and cloud-init tests install into (cached).
 sh scripts/debian-root.sh target/debian-root
+took "Debian root"
 cargo test --workspace --features muster/failpoints
+took "tests"
 # The storm benchmark, small and from the debug build: it must run and enroll every host; its
 # figures mean nothing here (scripts/bench.sh makes the real ones, in release mode).
 target/debug/muster-storm run --quick
+took "storm"
 # Each fuzz target for a fixed short budget, after replaying the kept regression cases.
 sh scripts/fuzz.sh
+took "fuzzing"

@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let allowed = musterd::pki::host_sans("host-1", &["10.0.0.5".to_string()]);
-        let _ = musterd::pki::check_csr(s, &allowed);
+        let allowed = muster_protocol::csr::host_sans("host-1", &["10.0.0.5".to_string()]);
+        let _ = muster_protocol::csr::check_csr(s, &allowed);
     }
 });

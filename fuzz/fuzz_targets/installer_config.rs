@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = muster::cli::parse_file_config(s);
+        let _ = muster_protocol::enroll::parse_file_config(s);
     }
 });

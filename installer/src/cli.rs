@@ -28,6 +28,13 @@ pub enum Output {
 pub enum Cmd {
     /// Enroll this host: check the token, join, write certificates and config, commit.
     Install(InstallArgs),
+    /// Write shell completions and man pages into a folder (for the packages).
+    #[command(hide = true)]
+    Generate {
+        /// The folder to write them into.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
     /// Show whether this host is enrolled, its node id, roles and certificate expiry.
     Status(CommonArgs),
     /// Work with roles tokens.
@@ -145,52 +152,7 @@ impl std::fmt::Debug for TokenArgs {
     }
 }
 
-/// The config file: the flags' names as keys. Flags override it.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    pub version: Option<u32>,
-    pub coordinator_host: Option<String>,
-    pub roles_token: Option<String>,
-    pub roles_token_file: Option<PathBuf>,
-    pub roles: Option<RolesValue>,
-    pub availability_zone: Option<String>,
-    pub root: Option<PathBuf>,
-    pub owner: Option<String>,
-    pub hostname: Option<String>,
-    pub advertise: Option<String>,
-    pub timeout: Option<String>,
-    pub output: Option<Output>,
-    pub force: Option<bool>,
-}
-
-impl std::fmt::Debug for FileConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileConfig")
-            .field("version", &self.version)
-            .field("coordinator_host", &self.coordinator_host)
-            .field("roles_token", &self.roles_token.as_ref().map(|_| REDACTED))
-            .field("roles_token_file", &self.roles_token_file)
-            .field("roles", &self.roles)
-            .field("availability_zone", &self.availability_zone)
-            .field("root", &self.root)
-            .field("owner", &self.owner)
-            .field("hostname", &self.hostname)
-            .field("advertise", &self.advertise)
-            .field("timeout", &self.timeout)
-            .field("output", &self.output)
-            .field("force", &self.force)
-            .finish()
-    }
-}
-
-/// `roles:` as `allocator,proxy` or as a YAML list.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RolesValue {
-    One(String),
-    Many(Vec<String>),
-}
+pub use muster_protocol::enroll::{parse_file_config, FileConfig, RolesValue};
 
 /// Everything `install` needs, merged from flags, environment and the config file.
 #[derive(Clone)]
@@ -330,21 +292,15 @@ impl InstallArgs {
             dry_run: self.dry_run,
             force: self.force || file.force.unwrap_or(false),
             timeout,
-            output: self.output.or(file.output).unwrap_or(Output::Text),
+            output: self
+                .output
+                .or(file.output.map(|o| match o {
+                    muster_protocol::enroll::Output::Text => Output::Text,
+                    muster_protocol::enroll::Output::Json => Output::Json,
+                }))
+                .unwrap_or(Output::Text),
         })
     }
-}
-
-/// Parses the YAML config file (`/etc/muster/enroll.yaml`).
-pub fn parse_file_config(text: &str) -> std::result::Result<FileConfig, String> {
-    let c: FileConfig = serde_norway::from_str(text).map_err(|e| e.to_string())?;
-    if c.version.is_some_and(|v| v != 1) {
-        return Err(format!(
-            "version {} is not supported (this muster reads version 1)",
-            c.version.unwrap_or(0)
-        ));
-    }
-    Ok(c)
 }
 
 /// Moves a token given as `--roles-token` out of the process's argument list: returns the
@@ -447,8 +403,15 @@ mod tests {
         let c = c.unwrap_or_default();
         assert_eq!(c.coordinator_host.as_deref(), Some("c1:12443"));
         assert!(matches!(c.roles, Some(RolesValue::Many(ref v)) if v.len() == 2));
-        let bad = parse_file_config("coordinator_host: x\n");
-        assert!(bad.is_err_and(|e| e.contains("coordinator_host")));
+        // snake_case, as musterd's config; the kebab-case of earlier versions still reads.
+        let c = parse_file_config(
+            "coordinator_host: c2\nroles_token_file: /t\navailability_zone: z2\n",
+        );
+        let c = c.unwrap_or_default();
+        assert_eq!(c.coordinator_host.as_deref(), Some("c2"));
+        assert_eq!(c.availability_zone.as_deref(), Some("z2"));
+        let bad = parse_file_config("coordinator_hots: x\n");
+        assert!(bad.is_err_and(|e| e.contains("coordinator_hots")));
         assert!(parse_file_config("version: 2\n").is_err());
     }
 

@@ -26,6 +26,21 @@ fn scrub_argv() {
 fn main() -> ExitCode {
     scrub_argv();
     let cli = Cli::parse();
+    if let Cmd::Generate { out_dir } = &cli.cmd {
+        use clap::CommandFactory;
+        return match muster_protocol::cli_docs::generate(Cli::command(), out_dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("muster: writing into {}: {e}", out_dir.display());
+                ExitCode::from(Exit::LocalWrite.code())
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
@@ -72,6 +87,7 @@ fn main() -> ExitCode {
             ),
             Cmd::Renew(a) => (a.output, muster::node::renew(&a).await),
             Cmd::Leave(a) => (a.output, muster::node::leave(&a).await),
+            Cmd::Generate { .. } => (Output::Text, Ok(serde_json::Value::Null)),
         }
     });
     match result {

@@ -45,6 +45,41 @@ pub fn split(addr: &str) -> (&str, Option<u16>) {
 }
 
 /// `host:port` with the default port when none is given; an IPv6 host in brackets.
+/// Whether `name` is DNS-shaped: dot-separated labels of 1 to 63 letters, digits and `-`, 253
+/// characters at most.
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Checks an address given as `host[:port]`: a DNS name or an IP literal (IPv6 in brackets
+/// when a port follows), and a port from 1 to 65535. Says what is wrong.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let (host, port) = split(addr);
+    if let Some((h, p)) = host.rsplit_once(':') {
+        if !h.contains(':') {
+            return Err(format!(
+                "{addr:?}: port {p:?} is not a number from 1 to 65535"
+            ));
+        }
+    }
+    if port == Some(0) {
+        return Err(format!("{addr:?}: port 0 is not a number from 1 to 65535"));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() || is_dns_name(host) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr:?}: {host:?} is neither a DNS name nor an IP address"
+        ))
+    }
+}
+
 pub fn with_port(addr: &str, default: u16) -> String {
     let (host, port) = split(addr);
     let port = port.unwrap_or(default);
@@ -58,6 +93,29 @@ pub fn with_port(addr: &str, default: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ports_are_checked_by_part() {
+        for ok in [
+            "c1.example.net:12443",
+            "10.0.0.1:1",
+            "[2001:db8::1]:65535",
+            "c1",
+            "2001:db8::1",
+        ] {
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("not a host", "neither"),
+            ("c1:99999", "port \"99999\""),
+            ("c1:0", "port 0"),
+            ("c1:http", "port \"http\""),
+            ("", "neither"),
+        ] {
+            let e = check_host_port(bad).err().unwrap_or_default();
+            assert!(!e.is_empty() && e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn reads_every_way_of_writing_an_address() {

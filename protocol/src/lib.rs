@@ -13,6 +13,12 @@ pub mod addr;
 pub mod api;
 #[cfg(feature = "x509")]
 pub mod cert;
+#[cfg(feature = "cli-docs")]
+pub mod cli_docs;
+#[cfg(feature = "csr")]
+pub mod csr;
+#[cfg(feature = "enroll-config")]
+pub mod enroll;
 pub mod error;
 #[cfg(feature = "fs")]
 pub mod fs;

@@ -1160,14 +1160,7 @@ fn check_facts(h: &HostFacts) -> Result<(), ApiError> {
             format!("host.memory_mb must be at most {MAX_MEMORY_MB}"),
         ));
     }
-    let name_ok = !h.hostname.is_empty()
-        && h.hostname.len() <= 253
-        && h.hostname.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if !name_ok {
+    if !muster_protocol::addr::is_dns_name(&h.hostname) {
         return Err(ApiError::new(
             ErrorCode::RequestInvalid,
             "host.hostname must be a DNS name (letters, digits, '-', '.')",

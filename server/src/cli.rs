@@ -44,6 +44,18 @@ pub struct DataArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Write shell completions and man pages into a folder (for the packages).
+    #[command(hide = true)]
+    Generate {
+        /// The folder to write them into.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Work with the server config file.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Create the platform once: CAs, signing key, admin password, emergency and initial tokens.
     Init {
         #[command(flatten)]
@@ -270,8 +282,66 @@ fn muster_state_in(data_dir: &Path) -> Vec<String> {
     .collect()
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Check a config file without starting anything: every key known, every value in range,
+    /// `listen` an address and port, each `advertise` entry a host and port. Exits 1 naming
+    /// what is wrong.
+    Check {
+        /// The config file (default: /etc/muster/musterd.yaml, or no file: the defaults).
+        #[arg(long, env = "MUSTERD_CONFIG")]
+        config: Option<PathBuf>,
+        /// `json` for a machine: the config as it would be used.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// `musterd config check`: the config as it would be used, or why it would not be.
+fn config_check(path: Option<&Path>, output: Output) -> anyhow::Result<()> {
+    let c = Config::load(path)?;
+    let source = c
+        .source()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(none: defaults)".into());
+    let backend = match c.store.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Etcd => "etcd",
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "ok": true,
+                "config": source,
+                "listen": c.listen,
+                "advertise": c.advertise_or_default(),
+                "store": backend,
+            })
+        ),
+        Output::Text => println!(
+            "config {source}: ok (listen {}, advertise {}, store {backend})",
+            c.listen,
+            c.advertise_or_default().join(",")
+        ),
+    }
+    Ok(())
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Config {
+            cmd: ConfigCmd::Check { config, output },
+        } => config_check(config.as_deref(), output),
+        Cmd::Generate { out_dir } => {
+            use clap::CommandFactory;
+            let files = muster_protocol::cli_docs::generate(Cli::command(), &out_dir)
+                .with_context(|| format!("writing into {}", out_dir.display()))?;
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
         Cmd::Init {
             data,
             advertise,

@@ -213,7 +213,18 @@ impl Config {
             1,
             self.max_connections as u64,
         )?;
-        within("idle_timeout_seconds", self.idle_timeout_seconds, 1, 3_600)
+        within("idle_timeout_seconds", self.idle_timeout_seconds, 1, 3_600)?;
+        for a in &self.advertise {
+            muster_protocol::addr::check_host_port(a)
+                .map_err(|e| anyhow::anyhow!("advertise: {e}"))?;
+        }
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            anyhow::anyhow!(
+                "listen: {:?} is not ADDRESS:PORT (0.0.0.0:12443)",
+                self.listen
+            )
+        })?;
+        Ok(())
     }
 
     /// Advertised addresses, defaulting to this host's name on the default port.

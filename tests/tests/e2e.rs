@@ -2073,3 +2073,59 @@ fn every_admin_refusal_has_the_error_body() -> R {
     );
     Ok(())
 }
+
+/// `musterd config check` reads a config as every command would and names what is wrong:
+/// an advertise entry that is no host or has no valid port, a listen address that does not
+/// parse, an unknown key; a good file is described and exits 0.
+#[test]
+fn config_check_names_what_is_wrong_and_passes_a_good_file() -> R {
+    let dir = tempfile::tempdir()?;
+    let check = |yaml: &str| -> anyhow::Result<Run> {
+        let f = dir.path().join("musterd.yaml");
+        std::fs::write(&f, yaml)?;
+        Ok(Run::from(
+            Command::new(bin("musterd"))
+                .args(["config", "check", "--config"])
+                .arg(&f)
+                .output()?,
+        ))
+    };
+    for (yaml, says) in [
+        (
+            "advertise: [\"not a host\"]\n",
+            "\"not a host\" is neither a DNS name nor an IP address",
+        ),
+        ("advertise: [c1.example.net:99999]\n", "port \"99999\""),
+        ("advertise: [\"c1:0\"]\n", "port 0"),
+        ("listen: everywhere\n", "listen: \"everywhere\""),
+        ("listne: 0.0.0.0:1\n", "listne"),
+        ("reservation_seconds: 0\n", "reservation_seconds"),
+    ] {
+        let r = check(yaml)?;
+        assert_eq!(r.code, 1, "{yaml}: {r:?}");
+        assert!(r.stderr.contains(says), "{yaml}: {r:?}");
+        assert!(r.stderr.contains("musterd.yaml"), "names the file: {r:?}");
+    }
+    let r = check(
+        "listen: 0.0.0.0:12443\nadvertise: [c1.example.net:12443, \"[2001:db8::1]:12443\"]\n",
+    )?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("ok") && r.stdout.contains("c1.example.net:12443"),
+        "{r:?}"
+    );
+    // Every other command refuses the same file the same way.
+    std::fs::write(dir.path().join("musterd.yaml"), "advertise: [c1:99999]\n")?;
+    let r = Run::from(
+        Command::new(bin("musterd"))
+            .args(["init", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(dir.path().join("musterd.yaml"))
+            .output()?,
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("port \"99999\""), "{r:?}");
+    assert!(!dir.path().join("data/muster.db").exists(), "nothing made");
+    Ok(())
+}

@@ -40,6 +40,81 @@ fn lintian_and_rpmlint_find_no_errors() -> R {
     Ok(())
 }
 
+/// Both packages ship bash, zsh and fish completions and a man page per command, made from the
+/// binaries' own flags: the bash completion loads (`complete -p`), every man page renders with
+/// `man -l`, and the rpm lists the same files.
+#[test]
+fn packages_ship_completions_and_man_pages_that_load() -> R {
+    for (name, sub, flag) in [
+        ("muster", "install", "--coordinator-host"),
+        ("musterd", "init", "--advertise"),
+    ] {
+        let dir = tempfile::tempdir()?;
+        tool(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(package(name, "deb")?)
+                .arg(dir.path()),
+        )?;
+        let at = |rel: &str| dir.path().join(rel);
+        let bash = at(&format!("usr/share/bash-completion/completions/{name}"));
+        let loaded = tool(
+            Command::new("bash")
+                .arg("-c")
+                .arg(format!("source '{}' && complete -p {name}", bash.display())),
+        )?;
+        assert!(loaded.contains(&format!(" {name}")), "{name}: {loaded}");
+        for rel in [
+            format!("usr/share/zsh/vendor-completions/_{name}"),
+            format!("usr/share/fish/vendor_completions.d/{name}.fish"),
+        ] {
+            let text = std::fs::read_to_string(at(&rel))?;
+            assert!(text.contains(sub), "{rel} completes {sub}");
+        }
+        let man = at("usr/share/man/man1");
+        let mut pages: Vec<String> = std::fs::read_dir(&man)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        pages.sort();
+        assert!(pages.contains(&format!("{name}.1.gz")), "{pages:?}");
+        assert!(pages.contains(&format!("{name}-{sub}.1.gz")), "{pages:?}");
+        assert!(
+            !pages.iter().any(|p| p.contains("generate")),
+            "the hidden command has no page: {pages:?}"
+        );
+        for page in &pages {
+            let out = Command::new("man")
+                .arg("-l")
+                .arg(man.join(page))
+                .env("MANPAGER", "cat")
+                .env("MANWIDTH", "100")
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("NAME"),
+                "{page}: {out:?}"
+            );
+            if page == &format!("{name}-{sub}.1.gz") {
+                assert!(text.contains(flag), "{page} documents {flag}: {text}");
+            }
+        }
+        let listed = tool(Command::new("rpm").arg("-qlp").arg(package(name, "rpm")?))?;
+        for want in [
+            format!("/usr/share/bash-completion/completions/{name}"),
+            format!("/usr/share/zsh/site-functions/_{name}"),
+            format!("/usr/share/fish/vendor_completions.d/{name}.fish"),
+            format!("/usr/share/man/man1/{name}-{sub}.1.gz"),
+        ] {
+            assert!(
+                listed.lines().any(|l| l == want),
+                "{name}.rpm lists {want}: {listed}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Files (not folders) in the overlay's upper layer: what the test changed in the root,
 /// whiteouts (deletions of the root's own files) included.
 fn changed(o: &Overlay) -> anyhow::Result<BTreeSet<String>> {
