@@ -375,18 +375,35 @@ fn rpm_packages_install_and_erase_in_a_scratch_root() -> R {
     rpm(&["-i", "--nodeps", &m, &d])?;
     check_installed(&o)?;
     let listed = rpm(&["-ql", "muster"])?;
+    let mut want: BTreeSet<String> = [
+        "/usr/bin/muster",
+        "/usr/lib/systemd/system/muster-agent.service",
+        "/usr/lib/systemd/system/muster-enroll.service",
+        "/usr/share/doc/muster/install.md",
+        "/usr/share/doc/muster/installer.md",
+        "/usr/share/licenses/muster/LICENSE",
+        "/usr/share/bash-completion/completions/muster",
+        "/usr/share/zsh/site-functions/_muster",
+        "/usr/share/fish/vendor_completions.d/muster.fish",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for page in [
+        "",
+        "-agent",
+        "-install",
+        "-leave",
+        "-renew",
+        "-status",
+        "-token",
+        "-token-inspect",
+    ] {
+        want.insert(format!("/usr/share/man/man1/muster{page}.1.gz"));
+    }
     assert_eq!(
-        listed.lines().collect::<BTreeSet<_>>(),
-        [
-            "/usr/bin/muster",
-            "/usr/lib/systemd/system/muster-agent.service",
-            "/usr/lib/systemd/system/muster-enroll.service",
-            "/usr/share/doc/muster/install.md",
-            "/usr/share/doc/muster/installer.md",
-            "/usr/share/licenses/muster/LICENSE",
-        ]
-        .into_iter()
-        .collect()
+        listed.lines().map(String::from).collect::<BTreeSet<_>>(),
+        want
     );
     let config = rpm(&["-qc", "musterd"])?;
     assert_eq!(config.trim(), "/etc/muster/musterd.yaml");
