@@ -205,6 +205,23 @@ impl Overlay {
         name: &str,
         user_data: &str,
     ) -> anyhow::Result<crate::Run> {
+        self.boot_cloud_init_with(
+            netns,
+            name,
+            user_data,
+            Some("[package_update_upgrade_install, scripts_user, final_message]"),
+        )
+    }
+
+    /// [`Overlay::boot_cloud_init`] with the final stage's modules given (`None`: the root's
+    /// own list, as its packages left it).
+    pub fn boot_cloud_init_with(
+        &self,
+        netns: &str,
+        name: &str,
+        user_data: &str,
+        final_modules: Option<&str>,
+    ) -> anyhow::Result<crate::Run> {
         let seed = self.path("var/lib/cloud/seed/nocloud");
         std::fs::create_dir_all(&seed)?;
         std::fs::write(
@@ -212,16 +229,17 @@ impl Overlay {
             format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
         )?;
         std::fs::write(seed.join("user-data"), user_data)?;
-        std::fs::write(
-            self.path("etc/cloud/cloud.cfg.d/99-muster-test.cfg"),
-            "datasource_list: [NoCloud, None]\n\
+        let mut cfg = "datasource_list: [NoCloud, None]\n\
              network: {config: disabled}\n\
              growpart: {mode: \"off\"}\n\
              resize_rootfs: false\n\
              cloud_init_modules: [write_files]\n\
-             cloud_config_modules: [runcmd]\n\
-             cloud_final_modules: [package_update_upgrade_install, scripts_user, final_message]\n",
-        )?;
+             cloud_config_modules: [runcmd]\n"
+            .to_string();
+        if let Some(m) = final_modules {
+            cfg.push_str(&format!("cloud_final_modules: {m}\n"));
+        }
+        std::fs::write(self.path("etc/cloud/cloud.cfg.d/99-muster-test.cfg"), cfg)?;
         self.instance(netns, name, STAGES)
     }
 
