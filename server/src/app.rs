@@ -424,6 +424,24 @@ impl App {
         Ok(())
     }
 
+    /// Files hosts an earlier version registered under names in another letter case under
+    /// their lower-case names, as every join now registers them. Run once as `serve` starts; a
+    /// host whose lower-case name another host holds is named in the log, for an operator to
+    /// remove one of the two.
+    pub async fn lowercase_old_host_names(&self) -> anyhow::Result<()> {
+        for h in self.store.hosts().await? {
+            if !h.host.hostname.bytes().any(|b| b.is_ascii_uppercase()) {
+                continue;
+            }
+            if self.store.lowercase_host_name(&h.node_id).await? {
+                tracing::info!(node_id = %h.node_id, hostname = %h.host.hostname, "host name filed in lower case");
+            } else {
+                tracing::warn!(node_id = %h.node_id, hostname = %h.host.hostname, "another host holds this host's name in lower case; remove one of them (DELETE …/runners/{{id}})");
+            }
+        }
+        Ok(())
+    }
+
     /// Reads again which addresses the registered hosts hold, if the last read is older than
     /// [`ADDRESSES_EVERY`] (or `now` is asked for).
     pub async fn refresh_addresses(&self, now: bool) -> anyhow::Result<()> {

@@ -291,6 +291,9 @@ pub async fn serve(
     app.publish_names()
         .await
         .context("publishing this coordinator's names in the store")?;
+    app.lowercase_old_host_names()
+        .await
+        .context("filing host names in lower case")?;
     app.refresh_addresses(true)
         .await
         .context("reading the registered hosts' addresses")?;

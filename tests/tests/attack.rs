@@ -1002,3 +1002,63 @@ fn node_sans(h: &Host) -> anyhow::Result<String> {
             .arg(h.path("etc/muster/tls/node.crt")),
     )
 }
+
+/// A host an earlier version registered under an upper-case name (written into the store
+/// here, as such a version left it) is filed under its lower-case name when `serve` starts,
+/// so it is one identity with every later join: the role-less token cannot take it over in
+/// any letter case, and the registry lists it once.
+#[test]
+fn a_host_registered_in_capitals_before_is_the_same_host_after_an_upgrade() -> R {
+    let mut c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("legacy-1")?;
+    assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
+    c.stop();
+    let db = c.data().join("muster.db");
+    tool(
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import json, sqlite3, sys\n\
+             db = sqlite3.connect(sys.argv[1])\n\
+             for node_id, text in db.execute('SELECT node_id, json FROM hosts').fetchall():\n\
+             \x20   h = json.loads(text)\n\
+             \x20   h['host']['hostname'] = h['host']['hostname'].upper()\n\
+             \x20   db.execute('UPDATE hosts SET hostname = ?, json = ? WHERE node_id = ?',\n\
+             \x20              (h['host']['hostname'], json.dumps(h), node_id))\n\
+             db.commit()\n",
+            )
+            .arg(&db),
+    )?;
+    c.serve()?;
+    let runners = |c: &Coordinator| -> anyhow::Result<Vec<String>> {
+        let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+        Ok(v["runners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["public_hostname"].as_str().map(String::from))
+            .collect())
+    };
+    assert_eq!(runners(&c)?, ["legacy-1"], "filed in lower case at start");
+    assert!(
+        c.log().contains("host name filed in lower case"),
+        "{}",
+        c.log()
+    );
+    let dir = tempfile::tempdir()?;
+    let csr = csr(dir.path())?;
+    let initial = c.secret("roles_token");
+    for name in ["legacy-1", "LEGACY-1"] {
+        let (status, code) = join_named(&c, "127.0.0.1", &initial, &csr, name, "allocator")?;
+        assert_eq!(
+            (status, code.as_str()),
+            (409, "host.replace_needs_roles"),
+            "{name}"
+        );
+    }
+    // The host itself carries on: its agent's heartbeat is answered.
+    assert_eq!(h.muster(&["agent", "--count", "1"])?.code, 0);
+    assert_eq!(runners(&c)?, ["legacy-1"], "still one host");
+    Ok(())
+}

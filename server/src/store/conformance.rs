@@ -504,5 +504,47 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         names == ["10.0.0.2", "c-b.example"],
         "republished names replace the old: {names:?}"
     );
+
+    // A host an earlier version registered under an upper-case name is filed under the
+    // lower-case one; not when another host holds that name, and only once.
+    s.insert_token(&token("t-case", None), None).await?;
+    for (id, name) in [
+        ("n-case", "Host-Case"),
+        ("n-dup1", "dup"),
+        ("n-dup2", "DUP"),
+    ] {
+        let r = reservation(id, "t-case", &format!("k-{id}"), name, 1_000);
+        check!(
+            s.reserve(&r, 500).await? == ReserveOutcome::Reserved,
+            "reserve {id}"
+        );
+        check!(
+            matches!(
+                s.commit(id, 500, "10.0.0.1").await?,
+                CommitOutcome::Committed { .. }
+            ),
+            "commit {id}"
+        );
+    }
+    check!(s.lowercase_host_name("n-case").await?, "lower-cased");
+    check!(
+        s.host_named("host-case")
+            .await?
+            .map(|h| (h.node_id, h.host.hostname))
+            == Some(("n-case".into(), "host-case".into()))
+            && s.host_named("Host-Case").await?.is_none(),
+        "filed under the lower-case name only"
+    );
+    check!(!s.lowercase_host_name("n-case").await?, "only once");
+    check!(
+        !s.lowercase_host_name("n-dup2").await?,
+        "not over another host's name"
+    );
+    check!(
+        s.host_named("DUP").await?.map(|h| h.node_id) == Some("n-dup2".into())
+            && s.host_named("dup").await?.map(|h| h.node_id) == Some("n-dup1".into()),
+        "both kept as they were"
+    );
+    check!(!s.lowercase_host_name("no-such").await?, "unknown host");
     Ok(())
 }

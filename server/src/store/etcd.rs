@@ -981,6 +981,43 @@ impl Store for EtcdStore {
         .await
     }
 
+    async fn lowercase_host_name(&self, node_id: &str) -> StoreResult<bool> {
+        let host_key = format!("hosts/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut h) = self.get::<HostRecord>(&host_key).await? else {
+                return Ok(false);
+            };
+            let old = h.value.host.hostname.clone();
+            let lower = old.to_ascii_lowercase();
+            if lower == old {
+                return Ok(false);
+            }
+            let new_key = format!("hostname/{lower}");
+            if self.get::<String>(&new_key).await?.is_some() {
+                return Ok(false);
+            }
+            let old_key = format!("hostname/{old}");
+            let index = self.get::<String>(&old_key).await?;
+            h.value.host.hostname = lower;
+            let mut guards = vec![
+                self.unchanged(&host_key, Some(h.rev)),
+                self.unchanged(&new_key, None),
+            ];
+            let mut ops = vec![
+                self.put(&host_key, &h.value, 0)?,
+                self.put(&new_key, &node_id.to_string(), 0)?,
+            ];
+            if let Some(ix) = index.filter(|ix| ix.value == node_id) {
+                guards.push(self.unchanged(&old_key, Some(ix.rev)));
+                ops.push(self.delete(&old_key));
+            }
+            if self.txn(guards, ops).await? {
+                return Ok(true);
+            }
+        }
+        Err(contended())
+    }
+
     async fn remove_host(&self, node_id: &str, e: &AuditEvent) -> StoreResult<Option<HostRecord>> {
         let host_key = format!("hosts/{node_id}");
         for _ in 0..MAX_ROUNDS {

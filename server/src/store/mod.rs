@@ -290,6 +290,10 @@ pub trait Store: Send + Sync + 'static {
     async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>>;
     /// The registered host of that host name, if any.
     async fn host_named(&self, hostname: &str) -> StoreResult<Option<HostRecord>>;
+    /// Files the host `node_id`, registered by an earlier version under its name in another
+    /// letter case (`ALLOC-1`), under the lower-case name every join now uses, unless another
+    /// host holds that name. Whether it did.
+    async fn lowercase_host_name(&self, node_id: &str) -> StoreResult<bool>;
     /// Records a heartbeat; the updated host, or none if unknown.
     async fn heartbeat(
         &self,

@@ -640,6 +640,32 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn lowercase_host_name(&self, node_id: &str) -> StoreResult<bool> {
+        let id = node_id.to_string();
+        self.tx(move |tx| {
+            let Some(mut h) = get_host(tx, &id)? else {
+                return Ok(false);
+            };
+            let lower = h.host.hostname.to_ascii_lowercase();
+            if lower == h.host.hostname {
+                return Ok(false);
+            }
+            let taken: Option<String> = tx
+                .prepare_cached("SELECT node_id FROM hosts WHERE hostname = ?1")
+                .map_err(unavailable)?
+                .query_row(params![lower], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            if taken.is_some() {
+                return Ok(false);
+            }
+            h.host.hostname = lower;
+            put_host(tx, &h)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn heartbeat(
         &self,
         node_id: &str,
