@@ -419,6 +419,10 @@ fn cloud_init_examples_pass_cloud_inits_schema_check() -> R {
     let mut n = 0;
     for e in std::fs::read_dir(&dir)? {
         let p = e?.path();
+        // The user-data examples; cc_muster.py beside them is the module that reads them.
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
         let out = Command::new("cloud-init")
             .args(["schema", "--config-file"])
             .arg(&p)
@@ -432,7 +436,7 @@ fn cloud_init_examples_pass_cloud_inits_schema_check() -> R {
         );
         n += 1;
     }
-    assert_eq!(n, 2, "both examples checked");
+    assert_eq!(n, 4, "every example checked");
     // The check can fail: a misspelt module key in an otherwise valid file.
     let d = tempfile::tempdir()?;
     let bad = d.path().join("bad.yaml");
