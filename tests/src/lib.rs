@@ -385,6 +385,17 @@ impl Coordinator {
     }
 
     /// Creates a token through the API; returns (token, token_id).
+    /// The host names of every registered runner, as `GET …/runners` lists them.
+    pub fn hostnames(&self) -> anyhow::Result<Vec<String>> {
+        let (_, v) = self.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+        Ok(v["runners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["public_hostname"].as_str().map(str::to_string))
+            .collect())
+    }
+
     pub fn token(&self, body: &str) -> anyhow::Result<(String, String)> {
         let (code, v) = self.api(
             "POST",

@@ -1031,16 +1031,7 @@ fn a_host_registered_in_capitals_before_is_the_same_host_after_an_upgrade() -> R
             .arg(&db),
     )?;
     c.serve()?;
-    let runners = |c: &Coordinator| -> anyhow::Result<Vec<String>> {
-        let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-        Ok(v["runners"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["public_hostname"].as_str().map(String::from))
-            .collect())
-    };
-    assert_eq!(runners(&c)?, ["legacy-1"], "filed in lower case at start");
+    assert_eq!(c.hostnames()?, ["legacy-1"], "filed in lower case at start");
     assert!(
         c.log().contains("host name filed in lower case"),
         "{}",
@@ -1059,6 +1050,6 @@ fn a_host_registered_in_capitals_before_is_the_same_host_after_an_upgrade() -> R
     }
     // The host itself carries on: its agent's heartbeat is answered.
     assert_eq!(h.muster(&["agent", "--count", "1"])?.code, 0);
-    assert_eq!(runners(&c)?, ["legacy-1"], "still one host");
+    assert_eq!(c.hostnames()?, ["legacy-1"], "still one host");
     Ok(())
 }

@@ -458,16 +458,6 @@ fn user_data(example: &str, coordinator: &str, pin: &str, token: &str) -> anyhow
         .replace("ROLES-TOKEN", token))
 }
 
-fn hostnames(c: &Coordinator) -> anyhow::Result<Vec<String>> {
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    Ok(v["runners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["public_hostname"].as_str().map(str::to_string))
-        .collect())
-}
-
 #[test]
 fn cloud_init_runcmd_one_liner_enrolls_the_instance_and_logs_a_refusal() -> R {
     let base = debian_root()?;
@@ -502,7 +492,7 @@ fn cloud_init_runcmd_one_liner_enrolls_the_instance_and_logs_a_refusal() -> R {
     );
     assert!(r.stdout.contains("\"enrolled\":true"), "{r:?}");
     assert_eq!(o.stat("/etc/muster/tls/node.key")?, "muster:muster 600");
-    assert!(hostnames(&c)?.contains(&"ci-one-liner".to_string()));
+    assert!(c.hostnames()?.contains(&"ci-one-liner".to_string()));
 
     // A refused token: the log names the refusal, cloud-init reports the failed script, and
     // the instance holds no identity.
@@ -555,20 +545,7 @@ fn cloud_init_write_files_and_package_enroll_through_the_oneshot_unit() -> R {
     let coordinator = format!("{}:{}", NetPair::SERVER_IP, c.port);
 
     let o = Overlay::new(&base)?;
-    // The image's package source is a local repository holding the muster package.
-    let repo_dir = o.path("srv/muster-repo");
-    std::fs::create_dir_all(&repo_dir)?;
-    std::fs::copy(package("muster", "deb")?, repo_dir.join("muster.deb"))?;
-    let index = tool(
-        Command::new("dpkg-scanpackages")
-            .args(["--multiversion", "."])
-            .current_dir(&repo_dir),
-    )?;
-    std::fs::write(repo_dir.join("Packages"), index)?;
-    std::fs::write(
-        o.path("etc/apt/sources.list"),
-        "deb [trusted=yes] file:/srv/muster-repo ./\n",
-    )?;
+    local_repository(&o)?;
 
     let ud = user_data("enroll-on-boot.yaml", &coordinator, "", &token)?;
     let boot = std::time::Instant::now();
@@ -608,7 +585,7 @@ fn cloud_init_write_files_and_package_enroll_through_the_oneshot_unit() -> R {
         "the token file is gone"
     );
     assert_eq!(o.stat("/etc/muster/tls/node.key")?, "muster:muster 600");
-    assert!(hostnames(&c)?.contains(&"ci-package".to_string()));
+    assert!(c.hostnames()?.contains(&"ci-package".to_string()));
     // Started again (the next boot), the unit's condition no longer holds: nothing runs.
     let r = o.instance(&net.host, "ci-package", &unit)?;
     assert!(r.stdout.contains("condition failed, skipped"), "{r:?}");
@@ -719,7 +696,7 @@ fn cloud_init_muster_key_enrolls_once_per_instance_and_names_refusals() -> R {
         cloud_init_traces(&o)
     );
     let first: serde_json::Value = serde_json::from_str(status.stdout.trim())?;
-    assert!(hostnames(&c)?.contains(&"ci-muster".to_string()));
+    assert!(c.hostnames()?.contains(&"ci-muster".to_string()));
     let log = std::fs::read_to_string(o.path("var/log/cloud-init.log"))?;
     assert!(log.contains("muster: enrolled as"), "{log}");
     assert!(
@@ -751,7 +728,7 @@ fn cloud_init_muster_key_enrolls_once_per_instance_and_names_refusals() -> R {
     let clone = o.instance(&net.host, "ci-clone", "muster status --output json")?;
     let clone: serde_json::Value = serde_json::from_str(clone.stdout.trim())?;
     assert_ne!(clone["node_id"], first["node_id"], "{clone}");
-    assert!(hostnames(&c)?.contains(&"ci-clone".to_string()));
+    assert!(c.hostnames()?.contains(&"ci-clone".to_string()));
 
     // install: one-liner, from the coordinator, pinned.
     let o = Overlay::new(&base)?;
