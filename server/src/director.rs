@@ -8,14 +8,12 @@
 //! the answer is worth nothing to anyone who does not already hold that token. Everything else
 //! (joins with other tokens, the admin API) is refused: a director signs nothing.
 
-use crate::app::{
-    audit, parse_json, rate_limited, refusal_logged, verify_token, ConnInfo, Refusal,
-    VerifiedTokens,
-};
-use crate::config::{Backend, Config};
+use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::{parse_json, ConnInfo};
 use crate::limit::FailureLimiter;
-use crate::platform::PublicPlatform;
+use crate::service::cache::VerifiedTokens;
+use crate::service::recovery::Recoverer;
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -23,12 +21,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use muster_protocol::node::{RecoverRequest, Recovery, StoreSettings};
-use muster_protocol::token::{self, TokenKind};
-use muster_protocol::{paths, ErrorCode, Role};
-use std::net::IpAddr;
+use muster_protocol::node::Recovery;
+use muster_protocol::{paths, ErrorCode};
 use std::sync::Arc;
-
 /// The file names of the director's serving certificate (leaf, then the HTTP CA) and key in
 /// its data folder.
 pub const CERT_FILE: &str = "director-cert.pem";
@@ -40,100 +35,6 @@ pub struct Director {
     pub token_failures: FailureLimiter,
     pub verified_tokens: VerifiedTokens,
     pub clock: fn() -> u64,
-}
-
-/// Where the shared store is, as a recovering coordinator should reach it; `None` for the
-/// embedded store, which no other host can share.
-pub fn store_settings(config: &Config) -> Option<StoreSettings> {
-    match config.store.backend {
-        Backend::Sqlite => None,
-        Backend::Etcd => Some(StoreSettings {
-            endpoints: config.store.etcd.endpoints.clone(),
-            prefix: config.store.etcd.prefix.clone(),
-            tls: config.store.etcd.tls.is_some(),
-        }),
-    }
-}
-
-/// Answers a recovery request: the emergency token, the coordinator role among those asked,
-/// a shared store. Needs no secret. Refusals and successes are audited.
-pub async fn recover(
-    store: &dyn Store,
-    config: &Config,
-    limiter: &FailureLimiter,
-    verified: &VerifiedTokens,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-    source: IpAddr,
-    now: u64,
-) -> Result<Recovery, ApiError> {
-    if let Some(wait) = limiter.blocked(source, now) {
-        return Err(rate_limited(source, wait));
-    }
-    let req: RecoverRequest = parse_json(body)?;
-    let public = PublicPlatform::load(store).await?;
-    let refuse = |r: Refusal| async move {
-        limiter.failed(source, now);
-        refusal_logged(store, &r, source, now).await;
-        ApiError::new(r.code, r.message)
-    };
-    let (claims, rec) =
-        match verify_token(store, &public.verify_key, verified, &req.token, source, now).await? {
-            Ok(ok) => ok,
-            Err(r) => return Err(refuse(r).await),
-        };
-    if rec.kind != TokenKind::Emergency || rec.id != public.emergency_token_id {
-        return Err(refuse(Refusal {
-            code: ErrorCode::RecoveryToken,
-            message: "recovery takes the platform's emergency token; this is a roles token".into(),
-            token_id: Some(rec.id),
-        })
-        .await);
-    }
-    let checked = token::Claims {
-        roles: rec.roles.clone(),
-        kind: rec.kind,
-        ..claims
-    };
-    let granted = match token::grant_roles(&checked, &req.roles) {
-        Ok(g) => g,
-        Err(e) => {
-            return Err(refuse(Refusal {
-                code: e.code(),
-                message: e.to_string(),
-                token_id: Some(rec.id),
-            })
-            .await)
-        }
-    };
-    if !granted.contains(&Role::Coordinator) {
-        return Err(refuse(Refusal {
-            code: ErrorCode::RecoveryRole,
-            message: "recovery brings up a coordinator: ask for the coordinator role \
-                      (--roles coordinator,director,proxy)"
-                .into(),
-            token_id: Some(rec.id),
-        })
-        .await);
-    }
-    let Some(settings) = store_settings(config) else {
-        return Err(ApiError::new(
-            ErrorCode::RecoveryStore,
-            "this coordinator keeps the platform in its own data folder (sqlite), which no \
-             other host can share; recover a single host with `musterd backup` and `musterd restore`",
-        ));
-    };
-    audit(
-        store,
-        now,
-        "recovery",
-        Some(&rec.id),
-        None,
-        Some(source),
-        None,
-    )
-    .await;
-    tracing::warn!(%source, "emergency recovery: handed the sealed platform to a new coordinator");
-    Ok(public.recovery(settings))
 }
 
 type S = State<Arc<Director>>;
@@ -155,7 +56,7 @@ pub fn router(d: Arc<Director>) -> Router {
         .layer(DefaultBodyLimit::max(max))
         .layer(axum::middleware::from_fn_with_state(
             max,
-            crate::app::refuse_declared_oversize,
+            crate::http::refuse_declared_oversize,
         ))
         .with_state(d)
 }
@@ -165,18 +66,16 @@ async fn recover_handler(
     Extension(c): Extension<ConnInfo>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Recovery>, ApiError> {
-    let now = (d.clock)();
-    recover(
-        d.store.as_ref(),
-        &d.config,
-        &d.token_failures,
-        &d.verified_tokens,
-        body,
-        c.remote.ip(),
-        now,
-    )
-    .await
-    .map(Json)
+    let recoverer = Recoverer {
+        store: d.store.as_ref(),
+        config: &d.config,
+        failures: &d.token_failures,
+        verified: &d.verified_tokens,
+    };
+    recoverer
+        .recover(|| parse_json(body), c.remote.ip(), (d.clock)())
+        .await
+        .map(Json)
 }
 
 async fn readyz(State(d): S) -> Response {

@@ -3,7 +3,8 @@
 //! Client certificates are optional at the TLS layer (a new host has none yet) and, when
 //! given, must chain to the transport CA; the node-protocol handlers that need one check it.
 
-use crate::app::{App, ConnInfo};
+use crate::app::App;
+use crate::http::ConnInfo;
 use crate::limit::PerSource;
 use crate::pki::Leaf;
 use anyhow::Context;
@@ -69,27 +70,6 @@ pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn tune(cfg: &mut rustls::ServerConfig) {
     cfg.ignore_client_order = true;
     cfg.send_tls13_tickets = 0;
-}
-
-/// The names and addresses this coordinator answers on: loopback, its host name, the addresses
-/// of its network interfaces (as the installer reports a host's), and the hosts it advertises. Its serving certificate names them all, so an admin's
-/// `curl https://COORDINATOR_HOST_IP:12443/…` checks; no other host is certified for them.
-pub fn own_names(advertise: &[String]) -> Vec<String> {
-    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    if let Ok(h) = nix::unistd::gethostname() {
-        names.extend(h.into_string().ok());
-    }
-    names.extend(
-        muster_protocol::addr::interface_addresses()
-            .iter()
-            .map(|ip| ip.to_string()),
-    );
-    for a in advertise {
-        names.push(crate::pki::host_of_address(a).to_string());
-    }
-    let mut seen = std::collections::HashSet::new();
-    names.retain(|n| seen.insert(n.clone()));
-    names
 }
 
 /// How long a serving certificate is valid.
@@ -297,7 +277,7 @@ pub async fn serve(
     app.refresh_addresses(true)
         .await
         .context("reading the registered hosts' addresses")?;
-    let router = crate::app::router(app.clone());
+    let router = crate::http::router(app.clone());
     let sweeper = {
         let app = app.clone();
         let every = Duration::from_secs((app.config.reservation_seconds / 2).clamp(1, 5));
@@ -308,7 +288,7 @@ pub async fn serve(
                 if let Err(e) = app.sweep().await {
                     tracing::warn!(error = %format!("{e:#}"), "sweep failed");
                 }
-                if let Err(e) = app.reread_own_names().await {
+                if let Err(e) = app.names.reread().await {
                     tracing::warn!(error = %format!("{e:#}"), "reading this coordinator's names again failed");
                 }
                 if let Err(e) = cert.renew_if_due(&app, app.now()) {
@@ -732,15 +712,15 @@ mod tests {
         let new_ip: std::net::IpAddr = "192.0.2.77".parse()?;
         assert!(!ips(&cert.current_der().unwrap_or_default())?.contains(&new_ip));
         // Nothing changed: nothing published, nothing issued.
-        assert!(!app.set_own_names(app.own_names()).await?);
+        assert!(!app.names.set_own(app.own_names()).await?);
         assert!(!cert.renew_if_due(&app, now + 1)?);
 
         let mut names = app.own_names();
         names.push(new_ip.to_string());
         // One read is not enough (it may be an odd one); two in a row are.
-        assert!(!app.names_read(names.clone()).await?);
+        assert!(!app.names.read(names.clone()).await?);
         assert!(!cert.renew_if_due(&app, now + 1)?);
-        assert!(app.names_read(names.clone()).await?);
+        assert!(app.names.read(names.clone()).await?);
         assert!(store
             .coordinator_names()
             .await?
@@ -751,7 +731,7 @@ mod tests {
 
         // The address goes away again: no longer published, no longer certified.
         names.retain(|n| n != &new_ip.to_string());
-        assert!(app.set_own_names(names).await?);
+        assert!(app.names.set_own(names).await?);
         assert!(!store
             .coordinator_names()
             .await?

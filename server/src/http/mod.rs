@@ -1,0 +1,186 @@
+//! The HTTP layer: routing, and thin handlers that read a request, call a service
+//! (`crate::service`) and shape the answer. `admin` holds the ECE-compatible admin API, `node`
+//! the node protocol, `ops` health, metrics and downloads.
+//!
+//! Every admin route sits behind [`require_admin`], laid over the admin router as a whole, so
+//! a route added there cannot forget to authenticate.
+
+pub mod admin;
+pub mod node;
+pub mod ops;
+
+use crate::app::App;
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Router};
+use muster_protocol::{paths, ErrorCode};
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the TLS layer knows about a connection, handed to every request.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// DER of the client certificate, when the client authenticated (already chain-checked
+    /// against the transport CA by rustls).
+    pub peer_cert: Option<Arc<Vec<u8>>>,
+}
+
+type S = State<Arc<App>>;
+type Conn = Extension<ConnInfo>;
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+pub fn router(app: Arc<App>) -> Router {
+    let max = app.config.max_body_bytes;
+    let admin = Router::new()
+        .route(
+            paths::TOKENS,
+            post(admin::create_token).get(admin::list_tokens),
+        )
+        .route(
+            &format!("{}/{{token_id}}", paths::TOKENS),
+            delete(admin::delete_token),
+        )
+        .route(paths::AUDIT, get(admin::audit_log))
+        .route(paths::ALLOCATORS, get(admin::allocators))
+        .route(paths::RUNNERS, get(admin::runners))
+        .route(
+            &format!("{}/{{runner_id}}", paths::RUNNERS),
+            get(admin::runner).delete(admin::remove_runner),
+        )
+        .route(
+            &format!("{}/{{runner_id}}/roles", paths::RUNNERS),
+            put(admin::set_runner_roles),
+        )
+        .route(paths::ES_ENROLL_NODE, get(admin::es_enroll_node))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_admin,
+        ));
+    Router::new()
+        .merge(admin)
+        .route(paths::JOIN, post(node::join))
+        .route(paths::RECOVER, post(node::recover))
+        .route(paths::COMMIT, post(node::commit))
+        .route(paths::HEARTBEAT, post(node::heartbeat))
+        .route(paths::RENEW, post(node::renew))
+        .route(paths::LEAVE, post(node::leave))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route(paths::INSTALL_SCRIPT, get(ops::install_script))
+        .route(paths::OPENAPI, get(ops::openapi))
+        .route(paths::DOWNLOAD_INSTALLER, get(ops::download_installer))
+        .route(
+            &format!("{}.sha256", paths::DOWNLOAD_INSTALLER),
+            get(ops::download_installer_sha256),
+        )
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "that endpoint does not take this method (docs/api.md)",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(
+            max,
+            refuse_declared_oversize,
+        ))
+        .with_state(app)
+}
+
+/// Checks admin credentials (HTTP Basic or `Authorization: ApiKey KEY`, failures held off per
+/// source) before any admin handler runs, and hands the handler who it was
+/// ([`crate::service::auth::Credential`]).
+async fn require_admin(
+    State(app): S,
+    Extension(c): Conn,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match app.auth.check(authorization, c.remote.ip(), app.now()) {
+        Ok(who) => {
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads a JSON body, answering our error shape for bad or oversized bodies.
+pub fn parse_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::RequestTooLarge, "request body is too large")
+        } else {
+            ApiError::new(ErrorCode::RequestInvalid, format!("reading the body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::RequestInvalid, format!("request body: {e}")))
+}
+
+/// A query string that does not read, answered like any other bad request (after the
+/// credentials are checked: no answer tells an unauthenticated caller more than 401).
+fn query_invalid(e: QueryRejection) -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestInvalid,
+        format!("query string: {}", e.body_text()),
+    )
+}
+
+/// Middleware that refuses a request whose declared `Content-Length` is over `max` with 413,
+/// so that the client reads the 413: one that asked first (`Expect: 100-continue`) is answered
+/// before it sends the body; from one that sends it unasked, a body of up to [`DRAIN_MAX`] is
+/// read to its end and dropped first (answering and closing with the body unread would reset
+/// the connection under the client before it reads the answer). Bodies of unknown length are
+/// cut off at `max` by [`DefaultBodyLimit`]. Use with
+/// `axum::middleware::from_fn_with_state(max, refuse_declared_oversize)`.
+pub async fn refuse_declared_oversize(
+    State(max): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|n| *n > max as u64) else {
+        return next.run(req).await;
+    };
+    let asked_first = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !asked_first && declared <= DRAIN_MAX {
+        use axum::body::HttpBody;
+        let mut body = req.into_body();
+        let drain = std::future::poll_fn(|cx| loop {
+            match std::pin::Pin::new(&mut body).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(_))) => continue,
+                std::task::Poll::Ready(_) => return std::task::Poll::Ready(()),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        });
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    }
+    ApiError::new(ErrorCode::RequestTooLarge, "request body is too large").into_response()
+}
+
+/// The largest refused body read (and dropped) so that its sender gets its 413.
+const DRAIN_MAX: u64 = 1024 * 1024;
+
+/// How long a refused body may take to arrive before the connection is closed anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

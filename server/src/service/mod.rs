@@ -1,0 +1,64 @@
+//! The coordinator's services: what it decides, with no HTTP in sight. The handlers in
+//! `crate::http` read a request, call one of these and shape the answer.
+//!
+//! Each service depends only on the layers below it (the store, the platform, the PKI, the
+//! limiters) and on services listed before it here, never on the HTTP layer or on `App`:
+//!
+//! - [`cache`]: bounded memories of recent answers (verified tokens, token records, join keys).
+//! - [`auth`]: admin credentials (user and password, or the API key), failures held off per
+//!   source.
+//! - [`admission`]: a roles token in, its claims and record out, or one [`admission::Refusal`]
+//!   that is counted, audited and held against its source in one place.
+//! - [`names`]: the names and addresses reserved from hosts' certificates (the coordinators'
+//!   own, and every registered host's addresses).
+//! - [`issuance`]: two CSRs in, the signed transport and HTTP certificates out (join, renew).
+//! - [`tokens`]: what a token request may ask for, revocation, expiry.
+//! - [`registry`]: the registered hosts as ECE shows them, roles granted and pending, the
+//!   facts a host may report.
+//! - [`recovery`]: the emergency token's recovery, answered by coordinators and directors.
+
+pub mod cache;
+
+pub mod auth;
+
+pub mod admission;
+
+pub mod names;
+
+pub mod issuance;
+
+pub mod tokens;
+
+pub mod registry;
+
+pub mod recovery;
+
+use crate::store::Store;
+use muster_protocol::ErrorCode;
+use std::net::IpAddr;
+
+/// The time now, in unix seconds.
+pub fn system_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Appends to the audit log; a failure is logged, never fatal to the request.
+pub async fn audit(
+    store: &dyn Store,
+    at: u64,
+    event: &str,
+    token_id: Option<&str>,
+    node: Option<(&str, &str)>,
+    source: Option<IpAddr>,
+    reason: Option<ErrorCode>,
+) {
+    let source = source.map(|s| s.to_string());
+    let reason = reason.map(|c| c.as_str());
+    let e = crate::store::event(at, event, token_id, node, source.as_deref(), reason);
+    if let Err(err) = store.audit(&e).await {
+        tracing::error!(error = %err, event, "could not append to the audit log");
+    }
+}
