@@ -1,11 +1,15 @@
 //! The commands for an enrolled host: `status`, `token inspect`, `agent`, `renew`, `leave`.
+//!
+//! A flow, beside `install` and never using it: it uses the layers below (`host`, `renewal`,
+//! `replace`, `common`, `hooks`, `layout`, `owner`, `state`, `cli`, `exit`).
 
 use crate::cli::{CommonArgs, Output, TokenArgs};
+use crate::common::{client, client_as, coordinator_list, hook_env, now, pin_of_pem};
 use crate::exit::{Exit, Failure, Result};
-use crate::install::{self, now, read_state, write_state, Key};
+use crate::host::{check_certs, owners_on_disk, read_state, write_node_yaml, write_state, Key};
 use crate::layout::{self, File};
-use crate::net::{Client, ClientIdentity};
 use crate::owner::Owners;
+use crate::renewal::{apply_renewal, finish_renewal, renewed_identity, Renewal};
 use crate::state::{Stage, State};
 use muster_protocol::fs::write_atomic;
 use muster_protocol::node::*;
@@ -24,29 +28,6 @@ fn enrolled(root: &Path) -> Result<State> {
             ),
         )),
     }
-}
-
-/// Owners as the files on disk have them (keys belong to the service user).
-fn owners_on_disk(root: &Path) -> Result<Owners> {
-    use std::os::unix::fs::MetadataExt;
-    let key = std::fs::metadata(File::NodeKey.path(root)).map_err(|e| {
-        Failure::new(
-            Exit::NotEnrolled,
-            format!("reading {}: {e}", File::NodeKey.path(root).display()),
-        )
-    })?;
-    let st = std::fs::metadata(File::State.path(root)).map_err(|e| {
-        Failure::new(
-            Exit::NotEnrolled,
-            format!("reading {}: {e}", File::State.path(root).display()),
-        )
-    })?;
-    Ok(Owners {
-        root_uid: st.uid(),
-        root_gid: st.gid(),
-        uid: key.uid(),
-        gid: key.gid(),
-    })
 }
 
 /// A certificate file's validity: not before, not after (seconds since the epoch).
@@ -167,184 +148,6 @@ pub fn inspect(t: &TokenArgs, output: Output) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-fn client(root: &Path, st: &State, timeout: std::time::Duration) -> Result<Client> {
-    client_as(root, st, timeout, None)
-}
-
-/// [`client`] signing in as `identity` rather than with the files on disk.
-fn client_as(
-    root: &Path,
-    st: &State,
-    timeout: std::time::Duration,
-    identity: Option<ClientIdentity>,
-) -> Result<Client> {
-    let read = |f: File| {
-        std::fs::read_to_string(f.path(root)).map_err(|e| {
-            Failure::new(
-                Exit::NotEnrolled,
-                format!("reading {}: {e}", f.path(root).display()),
-            )
-        })
-    };
-    let pin = pin_of_pem(read(File::HttpCa)?.as_bytes()).ok_or_else(|| {
-        Failure::new(
-            Exit::Other,
-            format!(
-                "{} is not a PEM certificate",
-                File::HttpCa.path(root).display()
-            ),
-        )
-    })?;
-    let id = match identity {
-        Some(id) => id,
-        None => ClientIdentity {
-            cert_pem: read(File::NodeCert)?,
-            key_pem: zeroize::Zeroizing::new(read(File::NodeKey)?),
-        },
-    };
-    Client::new(st.coordinators.clone(), vec![pin], Some(&id), timeout)
-}
-
-/// Whether the coordinator still takes the enrollment whose files `path` gives (a heartbeat
-/// with them answered, within ten seconds).
-pub(crate) async fn still_registered(path: &dyn Fn(File) -> std::path::PathBuf) -> bool {
-    let read = |f: File| std::fs::read_to_string(path(f)).ok();
-    let (Some(state), Some(ca), Some(cert), Some(key)) = (
-        read(File::State),
-        read(File::HttpCa),
-        read(File::NodeCert),
-        read(File::NodeKey).map(zeroize::Zeroizing::new),
-    ) else {
-        return false;
-    };
-    let Ok(st) = serde_json::from_str::<State>(&state) else {
-        return false;
-    };
-    let Some(pin) = pin_of_pem(ca.as_bytes()) else {
-        return false;
-    };
-    let id = ClientIdentity {
-        cert_pem: cert,
-        key_pem: key,
-    };
-    let Ok(mut c) = Client::new(
-        st.coordinators,
-        vec![pin],
-        Some(&id),
-        std::time::Duration::from_secs(10),
-    ) else {
-        return false;
-    };
-    c.post::<_, HeartbeatReply>(paths::HEARTBEAT, &Heartbeat::default())
-        .await
-        .is_ok()
-}
-
-/// The transport pair a renewal waiting in `renewal.json` brings: valid at the coordinator
-/// whether or not its files could be written.
-fn renewed_identity(root: &Path) -> Option<ClientIdentity> {
-    let bytes = zeroize::Zeroizing::new(
-        layout::read_written(root, File::Renewal, &layout::own_owners()).ok()??,
-    );
-    let r: Renewal = serde_json::from_slice(&bytes).ok()?;
-    Some(ClientIdentity {
-        cert_pem: r.transport_cert_pem.clone(),
-        key_pem: zeroize::Zeroizing::new(r.transport_key_pem.clone()),
-    })
-}
-
-/// A renewal the coordinator has answered, kept in `var/lib/muster/renewal.json` (root, 0600)
-/// until every file it brings is written. The coordinator keeps the pair a host renewed with
-/// valid until the host's next renewal, so until this file is on disk the old files still work;
-/// once it is, the next command finishes it ([`finish_renewal`]) before using them. A renewal
-/// killed at any moment therefore leaves a host with a working key and certificate.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Renewal {
-    transport_key_pem: String,
-    http_key_pem: String,
-    transport_ca_pem: String,
-    http_ca_pem: String,
-    transport_cert_pem: String,
-    http_cert_pem: String,
-    cert_not_after: u64,
-}
-
-impl Drop for Renewal {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.transport_key_pem.zeroize();
-        self.http_key_pem.zeroize();
-    }
-}
-
-impl Renewal {
-    fn certs(&self) -> install::Certs<'_> {
-        install::Certs {
-            transport_ca_pem: &self.transport_ca_pem,
-            http_ca_pem: &self.http_ca_pem,
-            transport_cert_pem: &self.transport_cert_pem,
-            http_cert_pem: &self.http_cert_pem,
-        }
-    }
-}
-
-/// Writes out a renewal: keys, certificates, keystores, state; then drops `renewal.json`.
-/// Every write is atomic and the whole is repeatable, so a run killed half-way is finished
-/// by doing it again.
-fn apply_renewal(root: &Path, o: &Owners, st: &State, r: &Renewal) -> Result<State> {
-    let t = Key::from_pem(&r.transport_key_pem)?;
-    write_atomic(
-        &File::NodeKey.path(root),
-        r.transport_key_pem.as_bytes(),
-        File::NodeKey.perms(o),
-    )?;
-    muster_protocol::fs::failpoint("renew-half-written");
-    write_atomic(
-        &File::HttpKey.path(root),
-        r.http_key_pem.as_bytes(),
-        File::HttpKey.perms(o),
-    )?;
-    install::write_certs(root, o, &r.certs(), &t)?;
-    let mut st = st.clone();
-    st.cert_not_after = Some(r.cert_not_after);
-    write_state(root, o, &st)?;
-    muster_protocol::fs::remove(&File::Renewal.path(root))?;
-    Ok(st)
-}
-
-/// Finishes a renewal an earlier run was killed in the middle of writing, if there is one.
-/// Returns the state after it.
-pub(crate) fn finish_renewal(root: &Path, st: State) -> Result<State> {
-    let path = File::Renewal.path(root);
-    let bytes = match layout::read_written(root, File::Renewal, &layout::own_owners())? {
-        Some(b) => zeroize::Zeroizing::new(b),
-        None => return Ok(st),
-    };
-    let r: Renewal = serde_json::from_slice(&bytes).map_err(|e| {
-        Failure::new(
-            Exit::Other,
-            format!(
-                "{} is damaged ({e}); remove it and run muster renew",
-                path.display()
-            ),
-        )
-    })?;
-    eprintln!("muster: finishing a renewal that was interrupted");
-    let st = apply_renewal(root, &owners_on_disk(root)?, &st, &r)?;
-    crate::hooks::run(
-        &layout::hook_dir(root, "post-renew"),
-        &install::hook_env(root, &st),
-    )?;
-    Ok(st)
-}
-
-/// The SPKI pin of a CA certificate in PEM.
-fn pin_of_pem(pem: &[u8]) -> Option<String> {
-    muster_protocol::cert::pem_to_der(pem)
-        .and_then(|der| muster_protocol::cert::spki_pin_of_cert(&der))
-}
-
 pub async fn renew(a: &CommonArgs) -> Result<serde_json::Value> {
     enrolled(&a.root)?;
     let _lock = layout::lock(&a.root)?;
@@ -377,7 +180,7 @@ async fn renew_locked(a: &CommonArgs) -> Result<serde_json::Value> {
     // Checked as an enrollment's bundle is: each certificate for its new key and signed by
     // its CA; and the CAs are the platform's, the ones this host already trusts (a CA
     // certificate may be renewed, its key may not change).
-    install::check_certs(&renewal.certs(), &t, &h)?;
+    check_certs(&renewal.certs(), &t, &h)?;
     for (f, pem) in [
         (File::TransportCa, &renewal.transport_ca_pem),
         (File::HttpCa, &renewal.http_ca_pem),
@@ -401,7 +204,7 @@ async fn renew_locked(a: &CommonArgs) -> Result<serde_json::Value> {
     let st = apply_renewal(&a.root, &o, &st, &renewal)?;
     crate::hooks::run(
         &layout::hook_dir(&a.root, "post-renew"),
-        &install::hook_env(&a.root, &st),
+        &hook_env(&a.root, &st),
     )?;
     if a.output == Output::Text {
         eprintln!(
@@ -437,7 +240,7 @@ fn sync_node_yaml(root: &Path, o: &Owners, st: &State, changed: bool) -> Result<
     node.roles = st.roles.clone();
     node.pending_roles = st.pending_roles.clone();
     node.coordinators = st.coordinators.clone();
-    crate::install::write_node_yaml(root, o, &node)
+    write_node_yaml(root, o, &node)
 }
 
 pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_json::Value> {
@@ -477,7 +280,7 @@ pub async fn agent(a: &CommonArgs, interval: u64, count: u64) -> Result<serde_js
         st2.pending_roles = reply.pending_roles.clone();
         if !reply.coordinators.is_empty() {
             // The one that answered first: it is reachable from here, whatever it advertises.
-            st2.coordinators = crate::install::coordinator_list(c.current(), &reply.coordinators);
+            st2.coordinators = coordinator_list(c.current(), &reply.coordinators);
         }
         // node.yaml first, checked against the state each round: a run killed between the
         // two writes is caught up by the next. The heartbeat is sent either way: a host whose
@@ -548,7 +351,7 @@ pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
     // host, and the files go all the same).
     let mut removed = Vec::new();
     let mut first_error = None;
-    let paths = crate::install::replacement_paths(&a.root)
+    let paths = crate::replace::replacement_paths(&a.root)
         .into_iter()
         .chain(
             [File::Renewal]
