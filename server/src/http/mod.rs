@@ -114,7 +114,13 @@ async fn require_admin(
             req.extensions_mut().insert(who);
             next.run(req).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Read the body first (it is bounded by `DefaultBodyLimit`), as a handler would
+            // have: answering with it unread would reset the connection under the client
+            // before it reads the refusal.
+            drain(req.into_body()).await;
+            e.into_response()
+        }
     }
 }
 
@@ -165,18 +171,29 @@ pub async fn refuse_declared_oversize(
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if !asked_first && declared <= DRAIN_MAX {
-        use axum::body::HttpBody;
-        let mut body = req.into_body();
-        let drain = std::future::poll_fn(|cx| loop {
-            match std::pin::Pin::new(&mut body).poll_frame(cx) {
-                std::task::Poll::Ready(Some(Ok(_))) => continue,
-                std::task::Poll::Ready(_) => return std::task::Poll::Ready(()),
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-            }
-        });
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+        drain(req.into_body()).await;
     }
     ApiError::new(ErrorCode::RequestTooLarge, "request body is too large").into_response()
+}
+
+/// Reads a body to its end (at most [`DRAIN_MAX`] bytes, for at most [`DRAIN_TIMEOUT`]) and
+/// drops it.
+async fn drain(mut body: axum::body::Body) {
+    use axum::body::HttpBody;
+    let mut read = 0u64;
+    let drain = std::future::poll_fn(|cx| loop {
+        match std::pin::Pin::new(&mut body).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > DRAIN_MAX {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Ready(_) => return std::task::Poll::Ready(()),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        }
+    });
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
 }
 
 /// The largest refused body read (and dropped) so that its sender gets its 413.
