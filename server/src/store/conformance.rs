@@ -2,6 +2,7 @@
 
 use super::*;
 use muster_protocol::node::HostFacts;
+use muster_protocol::token::TokenKind;
 
 pub fn token(id: &str, max_uses: Option<u32>) -> TokenRecord {
     TokenRecord {

@@ -18,8 +18,10 @@
 //! record by its key, a revocation check) run inline on the async worker, microseconds from the
 //! page cache; lists and backups run on a third connection on the blocking pool.
 
+use super::rules::{self, CommitDecision, CommitStop, Expiry, ReserveDecision};
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -460,10 +462,10 @@ impl Store for SqliteStore {
     async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
         let r = r.clone();
         self.tx(move |tx| {
-            let Some(mut t) = get_token(tx, &r.token_id)? else { return Ok(ReserveOutcome::UnknownToken) };
-            if t.revoked {
-                return Ok(ReserveOutcome::Revoked);
-            }
+            let t = match rules::reserve_token(get_token(tx, &r.token_id)?) {
+                Ok(t) => t,
+                Err(refused) => return Ok(refused),
+            };
             let existing: Option<(String, bool)> = tx
                 .prepare_cached("SELECT json, committed FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3")
         .map_err(unavailable)?
@@ -472,13 +474,11 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(unavailable)?;
-            if let Some(row) = existing {
-                return Ok(ReserveOutcome::Existing(Box::new(reservation_of(row)?)));
-            }
-            if t.max_uses.is_some_and(|max| t.uses >= max) {
-                return Ok(ReserveOutcome::UseLimitReached);
-            }
-            t.uses += 1;
+            let existing = existing.map(reservation_of).transpose()?;
+            let t = match rules::reserve_decision(&t, existing, now) {
+                ReserveDecision::Answer(outcome) => return Ok(outcome),
+                ReserveDecision::Reserve(t) => t,
+            };
             put_token(tx, &t)?;
             tx.prepare_cached("INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(unavailable)?
@@ -499,23 +499,17 @@ impl Store for SqliteStore {
     async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome> {
         let (id, source) = (node_id.to_string(), source.to_string());
         self.tx(move |tx| {
-            let already = |tx: &Connection| -> StoreResult<CommitOutcome> {
-                Ok(match get_host(tx, &id)? {
-                    Some(h) => CommitOutcome::AlreadyCommitted(Box::new(h)),
-                    None => CommitOutcome::Unknown,
-                })
+            let r = match rules::commit_reservation(get_reservation(tx, &id)?, now) {
+                Ok(r) => r,
+                Err(CommitStop::Already) => {
+                    return Ok(rules::already_committed(get_host(tx, &id)?))
+                }
+                Err(CommitStop::Answer(outcome)) => return Ok(outcome),
             };
-            let Some(r) = get_reservation(tx, &id)? else {
-                return already(tx);
-            };
-            if r.committed {
-                return already(tx);
-            }
-            if r.expires_at <= now {
-                return Ok(CommitOutcome::Unknown);
-            }
-            if get_token(tx, &r.token_id)?.is_some_and(|t| super::revoked_before_commit(&t, now)) {
-                return Ok(CommitOutcome::TokenRevoked(r.token_id));
+            if let Some(revoked) =
+                rules::commit_token(&r, get_token(tx, &r.token_id)?.as_ref(), now)
+            {
+                return Ok(revoked);
             }
             let old: Option<String> = tx
                 .prepare_cached("SELECT json FROM hosts WHERE hostname = ?1")
@@ -523,13 +517,14 @@ impl Store for SqliteStore {
                 .query_row(params![r.host.hostname], |row| row.get(0))
                 .optional()
                 .map_err(unavailable)?;
+            let old: Option<HostRecord> = old.map(|s| from_json(&s)).transpose()?;
+            let (host, revoke) = match rules::commit_decision(&r, old.as_ref(), now) {
+                CommitDecision::Answer(outcome) => return Ok(outcome),
+                CommitDecision::Commit { host, revoke } => (host, revoke),
+            };
             let replaced = match old {
-                Some(s) => {
-                    let old: HostRecord = from_json(&s)?;
-                    if !super::may_replace(&old, &r.roles) {
-                        return Ok(CommitOutcome::ReplaceRefused(Box::new(old)));
-                    }
-                    revoke_serials(tx, &old.serials)?;
+                Some(old) => {
+                    revoke_serials(tx, &revoke)?;
                     tx.prepare_cached("DELETE FROM hosts WHERE node_id = ?1")
                         .map_err(unavailable)?
                         .execute(params![old.node_id])
@@ -537,19 +532,6 @@ impl Store for SqliteStore {
                     Some(Box::new(old))
                 }
                 None => None,
-            };
-            let host = HostRecord {
-                node_id: r.node_id,
-                token_id: r.token_id,
-                host: r.host,
-                roles: r.roles,
-                pending_roles: r.pending_roles,
-                spki_der: r.spki_der,
-                serials: r.serials,
-                cert_not_after: r.cert_not_after,
-                registered_at: now,
-                last_heartbeat: now,
-                memory_used_mb: 0,
             };
             put_host(tx, &host)?;
             tx.prepare_cached("UPDATE reservations SET committed = 1 WHERE node_id = ?1")
@@ -559,10 +541,7 @@ impl Store for SqliteStore {
             for e in super::commit_events(&host, replaced.as_deref(), now, &source) {
                 append_audit(tx, &e)?;
             }
-            Ok(CommitOutcome::Committed {
-                host: Box::new(host),
-                replaced,
-            })
+            Ok(CommitOutcome::Committed { host, replaced })
         })
         .await
     }
@@ -586,33 +565,35 @@ impl Store for SqliteStore {
                 }
             }
             // Committed ones only had to outlive a lost answer; they just go.
-            let (done, expired): (Vec<Reservation>, Vec<Reservation>) =
-                all.into_iter().partition(|r| r.committed);
+            let (mut done, mut expired) = (Vec::new(), Vec::new());
+            for r in all {
+                match rules::expiry(&r, now) {
+                    Expiry::Goes => done.push(r),
+                    Expiry::Returns { revoke, event } => expired.push((r, revoke, event)),
+                }
+            }
             for r in &done {
                 tx.prepare_cached("DELETE FROM reservations WHERE node_id = ?1")
                     .map_err(unavailable)?
                     .execute(params![r.node_id])
                     .map_err(unavailable)?;
             }
-            for r in &expired {
+            for (r, revoke, event) in &expired {
                 match get_token(tx, &r.token_id) {
-                    Ok(Some(mut t)) => {
-                        t.uses = t.uses.saturating_sub(1);
-                        put_token(tx, &t)?;
-                    }
+                    Ok(Some(t)) => put_token(tx, &rules::use_given_back(&t))?,
                     Ok(None) => {}
                     // Its certificates are still revoked and the reservation still ends.
                     Err(StoreError::Corrupt(e)) => tracing::warn!(token_id = %r.token_id, error = %e, "store: a token record does not read; its use is not given back"),
                     Err(e) => return Err(e),
                 }
-                revoke_serials(tx, &r.serials)?;
+                revoke_serials(tx, revoke)?;
                 tx.prepare_cached("DELETE FROM reservations WHERE node_id = ?1")
                     .map_err(unavailable)?
                     .execute(params![r.node_id])
                     .map_err(unavailable)?;
-                append_audit(tx, &super::returned_event(r, now))?;
+                append_audit(tx, event)?;
             }
-            Ok(expired)
+            Ok(expired.into_iter().map(|(r, ..)| r).collect())
         })
         .await
     }
@@ -710,7 +691,7 @@ impl Store for SqliteStore {
         let (id, serials, keep) = (node_id.to_string(), serials.to_vec(), keep.to_vec());
         self.tx(move |tx| {
             update_host(tx, id, |tx, h| {
-                let (kept, gone) = super::split_serials(&h.serials, &serials, &keep);
+                let (kept, gone) = rules::split_serials(&h.serials, &serials, &keep);
                 revoke_serials(tx, &gone)?;
                 h.serials = serials.iter().cloned().chain(kept).collect();
                 h.cert_not_after = not_after;

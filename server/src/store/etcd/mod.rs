@@ -1,0 +1,519 @@
+//! The etcd backend: several coordinators share one etcd cluster.
+//!
+//! Records are the same JSON values SQLite keeps, one key each, under a prefix (default
+//! `/muster/`):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `platform` | the platform record |
+//! | `tokens/{id}` | [`TokenRecord`]; ephemeral ones under a lease that outlives their expiry |
+//! | `resv/{node_id}` | [`Reservation`] |
+//! | `resv-key/{token_id}/{key_hash}` | the node id holding that key's reservation |
+//! | `hosts/{node_id}` | [`HostRecord`] |
+//! | `hostname/{hostname}` | the node id registered under that hostname |
+//! | `revoked/{serial}` | empty: a revoked certificate |
+//! | `audit-seq`, `audit/{seq:020}` | the audit counter and events |
+//!
+//! Every protocol step is one etcd transaction guarded by the mod revisions of the keys it
+//! read: a step that lost a race to another coordinator reads again and retries. So a one-use
+//! token is used once across coordinators, and a revoked token is refused by every coordinator
+//! from the moment the revocation commits. Reservations have no lease: only the sweeper on a
+//! coordinator expires them, returning their token use exactly once (by the same
+//! compare-and-swap) and revoking their certificates, however long every coordinator was down.
+//! etcd dropping them on its own would do neither.
+//!
+//! A watch on `tokens/` drops a revoked token on every coordinator at once: each keeps the
+//! revoked token records the watch delivers and refuses them without asking etcd again.
+//! Revocation is final, so such a record never goes stale; every other token read goes to etcd
+//! (linearizable), and the reservation re-reads its token inside its transaction, so a watch
+//! event still in flight can never let a revoked token through.
+//!
+//! The store itself is here; the rest is split by concern, each part using only those listed
+//! before it: [`conn`] connects and fails over, [`txn`] runs guarded transactions and tells a
+//! lost answer, [`watch`] keeps the revoked tokens, [`sweep`] expires reservations. Every
+//! decision of a step is one of [`rules`](crate::store::rules), as for SQLite.
+
+mod conn;
+mod sweep;
+#[cfg(test)]
+mod tests;
+mod txn;
+mod watch;
+
+use super::rules::{self, CommitDecision, CommitStop, ReserveDecision};
+use super::*;
+use conn::{decode, json, Conn};
+use etcd_client::{GetOptions, TxnOp};
+use std::sync::Arc;
+use txn::{audit_key, contended, Ran, MAX_ROUNDS};
+use watch::{watch_tokens, TokenCopy};
+
+/// How long an expired ephemeral token stays readable (for audit and clear refusals).
+const TOKEN_RETENTION_SECS: i64 = 86_400;
+
+pub struct EtcdStore {
+    conn: Conn,
+    tokens_seen: Arc<TokenCopy>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl EtcdStore {
+    /// Connects to `cfg.endpoints` (TLS when `cfg.tls` is set) and checks the cluster answers.
+    pub async fn connect(cfg: &crate::config::EtcdConfig) -> anyhow::Result<EtcdStore> {
+        let conn = Conn::connect(cfg).await?;
+        let tokens_seen = Arc::new(TokenCopy::default());
+        let watcher = tokio::spawn(watch_tokens(
+            conn.clients.clone(),
+            conn.key("tokens/"),
+            tokens_seen.clone(),
+        ));
+        let store = EtcdStore {
+            conn,
+            tokens_seen,
+            watcher,
+        };
+        store
+            .conn
+            .call(|mut c| async move { c.status().await })
+            .await
+            .map_err(|e| anyhow::anyhow!("etcd at {:?} does not answer: {e}", cfg.endpoints))?;
+        Ok(store)
+    }
+
+    /// Reads a host, changes it with `f`, writes it back if nobody changed it meanwhile.
+    async fn update_host(
+        &self,
+        node_id: &str,
+        mut f: impl FnMut(&mut HostRecord) -> Vec<String>,
+    ) -> StoreResult<Option<HostRecord>> {
+        let rest = format!("hosts/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut h) = self.conn.get::<HostRecord>(&rest).await? else {
+                return Ok(None);
+            };
+            let revoke = f(&mut h.value);
+            let mut ops = vec![self.conn.put(&rest, &h.value, 0)?];
+            ops.extend(self.conn.revoke_ops(&revoke)?);
+            if self
+                .conn
+                .txn(vec![self.conn.unchanged(&rest, Some(h.rev))], ops)
+                .await?
+            {
+                return Ok(Some(h.value));
+            }
+        }
+        Err(contended())
+    }
+
+    async fn already_committed(&self, node_id: &str) -> StoreResult<CommitOutcome> {
+        let host = self
+            .conn
+            .get::<HostRecord>(&format!("hosts/{node_id}"))
+            .await?;
+        Ok(rules::already_committed(host.map(|h| h.value)))
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn init_platform(&self, record: &[u8]) -> StoreResult<bool> {
+        match self
+            .conn
+            .txn_ran(
+                vec![self.conn.unchanged("platform", None)],
+                vec![TxnOp::put(self.conn.key("platform"), record, None)],
+            )
+            .await?
+        {
+            Ran::Yes => Ok(true),
+            Ran::No => Ok(false),
+            // The record there is this one: written by the attempt whose answer was lost.
+            Ran::Unsure => Ok(self.platform().await?.as_deref() == Some(record)),
+        }
+    }
+
+    async fn platform(&self) -> StoreResult<Option<Vec<u8>>> {
+        let resp = self.conn.range("platform", None).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn insert_token(&self, t: &TokenRecord, created: Option<&AuditEvent>) -> StoreResult<()> {
+        let lease = match t.expires {
+            Some(e) => {
+                let ttl = e.saturating_sub(t.created) as i64
+                    + muster_protocol::token::LEEWAY_SECS as i64
+                    + TOKEN_RETENTION_SECS;
+                self.conn.lease(ttl).await?
+            }
+            None => 0,
+        };
+        let op = self.conn.put(&format!("tokens/{}", t.id), t, lease)?;
+        let Some(e) = created else {
+            self.conn.txn(vec![], vec![op]).await?;
+            return Ok(());
+        };
+        for _ in 0..MAX_ROUNDS {
+            let events = std::slice::from_ref(e);
+            if self
+                .conn
+                .txn_audited(vec![], vec![op.clone()], events)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(contended())
+    }
+
+    async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        if let Some(t) = self.tokens_seen.get(id) {
+            return Ok(Some(t));
+        }
+        Ok(self
+            .conn
+            .get::<TokenRecord>(&format!("tokens/{id}"))
+            .await?
+            .map(|g| g.value))
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let mut all: Vec<TokenRecord> = self.conn.list("tokens/").await?;
+        all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(all)
+    }
+
+    async fn revoke_token(&self, id: &str, e: &AuditEvent) -> StoreResult<bool> {
+        let rest = format!("tokens/{id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut t) = self.conn.get::<TokenRecord>(&rest).await? else {
+                return Ok(false);
+            };
+            if t.value.revoked {
+                return Ok(false);
+            }
+            t.value.revoked = true;
+            let op = self.conn.put(&rest, &t.value, t.lease)?;
+            let guard = self.conn.unchanged(&rest, Some(t.rev));
+            if self
+                .conn
+                .txn_audited(vec![guard], vec![op], std::slice::from_ref(e))
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(contended())
+    }
+
+    async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
+        let token_key = format!("tokens/{}", r.token_id);
+        let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
+        for _ in 0..MAX_ROUNDS {
+            let t = match rules::reserve_token(self.conn.get::<TokenRecord>(&token_key).await?) {
+                Ok(t) => t,
+                Err(refused) => return Ok(refused),
+            };
+            let index = self.conn.get::<String>(&index_key).await?;
+            let existing = match &index {
+                Some(ix) => self
+                    .conn
+                    .get::<Reservation>(&format!("resv/{}", ix.value))
+                    .await?
+                    .map(|existing| existing.value),
+                None => None,
+            };
+            let token = match rules::reserve_decision(&t.value, existing, now) {
+                ReserveDecision::Answer(outcome) => return Ok(outcome),
+                ReserveDecision::Reserve(token) => token,
+            };
+            let (audit_guard, seq) = self.conn.audit_slot().await?;
+            let guards = vec![
+                self.conn.unchanged(&token_key, Some(t.rev)),
+                self.conn
+                    .unchanged(&index_key, index.as_ref().map(|i| i.rev)),
+                audit_guard,
+            ];
+            let mut ops = vec![
+                self.conn.put(&token_key, &token, t.lease)?,
+                self.conn.put(&format!("resv/{}", r.node_id), r, 0)?,
+                self.conn.put(&index_key, &r.node_id, 0)?,
+            ];
+            ops.extend(self.conn.audit_ops(seq, &[used_event(r, now)])?);
+            // An attempt whose answer was lost is found by the next round as this join's own
+            // reservation (`Existing` with this node id), its use and event written with it.
+            if self.conn.txn(guards, ops).await? {
+                return Ok(ReserveOutcome::Reserved);
+            }
+        }
+        Err(contended())
+    }
+
+    async fn reservation(&self, node_id: &str) -> StoreResult<Option<Reservation>> {
+        Ok(self
+            .conn
+            .get::<Reservation>(&format!("resv/{node_id}"))
+            .await?
+            .map(|g| g.value))
+    }
+
+    async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome> {
+        let resv_key = format!("resv/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let mut r = match rules::commit_reservation(
+                self.conn.get::<Reservation>(&resv_key).await?,
+                now,
+            ) {
+                Ok(r) => r,
+                Err(CommitStop::Already) => return self.already_committed(node_id).await,
+                Err(CommitStop::Answer(outcome)) => return Ok(outcome),
+            };
+            // Not guarded (every join of the token changes its record, and would break the
+            // commit's guard): a revocation committing during this commit may let it through,
+            // as if it had come first.
+            let token = self.token(&r.value.token_id).await?;
+            if let Some(revoked) = rules::commit_token(&r.value, token.as_ref(), now) {
+                return Ok(revoked);
+            }
+            let name_key = format!("hostname/{}", r.value.host.hostname);
+            let index = self.conn.get::<String>(&name_key).await?;
+            let old = match &index {
+                Some(ix) if ix.value != node_id => {
+                    self.conn
+                        .get::<HostRecord>(&format!("hosts/{}", ix.value))
+                        .await?
+                }
+                _ => None,
+            };
+            let (host, revoke) =
+                match rules::commit_decision(&r.value, old.as_ref().map(|o| &o.value), now) {
+                    CommitDecision::Answer(outcome) => return Ok(outcome),
+                    CommitDecision::Commit { host, revoke } => (host, revoke),
+                };
+            r.value.committed = true;
+            let mut guards = vec![
+                self.conn.unchanged(&resv_key, Some(r.rev)),
+                self.conn
+                    .unchanged(&name_key, index.as_ref().map(|i| i.rev)),
+            ];
+            let mut ops = vec![
+                self.conn.put(&format!("hosts/{node_id}"), &host, 0)?,
+                self.conn.put(&name_key, &node_id.to_string(), 0)?,
+                self.conn.put(&resv_key, &r.value, r.lease)?,
+            ];
+            if let Some(o) = &old {
+                let old_key = format!("hosts/{}", o.value.node_id);
+                guards.push(self.conn.unchanged(&old_key, Some(o.rev)));
+                ops.push(self.conn.delete(&old_key));
+                ops.extend(self.conn.revoke_ops(&revoke)?);
+            }
+            // An attempt whose answer was lost is known by its events.
+            let events = commit_events(&host, old.as_ref().map(|o| &o.value), now, source);
+            if self.conn.txn_audited(guards, ops, &events).await? {
+                return Ok(CommitOutcome::Committed {
+                    host,
+                    replaced: old.map(|o| Box::new(o.value)),
+                });
+            }
+        }
+        Err(contended())
+    }
+
+    async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
+        sweep::expire_reservations(&self.conn, now).await
+    }
+
+    async fn hosts(&self) -> StoreResult<Vec<HostRecord>> {
+        let mut all: Vec<HostRecord> = self.conn.list("hosts/").await?;
+        all.sort_by(|a, b| a.host.hostname.cmp(&b.host.hostname));
+        Ok(all)
+    }
+
+    async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>> {
+        Ok(self
+            .conn
+            .get::<HostRecord>(&format!("hosts/{node_id}"))
+            .await?
+            .map(|g| g.value))
+    }
+
+    async fn host_named(&self, hostname: &str) -> StoreResult<Option<HostRecord>> {
+        match self
+            .conn
+            .get::<String>(&format!("hostname/{hostname}"))
+            .await?
+        {
+            Some(id) => self.host(&id.value).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        now: u64,
+        memory_used_mb: u64,
+    ) -> StoreResult<Option<HostRecord>> {
+        self.update_host(node_id, |h| {
+            h.last_heartbeat = now;
+            h.memory_used_mb = memory_used_mb;
+            vec![]
+        })
+        .await
+    }
+
+    async fn set_roles(
+        &self,
+        node_id: &str,
+        roles: &[Role],
+        pending: &[Role],
+    ) -> StoreResult<Option<HostRecord>> {
+        self.update_host(node_id, |h| {
+            h.roles = roles.to_vec();
+            h.pending_roles = pending.to_vec();
+            vec![]
+        })
+        .await
+    }
+
+    async fn replace_certs(
+        &self,
+        node_id: &str,
+        serials: &[String],
+        keep: &[String],
+        not_after: u64,
+    ) -> StoreResult<Option<HostRecord>> {
+        self.update_host(node_id, |h| {
+            let (kept, gone) = rules::split_serials(&h.serials, serials, keep);
+            h.cert_not_after = not_after;
+            h.serials = serials.iter().cloned().chain(kept).collect();
+            gone
+        })
+        .await
+    }
+
+    async fn lowercase_host_name(&self, node_id: &str) -> StoreResult<bool> {
+        let host_key = format!("hosts/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut h) = self.conn.get::<HostRecord>(&host_key).await? else {
+                return Ok(false);
+            };
+            let old = h.value.host.hostname.clone();
+            let lower = old.to_ascii_lowercase();
+            if lower == old {
+                return Ok(false);
+            }
+            let new_key = format!("hostname/{lower}");
+            if self.conn.get::<String>(&new_key).await?.is_some() {
+                return Ok(false);
+            }
+            let old_key = format!("hostname/{old}");
+            let index = self.conn.get::<String>(&old_key).await?;
+            h.value.host.hostname = lower;
+            let mut guards = vec![
+                self.conn.unchanged(&host_key, Some(h.rev)),
+                self.conn.unchanged(&new_key, None),
+            ];
+            let mut ops = vec![
+                self.conn.put(&host_key, &h.value, 0)?,
+                self.conn.put(&new_key, &node_id.to_string(), 0)?,
+            ];
+            if let Some(ix) = index.filter(|ix| ix.value == node_id) {
+                guards.push(self.conn.unchanged(&old_key, Some(ix.rev)));
+                ops.push(self.conn.delete(&old_key));
+            }
+            if self.conn.txn(guards, ops).await? {
+                return Ok(true);
+            }
+        }
+        Err(contended())
+    }
+
+    async fn remove_host(&self, node_id: &str, e: &AuditEvent) -> StoreResult<Option<HostRecord>> {
+        let host_key = format!("hosts/{node_id}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(h) = self.conn.get::<HostRecord>(&host_key).await? else {
+                return Ok(None);
+            };
+            let name_key = format!("hostname/{}", h.value.host.hostname);
+            let mut guards = vec![self.conn.unchanged(&host_key, Some(h.rev))];
+            let mut ops = vec![self.conn.delete(&host_key)];
+            if let Some(ix) = self.conn.get::<String>(&name_key).await? {
+                if ix.value == node_id {
+                    guards.push(self.conn.unchanged(&name_key, Some(ix.rev)));
+                    ops.push(self.conn.delete(&name_key));
+                }
+            }
+            ops.extend(self.conn.revoke_ops(&h.value.serials)?);
+            let event = about_host(e, &h.value);
+            if self
+                .conn
+                .txn_audited(guards, ops, std::slice::from_ref(&event))
+                .await?
+            {
+                return Ok(Some(h.value));
+            }
+        }
+        Err(contended())
+    }
+
+    async fn is_revoked(&self, serial: &str) -> StoreResult<bool> {
+        let resp = self
+            .conn
+            .range(
+                &format!("revoked/{serial}"),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await?;
+        Ok(resp.count() > 0)
+    }
+
+    async fn audit(&self, e: &AuditEvent) -> StoreResult<()> {
+        for _ in 0..MAX_ROUNDS {
+            if self
+                .conn
+                .txn_audited(vec![], vec![], std::slice::from_ref(e))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(contended())
+    }
+
+    async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        // "audit0" is the first key after every "audit/…" key.
+        let opts = GetOptions::new()
+            .with_range(self.conn.key("audit0"))
+            .with_limit(i64::from(limit.max(1)));
+        let resp = self
+            .conn
+            .range(&audit_key(after.saturating_add(1)), Some(opts))
+            .await?;
+        resp.kvs().iter().map(decode).collect()
+    }
+
+    async fn publish_names(&self, id: &str, names: &[String]) -> StoreResult<()> {
+        let (key, value) = (
+            self.conn.key(&format!("coordinator-names/{id}")),
+            json(&names)?,
+        );
+        self.conn
+            .call(|mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn coordinator_names(&self) -> StoreResult<Vec<String>> {
+        let lists: Vec<Vec<String>> = self.conn.list("coordinator-names/").await?;
+        Ok(lists.into_iter().flatten().collect())
+    }
+}
