@@ -18,3 +18,4 @@ pub mod seal;
 pub mod serve;
 pub mod service;
 pub mod store;
+pub mod tls;

@@ -18,10 +18,14 @@
 //! record by its key, a revocation check) run inline on the async worker, microseconds from the
 //! page cache; lists and backups run on a third connection on the blocking pool.
 
+mod rows;
+
 use super::rules::{self, CommitDecision, CommitStop, Expiry, ReserveDecision};
 use super::*;
+use rows::*;
+
+pub use rows::SCHEMA_VERSION;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -39,9 +43,6 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 type Step = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Done + Send>;
 type Done = Box<dyn FnOnce(bool) + Send>;
 
-/// The schema this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: i64 = 2;
-
 pub struct SqliteStore {
     steps: mpsc::Sender<Step>,
     /// Point reads, inline.
@@ -57,62 +58,6 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 
 /// Log pages past which the writer checkpoints itself (SQLite's default is 1,000).
 const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn to_json<T: Serialize>(v: &T) -> StoreResult<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> StoreResult<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let found: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(unavailable)?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::Schema {
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if found < 1 {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        tx.execute_batch(
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-             CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL);
-             CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
-                 key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL);
-             CREATE INDEX reservations_key ON reservations (token_id, key_hash);
-             CREATE INDEX reservations_expiry ON reservations (expires_at);
-             CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
-             CREATE TABLE revoked (serial TEXT PRIMARY KEY);
-             CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
-             PRAGMA user_version = 1;",
-        )
-        .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-    }
-    if found < 2 {
-        // Version 2: a commit flips a column instead of rewriting the reservation's record.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        tx.execute_batch(
-            "ALTER TABLE reservations ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;
-             PRAGMA user_version = 2;",
-        )
-        .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-    }
-    Ok(())
-}
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
@@ -289,106 +234,6 @@ fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
             tracing::warn!(error = %e, "store: checkpoint failed");
         }
     }
-}
-
-fn get_token(tx: &Connection, id: &str) -> StoreResult<Option<TokenRecord>> {
-    let s: Option<String> = tx
-        .prepare_cached("SELECT json FROM tokens WHERE id = ?1")
-        .map_err(unavailable)?
-        .query_row(params![id], |r| r.get(0))
-        .optional()
-        .map_err(unavailable)?;
-    s.map(|s| from_json(&s)).transpose()
-}
-
-fn put_token(tx: &Connection, t: &TokenRecord) -> StoreResult<()> {
-    tx.prepare_cached("INSERT OR REPLACE INTO tokens (id, json) VALUES (?1, ?2)")
-        .map_err(unavailable)?
-        .execute(params![t.id, to_json(t)?])
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-fn get_host(tx: &Connection, node_id: &str) -> StoreResult<Option<HostRecord>> {
-    let s: Option<String> = tx
-        .prepare_cached("SELECT json FROM hosts WHERE node_id = ?1")
-        .map_err(unavailable)?
-        .query_row(params![node_id], |r| r.get(0))
-        .optional()
-        .map_err(unavailable)?;
-    s.map(|s| from_json(&s)).transpose()
-}
-
-fn put_host(tx: &Connection, h: &HostRecord) -> StoreResult<()> {
-    tx.prepare_cached("INSERT OR REPLACE INTO hosts (node_id, hostname, json) VALUES (?1, ?2, ?3)")
-        .map_err(unavailable)?
-        .execute(params![h.node_id, h.host.hostname, to_json(h)?])
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-/// Appends an audit event in the step's own transaction.
-fn append_audit(tx: &Connection, e: &AuditEvent) -> StoreResult<()> {
-    tx.prepare_cached("INSERT INTO audit (json) VALUES (?1)")
-        .map_err(unavailable)?
-        .execute(params![to_json(e)?])
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult<()> {
-    for s in serials {
-        tx.prepare_cached("INSERT OR IGNORE INTO revoked (serial) VALUES (?1)")
-            .map_err(unavailable)?
-            .execute(params![s])
-            .map_err(unavailable)?;
-    }
-    Ok(())
-}
-
-fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
-    let row: Option<(String, bool)> = tx
-        .prepare_cached("SELECT json, committed FROM reservations WHERE node_id = ?1")
-        .map_err(unavailable)?
-        .query_row(params![node_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(unavailable)?;
-    row.map(reservation_of).transpose()
-}
-
-/// A reservation from its record and its `committed` column (set by a commit; a record written
-/// before schema version 2 may carry the flag itself).
-fn reservation_of((json, committed): (String, bool)) -> StoreResult<Reservation> {
-    let mut r: Reservation = from_json(&json)?;
-    r.committed |= committed;
-    Ok(r)
-}
-
-/// Every JSON record a query returns, decoded.
-fn query_json<T: for<'de> Deserialize<'de>>(
-    c: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> StoreResult<Vec<T>> {
-    let mut st = c.prepare(sql).map_err(unavailable)?;
-    let rows = st
-        .query_map(params, |r| r.get::<_, String>(0))
-        .map_err(unavailable)?;
-    rows.map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
-        .collect()
-}
-
-fn update_host(
-    tx: &Connection,
-    node_id: String,
-    f: impl FnOnce(&Connection, &mut HostRecord) -> StoreResult<()>,
-) -> StoreResult<Option<HostRecord>> {
-    let Some(mut h) = get_host(tx, &node_id)? else {
-        return Ok(None);
-    };
-    f(tx, &mut h)?;
-    put_host(tx, &h)?;
-    Ok(Some(h))
 }
 
 #[async_trait]
@@ -808,113 +653,4 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn sqlite_passes_conformance() -> anyhow::Result<()> {
-        let d = tempfile::tempdir()?;
-        let s = super::SqliteStore::open(&d.path().join("muster.db"))?;
-        crate::store::conformance::run(&s).await
-    }
-
-    /// A record that does not read (a bad reservation, a bad token) is left for an operator
-    /// and stops no other reservation from expiring.
-    #[tokio::test]
-    async fn one_bad_record_stops_no_sweep() -> anyhow::Result<()> {
-        use crate::store::conformance::{reservation, token};
-        use crate::store::{ReserveOutcome, Store};
-        let d = tempfile::tempdir()?;
-        let path = d.path().join("muster.db");
-        let s = super::SqliteStore::open(&path)?;
-        s.insert_token(&token("t", None), None).await?;
-        s.insert_token(&token("bad-token", None), None).await?;
-        for (id, tok) in [("good", "t"), ("of-bad-token", "bad-token")] {
-            let r = reservation(id, tok, id, id, 100);
-            anyhow::ensure!(s.reserve(&r, 50).await? == ReserveOutcome::Reserved);
-        }
-        {
-            let c = rusqlite::Connection::open(&path)?;
-            c.busy_timeout(std::time::Duration::from_secs(5))?;
-            c.execute(
-                "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES ('unreadable', 't', 'x', 1, 'not json')",
-                [],
-            )?;
-            c.execute(
-                "UPDATE tokens SET json = 'not json' WHERE id = 'bad-token'",
-                [],
-            )?;
-        }
-        let mut expired: Vec<String> = s
-            .expire_reservations(200)
-            .await?
-            .into_iter()
-            .map(|r| r.node_id)
-            .collect();
-        expired.sort();
-        assert_eq!(expired, ["good", "of-bad-token"]);
-        assert_eq!(s.token("t").await?.map(|t| t.uses), Some(0));
-        assert!(s.is_revoked("serial-of-bad-token").await?);
-        Ok(())
-    }
-
-    /// A data folder written by schema version 1 (the committed flag inside the record, the
-    /// key as an array of numbers) opens, migrates and keeps its meaning.
-    #[tokio::test]
-    async fn a_version_1_store_migrates() -> anyhow::Result<()> {
-        use crate::store::conformance::{reservation, token};
-        use crate::store::{CommitOutcome, Store};
-        let d = tempfile::tempdir()?;
-        let path = d.path().join("muster.db");
-        {
-            let c = rusqlite::Connection::open(&path)?;
-            c.execute_batch(
-                "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-                 CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL);
-                 CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
-                     key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL);
-                 CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
-                 CREATE TABLE revoked (serial TEXT PRIMARY KEY);
-                 CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
-                 PRAGMA user_version = 1;",
-            )?;
-            c.execute(
-                "INSERT INTO tokens (id, json) VALUES ('t', ?1)",
-                [serde_json::to_string(&token("t", None))?],
-            )?;
-            for (id, committed) in [("done", true), ("open", false)] {
-                let mut r = serde_json::to_value(reservation(id, "t", id, id, 1000))?;
-                r["committed"] = committed.into();
-                r["spki_der"] = serde_json::json!([1, 2, 3]);
-                c.execute(
-                    "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, 't', ?1, 1000, ?2)",
-                    [id, &r.to_string()],
-                )?;
-            }
-        }
-        let s = super::SqliteStore::open(&path)?;
-        let version: i64 = s.read(|c| {
-            c.query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(super::unavailable)
-        })?;
-        assert_eq!(version, super::SCHEMA_VERSION);
-        let done = s
-            .reservation("done")
-            .await?
-            .map(|r| (r.committed, r.spki_der));
-        assert_eq!(done, Some((true, vec![1, 2, 3])));
-        assert!(matches!(
-            s.commit("done", 10, "127.0.0.1").await?,
-            CommitOutcome::Unknown
-        ));
-        assert!(matches!(
-            s.commit("open", 10, "127.0.0.1").await?,
-            CommitOutcome::Committed { .. }
-        ));
-        assert_eq!(
-            s.reservation("open").await?.map(|r| r.committed),
-            Some(true)
-        );
-        let expired = s.expire_reservations(2000).await?;
-        assert!(expired.is_empty(), "committed reservations just go");
-        Ok(())
-    }
-}
+mod tests;

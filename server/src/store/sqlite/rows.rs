@@ -1,0 +1,166 @@
+//! The SQLite store's rows: the schema and its migrations, and reading and writing each
+//! record as JSON in its table.
+
+use crate::store::{HostRecord, Reservation, StoreError, StoreResult, TokenRecord};
+use muster_protocol::api::AuditEvent;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+/// The schema this build writes. Bump it with a migration in [`migrate`].
+pub const SCHEMA_VERSION: i64 = 2;
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(super) fn to_json<T: Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Schema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 1 {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        tx.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL);
+             CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
+                 key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL);
+             CREATE INDEX reservations_key ON reservations (token_id, key_hash);
+             CREATE INDEX reservations_expiry ON reservations (expires_at);
+             CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
+             CREATE TABLE revoked (serial TEXT PRIMARY KEY);
+             CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
+             PRAGMA user_version = 1;",
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    if found < 2 {
+        // Version 2: a commit flips a column instead of rewriting the reservation's record.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        tx.execute_batch(
+            "ALTER TABLE reservations ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;
+             PRAGMA user_version = 2;",
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+pub(super) fn get_token(tx: &Connection, id: &str) -> StoreResult<Option<TokenRecord>> {
+    let s: Option<String> = tx
+        .prepare_cached("SELECT json FROM tokens WHERE id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![id], |r| r.get(0))
+        .optional()
+        .map_err(unavailable)?;
+    s.map(|s| from_json(&s)).transpose()
+}
+
+pub(super) fn put_token(tx: &Connection, t: &TokenRecord) -> StoreResult<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO tokens (id, json) VALUES (?1, ?2)")
+        .map_err(unavailable)?
+        .execute(params![t.id, to_json(t)?])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+pub(super) fn get_host(tx: &Connection, node_id: &str) -> StoreResult<Option<HostRecord>> {
+    let s: Option<String> = tx
+        .prepare_cached("SELECT json FROM hosts WHERE node_id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![node_id], |r| r.get(0))
+        .optional()
+        .map_err(unavailable)?;
+    s.map(|s| from_json(&s)).transpose()
+}
+
+pub(super) fn put_host(tx: &Connection, h: &HostRecord) -> StoreResult<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO hosts (node_id, hostname, json) VALUES (?1, ?2, ?3)")
+        .map_err(unavailable)?
+        .execute(params![h.node_id, h.host.hostname, to_json(h)?])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Appends an audit event in the step's own transaction.
+pub(super) fn append_audit(tx: &Connection, e: &AuditEvent) -> StoreResult<()> {
+    tx.prepare_cached("INSERT INTO audit (json) VALUES (?1)")
+        .map_err(unavailable)?
+        .execute(params![to_json(e)?])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+pub(super) fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult<()> {
+    for s in serials {
+        tx.prepare_cached("INSERT OR IGNORE INTO revoked (serial) VALUES (?1)")
+            .map_err(unavailable)?
+            .execute(params![s])
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+pub(super) fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
+    let row: Option<(String, bool)> = tx
+        .prepare_cached("SELECT json, committed FROM reservations WHERE node_id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![node_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(unavailable)?;
+    row.map(reservation_of).transpose()
+}
+
+/// A reservation from its record and its `committed` column (set by a commit; a record written
+/// before schema version 2 may carry the flag itself).
+pub(super) fn reservation_of((json, committed): (String, bool)) -> StoreResult<Reservation> {
+    let mut r: Reservation = from_json(&json)?;
+    r.committed |= committed;
+    Ok(r)
+}
+
+/// Every JSON record a query returns, decoded.
+pub(super) fn query_json<T: for<'de> Deserialize<'de>>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<T>> {
+    let mut st = c.prepare(sql).map_err(unavailable)?;
+    let rows = st
+        .query_map(params, |r| r.get::<_, String>(0))
+        .map_err(unavailable)?;
+    rows.map(|r| r.map_err(unavailable).and_then(|s| from_json(&s)))
+        .collect()
+}
+
+pub(super) fn update_host(
+    tx: &Connection,
+    node_id: String,
+    f: impl FnOnce(&Connection, &mut HostRecord) -> StoreResult<()>,
+) -> StoreResult<Option<HostRecord>> {
+    let Some(mut h) = get_host(tx, &node_id)? else {
+        return Ok(None);
+    };
+    f(tx, &mut h)?;
+    put_host(tx, &h)?;
+    Ok(Some(h))
+}

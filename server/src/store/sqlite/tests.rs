@@ -1,0 +1,110 @@
+//! The SQLite store's own tests (both backends pass `conformance`).
+
+#[tokio::test]
+async fn sqlite_passes_conformance() -> anyhow::Result<()> {
+    let d = tempfile::tempdir()?;
+    let s = super::SqliteStore::open(&d.path().join("muster.db"))?;
+    crate::store::conformance::run(&s).await
+}
+
+/// A record that does not read (a bad reservation, a bad token) is left for an operator
+/// and stops no other reservation from expiring.
+#[tokio::test]
+async fn one_bad_record_stops_no_sweep() -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{ReserveOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    let s = super::SqliteStore::open(&path)?;
+    s.insert_token(&token("t", None), None).await?;
+    s.insert_token(&token("bad-token", None), None).await?;
+    for (id, tok) in [("good", "t"), ("of-bad-token", "bad-token")] {
+        let r = reservation(id, tok, id, id, 100);
+        anyhow::ensure!(s.reserve(&r, 50).await? == ReserveOutcome::Reserved);
+    }
+    {
+        let c = rusqlite::Connection::open(&path)?;
+        c.busy_timeout(std::time::Duration::from_secs(5))?;
+        c.execute(
+            "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES ('unreadable', 't', 'x', 1, 'not json')",
+            [],
+        )?;
+        c.execute(
+            "UPDATE tokens SET json = 'not json' WHERE id = 'bad-token'",
+            [],
+        )?;
+    }
+    let mut expired: Vec<String> = s
+        .expire_reservations(200)
+        .await?
+        .into_iter()
+        .map(|r| r.node_id)
+        .collect();
+    expired.sort();
+    assert_eq!(expired, ["good", "of-bad-token"]);
+    assert_eq!(s.token("t").await?.map(|t| t.uses), Some(0));
+    assert!(s.is_revoked("serial-of-bad-token").await?);
+    Ok(())
+}
+
+/// A data folder written by schema version 1 (the committed flag inside the record, the
+/// key as an array of numbers) opens, migrates and keeps its meaning.
+#[tokio::test]
+async fn a_version_1_store_migrates() -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{CommitOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    {
+        let c = rusqlite::Connection::open(&path)?;
+        c.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL);
+             CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
+                 key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL);
+             CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
+             CREATE TABLE revoked (serial TEXT PRIMARY KEY);
+             CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
+             PRAGMA user_version = 1;",
+        )?;
+        c.execute(
+            "INSERT INTO tokens (id, json) VALUES ('t', ?1)",
+            [serde_json::to_string(&token("t", None))?],
+        )?;
+        for (id, committed) in [("done", true), ("open", false)] {
+            let mut r = serde_json::to_value(reservation(id, "t", id, id, 1000))?;
+            r["committed"] = committed.into();
+            r["spki_der"] = serde_json::json!([1, 2, 3]);
+            c.execute(
+                "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, 't', ?1, 1000, ?2)",
+                [id, &r.to_string()],
+            )?;
+        }
+    }
+    let s = super::SqliteStore::open(&path)?;
+    let version: i64 = s.read(|c| {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(super::unavailable)
+    })?;
+    assert_eq!(version, super::SCHEMA_VERSION);
+    let done = s
+        .reservation("done")
+        .await?
+        .map(|r| (r.committed, r.spki_der));
+    assert_eq!(done, Some((true, vec![1, 2, 3])));
+    assert!(matches!(
+        s.commit("done", 10, "127.0.0.1").await?,
+        CommitOutcome::Unknown
+    ));
+    assert!(matches!(
+        s.commit("open", 10, "127.0.0.1").await?,
+        CommitOutcome::Committed { .. }
+    ));
+    assert_eq!(
+        s.reservation("open").await?.map(|r| r.committed),
+        Some(true)
+    );
+    let expired = s.expire_reservations(2000).await?;
+    assert!(expired.is_empty(), "committed reservations just go");
+    Ok(())
+}
