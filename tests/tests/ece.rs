@@ -2,14 +2,10 @@
 //! the fields ECE's answers require, its list parameters, `RunnerRolesInfo`, typed inputs,
 //! and Elasticsearch's enroll-node answer as Elastic's own Python client reads it.
 
+use crate::common::*;
 use muster_tests::*;
 use serde_json::{json, Value};
 use std::process::Command;
-
-type R = anyhow::Result<()>;
-const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens";
-const RUNNERS: &str = "/api/v1/platform/infrastructure/runners";
-const ALLOCATORS: &str = "/api/v1/platform/infrastructure/allocators";
 
 /// An admin call through curl: status, the `x-cloud-error-codes` header (empty if none), body.
 fn call(
@@ -63,6 +59,22 @@ fn call(
 
 fn code_of(v: &Value) -> &str {
     v["errors"][0]["code"].as_str().unwrap_or("")
+}
+
+/// Every field ECE's `AllocatorInfo` and `RunnerInfo` require, of the type it gives.
+fn assert_has(v: &Value, fields: &[(&str, &str)], what: &str) {
+    for (f, ty) in fields {
+        let x = &v[*f];
+        let ok = match *ty {
+            "string" => x.is_string(),
+            "bool" => x.is_boolean(),
+            "array" => x.is_array(),
+            "object" => x.is_object(),
+            "integer" => x.is_u64(),
+            _ => false,
+        };
+        assert!(ok, "{what}: {f} should be a {ty}: {v}");
+    }
 }
 
 #[test]
@@ -238,22 +250,6 @@ fn a_token_is_deleted_by_itself_or_by_its_id() -> R {
     let (code, _, v) = call(&c, "DELETE", &format!("{TOKENS}/{em}"), None)?;
     assert_eq!((code, code_of(&v)), (409, "token.not_deletable"), "{v}");
     Ok(())
-}
-
-/// Every field ECE's `AllocatorInfo` and `RunnerInfo` require, of the type it gives.
-fn assert_has(v: &Value, fields: &[(&str, &str)], what: &str) {
-    for (f, ty) in fields {
-        let x = &v[*f];
-        let ok = match *ty {
-            "string" => x.is_string(),
-            "bool" => x.is_boolean(),
-            "array" => x.is_array(),
-            "object" => x.is_object(),
-            "integer" => x.is_u64(),
-            _ => false,
-        };
-        assert!(ok, "{what}: {f} should be a {ty}: {v}");
-    }
 }
 
 #[test]

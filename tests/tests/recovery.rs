@@ -1,11 +1,9 @@
 //! Sealed secrets, backup and restore on a single host: a snapshot taken while serving, restored
 //! into a new data folder with the emergency token, gives the same platform back.
 
+use crate::common::*;
 use muster_tests::*;
 use std::process::{Command, Stdio};
-
-type R = anyhow::Result<()>;
-const TOKENS: &str = "/api/v1/platform/configuration/security/enrollment-tokens";
 
 fn musterd(args: &[&str]) -> Command {
     let mut c = Command::new(bin("musterd"));

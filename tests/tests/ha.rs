@@ -1,0 +1,314 @@
+//! Several coordinators over one real etcd cluster: shared tokens, revocation seen by every
+//! coordinator at once, a one-use token raced through two coordinators, failover when a
+//! coordinator dies mid-enrollment, and an etcd member lost during enrollments.
+
+use crate::common::*;
+use muster_tests::*;
+use std::process::{Command, Stdio};
+
+/// Two coordinators serving one platform from `etcd`; both addresses go into tokens.
+fn pair(etcd: &Etcd) -> anyhow::Result<(Coordinator, Coordinator)> {
+    pair_with(etcd, "")
+}
+
+/// [`pair`] with `extra` server config lines. The first advertised address is the first
+/// coordinator's: install lines name it.
+fn pair_with(etcd: &Etcd, extra: &str) -> anyhow::Result<(Coordinator, Coordinator)> {
+    let (p1, p2) = (free_port(), free_port());
+    let opts = |port| Opts {
+        config: format!("{}{extra}", etcd.store_config("/muster/")),
+        start: true,
+        port: Some(port),
+        advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
+        ..Opts::default()
+    };
+    let c1 = Coordinator::with(opts(p1))?;
+    let c2 = Coordinator::alongside(&c1, opts(p2))?;
+    Ok((c1, c2))
+}
+
+#[test]
+fn two_coordinators_share_tokens_and_a_revocation_is_refused_by_both_at_once() -> R {
+    let etcd = Etcd::start(1)?;
+    let (c1, c2) = pair(&etcd)?;
+    let (tok, id) = c1.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    // The token made on one is listed by the other.
+    let (_, v) = c2.api("GET", TOKENS, None)?;
+    assert!(
+        v["tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["token_id"] == id.as_str()),
+        "{v}"
+    );
+    // A host enrolls through the second; the first lists it.
+    let h = Host::new("via-second")?;
+    let r = h.install(&c2.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let (_, v) = c1.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(v["runners"][0]["public_hostname"], "via-second", "{v}");
+
+    // Revoked on the first, refused by the second on the very next request.
+    let (code, _) = c1.api("DELETE", &format!("{TOKENS}/{id}"), None)?;
+    assert_eq!(code, 200);
+    // The second heard of it through its watch on etcd, without asking.
+    let heard = format!("token revoked; dropped on this coordinator token_id={id}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !c2.log().contains(&heard) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(c2.log().contains(&heard), "{}", c2.log());
+    let h = Host::new("after-revoke")?;
+    let r = h.install(&c2.host(), &tok, &[])?;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(r.json()["code"], "token.revoked", "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn an_install_line_printed_by_one_coordinator_runs_against_another() -> R {
+    let etcd = Etcd::start(1)?;
+    let installer = format!("installer_path: {}\n", static_installer().display());
+    let (c1, c2) = pair_with(&etcd, &installer)?;
+    let (_, _, line) = c2.token_with_line(r#"{"persistent":false,"roles":["allocator"]}"#)?;
+    assert!(
+        line.contains(&format!("https://{}/install.sh", c1.host())),
+        "{line}"
+    );
+    // The whole line, as printed by the second coordinator, enrolls a host at the first.
+    let h = Host::new("line-from-second")?;
+    let r = typed(&format!(
+        "{line} -s -- --root '{}' --hostname {} --timeout 20s",
+        h.root.path().display(),
+        h.name
+    ))?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(h.state()["stage"], "committed", "{}", h.state());
+    // And its pin holds at the second as well.
+    let at_second = line.replace(&c1.host(), &c2.host());
+    let r = install_line_fetch(&at_second)?;
+    assert_eq!(r.code, 0, "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn one_use_token_raced_through_two_coordinators_by_fifty_installers_enrolls_once() -> R {
+    let etcd = Etcd::start(1)?;
+    let (c1, c2) = pair(&etcd)?;
+    let (tok, id) = c1.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
+    let hosts: Vec<Host> = (0..50)
+        .map(|i| Host::new(&format!("racer-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let runs = run_all(hosts.iter().enumerate().map(|(i, h)| {
+        let c = if i % 2 == 0 { &c1 } else { &c2 };
+        h.install_cmd(&c.host(), &tok)
+    }))?;
+    let ok = runs.iter().filter(|r| r.code == 0).count();
+    let limited = runs
+        .iter()
+        .filter(|r| r.code == 3 && r.json()["code"] == "token.use_limit_reached")
+        .count();
+    println!("50 installers, two coordinators, one use: {ok} enrolled, {limited} refused");
+    assert_eq!(
+        (ok, limited),
+        (1, 49),
+        "{:?}",
+        runs.iter().filter(|r| r.code != 3).collect::<Vec<_>>()
+    );
+    let (_, v) = c2.api("GET", TOKENS, None)?;
+    let uses = v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["token_id"] == id.as_str())
+        .map(|t| t["uses"].clone());
+    assert_eq!(uses, Some(serde_json::json!(1)), "{v}");
+    let (_, v) = c1.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+    assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[test]
+fn the_installer_fails_over_when_its_coordinator_dies_mid_enrollment() -> R {
+    let etcd = Etcd::start(1)?;
+    let (mut c1, c2) = pair(&etcd)?;
+    let (tok, id) = c1.token(r#"{"persistent":true,"roles":["allocator"],"max_uses":1}"#)?;
+    let h = Host::new("failover")?;
+    // Joined through the first coordinator, then the installer dies before committing ...
+    let r = Run::from(
+        h.install_cmd(&c1.host(), &tok)
+            .env("MUSTER_FAILPOINT", "after-join")
+            .output()?,
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    // ... and the first coordinator dies too.
+    c1.stop();
+    // The re-run, still naming the dead one first, goes to the second (the token lists both),
+    // which knows the join from the shared store: same node, one use.
+    let r = h.install(&c1.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["coordinator"], c2.host(), "{r:?}");
+    let (_, v) = c2.api("GET", TOKENS, None)?;
+    let t = v["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["token_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(t["uses"], 1, "{v}");
+    Ok(())
+}
+
+#[test]
+fn losing_one_etcd_member_of_three_during_enrollments_loses_nothing() -> R {
+    let mut etcd = Etcd::start(3)?;
+    let (c1, c2) = pair(&etcd)?;
+    let (tok, _) = c1.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let hosts: Vec<Host> = (0..20)
+        .map(|i| Host::new(&format!("quorum-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let mut children = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let c = if i % 2 == 0 { &c1 } else { &c2 };
+        children.push(
+            h.install_cmd(&c.host(), &tok)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?,
+        );
+        if i == 5 {
+            // A member goes away while the rest are in flight.
+            etcd.kill(0);
+        }
+    }
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|ch| ch.wait_with_output().map(Run::from))
+        .collect::<Result<_, _>>()?;
+    let failed: Vec<&Run> = runs.iter().filter(|r| r.code != 0).collect();
+    let errors = |c: &Coordinator| {
+        c.log()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        failed.is_empty(),
+        "{failed:?}\n{}\n{}",
+        errors(&c1),
+        errors(&c2)
+    );
+    // Every acknowledged enrollment is in the store, as both coordinators see it.
+    for c in [&c1, &c2] {
+        let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
+        let mut names: Vec<String> = v["runners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["public_hostname"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        want.sort();
+        assert_eq!(names, want);
+    }
+    // And etcd agrees: one host record each.
+    let out = tool(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.client_urls[1..].join(",")])
+            .args(["get", "--prefix", "--keys-only", "/muster/hosts/"]),
+    )?;
+    assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 20, "{out}");
+    Ok(())
+}
+
+#[test]
+fn coordinators_reach_etcd_over_mutual_tls_and_refuse_to_start_without_a_client_certificate() -> R {
+    let etcd = Etcd::start_tls()?;
+    let c = Coordinator::with(Opts {
+        config: etcd.store_config("/muster/"),
+        start: true,
+        ..Opts::default()
+    })?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("over-tls")?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = tool(
+        etcd.etcdctl()
+            .args(["--endpoints", &etcd.client_urls[0]])
+            .args(["get", "--prefix", "--keys-only", "/muster/hosts/"]),
+    )?;
+    assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 1, "{out}");
+
+    // etcd's client certificate and key are in the platform, sealed: a host that takes the
+    // coordinator role with the emergency token gets them, and its musterd reaches etcd.
+    let new = Host::new("tls-recovered")?;
+    let nport = free_port();
+    let mut child = new
+        .install_cmd(&c.host(), &c.secret("emergency_token"))
+        .args(["--advertise", &format!("127.0.0.1:{nport}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let yaml = new.wait_for_musterd_yaml(&mut child)?;
+    let tls = etcd.dir.path().join("tls");
+    for (theirs, ours, mode) in [
+        ("ca.pem", "ca.pem", "644"),
+        ("client.pem", "client.pem", "644"),
+        ("client.key", "client-key.pem", "600"),
+    ] {
+        let rel = format!("etc/muster/etcd/{ours}");
+        assert_eq!(
+            std::fs::read(tls.join(theirs))?,
+            std::fs::read(new.path(&rel))?
+        );
+        assert_eq!(new.stat(&rel).split(' ').nth(1), Some(mode), "{rel}");
+    }
+    // musterd.yaml names them where they are on the host; here the host is a scratch root.
+    let text = std::fs::read_to_string(&yaml)?;
+    assert!(text.contains("/etc/muster/etcd/client-key.pem"), "{text}");
+    let local = new.path("musterd-local.yaml");
+    let root = new.root.path().display().to_string();
+    std::fs::write(
+        &local,
+        text.replace("/etc/muster/etcd/", &format!("{root}/etc/muster/etcd/")),
+    )?;
+    let mut c2 = Coordinator::adopt(
+        &local,
+        &new.path("var/lib/musterd"),
+        nport,
+        c.secrets.clone(),
+    )?;
+    c2.serve()?;
+    let r = Run::from(child.wait_with_output()?);
+    assert_eq!(r.code, 0, "{r:?}\n{}", c2.log());
+
+    // The same config without the client certificate: etcd refuses, musterd says so.
+    let d = tempfile::tempdir()?;
+    let no_cert = etcd.store_config("/muster/").replace(
+        &format!(
+            ", cert: {}, key: {} }}",
+            etcd.dir.path().join("tls/client.pem").display(),
+            etcd.dir.path().join("tls/client.key").display()
+        ),
+        " }",
+    );
+    assert!(!no_cert.contains("client.pem"), "{no_cert}");
+    std::fs::write(d.path().join("server.yaml"), &no_cert)?;
+    let out = Command::new(bin("musterd"))
+        .args(["init", "--data-dir"])
+        .arg(d.path().join("data"))
+        .arg("--config")
+        .arg(d.path().join("server.yaml"))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("etcd"), "{err}");
+    Ok(())
+}
