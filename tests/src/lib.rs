@@ -16,6 +16,9 @@ pub mod os;
 mod etcd;
 pub use etcd::Etcd;
 
+pub mod admin;
+pub use admin::{expect_refused, Admin, Refused};
+
 /// Path of a workspace binary next to the running test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -359,17 +362,11 @@ impl Coordinator {
 
     /// How many times the token with id `id` has been used, from the API.
     pub fn token_uses(&self, id: &str) -> anyhow::Result<Option<u64>> {
-        let (_, v) = self.api(
-            "GET",
-            "/api/v1/platform/configuration/security/enrollment-tokens",
-            None,
-        )?;
-        Ok(v["tokens"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|t| t["token_id"] == id)
-            .and_then(|t| t["uses"].as_u64()))
+        let tokens = self.admin().tokens()?;
+        Ok(tokens
+            .iter()
+            .find(|t| t.token_id == id)
+            .map(|t| u64::from(t.uses)))
     }
 
     /// Creates a token through the API with its install line
@@ -387,18 +384,13 @@ impl Coordinator {
         Ok((s("token"), s("token_id"), s("install_command")))
     }
 
-    /// Creates a token through the API; returns (token, token_id).
     /// The host names of every registered runner, as `GET …/runners` lists them.
     pub fn hostnames(&self) -> anyhow::Result<Vec<String>> {
-        let (_, v) = self.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-        Ok(v["runners"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["public_hostname"].as_str().map(str::to_string))
-            .collect())
+        let runners = self.admin().runners()?;
+        Ok(runners.into_iter().map(|r| r.public_hostname).collect())
     }
 
+    /// Creates a token through the API from a raw JSON `body`; returns (token, token_id).
     pub fn token(&self, body: &str) -> anyhow::Result<(String, String)> {
         let (code, v) = self.api(
             "POST",

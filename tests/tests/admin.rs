@@ -326,3 +326,36 @@ fn an_unknown_admin_user_costs_what_a_wrong_password_does() -> R {
     assert!(u > k / 2.0, "unknown user {u} s, wrong password {k} s");
     Ok(())
 }
+
+/// The testkit's typed admin client reads every admin answer into Muster's own API types: a
+/// token made, listed, revoked once (a second revocation is refused with ECE's code), the
+/// host it enrolled listed as runner and allocator, its roles set, its removal, and each step in
+/// the audit log.
+#[test]
+fn the_typed_admin_client_reads_every_admin_answer() -> R {
+    let c = Coordinator::start()?;
+    let admin = c.admin();
+    let (tok, id) = admin.token(&["allocator", "proxy"], true)?;
+    let listed = admin.tokens()?;
+    assert!(listed
+        .iter()
+        .any(|t| t.token_id == id && t.persistent && t.uses == 0));
+    let h = Host::new("typed")?;
+    let r = h.install(&c.host(), &tok, &["--roles", "allocator"])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let node = r.json()["node_id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(admin.runner(&node)?.public_hostname, "typed");
+    assert_eq!(admin.allocators()?.len(), 1);
+    assert_eq!(
+        admin.set_roles(&node, &["allocator", "proxy"], true)?,
+        ["allocator", "proxy"]
+    );
+    admin.revoke(&id)?;
+    expect_refused(admin.revoke(&id), 404, "enrollment_tokens.invalid_token_id")?;
+    admin.remove_runner(&node)?;
+    expect_refused(admin.runner(&node), 404, "runners.runner_not_found")?;
+    for kind in ["created", "used", "committed", "revoked", "host_removed"] {
+        assert!(!admin.audit_of(kind)?.is_empty(), "no {kind} event");
+    }
+    Ok(())
+}

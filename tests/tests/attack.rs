@@ -202,8 +202,7 @@ fn forged_tokens_at_the_server_are_each_refused_with_their_own_code_and_nothing_
 
     // Nothing stored: no use spent, no host, and each refusal audited by its reason.
     assert_eq!(c.token_uses(&id)?, Some(0));
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(c.admin().runners()?.len(), 0);
     let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;
     let refused: Vec<&str> = audit["events"]
         .as_array()

@@ -84,8 +84,7 @@ fn killed_at_every_step_a_rerun_converges() -> R {
             );
         }
     }
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(5));
+    assert_eq!(c.admin().runners()?.len(), 5);
     Ok(())
 }
 

@@ -225,8 +225,7 @@ fn enrolls_a_host_with_the_right_files() -> R {
         !h.path("var/lib/muster/.lock").exists(),
         "leave removes its lock last"
     );
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(0));
+    assert_eq!(c.admin().runners()?.len(), 0);
     Ok(())
 }
 
@@ -303,8 +302,7 @@ fn one_use_token_raced_by_fifty_installers_succeeds_once() -> R {
         runs.iter().filter(|r| r.code != 3).collect::<Vec<_>>()
     );
     assert_eq!(c.token_uses(&id)?.unwrap_or(999), 1);
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
+    assert_eq!(c.admin().runners()?.len(), 1);
     Ok(())
 }
 
@@ -333,12 +331,11 @@ fn an_uncommitted_join_expires_and_gives_its_use_back() -> R {
         }
     }
     assert_eq!(uses, 0, "the expired reservation must give its use back");
-    let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;
-    assert!(audit["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|e| e["event"] == "returned" && e["token_id"] == id.as_str()));
+    assert!(c
+        .admin()
+        .audit_of("returned")?
+        .iter()
+        .any(|e| e.token_id.as_deref() == Some(id.as_str())));
     let r = Host::new("next")?.install(&c.host(), &tok, &[])?;
     assert_eq!(r.code, 0, "{r:?}");
     Ok(())
@@ -520,9 +517,12 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
     let second = Host::new("phoenix")?;
     let r = second.install(&c.host(), &tok, &[])?;
     assert_eq!(r.code, 0, "{r:?}");
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
-    assert_eq!(v["runners"][0]["runner_id"], r.json()["node_id"]);
+    let runners = c.admin().runners()?;
+    assert_eq!(runners.len(), 1);
+    assert_eq!(
+        Some(runners[0].runner_id.as_str()),
+        r.json()["node_id"].as_str()
+    );
     assert_eq!(
         first
             .muster(&["agent", "--count", "1", "--timeout", "2s"])?
@@ -535,12 +535,7 @@ fn a_rebuilt_host_replaces_its_old_record() -> R {
     assert_eq!(lv.code, 0, "{lv:?}");
     assert_eq!(lv.json()["result"], "removed_locally");
     assert!(!first.path("etc/muster/tls/node.key").exists());
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(
-        v["runners"].as_array().map(Vec::len),
-        Some(1),
-        "the new one stays"
-    );
+    assert_eq!(c.admin().runners()?.len(), 1, "the new one stays");
     Ok(())
 }
 

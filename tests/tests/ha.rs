@@ -124,8 +124,7 @@ fn one_use_token_raced_through_two_coordinators_by_fifty_installers_enrolls_once
         .find(|t| t["token_id"] == id.as_str())
         .map(|t| t["uses"].clone());
     assert_eq!(uses, Some(serde_json::json!(1)), "{v}");
-    let (_, v) = c1.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(1));
+    assert_eq!(c1.admin().runners()?.len(), 1);
     Ok(())
 }
 
@@ -204,13 +203,7 @@ fn losing_one_etcd_member_of_three_during_enrollments_loses_nothing() -> R {
     );
     // Every acknowledged enrollment is in the store, as both coordinators see it.
     for c in [&c1, &c2] {
-        let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-        let mut names: Vec<String> = v["runners"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["public_hostname"].as_str().map(str::to_string))
-            .collect();
+        let mut names = c.hostnames()?;
         names.sort();
         let mut want: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
         want.sort();

@@ -171,8 +171,7 @@ fn a_token_revoked_between_join_and_commit_registers_nothing() -> R {
         (403, "token.revoked"),
         "{v}"
     );
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(c.admin().runners()?.len(), 0);
     Ok(())
 }
 
@@ -198,10 +197,7 @@ fn a_commit_without_the_psk_and_the_new_keys_signature_is_refused_and_registers_
     let node_id = bundle["node_id"].as_str().unwrap_or_default().to_string();
     let psk = bundle["psk"].as_str().unwrap_or_default().to_string();
     let sign = |key_dir: &std::path::Path, psk: &str| commit_proof(key_dir, &node_id, psk);
-    let runners = || -> anyhow::Result<usize> {
-        let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-        Ok(v["runners"].as_array().map(Vec::len).unwrap_or(usize::MAX))
-    };
+    let runners = || -> anyhow::Result<usize> { Ok(c.admin().runners()?.len()) };
     let wrong_psk = format!("{psk}x");
     for (name, psk_sent, proof, want) in [
         (

@@ -301,8 +301,7 @@ fn hostile_csrs_are_refused_and_nothing_is_stored() -> R {
         0,
         "a refused join spends no use"
     );
-    let (_, v) = c.api("GET", "/api/v1/platform/infrastructure/runners", None)?;
-    assert_eq!(v["runners"].as_array().map(Vec::len), Some(0));
+    assert_eq!(c.admin().runners()?.len(), 0);
     Ok(())
 }
 
