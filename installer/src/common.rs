@@ -1,5 +1,5 @@
-//! What the install and node flows share, below both: the clock, the coordinator addresses to
-//! try, the hooks' environment, and clients signing in with the host's files.
+//! What `install` and the other commands share, below them all: the clock, the coordinator
+//! addresses to try, the hooks' environment, and clients signing in with the host's files.
 //!
 //! Depends on `net`, `layout`, `state`, `exit` and `muster-protocol`; never on a flow.
 

@@ -15,7 +15,7 @@
 //! The install flow only: it uses the layers below it (`host` for the files, `replace` for
 //! `--force` and a refused first run, `renewal`, `common`, `systemd`, `hooks`, `facts`, ...)
 //! and its own steps in `install/` (`token_check`, `join`, which use none of this file), never
-//! `node`.
+//! another command (`status`, `renew`, `agent`, `leave`, ...).
 
 use crate::cli::Settings;
 use crate::common::{coordinator_list, now};

@@ -19,7 +19,7 @@ pub enum File {
     KeystorePassword,
     Truststore,
     State,
-    /// A renewal answered but not yet written out (see `node::renew`); not part of an install.
+    /// A renewal answered but not yet written out (see `renew::renew`); not part of an install.
     Renewal,
 }
 

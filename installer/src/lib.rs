@@ -3,20 +3,25 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
 pub mod common;
+pub mod enrolled;
 pub mod exit;
 pub mod facts;
 pub mod hooks;
 pub mod host;
+pub mod inspect;
 pub mod install;
 pub mod layout;
+pub mod leave;
 pub mod net;
-pub mod node;
 pub mod owner;
 pub mod progress;
 pub mod recover;
+pub mod renew;
 pub mod renewal;
 pub mod replace;
 pub mod state;
+pub mod status;
 pub mod systemd;

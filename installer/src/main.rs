@@ -73,20 +73,20 @@ fn main() -> ExitCode {
                 }
                 Err(e) => (args.output.unwrap_or(Output::Text), Err(e)),
             },
-            Cmd::Status(a) => (a.output, muster::node::status(&a)),
+            Cmd::Status(a) => (a.output, muster::status::status(&a)),
             Cmd::Token {
                 cmd: TokenCmd::Inspect { token, output },
-            } => (output, muster::node::inspect(&token, output)),
+            } => (output, muster::inspect::inspect(&token, output)),
             Cmd::Agent {
                 common,
                 interval,
                 count,
             } => (
                 common.output,
-                muster::node::agent(&common, interval, count).await,
+                muster::agent::agent(&common, interval, count).await,
             ),
-            Cmd::Renew(a) => (a.output, muster::node::renew(&a).await),
-            Cmd::Leave(a) => (a.output, muster::node::leave(&a).await),
+            Cmd::Renew(a) => (a.output, muster::renew::renew(&a).await),
+            Cmd::Leave(a) => (a.output, muster::leave::leave(&a).await),
             Cmd::Generate { .. } => (Output::Text, Ok(serde_json::Value::Null)),
         }
     });

@@ -2,7 +2,8 @@
 //! certificates, keystores, `node.yaml`), read and written with Muster's owners and modes.
 //!
 //! It depends only on `layout`, `owner`, `state`, `exit` and `muster-protocol`: never on the
-//! flows (`install`, `node`) nor on `cli`, so every flow can use it.
+//! commands (`install`, `status`, `renew`, `agent`, `leave`, ...) nor on `cli`, so every
+//! command can use it.
 
 pub mod certs;
 pub mod keys;
