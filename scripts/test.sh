@@ -44,7 +44,7 @@ if [ -n "$pip_need" ]; then
     { apt-get install -y -qq --no-install-recommends python3-pip &&
       python3 -m pip install --quiet --break-system-packages $pip_need; }
 fi
-for sub in cargo-deb cargo-generate-rpm cargo-fuzz; do
+for sub in cargo-deb cargo-generate-rpm cargo-fuzz cargo-nextest; do
   command -v "$sub" >/dev/null 2>&1 || cargo install --locked --quiet "$sub"
 done
 # The fuzz targets build with nightly (cargo-fuzz needs its sanitizer flags).
@@ -52,10 +52,15 @@ rustup run nightly rustc --version >/dev/null 2>&1 ||
   rustup toolchain install nightly --profile minimal
 took "installing tools"
 
+# The Debian root the package and cloud-init tests install into (made once, cached): debootstrap
+# waits on the network and the disk, so it runs beside the builds, which wait on the CPU.
+mkdir -p target
+sh scripts/debian-root.sh target/debian-root > target/debian-root.out 2>&1 &
+debian_root=$!
+
 # README's first command, as a new user runs it: the build needs no protoc (vendor/README.md).
 # PROTOC names no file, so a build script that reached for protoc would fail here.
 if command -v protoc >/dev/null 2>&1; then echo "note: protoc is on PATH; PROTOC hides it"; fi
-mkdir -p target
 step_start=$(date +%s)
 PROTOC=/nonexistent/protoc PORT=12443 sh scripts/quickstart.sh > target/quickstart.log 2>&1 ||
   { cat target/quickstart.log; exit 1; }
@@ -72,10 +77,11 @@ took "debug build"
 # The shipped binaries (static, release) and the deb and rpm made from them.
 sh packaging/build
 took "static binaries and packages"
-# The Debian root the package and cloud-init tests install into (cached).
-sh scripts/debian-root.sh target/debian-root
-took "Debian root"
-cargo test --workspace --features muster/failpoints
+wait "$debian_root" || { cat target/debian-root.out; exit 1; }
+took "Debian root (made while the builds ran)"
+# Every test in a process of its own, the slowest first (.config/nextest.toml). (Muster has no
+# doc tests, which nextest would not run.)
+cargo nextest run --workspace --features muster/failpoints --no-fail-fast
 took "tests"
 # The storm benchmark, small and from the debug build: it must run and enroll every host; its
 # figures mean nothing here (scripts/bench.sh makes the real ones, in release mode).
