@@ -22,9 +22,9 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counters in Prometheus' text format, and the registered hosts when they could be
-    /// counted.
-    pub fn render(&self, hosts: Option<usize>) -> String {
+    /// The counters in Prometheus' text format, the store's retries, and the registered hosts
+    /// when they could be counted.
+    pub fn render(&self, store_retries: u64, hosts: Option<usize>) -> String {
         let mut out = String::new();
         for (name, help, v) in [
             ("muster_joins_total", "Join reservations made.", &self.joins),
@@ -65,6 +65,9 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             ));
         }
+        out.push_str(&format!(
+            "# HELP muster_store_retries_total Store writes that found their records changed and went round again.\n# TYPE muster_store_retries_total counter\nmuster_store_retries_total {store_retries}\n"
+        ));
         if let Some(hosts) = hosts {
             out.push_str(&format!(
                 "# HELP muster_hosts Registered hosts.\n# TYPE muster_hosts gauge\nmuster_hosts {hosts}\n"
@@ -84,11 +87,12 @@ mod tests {
         Metrics::count(&m.joins);
         Metrics::count(&m.joins);
         Metrics::count(&m.refusals);
-        let text = m.render(Some(7));
+        let text = m.render(3, Some(7));
+        assert!(text.contains("\nmuster_store_retries_total 3\n"));
         assert!(text.contains("# TYPE muster_joins_total counter\nmuster_joins_total 2\n"));
         assert!(text.contains("\nmuster_refusals_total 1\n"));
         assert!(text.contains("\nmuster_commits_total 0\n"));
         assert!(text.ends_with("# TYPE muster_hosts gauge\nmuster_hosts 7\n"));
-        assert!(!m.render(None).contains("muster_hosts"));
+        assert!(!m.render(0, None).contains("muster_hosts"));
     }
 }

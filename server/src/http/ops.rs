@@ -28,7 +28,7 @@ pub async fn metrics(State(app): S) -> Response {
     let hosts = app.store.hosts().await.ok().map(|h| h.len());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(hosts),
+        app.metrics.render(app.store.retries(), hosts),
     )
         .into_response()
 }

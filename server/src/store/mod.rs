@@ -115,6 +115,12 @@ pub trait Store: Send + Sync + 'static {
     async fn publish_names(&self, id: &str, names: &[String]) -> StoreResult<()>;
     /// What every coordinator published, all together.
     async fn coordinator_names(&self) -> StoreResult<Vec<String>>;
+
+    /// Guarded writes that found their records changed and went round again, since start
+    /// (a shared store's contention; zero for a store with one writer).
+    fn retries(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]

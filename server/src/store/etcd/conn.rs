@@ -5,6 +5,7 @@
 use crate::store::{StoreError, StoreResult};
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KeyValue, TlsOptions,
+    Txn, TxnOp, TxnOpResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,6 +27,9 @@ pub(super) struct Conn {
     /// that dies before it answers does.
     #[cfg(test)]
     pub(super) lose_answers: std::sync::atomic::AtomicU32,
+    /// Guarded transactions whose guards did not hold (each step then reads again and goes
+    /// round once more): how contended the store is.
+    pub(super) retries: std::sync::atomic::AtomicU64,
 }
 
 /// A value read with what its transaction must guard on.
@@ -57,6 +61,18 @@ pub(super) fn unreachable(e: &etcd_client::Error) -> bool {
         ),
         _ => false,
     }
+}
+
+/// A record read by [`Conn::get_many`], decoded with what its transaction guards on.
+pub(super) fn got<T: DeserializeOwned>(kv: Option<&KeyValue>) -> StoreResult<Option<Got<T>>> {
+    kv.map(|kv| {
+        Ok(Got {
+            value: decode(kv)?,
+            rev: kv.mod_revision(),
+            lease: kv.lease(),
+        })
+    })
+    .transpose()
 }
 
 pub(super) fn decode<T: DeserializeOwned>(kv: &KeyValue) -> StoreResult<T> {
@@ -159,6 +175,7 @@ impl Conn {
             prefix,
             #[cfg(test)]
             lose_answers: 0.into(),
+            retries: 0.into(),
         })
     }
 
@@ -207,6 +224,42 @@ impl Conn {
             async move { c.get(key, opts).await }
         })
         .await
+    }
+
+    /// Several keys under the prefix read in one round trip, at one revision (a transaction of
+    /// reads only, which etcd answers without a proposal): each key's record, if there.
+    pub(super) async fn get_many(&self, rests: &[&str]) -> StoreResult<Vec<Option<KeyValue>>> {
+        let ops: Vec<TxnOp> = rests
+            .iter()
+            .map(|r| TxnOp::get(self.key(r), None))
+            .collect();
+        let txn = Txn::new().and_then(ops);
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The number of keys under `rest`.
+    pub(super) async fn count(&self, rest: &str) -> StoreResult<u64> {
+        let opts = GetOptions::new().with_prefix().with_count_only();
+        let resp = self.range(rest, Some(opts)).await?;
+        Ok(u64::try_from(resp.count()).unwrap_or(0))
+    }
+
+    /// The key of a record read, without the store's prefix.
+    pub(super) fn rest_of<'a>(&self, kv: &'a KeyValue) -> Option<&'a str> {
+        kv.key_str().ok()?.strip_prefix(self.prefix.as_str())
     }
 
     pub(super) async fn get<T: DeserializeOwned>(&self, rest: &str) -> StoreResult<Option<Got<T>>> {

@@ -12,7 +12,16 @@
 //! | `hosts/{node_id}` | [`HostRecord`] |
 //! | `hostname/{hostname}` | the node id registered under that hostname |
 //! | `revoked/{serial}` | empty: a revoked certificate |
-//! | `audit-seq`, `audit/{seq:020}` | the audit counter and events |
+//! | `token-uses/{token_id}/{node_id}` | empty: a join counted against a token with no use limit |
+//! | `audit-new/{txn}/{i}` | an audit event as its transaction wrote it, until filed |
+//! | `audit/{seq:020}` | an audit event filed under its number |
+//!
+//! No key is written by every enrollment. An audit event is written under its transaction's
+//! own key and numbered by the transaction's revision (`txn::waiting_event`); the sweep files it
+//! by number once it is [`sweep::FILE_AFTER_SECS`] old. A token with no use limit counts its
+//! joins under keys of their own, so a fleet booting with one token writes no key in common.
+//! (Platforms made before kept an `audit-seq` counter and numbered events from 1; their
+//! events keep their numbers, all below the new ones.)
 //!
 //! Every protocol step is one etcd transaction guarded by the mod revisions of the keys it
 //! read: a step that lost a race to another coordinator reads again and retries. So a one-use
@@ -45,8 +54,13 @@ use super::*;
 use conn::{decode, json, Conn};
 use etcd_client::{GetOptions, TxnOp};
 use std::sync::Arc;
-use txn::{audit_key, contended, Ran, MAX_ROUNDS};
+use txn::{audit_key, contended, Ran, AUDIT_WAITING, MAX_ROUNDS};
 use watch::{watch_tokens, TokenCopy};
+
+/// Where a token with no use limit counts the join of `node_id`.
+fn use_key(token_id: &str, node_id: &str) -> String {
+    format!("token-uses/{token_id}/{node_id}")
+}
 
 /// How long an expired ephemeral token stays readable (for audit and clear refusals).
 const TOKEN_RETENTION_SECS: i64 = 86_400;
@@ -111,6 +125,24 @@ impl EtcdStore {
         Err(contended())
     }
 
+    /// A token's record as stored (its `uses` counting only what it counted itself).
+    async fn token_record(&self, id: &str) -> StoreResult<Option<conn::Got<TokenRecord>>> {
+        self.conn.get::<TokenRecord>(&format!("tokens/{id}")).await
+    }
+
+    /// A token with its uses as the API counts them: a token with no use limit counts each
+    /// join under a key of its own ([`use_key`]), not in its record, so joins do not contend
+    /// over that one record.
+    async fn with_counted_uses(&self, mut t: TokenRecord) -> StoreResult<TokenRecord> {
+        if t.max_uses.is_none() {
+            let counted = self.conn.count(&format!("token-uses/{}/", t.id)).await?;
+            t.uses = t
+                .uses
+                .saturating_add(u32::try_from(counted).unwrap_or(u32::MAX));
+        }
+        Ok(t)
+    }
+
     async fn already_committed(&self, node_id: &str) -> StoreResult<CommitOutcome> {
         let host = self
             .conn
@@ -172,18 +204,21 @@ impl Store for EtcdStore {
     }
 
     async fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
-        if let Some(t) = self.tokens_seen.get(id) {
-            return Ok(Some(t));
-        }
-        Ok(self
-            .conn
-            .get::<TokenRecord>(&format!("tokens/{id}"))
-            .await?
-            .map(|g| g.value))
+        let t = match self.tokens_seen.get(id) {
+            Some(t) => t,
+            None => match self.token_record(id).await? {
+                Some(t) => t.value,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(self.with_counted_uses(t).await?))
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        let mut all: Vec<TokenRecord> = self.conn.list("tokens/").await?;
+        let mut all = Vec::new();
+        for t in self.conn.list::<TokenRecord>("tokens/").await? {
+            all.push(self.with_counted_uses(t).await?);
+        }
         all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(all)
     }
@@ -215,11 +250,13 @@ impl Store for EtcdStore {
         let token_key = format!("tokens/{}", r.token_id);
         let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
         for _ in 0..MAX_ROUNDS {
-            let t = match rules::reserve_token(self.conn.get::<TokenRecord>(&token_key).await?) {
+            // The token and the key's reservation index, in one round trip.
+            let read = self.conn.get_many(&[&token_key, &index_key]).await?;
+            let t = match rules::reserve_token(conn::got::<TokenRecord>(read[0].as_ref())?) {
                 Ok(t) => t,
                 Err(refused) => return Ok(refused),
             };
-            let index = self.conn.get::<String>(&index_key).await?;
+            let index = conn::got::<String>(read.get(1).and_then(Option::as_ref))?;
             let existing = match &index {
                 Some(ix) => self
                     .conn
@@ -232,19 +269,27 @@ impl Store for EtcdStore {
                 ReserveDecision::Answer(outcome) => return Ok(outcome),
                 ReserveDecision::Reserve(token) => token,
             };
-            let (audit_guard, seq) = self.conn.audit_slot().await?;
+            // A token with a use limit counts the use in its record, which the guard keeps
+            // exact across coordinators. One without counts it under a key of this join's own
+            // (with the token's lease, so it goes with the token): joins of one token then
+            // write no key in common, and the token's guard still catches a revocation.
+            let count_use = if t.value.max_uses.is_some() {
+                self.conn.put(&token_key, &token, t.lease)?
+            } else {
+                self.conn
+                    .put(&use_key(&r.token_id, &r.node_id), &(), t.lease)?
+            };
             let guards = vec![
                 self.conn.unchanged(&token_key, Some(t.rev)),
                 self.conn
                     .unchanged(&index_key, index.as_ref().map(|i| i.rev)),
-                audit_guard,
             ];
             let mut ops = vec![
-                self.conn.put(&token_key, &token, t.lease)?,
+                count_use,
                 self.conn.put(&format!("resv/{}", r.node_id), r, 0)?,
                 self.conn.put(&index_key, &r.node_id, 0)?,
             ];
-            ops.extend(self.conn.audit_ops(seq, &[used_event(r, now)])?);
+            ops.extend(self.conn.audit_ops(&[used_event(r, now)])?.1);
             // An attempt whose answer was lost is found by the next round as this join's own
             // reservation (`Existing` with this node id), its use and event written with it.
             if self.conn.txn(guards, ops).await? {
@@ -273,15 +318,21 @@ impl Store for EtcdStore {
                 Err(CommitStop::Already) => return self.already_committed(node_id).await,
                 Err(CommitStop::Answer(outcome)) => return Ok(outcome),
             };
-            // Not guarded (every join of the token changes its record, and would break the
-            // commit's guard): a revocation committing during this commit may let it through,
-            // as if it had come first.
-            let token = self.token(&r.value.token_id).await?;
+            // The token is not guarded (a join of a token with a use limit changes its record,
+            // and would break the commit's guard): a revocation committing during this commit
+            // may let it through, as if it had come first. Read with the host name's index, in
+            // one round trip.
+            let name_key = format!("hostname/{}", r.value.host.hostname);
+            let token_key = format!("tokens/{}", r.value.token_id);
+            let read = self.conn.get_many(&[&token_key, &name_key]).await?;
+            let token = match self.tokens_seen.get(&r.value.token_id) {
+                Some(revoked) => Some(revoked),
+                None => conn::got::<TokenRecord>(read[0].as_ref())?.map(|t| t.value),
+            };
             if let Some(revoked) = rules::commit_token(&r.value, token.as_ref(), now) {
                 return Ok(revoked);
             }
-            let name_key = format!("hostname/{}", r.value.host.hostname);
-            let index = self.conn.get::<String>(&name_key).await?;
+            let index = conn::got::<String>(read.get(1).and_then(Option::as_ref))?;
             let old = match &index {
                 Some(ix) if ix.value != node_id => {
                     self.conn
@@ -325,7 +376,14 @@ impl Store for EtcdStore {
     }
 
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
+        if let Err(e) = sweep::file_events(&self.conn, now).await {
+            tracing::warn!(error = %e, "filing audit events failed; the next sweep files them");
+        }
         sweep::expire_reservations(&self.conn, now).await
+    }
+
+    fn retries(&self) -> u64 {
+        self.conn.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn hosts(&self) -> StoreResult<Vec<HostRecord>> {
@@ -487,15 +545,35 @@ impl Store for EtcdStore {
     }
 
     async fn audit_log(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        // The events not filed yet (a few seconds' worth), then the filed ones at the same
+        // revision: an event the sweep files between the two reads is seen once, not lost.
+        let mut events = Vec::new();
+        let mut page = None;
+        let mut at = 0;
+        while let Some(kvs) = self.conn.scan(AUDIT_WAITING, &mut page).await? {
+            at = page.as_ref().map_or(at, |(rev, _)| *rev);
+            for kv in &kvs {
+                let e = txn::waiting_event(kv)?;
+                if e.seq > after {
+                    events.push(e);
+                }
+            }
+        }
         // "audit0" is the first key after every "audit/…" key.
         let opts = GetOptions::new()
             .with_range(self.conn.key("audit0"))
-            .with_limit(i64::from(limit.max(1)));
+            .with_limit(i64::from(limit.max(1)))
+            .with_revision(at);
         let resp = self
             .conn
             .range(&audit_key(after.saturating_add(1)), Some(opts))
             .await?;
-        resp.kvs().iter().map(decode).collect()
+        for kv in resp.kvs() {
+            events.push(decode(kv)?);
+        }
+        events.sort_by_key(|e| e.seq);
+        events.truncate(limit.max(1) as usize);
+        Ok(events)
     }
 
     async fn publish_names(&self, id: &str, names: &[String]) -> StoreResult<()> {

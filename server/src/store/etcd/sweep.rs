@@ -1,11 +1,12 @@
 //! The reservation sweep: every expired reservation removed in a transaction guarded by what
 //! it read, its use given back exactly once however many coordinators sweep at a time.
 
-use super::conn::{decode, Conn};
+use super::conn::{decode, got, Conn};
+use super::txn::{audit_key, waiting_event, AUDIT_WAITING};
 use super::txn::{Ran, MAX_ROUNDS};
 use crate::store::rules::{self, Expiry};
 use crate::store::{Reservation, StoreError, StoreResult, TokenRecord};
-use etcd_client::KeyValue;
+use etcd_client::{KeyValue, TxnOp};
 
 /// Ends every reservation expired at `now`, a page at a time ([`expire_page`]): the
 /// uncommitted ones it ended (their uses given back). A page that fails once some expired
@@ -99,19 +100,27 @@ async fn expire_one(conn: &Conn, r: &Reservation, rev: i64, end: Expiry) -> Stor
     }
     if let Expiry::Returns { revoke, event } = end {
         // Give the use back in the same transaction; if another coordinator expires
-        // this reservation first, the guard fails and the use is not given twice.
+        // this reservation first, the guard fails and the use is not given twice. A token
+        // with no use limit counted it under a key of the join's own: that key goes. (A
+        // reservation made before such keys were kept counted it in the record.)
         let token_key = format!("tokens/{}", r.token_id);
-        match conn.get::<TokenRecord>(&token_key).await {
-            Ok(Some(t)) => {
-                guards.push(conn.unchanged(&token_key, Some(t.rev)));
-                ops.push(conn.put(&token_key, &rules::use_given_back(&t.value), t.lease)?);
+        let use_key = format!("token-uses/{}/{}", r.token_id, r.node_id);
+        let read = conn.get_many(&[&token_key, &use_key]).await?;
+        if read.get(1).is_some_and(Option::is_some) {
+            ops.push(conn.delete(&use_key));
+        } else {
+            match got::<TokenRecord>(read[0].as_ref()) {
+                Ok(Some(t)) => {
+                    guards.push(conn.unchanged(&token_key, Some(t.rev)));
+                    ops.push(conn.put(&token_key, &rules::use_given_back(&t.value), t.lease)?);
+                }
+                Ok(None) => {}
+                // Its certificates are still revoked and the reservation still ends.
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(token_id = %r.token_id, error = %e, "store: a token record does not read; its use is not given back")
+                }
+                Err(e) => return Err(e),
             }
-            Ok(None) => {}
-            // Its certificates are still revoked and the reservation still ends.
-            Err(StoreError::Corrupt(e)) => {
-                tracing::warn!(token_id = %r.token_id, error = %e, "store: a token record does not read; its use is not given back")
-            }
-            Err(e) => return Err(e),
         }
         ops.extend(conn.revoke_ops(&revoke)?);
         let events = [event];
@@ -119,4 +128,45 @@ async fn expire_one(conn: &Conn, r: &Reservation, rev: i64, end: Expiry) -> Stor
         return Ok(if ran { Ran::Yes } else { Ran::No });
     }
     conn.txn_ran(guards, ops).await
+}
+
+/// How old (by its own time) an audit event is before the sweep files it by number. Until then
+/// it waits under its transaction's key, where a step whose answer was lost finds it.
+pub(super) const FILE_AFTER_SECS: u64 = 20;
+
+/// Events filed in one transaction.
+const FILE_AT_ONCE: usize = 60;
+
+/// Files under `audit/{seq}` the audit events waiting since [`FILE_AFTER_SECS`] or longer, a
+/// page at a time, each page in one transaction guarded by what it read (two coordinators
+/// sweeping at once file each event once); how many it filed.
+pub(super) async fn file_events(conn: &Conn, now: u64) -> StoreResult<usize> {
+    let mut filed = 0;
+    let mut page = None;
+    while let Some(kvs) = conn.scan(AUDIT_WAITING, &mut page).await? {
+        let mut due = Vec::new();
+        for kv in &kvs {
+            let (Some(rest), Ok(e)) = (conn.rest_of(kv), waiting_event(kv)) else {
+                tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "store: an audit event does not read; left for an operator");
+                continue;
+            };
+            if e.at.saturating_add(FILE_AFTER_SECS) <= now {
+                due.push((rest, kv.mod_revision(), e));
+            }
+        }
+        // etcd takes at most 128 compares and 128 writes in one transaction.
+        for chunk in due.chunks(FILE_AT_ONCE) {
+            let mut guards = Vec::with_capacity(chunk.len());
+            let mut ops: Vec<TxnOp> = Vec::with_capacity(2 * chunk.len());
+            for (rest, rev, e) in chunk {
+                guards.push(conn.unchanged(rest, Some(*rev)));
+                ops.push(conn.delete(rest));
+                ops.push(conn.put(&audit_key(e.seq), e, 0)?);
+            }
+            if conn.txn(guards, ops).await? {
+                filed += chunk.len();
+            }
+        }
+    }
+    Ok(filed)
 }

@@ -1,12 +1,12 @@
 //! Guarded transactions: every step writes in one etcd transaction guarded by the mod
-//! revisions of the keys it read, and appends its audit events in the same one. A transaction
-//! whose answer was lost (its member applied it, then died) is told from somebody else's change
-//! by what it wrote; tests lose answers on purpose
-//! (`Conn::lose_answers`).
+//! revisions of the keys it read, and appends its audit events in the same one, under keys of
+//! its own: no counter every step would write (and contend for). A transaction whose answer
+//! was lost (its member applied it, then died) is told from somebody else's change by what it
+//! wrote; tests lose answers on purpose (`Conn::lose_answers`).
 
-use super::conn::{json, unreachable, Conn};
+use super::conn::{decode, json, unreachable, Conn};
 use crate::store::{StoreError, StoreResult};
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 use muster_protocol::api::AuditEvent;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
@@ -76,6 +76,9 @@ impl Conn {
                 }
             })
             .await?;
+        if !resp.succeeded() {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(if resp.succeeded() {
             Ran::Yes
         } else if lost.load(Ordering::Relaxed) {
@@ -93,56 +96,49 @@ impl Conn {
             .is_ok()
     }
 
-    /// Where the next audit events go: the guard that nobody appended meanwhile, and the
-    /// number of the first.
-    pub(super) async fn audit_slot(&self) -> StoreResult<(Compare, u64)> {
-        let last = self.get::<u64>(AUDIT_SEQ).await?;
-        let guard = self.unchanged(AUDIT_SEQ, last.as_ref().map(|s| s.rev));
-        Ok((guard, last.map_or(0, |s| s.value) + 1))
+    /// The writes appending `events` (at most [`EVENTS_PER_TXN`]), each under a key of this
+    /// transaction's own (`audit-new/{txn}/{i}`), and the transaction's id. No two
+    /// transactions write one key, so concurrent steps never contend over the audit log:
+    /// etcd's revision orders them ([`waiting_event`]).
+    pub(super) fn audit_ops(&self, events: &[AuditEvent]) -> StoreResult<(String, Vec<TxnOp>)> {
+        debug_assert!(events.len() as u64 <= EVENTS_PER_TXN);
+        let txn = uuid::Uuid::now_v7().simple().to_string();
+        let ops = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                self.put(
+                    &waiting_key(&txn, i),
+                    &AuditEvent {
+                        seq: 0,
+                        ..e.clone()
+                    },
+                    0,
+                )
+            })
+            .collect::<StoreResult<_>>()?;
+        Ok((txn, ops))
     }
 
-    /// The writes appending `events`, numbered from `first` on (from [`Self::audit_slot`],
-    /// whose guard goes with them).
-    pub(super) fn audit_ops(&self, first: u64, events: &[AuditEvent]) -> StoreResult<Vec<TxnOp>> {
-        let mut ops = Vec::with_capacity(events.len() + 1);
-        let mut seq = first;
-        for e in events {
-            let e = AuditEvent { seq, ..e.clone() };
-            ops.push(self.put(&audit_key(seq), &e, 0)?);
-            seq += 1;
-        }
-        if seq > first {
-            ops.push(self.put(AUDIT_SEQ, &(seq - 1), 0)?);
-        }
-        Ok(ops)
-    }
-
-    /// Runs `ops` if every guard holds and nobody appended to the audit log meanwhile,
-    /// appending `events` (at least one: they are what tells a lost answer) in the same
-    /// transaction; whether it ran. An attempt whose answer was lost ran if its first event is
-    /// there under the number it was given: only a transaction guarded as this one writes that
-    /// number, so it is this attempt, or another step making the same change at the same second
-    /// from the same source (the same event, and the same outcome).
+    /// Runs `ops` if every guard holds, appending `events` (at least one: they are what tells a
+    /// lost answer) in the same transaction; whether it ran. An attempt whose answer was lost
+    /// ran if its first event is there: its key is this attempt's alone.
     pub(super) async fn txn_audited(
         &self,
-        mut guards: Vec<Compare>,
+        guards: Vec<Compare>,
         mut ops: Vec<TxnOp>,
         events: &[AuditEvent],
     ) -> StoreResult<bool> {
         debug_assert!(!events.is_empty(), "a lost answer is told by its event");
-        let (guard, seq) = self.audit_slot().await?;
-        guards.push(guard);
-        ops.extend(self.audit_ops(seq, events)?);
+        let (txn, audit) = self.audit_ops(events)?;
+        ops.extend(audit);
         Ok(match self.txn_ran(guards, ops).await? {
             Ran::Yes => true,
             Ran::No => false,
-            Ran::Unsure => match events.first() {
-                Some(e) => self
-                    .get::<AuditEvent>(&audit_key(seq))
-                    .await?
-                    .is_some_and(|there| there.value == AuditEvent { seq, ..e.clone() }),
-                None => false,
-            },
+            Ran::Unsure => {
+                let opts = etcd_client::GetOptions::new().with_count_only();
+                self.range(&waiting_key(&txn, 0), Some(opts)).await?.count() > 0
+            }
         })
     }
 
@@ -154,10 +150,44 @@ impl Conn {
     }
 }
 
-/// The last audit event's number.
-const AUDIT_SEQ: &str = "audit-seq";
+/// Where a transaction's audit events wait to be filed by number: under the transaction's
+/// id, then their place in it.
+pub(super) const AUDIT_WAITING: &str = "audit-new/";
 
-/// Where audit event `seq` is kept: zero-padded, so the keys sort as the numbers do.
+/// At most this many events per transaction: an event's number is its transaction's revision
+/// times this, plus its place in the transaction.
+pub(super) const EVENTS_PER_TXN: u64 = 16;
+
+fn waiting_key(txn: &str, i: usize) -> String {
+    format!("{AUDIT_WAITING}{txn}/{i:02}")
+}
+
+/// A waiting event as read, numbered: its transaction's revision (every write of one
+/// transaction has it; later transactions have later ones) times [`EVENTS_PER_TXN`], plus its
+/// place in the transaction. Numbers so grow in the order etcd committed the events, on every
+/// coordinator, with no counter anyone writes.
+pub(super) fn waiting_event(kv: &KeyValue) -> StoreResult<AuditEvent> {
+    let e: AuditEvent = decode(kv)?;
+    let place = kv
+        .key_str()
+        .ok()
+        .and_then(|k| k.rsplit('/').next())
+        .and_then(|i| i.parse::<u64>().ok())
+        .filter(|i| *i < EVENTS_PER_TXN)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{}: not an audit event's key",
+                String::from_utf8_lossy(kv.key())
+            ))
+        })?;
+    let rev = u64::try_from(kv.create_revision()).unwrap_or(0);
+    Ok(AuditEvent {
+        seq: rev * EVENTS_PER_TXN + place,
+        ..e
+    })
+}
+
+/// Where audit event `seq` is filed: zero-padded, so the keys sort as the numbers do.
 pub(super) fn audit_key(seq: u64) -> String {
     format!("audit/{seq:020}")
 }
