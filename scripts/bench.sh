@@ -19,5 +19,10 @@ if [ -n "$need" ]; then
 fi
 cargo build --release -p musterd -p muster-bench
 sh scripts/build-static.sh
-exec target/release/muster-storm run --report docs/benchmarks.md \
+target/release/muster-storm run --report docs/benchmarks.md \
   --installer target/x86_64-unknown-linux-gnu/release/muster "$@"
+# The storm on etcd (a member and three; one coordinator and two) beside SQLite.
+command -v etcd >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client
+}
+target/release/muster-storm shared --report docs/benchmarks-shared.md

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 pub enum Target {
     /// musterd: join, then commit on the same connection.
     Muster { base: String, token: String },
+    /// Several coordinators of one platform: each installer enrolls through one of them,
+    /// chosen by its host name, as a fleet given every coordinator's address spreads.
+    Spread { bases: Vec<String>, token: String },
     /// The floor server: one request, one handshake, one token check, one CSR check, one
     /// signature.
     Floor { base: String, token: String },
@@ -245,31 +248,16 @@ async fn once(
         zone: String::new(),
     };
     match target {
-        Target::Muster { base, token } => {
-            let join = JoinRequest {
-                token: Secret::new(token.as_str()),
-                transport_csr: p.transport_csr.clone(),
-                http_csr: p.http_csr.clone(),
-                host,
-                roles: vec![],
-            };
-            let b: Bundle = ok(http.post(format!("{base}{}", paths::JOIN)).json(&join))
-                .await?
-                .json()
-                .await?;
-            let proof = p
-                .tkey
-                .sign(&commit_message(&b.node_id, b.psk.expose()))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let commit = CommitRequest {
-                node_id: b.node_id.clone(),
-                psk: b.psk.clone(),
-                proof: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, proof),
-            };
-            let _: CommitReply = ok(http.post(format!("{base}{}", paths::COMMIT)).json(&commit))
-                .await?
-                .json()
-                .await?;
+        Target::Muster { base, token } => muster(&http, base, token, host, p).await?,
+        Target::Spread { bases, token } => {
+            let pick = p
+                .hostname
+                .bytes()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+            let base = bases
+                .get(pick % bases.len().max(1))
+                .ok_or_else(|| anyhow::anyhow!("no coordinator to enroll through"))?;
+            muster(&http, base, token, host, p).await?
         }
         Target::Floor { base, token } => {
             let join = JoinRequest {
@@ -303,6 +291,42 @@ async fn once(
             anyhow::ensure!(v["success"] == true, "cfssl: {v}");
         }
     }
+    Ok(())
+}
+
+/// One installer of musterd's protocol through `base`: join, then commit on the same
+/// connection.
+async fn muster(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    host: HostFacts,
+    p: &Prepared,
+) -> anyhow::Result<()> {
+    let join = JoinRequest {
+        token: Secret::new(token),
+        transport_csr: p.transport_csr.clone(),
+        http_csr: p.http_csr.clone(),
+        host,
+        roles: vec![],
+    };
+    let b: Bundle = ok(http.post(format!("{base}{}", paths::JOIN)).json(&join))
+        .await?
+        .json()
+        .await?;
+    let proof = p
+        .tkey
+        .sign(&commit_message(&b.node_id, b.psk.expose()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let commit = CommitRequest {
+        node_id: b.node_id.clone(),
+        psk: b.psk.clone(),
+        proof: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, proof),
+    };
+    let _: CommitReply = ok(http.post(format!("{base}{}", paths::COMMIT)).json(&commit))
+        .await?
+        .json()
+        .await?;
     Ok(())
 }
 

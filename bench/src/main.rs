@@ -12,6 +12,7 @@
 mod floor;
 mod load;
 mod report;
+mod shared;
 
 use report::*;
 
@@ -54,6 +55,19 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Storm musterd on etcd (one member and three, one coordinator and two) beside SQLite,
+    /// with what each enrollment cost musterd and etcd.
+    Shared {
+        /// Enrollments per storm.
+        #[arg(long, default_value_t = 300)]
+        hosts: usize,
+        /// Installers in flight at once.
+        #[arg(long, default_value_t = 100)]
+        at_once: usize,
+        /// Also write the table here (Markdown).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Serve the floor (used by `run`).
     Floor {
         #[arg(long)]
@@ -70,6 +84,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Floor { listen, dir } => rt.block_on(floor::serve(listen, &dir)),
+        Cmd::Shared {
+            hosts,
+            at_once,
+            report,
+        } => rt.block_on(shared::run(hosts, at_once, report.as_deref())),
         Cmd::Run {
             quick,
             no_scale,

@@ -253,6 +253,10 @@ pub(crate) fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
         }
     );
     let _ = writeln!(s, "Machine: {}\n", machine());
+    let _ = writeln!(
+        s,
+        "The storm on a shared store (musterd on etcd, one coordinator and two) is in [benchmarks-shared.md](benchmarks-shared.md).\n"
+    );
     let _ = writeln!(s, "The load generator runs on the same machine as the server, so they share its cores. Each simulated installer opens its own TLS connection from its own loopback address, with fresh keys and CSRs made before the clock starts; against `muster` and the protocol floor it joins and then commits on the same connection (one handshake per enrollment), against the floor and cfssl it makes one request. Server CPU is user+system time from /proc over the storm, divided by the enrollments, and so is the load generator's own (it shares the two cores); peak RSS is VmHWM, reset before each storm. The four servers run side by side and the 100-concurrent storms take turns over several rounds; the ratios are of the median rounds, and each ratio line also gives the ratio within every round, so the machine's swings show.\n");
     let _ = writeln!(s, "| server | concurrent (or arriving) | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | peak RSS MiB |");
     let _ = writeln!(

@@ -143,6 +143,26 @@ impl Etcd {
         c
     }
 
+    /// The process ids of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    /// A counter of member `i`'s Prometheus metrics (`/metrics` on its client URL), summed
+    /// over its labels; 0 if it is not there.
+    pub fn metric(&self, i: usize, name: &str) -> anyhow::Result<f64> {
+        let url = format!("{}/metrics", self.client_urls[i]);
+        let out = tool(Command::new("curl").args(["-sf", &url]))?;
+        Ok(out
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Kills member `i` (kill -9).
     pub fn kill(&mut self, i: usize) {
         if let Some((_, c)) = self.members.get_mut(i) {
