@@ -33,6 +33,7 @@ pub(super) struct Conn {
 }
 
 /// A value read with what its transaction must guard on.
+#[derive(Clone)]
 pub(super) struct Got<T> {
     pub(super) value: T,
     pub(super) rev: i64,

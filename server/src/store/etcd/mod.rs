@@ -24,7 +24,10 @@
 //! events keep their numbers, all below the new ones.)
 //!
 //! Every protocol step is one etcd transaction guarded by the mod revisions of the keys it
-//! read: a step that lost a race to another coordinator reads again and retries. So a one-use
+//! read: a step that lost a race to another coordinator reads again and retries. The usual
+//! join and commit read nothing before their transaction: they guard on what this coordinator
+//! last saw ([`hints`]: a token with no use limit, the reservation it just wrote) and on the
+//! key and host name being free, and read only when a guard fails. So a one-use
 //! token is used once across coordinators, and a revoked token is refused by every coordinator
 //! from the moment the revocation commits. Reservations have no lease: only the sweeper on a
 //! coordinator expires them, returning their token use exactly once (by the same
@@ -33,16 +36,18 @@
 //!
 //! A watch on `tokens/` drops a revoked token on every coordinator at once: each keeps the
 //! revoked token records the watch delivers and refuses them without asking etcd again.
-//! Revocation is final, so such a record never goes stale; every other token read goes to etcd
-//! (linearizable), and the reservation re-reads its token inside its transaction, so a watch
-//! event still in flight can never let a revoked token through.
+//! Revocation is final, so such a record never goes stale. Every other token record a step
+//! decides on is either read from etcd (linearizable) or guarded by its mod revision in the
+//! step's transaction, so a watch event still in flight can never let a revoked token through.
 //!
 //! The store itself is here; the rest is split by concern, each part using only those listed
 //! before it: [`conn`] connects and fails over, [`txn`] runs guarded transactions and tells a
-//! lost answer, [`watch`] keeps the revoked tokens, [`sweep`] expires reservations. Every
+//! lost answer, [`watch`] keeps the revoked tokens, [`hints`] what the next step may skip
+//! reading, [`sweep`] expires reservations. Every
 //! decision of a step is one of [`rules`](crate::store::rules), as for SQLite.
 
 mod conn;
+mod hints;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -67,6 +72,7 @@ const TOKEN_RETENTION_SECS: i64 = 86_400;
 
 pub struct EtcdStore {
     conn: Conn,
+    hints: hints::Hints,
     tokens_seen: Arc<TokenCopy>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -89,6 +95,7 @@ impl EtcdStore {
         ));
         let store = EtcdStore {
             conn,
+            hints: hints::Hints::default(),
             tokens_seen,
             watcher,
         };
@@ -249,14 +256,31 @@ impl Store for EtcdStore {
     async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
         let token_key = format!("tokens/{}", r.token_id);
         let index_key = format!("resv-key/{}/{}", r.token_id, r.key_hash);
+        // The usual join reads nothing first: its token as last read (one with no use limit
+        // changes only when revoked), its key holding no reservation yet. Both are guarded, so
+        // if either is wrong the transaction does not run and the next round reads.
+        let mut hinted = self.hints.token(&r.token_id);
         for _ in 0..MAX_ROUNDS {
-            // The token and the key's reservation index, in one round trip.
-            let read = self.conn.get_many(&[&token_key, &index_key]).await?;
-            let t = match rules::reserve_token(conn::got::<TokenRecord>(read[0].as_ref())?) {
-                Ok(t) => t,
-                Err(refused) => return Ok(refused),
+            let (t, index) = match hinted.take() {
+                Some(t) => (t, None),
+                None => {
+                    // The token and the key's reservation index, in one round trip.
+                    let read = self.conn.get_many(&[&token_key, &index_key]).await?;
+                    let t = match rules::reserve_token(conn::got::<TokenRecord>(read[0].as_ref())?)
+                    {
+                        Ok(t) => t,
+                        Err(refused) => {
+                            self.hints.forget_token(&r.token_id);
+                            return Ok(refused);
+                        }
+                    };
+                    self.hints.keep_token(&t);
+                    (
+                        t,
+                        conn::got::<String>(read.get(1).and_then(Option::as_ref))?,
+                    )
+                }
             };
-            let index = conn::got::<String>(read.get(1).and_then(Option::as_ref))?;
             let existing = match &index {
                 Some(ix) => self
                     .conn
@@ -292,8 +316,12 @@ impl Store for EtcdStore {
             ops.extend(self.conn.audit_ops(&[used_event(r, now)])?.1);
             // An attempt whose answer was lost is found by the next round as this join's own
             // reservation (`Existing` with this node id), its use and event written with it.
-            if self.conn.txn(guards, ops).await? {
-                return Ok(ReserveOutcome::Reserved);
+            match self.conn.txn_at(guards, ops).await? {
+                (Ran::Yes, rev) => {
+                    self.hints.keep_reservation(r, rev);
+                    return Ok(ReserveOutcome::Reserved);
+                }
+                _ => self.hints.forget_token(&r.token_id),
             }
         }
         Err(contended())
@@ -309,30 +337,41 @@ impl Store for EtcdStore {
 
     async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome> {
         let resv_key = format!("resv/{node_id}");
+        // The usual commit reads nothing first either: the reservation as this coordinator
+        // wrote it at the join, its token as last read, its host name free. Each is guarded;
+        // a round that was wrong about one runs nothing, and the next reads them all.
+        let mut hinted = self.hints.take_reservation(node_id);
         for _ in 0..MAX_ROUNDS {
-            let mut r = match rules::commit_reservation(
-                self.conn.get::<Reservation>(&resv_key).await?,
-                now,
-            ) {
+            let (resv, first) = match hinted.take() {
+                Some(r) => (Some(r), true),
+                None => (self.conn.get::<Reservation>(&resv_key).await?, false),
+            };
+            let mut r = match rules::commit_reservation(resv, now) {
                 Ok(r) => r,
                 Err(CommitStop::Already) => return self.already_committed(node_id).await,
                 Err(CommitStop::Answer(outcome)) => return Ok(outcome),
             };
-            // The token is not guarded (a join of a token with a use limit changes its record,
-            // and would break the commit's guard): a revocation committing during this commit
-            // may let it through, as if it had come first. Read with the host name's index, in
-            // one round trip.
             let name_key = format!("hostname/{}", r.value.host.hostname);
             let token_key = format!("tokens/{}", r.value.token_id);
-            let read = self.conn.get_many(&[&token_key, &name_key]).await?;
-            let token = match self.tokens_seen.get(&r.value.token_id) {
-                Some(revoked) => Some(revoked),
-                None => conn::got::<TokenRecord>(read[0].as_ref())?.map(|t| t.value),
+            let token_hint = first.then(|| self.hints.token(&r.value.token_id)).flatten();
+            let (token, index) = match token_hint {
+                Some(t) => (Some(t), None),
+                None => {
+                    // Read with the host name's index, in one round trip.
+                    let read = self.conn.get_many(&[&token_key, &name_key]).await?;
+                    let token = conn::got::<TokenRecord>(read[0].as_ref())?;
+                    if let Some(t) = &token {
+                        self.hints.keep_token(t);
+                    }
+                    let index = conn::got::<String>(read.get(1).and_then(Option::as_ref))?;
+                    (token, index)
+                }
             };
-            if let Some(revoked) = rules::commit_token(&r.value, token.as_ref(), now) {
+            let seen = self.tokens_seen.get(&r.value.token_id);
+            let checked = seen.as_ref().or(token.as_ref().map(|t| &t.value));
+            if let Some(revoked) = rules::commit_token(&r.value, checked, now) {
                 return Ok(revoked);
             }
-            let index = conn::got::<String>(read.get(1).and_then(Option::as_ref))?;
             let old = match &index {
                 Some(ix) if ix.value != node_id => {
                     self.conn
@@ -352,6 +391,13 @@ impl Store for EtcdStore {
                 self.conn
                     .unchanged(&name_key, index.as_ref().map(|i| i.rev)),
             ];
+            // A token with no use limit changes only when revoked, so its guard catches a
+            // revocation committing during this commit. One with a limit is not guarded (every
+            // join of it changes its record): a revocation committing during this commit may
+            // let it through, as if it had come first.
+            if let Some(t) = token.as_ref().filter(|t| t.value.max_uses.is_none()) {
+                guards.push(self.conn.unchanged(&token_key, Some(t.rev)));
+            }
             let mut ops = vec![
                 self.conn.put(&format!("hosts/{node_id}"), &host, 0)?,
                 self.conn.put(&name_key, &node_id.to_string(), 0)?,
@@ -371,6 +417,7 @@ impl Store for EtcdStore {
                     replaced: old.map(|o| Box::new(o.value)),
                 });
             }
+            self.hints.forget_token(&r.value.token_id);
         }
         Err(contended())
     }

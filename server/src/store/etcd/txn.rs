@@ -48,12 +48,22 @@ impl Conn {
     /// Runs `ops` if every guard holds; whether it ran. A step that must tell its own earlier
     /// attempt from somebody else's change uses [`Conn::txn_ran`].
     pub(super) async fn txn(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> StoreResult<bool> {
-        Ok(self.txn_ran(guards, ops).await? == Ran::Yes)
+        Ok(self.txn_at(guards, ops).await?.0 == Ran::Yes)
     }
 
     /// Runs `ops` if every guard holds: whether it ran, did not, or may have on an attempt
     /// whose answer was lost.
     pub(super) async fn txn_ran(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> StoreResult<Ran> {
+        Ok(self.txn_at(guards, ops).await?.0)
+    }
+
+    /// [`Conn::txn_ran`], with the revision etcd answered at: when the transaction ran, the
+    /// mod revision of every key it wrote.
+    pub(super) async fn txn_at(
+        &self,
+        guards: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> StoreResult<(Ran, i64)> {
         let txn = Txn::new().when(guards).and_then(ops);
         let lost = std::sync::atomic::AtomicBool::new(false);
         let resp = self
@@ -79,13 +89,15 @@ impl Conn {
         if !resp.succeeded() {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(if resp.succeeded() {
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let ran = if resp.succeeded() {
             Ran::Yes
         } else if lost.load(Ordering::Relaxed) {
             Ran::Unsure
         } else {
             Ran::No
-        })
+        };
+        Ok((ran, rev))
     }
 
     /// Tests: whether to lose this answer.
