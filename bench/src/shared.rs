@@ -53,6 +53,11 @@ struct Figures {
     wall: Duration,
     musterd_ms: f64,
     etcd_ms: f64,
+    /// The load generator's own CPU (this process) per enrollment.
+    generator_ms: f64,
+    /// musterd's, etcd's and the generator's CPU over the storm ÷ (its wall time × the cores):
+    /// near 1, the machine was the limit, not the servers.
+    busy: f64,
     proposals: f64,
     ranges: f64,
     retries: f64,
@@ -212,11 +217,17 @@ async fn storm_one(setup: Setup, hosts: usize, at_once: usize) -> anyhow::Result
     )
     .await;
     let work = Arc::new(load::prepare("storm", hosts)?);
-    let (m0, e0) = (p.cpu(), etcd_cpu(etcd.as_ref()));
+    let (m0, e0, g0) = (p.cpu(), etcd_cpu(etcd.as_ref()), cpu_seconds("self"));
     let proposals0 = etcd_sum(etcd.as_ref(), "etcd_server_proposals_committed_total");
     let ranges0 = etcd_sum(etcd.as_ref(), "etcd_mvcc_range_total");
     let retries0 = retries(&p, &tls).await;
     let run = load::storm(&target, &tls, Load::Concurrent(at_once), work).await;
+    let (m, e, g) = (
+        p.cpu() - m0,
+        etcd_cpu(etcd.as_ref()) - e0,
+        cpu_seconds("self") - g0,
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     let ok = run.ok.max(1) as f64;
     let members = setup.members.max(1) as f64;
     Ok(Figures {
@@ -224,8 +235,10 @@ async fn storm_one(setup: Setup, hosts: usize, at_once: usize) -> anyhow::Result
         ok: run.ok,
         failed: run.failed,
         wall: run.wall,
-        musterd_ms: (p.cpu() - m0) * 1000.0 / ok,
-        etcd_ms: (etcd_cpu(etcd.as_ref()) - e0) * 1000.0 / ok,
+        musterd_ms: m * 1000.0 / ok,
+        etcd_ms: e * 1000.0 / ok,
+        generator_ms: g * 1000.0 / ok,
+        busy: (m + e + g) / (run.wall.as_secs_f64().max(1e-9) * cores),
         // Every member commits every proposal: counted once, as the leader's.
         proposals: (etcd_sum(etcd.as_ref(), "etcd_server_proposals_committed_total") - proposals0)
             / members
@@ -244,9 +257,9 @@ pub async fn run(hosts: usize, at_once: usize, report: Option<&Path>) -> anyhow:
     for setup in SETUPS {
         let f = storm_one(*setup, hosts, at_once).await?;
         println!(
-            "  {:<34} {:>4} ok {:>3} failed {:>6.2} s  musterd {:>5.2} ms  etcd {:>5.2} ms  proposals {:>5.2}  ranges {:>5.2}  retries {:>5.2}",
+            "  {:<34} {:>4} ok {:>3} failed {:>6.2} s  musterd {:>5.2} ms  etcd {:>5.2} ms  generator {:>5.2} ms  busy {:>3.0} %  proposals {:>5.2}  ranges {:>5.2}  retries {:>5.2}",
             f.setup.name, f.ok, f.failed, f.wall.as_secs_f64(), f.musterd_ms, f.etcd_ms,
-            f.proposals, f.ranges, f.retries
+            f.generator_ms, f.busy * 100.0, f.proposals, f.ranges, f.retries
         );
         rows.push(f);
     }
@@ -259,12 +272,12 @@ pub async fn run(hosts: usize, at_once: usize, report: Option<&Path>) -> anyhow:
     let _ = writeln!(md, "Machine: {}\n", crate::report::machine());
     let _ = writeln!(
         md,
-        "{hosts} simulated installers, {at_once} in flight at once, one persistent allocator token, against musterd on SQLite and on etcd (a member, or a cluster of three, on loopback), with one coordinator or two (each installer enrolls through one, chosen by its host name). musterd, etcd and the load generator share the machine's cores. CPU is user+system time from /proc of every musterd and every etcd member over the storm, divided by the enrollments. Proposals are `etcd_server_proposals_committed_total` (every member commits every proposal: counted once); range reads are `etcd_mvcc_range_total` summed over the members (a transaction's guards are ranges too, evaluated by every member that applies it, so a cluster of three counts them three times). Store retries are musterd's `muster_store_retries_total`: guarded writes that found their records changed and went round again.\n"
+        "{hosts} simulated installers, {at_once} in flight at once, one persistent allocator token, against musterd on SQLite and on etcd (a member, or a cluster of three, on loopback), with one coordinator or two (each installer enrolls through one, chosen by its host name). musterd, etcd and the load generator share the machine's cores. CPU is user+system time from /proc of every musterd and every etcd member over the storm, divided by the enrollments; the generator's is the benchmark process's own. Machine busy is all three together ÷ (the storm's wall time × the cores): near 100 %, the machine was the limit, not the servers, and a second coordinator cannot make the storm faster. Proposals are `etcd_server_proposals_committed_total` (every member commits every proposal: counted once); range reads are `etcd_mvcc_range_total` summed over the members (a transaction's guards are ranges too, evaluated by every member that applies it, so a cluster of three counts them three times), and per member. Store retries are musterd's `muster_store_retries_total`: guarded writes that found their records changed and went round again.\n"
     );
-    let _ = writeln!(md, "| store and coordinators | enrolled | failed | took | musterd CPU per enrollment | etcd CPU per enrollment | etcd proposals per enrollment | etcd range reads per enrollment | store retries per enrollment |");
+    let _ = writeln!(md, "| store and coordinators | enrolled | failed | took | musterd CPU per enrollment | etcd CPU per enrollment | generator CPU per enrollment | machine busy | etcd proposals per enrollment | etcd range reads per enrollment (per member) | store retries per enrollment |");
     let _ = writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for f in &rows {
         let etcd = f.setup.members > 0;
@@ -277,15 +290,25 @@ pub async fn run(hosts: usize, at_once: usize, report: Option<&Path>) -> anyhow:
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.2} s | {:.2} ms | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} s | {:.2} ms | {} | {:.2} ms | {:.0} % | {} | {} | {} |",
             f.setup.name,
             f.ok,
             f.failed,
             f.wall.as_secs_f64(),
             f.musterd_ms,
             dash(f.etcd_ms, " ms"),
+            f.generator_ms,
+            f.busy * 100.0,
             dash(f.proposals, ""),
-            dash(f.ranges, ""),
+            if etcd {
+                format!(
+                    "{:.2} ({:.2})",
+                    f.ranges,
+                    f.ranges / f.setup.members.max(1) as f64
+                )
+            } else {
+                "—".into()
+            },
             dash(f.retries, "")
         );
     }
@@ -303,6 +326,20 @@ pub async fn run(hosts: usize, at_once: usize, report: Option<&Path>) -> anyhow:
             two.musterd_ms / sqlite.max(1e-9),
             two.wall.as_secs_f64(),
             one.wall.as_secs_f64()
+        );
+        // What each server would enroll with a core of its own, from its own CPU figures: on
+        // a machine the storm keeps busy, the wall times above cannot tell one coordinator
+        // from two.
+        let per_core = |ms: f64| 1000.0 / ms.max(1e-9);
+        let (m1, e1) = (per_core(one.musterd_ms), per_core(one.etcd_ms));
+        let (m2, e2) = (per_core(two.musterd_ms), per_core(two.etcd_ms));
+        let _ = writeln!(
+            md,
+            "\nPer server: the machine was {:.0} % and {:.0} % busy in those two storms, so their wall times measure the machine, not the servers. From each server's own CPU per enrollment, a core of musterd enrolls {m1:.0} hosts a second and a core of etcd serves {e1:.0} (one coordinator); with each coordinator and the etcd member on a core of its own, one coordinator would enroll min({m1:.0}, {e1:.0}) = {:.0} hosts a second and two min(2 × {m2:.0}, {e2:.0}) = {:.0}.",
+            one.busy * 100.0,
+            two.busy * 100.0,
+            m1.min(e1),
+            (2.0 * m2).min(e2)
         );
     }
     print!("{md}");

@@ -80,3 +80,24 @@ pub(crate) fn enabled(o: &muster_tests::os::Overlay, unit: &str) -> bool {
     .symlink_metadata()
     .is_ok()
 }
+
+/// Two coordinators serving one platform from `etcd`; both addresses go into tokens.
+pub(crate) fn pair(etcd: &Etcd) -> anyhow::Result<(Coordinator, Coordinator)> {
+    pair_with(etcd, "")
+}
+
+/// [`pair`] with `extra` server config lines. The first advertised address is the first
+/// coordinator's: install lines name it.
+pub(crate) fn pair_with(etcd: &Etcd, extra: &str) -> anyhow::Result<(Coordinator, Coordinator)> {
+    let (p1, p2) = (free_port(), free_port());
+    let opts = |port| Opts {
+        config: format!("{}{extra}", etcd.store_config("/muster/")),
+        start: true,
+        port: Some(port),
+        advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
+        ..Opts::default()
+    };
+    let c1 = Coordinator::with(opts(p1))?;
+    let c2 = Coordinator::alongside(&c1, opts(p2))?;
+    Ok((c1, c2))
+}

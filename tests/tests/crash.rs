@@ -90,11 +90,39 @@ fn killed_at_every_step_a_rerun_converges() -> R {
 
 #[test]
 fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> R {
-    let mut c = Coordinator::start()?;
-    let (tok, id) = c.token(&format!(
-        r#"{{"persistent":true,"roles":["allocator"],"max_uses":{INSTALLERS}}}"#
+    let c = Coordinator::start()?;
+    storm(&mut [c], INSTALLERS, AT_ONCE, Some(INSTALLERS))
+}
+
+/// The same storm on etcd, through two coordinators (each installer enrolls through one of
+/// them), each killed now and then, with a token without a use limit (the path where a
+/// coordinator reads least, from what it remembers): a use counted on one and a commit on the
+/// other, or an answer lost with a coordinator, must still add up to one use and one host per
+/// installer.
+#[test]
+fn on_etcd_killing_coordinators_and_installers_during_a_storm_loses_and_doubles_nothing() -> R {
+    let etcd = Etcd::start(1)?;
+    let (c1, c2) = pair(&etcd)?;
+    storm(&mut [c1, c2], 300, 32, None)
+}
+
+/// `installers` hosts enrolled with one token, `at_once` at a time, through `coordinators`
+/// (host i through coordinator i mod n), while coordinators are killed (SIGKILL) and started
+/// again and installers are killed and run again; then every host is registered once, every
+/// use counted once, and the audit log says so. A token with a use limit (`max_uses`) then
+/// refuses one more host.
+fn storm(
+    coordinators: &mut [Coordinator],
+    installers: usize,
+    at_once: usize,
+    max_uses: Option<usize>,
+) -> R {
+    let n = coordinators.len();
+    let limit = max_uses.map_or(String::new(), |m| format!(r#","max_uses":{m}"#));
+    let (tok, id) = coordinators[0].token(&format!(
+        r#"{{"persistent":true,"roles":["allocator"]{limit}}}"#
     ))?;
-    let hosts: Vec<Host> = (0..INSTALLERS)
+    let hosts: Vec<Host> = (0..installers)
         .map(|i| Host::new(&format!("storm-{i}")))
         .collect::<anyhow::Result<_>>()?;
     let mut rng = Lcg(0x6d75_7374_6572);
@@ -107,21 +135,22 @@ fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> 
     let (mut server_kills, mut installer_kills) = (0usize, 0usize);
     let mut next_server_kill = Instant::now() + Duration::from_millis(300 + rng.next(700));
     let start = Instant::now();
-    while done < INSTALLERS {
-        // Keep AT_ONCE installers running; killed ones go again first.
-        while running.len() < AT_ONCE {
+    while done < installers {
+        // Keep `at_once` installers running; killed ones go again first.
+        while running.len() < at_once {
             let i = match rerun.pop() {
                 Some(i) => i,
-                None if next < INSTALLERS => {
+                None if next < installers => {
                     next += 1;
                     next - 1
                 }
                 None => break,
             };
-            running.push((i, installer(&hosts[i], &c, &tok)?));
+            running.push((i, installer(&hosts[i], &coordinators[i % n], &tok)?));
         }
-        // musterd dies without warning a few times, and comes back on the same address.
+        // A musterd dies without warning a few times, and comes back on the same address.
         if server_kills < 8 && Instant::now() >= next_server_kill {
+            let c = &mut coordinators[rng.next(n as u64) as usize];
             c.stop();
             server_kills += 1;
             std::thread::sleep(Duration::from_millis(rng.next(300)));
@@ -152,10 +181,17 @@ fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> 
         std::thread::sleep(Duration::from_millis(5));
     }
     let took = start.elapsed();
+    let c = &coordinators[0];
+    let logs = || {
+        coordinators
+            .iter()
+            .map(Coordinator::log)
+            .collect::<Vec<_>>()
+    };
     assert!(
         failed.is_empty(),
-        "installers failed: {failed:?}\n{}",
-        c.log()
+        "installers failed: {failed:?}\n{:?}",
+        logs()
     );
 
     // Every installer holds an acknowledged enrollment; the registry has each, once.
@@ -187,10 +223,10 @@ fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> 
         missing.is_empty(),
         "acknowledged but not registered: {missing:?}"
     );
-    assert_eq!(runners.len(), INSTALLERS);
+    assert_eq!(runners.len(), installers);
     // One use per host: none lost, none spent twice.
     let uses = c.token_uses(&id)?;
-    assert_eq!(uses, Some(INSTALLERS as u64));
+    assert_eq!(uses, Some(installers as u64));
     // The audit log tells the same story: a use and a commit for each registered host, once.
     let (_, v) = c.api(
         "GET",
@@ -215,19 +251,21 @@ fn killing_musterd_and_installers_during_a_storm_loses_and_doubles_nothing() -> 
     }
     assert_eq!(
         (count("used"), count("committed")),
-        (INSTALLERS, INSTALLERS),
+        (installers, installers),
         "audited uses and commits"
     );
     // And one more is refused: the limit holds.
-    let r = Host::new("one-too-many")?.install(&c.host(), &tok, &[])?;
-    assert_eq!(
-        r.json()["code"],
-        Value::from("token.use_limit_reached"),
-        "{r:?}"
-    );
+    if max_uses.is_some() {
+        let r = Host::new("one-too-many")?.install(&c.host(), &tok, &[])?;
+        assert_eq!(
+            r.json()["code"],
+            Value::from("token.use_limit_reached"),
+            "{r:?}"
+        );
+    }
     println!(
-        "crash storm: {INSTALLERS} installers ({AT_ONCE} at once) in {:.1} s; musterd killed \
-         (SIGKILL) and restarted {server_kills} times, installers killed {installer_kills} times \
+        "crash storm: {installers} installers ({at_once} at once, {n} coordinator(s)) in {:.1} s; \
+         musterd killed (SIGKILL) and restarted {server_kills} times, installers killed {installer_kills} times \
          and run again; {} hosts registered, {} distinct node ids, token uses {}, audited uses {} \
          and commits {}, 0 failed",
         took.as_secs_f64(),

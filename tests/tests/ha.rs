@@ -6,27 +6,6 @@ use crate::common::*;
 use muster_tests::*;
 use std::process::{Command, Stdio};
 
-/// Two coordinators serving one platform from `etcd`; both addresses go into tokens.
-fn pair(etcd: &Etcd) -> anyhow::Result<(Coordinator, Coordinator)> {
-    pair_with(etcd, "")
-}
-
-/// [`pair`] with `extra` server config lines. The first advertised address is the first
-/// coordinator's: install lines name it.
-fn pair_with(etcd: &Etcd, extra: &str) -> anyhow::Result<(Coordinator, Coordinator)> {
-    let (p1, p2) = (free_port(), free_port());
-    let opts = |port| Opts {
-        config: format!("{}{extra}", etcd.store_config("/muster/")),
-        start: true,
-        port: Some(port),
-        advertise: Some(format!("127.0.0.1:{p1},127.0.0.1:{p2}")),
-        ..Opts::default()
-    };
-    let c1 = Coordinator::with(opts(p1))?;
-    let c2 = Coordinator::alongside(&c1, opts(p2))?;
-    Ok((c1, c2))
-}
-
 #[test]
 fn two_coordinators_share_tokens_and_a_revocation_is_refused_by_both_at_once() -> R {
     let etcd = Etcd::start(1)?;
