@@ -20,6 +20,9 @@ struct Setup {
     /// etcd members (0: SQLite).
     members: usize,
     coordinators: usize,
+    /// Each coordinator held to this share of a core (a cgroup CPU quota), as on a small
+    /// machine of its own: then a second coordinator adds what the first cannot do.
+    cap: Option<f64>,
 }
 
 const SETUPS: &[Setup] = &[
@@ -27,23 +30,42 @@ const SETUPS: &[Setup] = &[
         name: "SQLite, 1 coordinator",
         members: 0,
         coordinators: 1,
+        cap: None,
     },
     Setup {
         name: "etcd (1 member), 1 coordinator",
         members: 1,
         coordinators: 1,
+        cap: None,
     },
     Setup {
         name: "etcd (1 member), 2 coordinators",
         members: 1,
         coordinators: 2,
+        cap: None,
     },
     Setup {
         name: "etcd (3 members), 2 coordinators",
         members: 3,
         coordinators: 2,
+        cap: None,
+    },
+    Setup {
+        name: "etcd (1 member), 1 coordinator of 0.3 core",
+        members: 1,
+        coordinators: 1,
+        cap: Some(CAP),
+    },
+    Setup {
+        name: "etcd (1 member), 2 coordinators of 0.3 core",
+        members: 1,
+        coordinators: 2,
+        cap: Some(CAP),
     },
 ];
+
+/// The share of a core each coordinator gets in the capped setups.
+const CAP: f64 = 0.3;
 
 /// What one storm cost, per enrollment.
 struct Figures {
@@ -68,6 +90,8 @@ struct Platform {
     children: Vec<Child>,
     ports: Vec<u16>,
     token: String,
+    /// The cgroups holding capped coordinators, removed once they are gone.
+    cgroups: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Platform {
@@ -76,6 +100,35 @@ impl Drop for Platform {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for g in &self.cgroups {
+            let _ = std::fs::remove_dir(g);
+        }
+    }
+}
+
+/// Where cgroup v1's CPU controller is mounted (this machine's layout; the bench runs as root).
+const CPU_CGROUPS: &str = "/sys/fs/cgroup/cpu";
+
+impl Platform {
+    /// Holds every coordinator to `cores` of CPU, each in a cgroup of its own.
+    fn cap(&mut self, cores: f64) -> anyhow::Result<()> {
+        for c in &self.children {
+            let g = Path::new(CPU_CGROUPS).join(format!("muster-storm-{}", c.id()));
+            std::fs::create_dir(&g).with_context(|| {
+                format!(
+                    "{}: capping a coordinator needs cgroup v1's cpu controller and root",
+                    g.display()
+                )
+            })?;
+            self.cgroups.push(g.clone());
+            std::fs::write(g.join("cpu.cfs_period_us"), "100000")?;
+            std::fs::write(
+                g.join("cpu.cfs_quota_us"),
+                format!("{}", (cores * 100_000.0) as u64),
+            )?;
+            std::fs::write(g.join("cgroup.procs"), c.id().to_string())?;
+        }
+        Ok(())
     }
 }
 
@@ -96,6 +149,7 @@ async fn platform(dir: &Path, etcd: Option<&Etcd>, n: usize) -> anyhow::Result<P
         children: vec![],
         ports: vec![],
         token: String::new(),
+        cgroups: vec![],
     };
     let mut emergency = String::new();
     for i in 0..n {
@@ -197,7 +251,10 @@ async fn storm_one(setup: Setup, hosts: usize, at_once: usize) -> anyhow::Result
         0 => None,
         n => Some(Etcd::start(n)?),
     };
-    let p = platform(dir.path(), etcd.as_ref(), setup.coordinators).await?;
+    let mut p = platform(dir.path(), etcd.as_ref(), setup.coordinators).await?;
+    if let Some(cores) = setup.cap {
+        p.cap(cores)?;
+    }
     let claims = muster_protocol::token::inspect(&p.token)?;
     let tls = load::tls(claims.pins.clone())?;
     let target = Target::Spread {
@@ -254,10 +311,20 @@ async fn storm_one(setup: Setup, hosts: usize, at_once: usize) -> anyhow::Result
 pub async fn run(hosts: usize, at_once: usize, report: Option<&Path>) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     println!("shared-store storm: {hosts} hosts, {at_once} at once, one persistent token");
+    let mut skipped = Vec::new();
     for setup in SETUPS {
-        let f = storm_one(*setup, hosts, at_once).await?;
+        let f = match storm_one(*setup, hosts, at_once).await {
+            Ok(f) => f,
+            // A machine without the cgroup controller (or not root) runs the rest.
+            Err(e) if setup.cap.is_some() => {
+                println!("  {:<44} skipped: {e:#}", setup.name);
+                skipped.push(format!("{}: skipped ({e:#})", setup.name));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         println!(
-            "  {:<34} {:>4} ok {:>3} failed {:>6.2} s  musterd {:>5.2} ms  etcd {:>5.2} ms  generator {:>5.2} ms  busy {:>3.0} %  proposals {:>5.2}  ranges {:>5.2}  retries {:>5.2}",
+            "  {:<44} {:>4} ok {:>3} failed {:>6.2} s  musterd {:>5.2} ms  etcd {:>5.2} ms  generator {:>5.2} ms  busy {:>3.0} %  proposals {:>5.2}  ranges {:>5.2}  retries {:>5.2}",
             f.setup.name, f.ok, f.failed, f.wall.as_secs_f64(), f.musterd_ms, f.etcd_ms,
             f.generator_ms, f.busy * 100.0, f.proposals, f.ranges, f.retries
         );
@@ -313,12 +380,14 @@ pub async fn run(hosts: usize, at_once: usize, report: Option<&Path>) -> anyhow:
         );
     }
     let sqlite = rows.first().map_or(0.0, |f| f.musterd_ms);
-    let two = rows
-        .iter()
-        .find(|f| f.setup.members == 1 && f.setup.coordinators == 2);
-    let one = rows
-        .iter()
-        .find(|f| f.setup.members == 1 && f.setup.coordinators == 1);
+    let find = |coordinators: usize, capped: bool| {
+        rows.iter().find(|f| {
+            f.setup.members == 1
+                && f.setup.coordinators == coordinators
+                && f.setup.cap.is_some() == capped
+        })
+    };
+    let (one, two) = (find(1, false), find(2, false));
     if let (Some(one), Some(two)) = (one, two) {
         let _ = writeln!(
             md,
@@ -341,6 +410,20 @@ pub async fn run(hosts: usize, at_once: usize, report: Option<&Path>) -> anyhow:
             m1.min(e1),
             (2.0 * m2).min(e2)
         );
+    }
+    if let (Some(one), Some(two)) = (find(1, true), find(2, true)) {
+        let _ = writeln!(
+            md,
+            "\nMeasured with each coordinator held to {CAP} of a core (a cgroup CPU quota), as if each ran on a small machine of its own while etcd and the generator share the rest: one coordinator took {:.2} s ({:.0} hosts a second), two took {:.2} s ({:.0} hosts a second), {:.2}× as fast.",
+            one.wall.as_secs_f64(),
+            one.ok as f64 / one.wall.as_secs_f64().max(1e-9),
+            two.wall.as_secs_f64(),
+            two.ok as f64 / two.wall.as_secs_f64().max(1e-9),
+            one.wall.as_secs_f64() / two.wall.as_secs_f64().max(1e-9)
+        );
+    }
+    for line in &skipped {
+        let _ = writeln!(md, "\n{line}");
     }
     print!("{md}");
     if let Some(path) = report {
