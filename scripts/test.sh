@@ -31,10 +31,11 @@ if [ -n "$need" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
 fi
 # Python packages the tests drive: cryptography (the strict certificate parser the certificate
-# test loads ours with), elasticsearch (Elastic's own client, against the enroll-node answer)
-# and schemathesis (the API fuzzer, against docs/openapi.yaml).
+# test loads ours with), elasticsearch (Elastic's own client, against the enroll-node answer),
+# schemathesis (the API fuzzer, against docs/openapi.yaml) and prometheus_client (Prometheus'
+# own OpenMetrics parser, against /metrics).
 pip_need=""
-for mod in cryptography elasticsearch schemathesis; do
+for mod in cryptography elasticsearch schemathesis prometheus_client; do
   python3 -c "import $mod" 2>/dev/null || pip_need="$pip_need $mod"
 done
 if [ -n "$pip_need" ]; then
@@ -69,10 +70,11 @@ echo "quickstart: built and enrolled a host in $(($(date +%s) - step_start)) s"
 took "quickstart"
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features muster/failpoints -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 took "fmt and clippy"
-# The end-to-end tests run these binaries; the crash tests need the failpoints build.
-cargo build --workspace --bins --features muster/failpoints
+# The end-to-end tests run these binaries (debug builds: the crash tests' failpoints are in
+# them); the quickstart built most of them already.
+cargo build --workspace --bins
 took "debug build"
 # The shipped binaries (static, release) and the deb and rpm made from them.
 sh packaging/build
@@ -81,7 +83,7 @@ wait "$debian_root" || { cat target/debian-root.out; exit 1; }
 took "Debian root (made while the builds ran)"
 # Every test in a process of its own, the slowest first (.config/nextest.toml). (Muster has no
 # doc tests, which nextest would not run.)
-cargo nextest run --workspace --features muster/failpoints --no-fail-fast
+cargo nextest run --workspace --no-fail-fast
 took "tests"
 # The storm benchmark, small and from the debug build: it must run and enroll every host; its
 # figures mean nothing here (scripts/bench.sh makes the real ones, in release mode).

@@ -1,8 +1,9 @@
 //! The testkit: starts the real `musterd` on 127.0.0.1 at a free port and runs the real
 //! `muster`, with `curl` and `openssl` as the outside tools a person would use.
 //!
-//! The binaries come from the same target folder as the test (`cargo build --workspace --bins
-//! --features muster/failpoints` first; the README's test command does it).
+//! The binaries come from the same target folder as the test (`cargo build --workspace --bins`
+//! first; the README's test command does it). They are debug builds, which have the crash
+//! points the crash tests use (`MUSTER_FAILPOINT`); release builds have none.
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -31,7 +32,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing: run `cargo build --workspace --bins --features muster/failpoints` first",
+        "{} is missing: run `cargo build --workspace --bins` first",
         p.display()
     );
     p

@@ -277,3 +277,20 @@ fn storm(
     );
     Ok(())
 }
+
+/// The crash points are in debug builds only: the shipped (static, release) installer given
+/// `MUSTER_FAILPOINT` at a point a debug build dies at enrolls as if it were not there.
+#[test]
+fn the_shipped_installer_has_no_crash_points() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["allocator"]}"#)?;
+    let h = Host::new("no-failpoints")?;
+    let r = Run::from(
+        h.install_cmd_with(&static_installer(), &c.host(), &tok)
+            .env("MUSTER_FAILPOINT", "after-join")
+            .output()?,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(h.state()["stage"], "committed");
+    Ok(())
+}
