@@ -125,6 +125,9 @@ pub struct HostStatus {
     pub maintenance_mode: bool,
     /// Beyond ECE: last heartbeat, seconds since the epoch.
     pub last_heartbeat: u64,
+    /// Beyond ECE: the Muster version the host's agent last reported; absent until it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +173,16 @@ pub struct RunnerInfo {
     pub pending_roles: Vec<Role>,
     /// Beyond ECE: the token the host enrolled with (id only).
     pub token_id: String,
+    /// Beyond ECE: the host's last heartbeat (its enrollment until the first), seconds since
+    /// the epoch.
+    #[serde(default)]
+    pub last_heartbeat: u64,
+    /// Beyond ECE: the Muster version the host's agent last reported; absent until it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Beyond ECE: when the host's certificates expire, seconds since the epoch.
+    #[serde(default)]
+    pub certificate_not_after: u64,
 }
 
 /// ECE's `RunnerRoleInfo`.
@@ -209,6 +222,13 @@ pub struct AuditEvent {
     pub at: u64,
     /// `created`, `used`, `refused`, `revoked`, `expired`, `returned`.
     pub event: String,
+    /// Who acted: `user:NAME` (the admin user), `api-key` (the platform's API key), `local` (a
+    /// `musterd` command on the coordinator), `token:ID` (the holder of a roles token: its
+    /// joins, commits and refusals, or a recovery with the emergency token), `host:NODE_ID` (a
+    /// host about itself), `musterd` (the coordinator on its own: expiries). Events written
+    /// before Muster recorded it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -116,10 +116,12 @@ impl App {
         }
     }
 
-    /// Creates a token, records it and audits it. Used by the API and by `musterd token create`.
+    /// Creates a token, records it and audits it as made by `actor`. Used by the API and by
+    /// `musterd token create`.
     pub async fn create_token(
         &self,
         req: &CreateTokenRequest,
+        actor: &str,
         source: Option<IpAddr>,
     ) -> Result<CreateTokenReply, ApiError> {
         let (roles, kind) = tokens::check_request(req)?;
@@ -137,13 +139,14 @@ impl App {
         let created = event(
             rec.created,
             "created",
+            actor,
             Some(&rec.id),
             None,
             source.as_deref(),
             None,
         );
         self.store.insert_token(&rec, Some(&created)).await?;
-        Metrics::count(&self.metrics.tokens_created);
+        self.metrics.tokens_created.inc();
         let install_command = self
             .advertise
             .first()
@@ -204,7 +207,7 @@ impl App {
         let expired = self.store.expire_reservations(now).await;
         let tokens = tokens::expire(self.store.as_ref(), now).await;
         for r in expired? {
-            Metrics::count(&self.metrics.reservations_expired);
+            self.metrics.reservations_expired.inc();
             tracing::info!(node_id = %r.node_id, token_id = %r.token_id, "join reservation expired; certificates revoked, token use returned");
         }
         tokens

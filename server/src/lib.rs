@@ -10,6 +10,7 @@ pub mod director;
 pub mod error;
 pub mod http;
 pub mod limit;
+pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod platform;

@@ -177,8 +177,15 @@ async fn run(
     let listener = self::listen(listen).with_context(|| format!("listening on {listen}"))?;
     let local = listener.local_addr()?;
     let router = router.layer(axum::middleware::from_fn(within_time));
-    eprintln!("musterd listening on https://{local}");
+    if crate::logging::text() {
+        eprintln!("musterd listening on https://{local}");
+    }
     tracing::info!(%local, "listening");
+    // Under systemd (`Type=notify`), `systemctl start musterd` returns now: the socket is
+    // bound and the next connection is accepted. Without `NOTIFY_SOCKET`, nothing is sent.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not tell systemd that musterd is ready");
+    }
 
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let per_source = Arc::new(PerSource::new(MAX_HANDSHAKES_PER_SOURCE));
@@ -285,6 +292,7 @@ async fn run(
             }
         });
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
 }
 

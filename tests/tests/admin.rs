@@ -194,7 +194,7 @@ fn es_enroll_node_when_enabled() -> R {
 }
 
 #[test]
-fn a_token_revoked_from_the_command_line_is_audited() -> R {
+fn a_token_made_and_revoked_from_the_command_line_is_audited_as_local() -> R {
     let mut c = Coordinator::with(Opts::default())?;
     let musterd = |args: &[&str]| -> anyhow::Result<Run> {
         Ok(Run::from(
@@ -215,21 +215,20 @@ fn a_token_revoked_from_the_command_line_is_audited() -> R {
     assert_eq!(revoked.code, 0, "{revoked:?}");
     c.serve()?;
     let (_, audit) = c.api("GET", &format!("{TOKENS}/_audit"), None)?;
-    let events: Vec<(String, String)> = audit["events"]
+    let events: Vec<(String, String, String)> = audit["events"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|e| {
-            (
-                e["event"].as_str().unwrap_or_default().to_string(),
-                e["token_id"].as_str().unwrap_or_default().to_string(),
-            )
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("event"), s("token_id"), s("actor"))
         })
         .collect();
-    assert!(
-        events.contains(&("revoked".to_string(), id.clone())),
-        "{events:?}"
-    );
+    // Made and revoked on the coordinator itself: `local` acted.
+    for event in ["created", "revoked"] {
+        let want = (event.to_string(), id.clone(), "local".to_string());
+        assert!(events.contains(&want), "{events:?}");
+    }
     Ok(())
 }
 
@@ -357,5 +356,99 @@ fn the_typed_admin_client_reads_every_admin_answer() -> R {
     for kind in ["created", "used", "committed", "revoked", "host_removed"] {
         assert!(!admin.audit_of(kind)?.is_empty(), "no {kind} event");
     }
+    Ok(())
+}
+
+/// Every audit event names who acted: the admin user or the API key for what each did through
+/// the API, a token's holder for its join, commit and refusal; and a host's heartbeat shows its
+/// agent's version and time in the runners and allocators lists.
+#[test]
+fn every_audit_event_names_who_acted_and_hosts_show_their_agent_version() -> R {
+    let c = Coordinator::start()?;
+    let admin = c.admin();
+    let (tok, id) = admin.token(&["allocator"], true)?;
+    // The API key, from a header file (so the key is in no argument list).
+    let dir = tempfile::tempdir()?;
+    let header = dir.path().join("key.header");
+    std::fs::write(
+        &header,
+        format!("Authorization: ApiKey {}\n", c.secret("api_key")),
+    )?;
+    let with_key = |method: &str, path: &str, body: &str| -> anyhow::Result<(u16, Value)> {
+        let h = format!("@{}", header.display());
+        let url = c.url(path);
+        let mut args = vec!["-s", "-w", "\n%{http_code}", "-X", method, "-H", &h];
+        args.extend(["-H", "Content-Type: application/json", &url]);
+        if !body.is_empty() {
+            args.extend(["-d", body]);
+        }
+        Ok(status_and_json(&c.curl(&args)?))
+    };
+    let (code, made) = with_key("POST", TOKENS, r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    assert_eq!(code, 200, "{made}");
+    let by_key = made["token_id"].as_str().unwrap_or_default().to_string();
+
+    let h = Host::new("audited-1")?;
+    let r = h.install(&c.host(), &tok, &[])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    let node = h.state()["node_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // Before its first heartbeat the host shows no agent version.
+    assert_eq!(admin.runner(&node)?.agent_version, None);
+    let hb = h.muster(&["agent", "--count", "1"])?;
+    assert_eq!(hb.code, 0, "{hb:?}");
+    let version = Run::from(Command::new(bin("muster")).arg("--version").output()?);
+    let version = version.stdout.split_whitespace().last().unwrap_or_default();
+    assert!(!version.is_empty(), "muster --version: {version:?}");
+    let runner = admin.runner(&node)?;
+    assert_eq!(runner.agent_version.as_deref(), Some(version));
+    assert!(runner.last_heartbeat > 0, "{runner:?}");
+    let allocator = admin
+        .allocators()?
+        .into_iter()
+        .find(|a| a.allocator_id == node);
+    let status = allocator.map(|a| a.status);
+    assert_eq!(
+        status.as_ref().and_then(|s| s.agent_version.as_deref()),
+        Some(version),
+        "{status:?}"
+    );
+
+    admin.set_roles(&node, &["allocator", "proxy"], true)?;
+    // A token whose signature was tampered with, refused by the coordinator: its holder acted.
+    let mut forged = tok.clone();
+    let last = if forged.ends_with('A') { 'B' } else { 'A' };
+    forged.pop();
+    forged.push(last);
+    let bad = Host::new("audited-2")?.install(&c.host(), &forged, &[])?;
+    assert_ne!(bad.code, 0, "{bad:?}");
+    let (code, v) = with_key("DELETE", &format!("{RUNNERS}/{node}"), "")?;
+    assert_eq!(code, 200, "{v}");
+
+    let events = admin.audit()?;
+    let unnamed: Vec<_> = events.iter().filter(|e| e.actor.is_none()).collect();
+    assert!(unnamed.is_empty(), "events without who acted: {unnamed:?}");
+    let acted = |event: &str, about: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| {
+                e.event == event
+                    && (e.token_id.as_deref() == Some(about) || e.node_id.as_deref() == Some(about))
+            })
+            .filter_map(|e| e.actor.clone())
+            .collect()
+    };
+    let holder = format!("token:{id}");
+    assert_eq!(acted("created", &id), ["user:admin"]);
+    assert_eq!(acted("created", &by_key), ["api-key"]);
+    assert_eq!(acted("used", &node), [holder.as_str()]);
+    assert_eq!(acted("committed", &node), [holder.as_str()]);
+    assert_eq!(acted("roles_set", &node), ["user:admin"]);
+    assert_eq!(acted("host_removed", &node), ["api-key"]);
+    let refused: Vec<_> = events.iter().filter(|e| e.event == "refused").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor.as_deref(), Some(holder.as_str()));
     Ok(())
 }

@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod admin_cli;
 mod attack;
 mod cloudinit;
 mod crash;
@@ -17,6 +18,7 @@ mod force;
 mod ha;
 mod hooks;
 mod hostile;
+mod observe;
 mod oneliner;
 mod packages;
 mod recovery;

@@ -13,6 +13,17 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    /// How log lines on standard error look: text for people, or json (one object a line) for
+    /// a log pipeline. What is logged: MUSTERD_LOG (info by default; debug, warn, or per
+    /// target, as `info,musterd::access=off`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "MUSTERD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

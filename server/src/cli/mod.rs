@@ -475,7 +475,10 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
     }
-    eprintln!("musterd: shutting down");
+    if crate::logging::text() {
+        eprintln!("musterd: shutting down");
+    }
+    tracing::info!("shutting down");
 }
 
 async fn init(data: &DataArgs, advertise: Vec<String>, output: Output) -> anyhow::Result<()> {
@@ -587,7 +590,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 allowed_sources: allowed_source,
             };
             let reply = app
-                .create_token(&req, None)
+                .create_token(&req, crate::store::actor::LOCAL, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code.as_str()))?;
             match output {
@@ -631,6 +634,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     let e = crate::store::event(
                         system_now(),
                         "revoked",
+                        crate::store::actor::LOCAL,
                         Some(&token_id),
                         None,
                         None,

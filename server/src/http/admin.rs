@@ -5,6 +5,7 @@
 use super::{parse_json, query_invalid, Body, Conn, S};
 use crate::error::ApiError;
 use crate::pki::Leaf;
+use crate::service::auth::Credential;
 use crate::service::issuance::time_of;
 use crate::service::{registry, tokens};
 use crate::store::{event, TokenRecord};
@@ -28,13 +29,16 @@ pub struct CreateTokenQuery {
 pub async fn create_token(
     State(app): S,
     Extension(c): Conn,
+    Extension(who): Extension<Credential>,
     query: Result<Query<CreateTokenQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Json<CreateTokenReply>, ApiError> {
     let made = async {
         let Query(query) = query.map_err(query_invalid)?;
         let req: CreateTokenRequest = parse_json(body)?;
-        let mut reply = app.create_token(&req, Some(c.remote.ip())).await?;
+        let mut reply = app
+            .create_token(&req, &who.actor(), Some(c.remote.ip()))
+            .await?;
         if !query.install_command {
             reply.install_command = None;
         }
@@ -79,10 +83,12 @@ pub async fn list_tokens(State(app): S) -> Result<Json<ListTokensReply>, ApiErro
 pub async fn delete_token(
     State(app): S,
     Extension(c): Conn,
+    Extension(who): Extension<Credential>,
     Path(given): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let source = c.remote.ip().to_string();
-    let id = tokens::revoke(app.store.as_ref(), &given, &source, app.now()).await?;
+    let store = app.store.as_ref();
+    let id = tokens::revoke(store, &given, &who.actor(), &source, app.now()).await?;
     app.admission.forget(&id);
     Ok(Json(serde_json::json!({})))
 }
@@ -242,6 +248,8 @@ pub struct BlessQuery {
 /// Sets a runner's roles ([`registry::roles_set`]).
 pub async fn set_runner_roles(
     State(app): S,
+    Extension(c): Conn,
+    Extension(who): Extension<Credential>,
     Path(id): Path<String>,
     q: Result<Query<BlessQuery>, QueryRejection>,
     body: Body,
@@ -257,8 +265,18 @@ pub async fn set_runner_roles(
     };
     let (granted, pending): (Vec<Role>, Vec<Role>) =
         registry::roles_set(&host, asked, q.bless.unwrap_or(true));
+    let source = c.remote.ip().to_string();
+    let e = event(
+        app.now(),
+        "roles_set",
+        &who.actor(),
+        None,
+        None,
+        Some(&source),
+        None,
+    );
     app.store
-        .set_roles(&id, &granted, &pending)
+        .set_roles(&id, &granted, &pending, &e)
         .await?
         .ok_or_else(|| runner_not_found(&id))?;
     Ok(Json(RunnerRolesInfo {
@@ -274,10 +292,19 @@ pub async fn set_runner_roles(
 pub async fn remove_runner(
     State(app): S,
     Extension(c): Conn,
+    Extension(who): Extension<Credential>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let source = c.remote.ip().to_string();
-    let e = event(app.now(), "host_removed", None, None, Some(&source), None);
+    let e = event(
+        app.now(),
+        "host_removed",
+        &who.actor(),
+        None,
+        None,
+        Some(&source),
+        None,
+    );
     match app.store.remove_host(&id, &e).await? {
         Some(gone) => {
             app.names.forget_addresses(&gone);

@@ -4,7 +4,6 @@
 use super::{parse_json, Body, Conn, ConnInfo, S};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
 use crate::pki;
 use crate::service::admission::{self, HoldOff, Refusal};
 use crate::service::registry::{self, MAX_MEMORY_MB};
@@ -101,7 +100,7 @@ pub async fn join(State(app): S, Extension(c): Conn, body: Body) -> Result<Json<
     };
     let r = match outcome {
         ReserveOutcome::Reserved => {
-            Metrics::count(&app.metrics.joins);
+            app.metrics.joins.inc();
             r
         }
         ReserveOutcome::Existing(existing) => *existing,
@@ -208,7 +207,9 @@ pub async fn commit(
         CommitOutcome::Committed { host, replaced } => {
             app.join_keys.forget(&host.node_id);
             app.names.registered(&host.host);
-            Metrics::count(&app.metrics.commits);
+            app.metrics.commits.inc();
+            let roles: Vec<String> = host.roles.iter().map(ToString::to_string).collect();
+            app.metrics.enrolled(roles.iter().map(String::as_str));
             if let Some(old) = replaced {
                 tracing::info!(hostname = %old.host.hostname, old = %old.node_id, new = %host.node_id, "host re-enrolled; old record replaced and its certificates revoked");
             }
@@ -283,6 +284,7 @@ async fn node_of(app: &App, c: &ConnInfo) -> Result<HostRecord, ApiError> {
 pub async fn heartbeat(
     State(app): S,
     Extension(c): Conn,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
     let hb: Heartbeat = parse_json(body)?;
@@ -294,12 +296,18 @@ pub async fn heartbeat(
     }
     let h = node_of(&app, &c).await?;
     let now = app.now();
+    // Every Muster agent names its version in its User-Agent (`muster/0.1.0`), agents already
+    // in the field included; anything else records none.
+    let version = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(registry::agent_version);
     let h = app
         .store
-        .heartbeat(&h.node_id, now, hb.memory_used_mb)
+        .heartbeat(&h.node_id, now, hb.memory_used_mb, version.as_deref())
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NodeUnknown, "node removed"))?;
-    Metrics::count(&app.metrics.heartbeats);
+    app.metrics.heartbeats.inc();
     Ok(Json(HeartbeatReply {
         node_id: h.node_id,
         roles: h.roles,
@@ -340,7 +348,7 @@ pub async fn renew(
         .replace_certs(&h.node_id, &serials, &keep, not_after)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NodeUnknown, "this node was removed"))?;
-    Metrics::count(&app.metrics.renewals);
+    app.metrics.renewals.inc();
     Ok(Json(RenewReply {
         transport_cert_pem: issued.transport.pem,
         http_cert_pem: issued.http.pem,
@@ -353,7 +361,8 @@ pub async fn renew(
 pub async fn leave(State(app): S, Extension(c): Conn) -> Result<Json<serde_json::Value>, ApiError> {
     let h = node_of(&app, &c).await?;
     let source = c.remote.ip().to_string();
-    let e = crate::store::event(app.now(), "host_left", None, None, Some(&source), None);
+    let by = crate::store::actor::host(&h.node_id);
+    let e = crate::store::event(app.now(), "host_left", &by, None, None, Some(&source), None);
     if let Some(gone) = app.store.remove_host(&h.node_id, &e).await? {
         app.names.forget_addresses(&gone);
     }

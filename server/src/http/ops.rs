@@ -4,6 +4,7 @@
 use super::{Conn, ConnInfo, S};
 use crate::app::{App, MAX_DOWNLOADS_PER_SOURCE};
 use crate::error::ApiError;
+use crate::metrics::Registered;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,10 +26,15 @@ pub async fn readyz(State(app): S) -> Response {
 }
 
 pub async fn metrics(State(app): S) -> Response {
-    let hosts = app.store.hosts().await.ok().map(|h| h.len());
+    let view = app.view();
+    let registered = app.store.hosts().await.ok().map(|hosts| Registered {
+        hosts: hosts.len(),
+        connected: hosts.iter().filter(|h| view.connected(h)).count(),
+        earliest_expiry: hosts.iter().map(|h| h.cert_not_after).min(),
+    });
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(app.store.retries(), hosts),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        app.metrics.render(app.store.retries(), registered),
     )
         .into_response()
 }

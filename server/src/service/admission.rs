@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::limit::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::platform::sha256_hex;
-use crate::store::{Store, TokenRecord};
+use crate::store::{actor, Store, TokenRecord};
 use muster_protocol::token::{self, Secret};
 use muster_protocol::ErrorCode;
 use std::net::IpAddr;
@@ -123,7 +123,7 @@ impl Admission {
         now: u64,
         hold_off: HoldOff,
     ) -> ApiError {
-        Metrics::count(&self.metrics.refusals);
+        self.metrics.refused(r.code.as_str());
         if hold_off == HoldOff::Yes {
             self.failures.failed(source, now);
         }
@@ -148,16 +148,14 @@ pub fn rate_limited(source: IpAddr, wait: u64) -> ApiError {
 
 /// Audits and logs a refused token.
 pub async fn refusal_logged(store: &dyn Store, r: &Refusal, source: IpAddr, now: u64) {
-    super::audit(
-        store,
-        now,
-        "refused",
-        r.token_id.as_deref(),
-        None,
-        Some(source),
-        Some(r.code),
-    )
-    .await;
+    let by = r
+        .token_id
+        .as_deref()
+        .map_or(actor::ANONYMOUS.to_string(), actor::token);
+    let from = source.to_string();
+    let (token_id, reason) = (r.token_id.as_deref(), Some(r.code.as_str()));
+    let e = crate::store::event(now, "refused", &by, token_id, None, Some(&from), reason);
+    super::audit(store, &e).await;
     tracing::info!(%source, code = r.code.as_str(), token_id = r.token_id.as_deref().unwrap_or("-"), "token refused");
 }
 

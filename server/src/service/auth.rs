@@ -19,6 +19,16 @@ pub enum Credential {
     ApiKey,
 }
 
+impl Credential {
+    /// How audit events name it ([`AuditEvent::actor`](muster_protocol::api::AuditEvent)).
+    pub fn actor(&self) -> String {
+        match self {
+            Credential::User(name) => format!("user:{name}"),
+            Credential::ApiKey => "api-key".to_string(),
+        }
+    }
+}
+
 /// Checks admin credentials against the platform's.
 pub struct Auth {
     admin_user: String,
@@ -86,7 +96,7 @@ impl Auth {
         if let Some(who) = ok {
             return Ok(who);
         }
-        Metrics::count(&self.metrics.login_failures);
+        self.metrics.login_failures.inc();
         self.failures.failed(source, now);
         tracing::warn!(%source, "admin authentication failed");
         Err(ApiError::new(
@@ -138,7 +148,6 @@ pub fn constant_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     async fn auth(per_minute: u32) -> anyhow::Result<(Auth, crate::platform::BootstrapSecrets)> {
         let dir = tempfile::tempdir()?;
@@ -165,7 +174,7 @@ mod tests {
             .is_ok());
         let key = auth.check(Some(&format!("apikey {}", s.api_key)), ip, 0);
         assert_eq!(key.ok(), Some(Credential::ApiKey));
-        assert_eq!(auth.metrics.login_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(auth.metrics.login_failures.get(), 0);
         Ok(())
     }
 
@@ -188,7 +197,7 @@ mod tests {
                 "{wrong}"
             );
         }
-        assert_eq!(auth.metrics.login_failures.load(Ordering::Relaxed), 4);
+        assert_eq!(auth.metrics.login_failures.get(), 4);
         // Over budget: held off, even with the right password; another source is not.
         let right = basic(&s.admin_user, &s.admin_password);
         assert_eq!(

@@ -34,8 +34,7 @@ pub mod registry;
 pub mod recovery;
 
 use crate::store::Store;
-use muster_protocol::ErrorCode;
-use std::net::IpAddr;
+use muster_protocol::api::AuditEvent;
 
 /// The time now, in unix seconds.
 pub fn system_now() -> u64 {
@@ -45,20 +44,10 @@ pub fn system_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Appends to the audit log; a failure is logged, never fatal to the request.
-pub async fn audit(
-    store: &dyn Store,
-    at: u64,
-    event: &str,
-    token_id: Option<&str>,
-    node: Option<(&str, &str)>,
-    source: Option<IpAddr>,
-    reason: Option<ErrorCode>,
-) {
-    let source = source.map(|s| s.to_string());
-    let reason = reason.map(|c| c.as_str());
-    let e = crate::store::event(at, event, token_id, node, source.as_deref(), reason);
-    if let Err(err) = store.audit(&e).await {
-        tracing::error!(error = %err, event, "could not append to the audit log");
+/// Appends `e` to the audit log, on its own (not with a change it records); a failure is
+/// logged, never fatal to the request.
+pub async fn audit(store: &dyn Store, e: &AuditEvent) {
+    if let Err(err) = store.audit(e).await {
+        tracing::error!(error = %err, event = %e.event, "could not append to the audit log");
     }
 }

@@ -111,16 +111,10 @@ impl Recoverer<'_> {
                  other host can share; recover a single host with `musterd backup` and `musterd restore`",
             ));
         };
-        super::audit(
-            store,
-            now,
-            "recovery",
-            Some(&rec.id),
-            None,
-            Some(source),
-            None,
-        )
-        .await;
+        let by = crate::store::actor::token(&rec.id);
+        let from = source.to_string();
+        let e = crate::store::event(now, "recovery", &by, Some(&rec.id), None, Some(&from), None);
+        super::audit(store, &e).await;
         tracing::warn!(%source, "emergency recovery: handed the sealed platform to a new coordinator");
         Ok(public.recovery(settings))
     }

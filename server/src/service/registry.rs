@@ -84,6 +84,7 @@ impl View<'_> {
                 healthy: conn,
                 maintenance_mode: false,
                 last_heartbeat: h.last_heartbeat,
+                agent_version: h.agent_version.clone(),
             },
             capacity: Capacity {
                 memory: Memory {
@@ -118,8 +119,23 @@ impl View<'_> {
             zone: self.zone_of(h),
             pending_roles: h.pending_roles.clone(),
             token_id: h.token_id.clone(),
+            last_heartbeat: h.last_heartbeat,
+            agent_version: h.agent_version.clone(),
+            certificate_not_after: h.cert_not_after,
         }
     }
+}
+
+/// The version in an agent's `User-Agent` (`muster/0.1.0`, as every Muster agent sends):
+/// at most 32 of `[0-9A-Za-z.+-]`, starting with a digit. Anything else names no version.
+pub fn agent_version(user_agent: &str) -> Option<String> {
+    let v = user_agent.strip_prefix("muster/")?;
+    let v = v.split_whitespace().next()?;
+    let ok = v.len() <= 32
+        && v.starts_with(|c: char| c.is_ascii_digit())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'+' || b == b'-');
+    ok.then(|| v.to_string())
 }
 
 fn host_ip(h: &HostRecord) -> String {
@@ -195,6 +211,26 @@ pub fn pair_of(serials: &[String], serial: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_agent_version_is_read_from_its_user_agent_and_nothing_else() {
+        assert_eq!(agent_version("muster/0.1.0"), Some("0.1.0".into()));
+        assert_eq!(
+            agent_version("muster/1.2.3-rc.1+g1 (agent)"),
+            Some("1.2.3-rc.1+g1".into())
+        );
+        for odd in [
+            "curl/8.0",
+            "muster/",
+            "muster/latest",
+            "muster/1.0<script>",
+            "muster/1.0\u{1b}[31m",
+            "MUSTER/1.0",
+            &format!("muster/1{}", "0".repeat(40)),
+        ] {
+            assert_eq!(agent_version(odd), None, "{odd:?}");
+        }
+    }
+
     fn facts() -> HostFacts {
         HostFacts {
             hostname: "alloc-1.example".into(),
@@ -222,6 +258,7 @@ mod tests {
             registered_at: 1,
             last_heartbeat: 100,
             memory_used_mb: 5,
+            agent_version: None,
         };
         h.roles = roles.to_vec();
         h.pending_roles = pending.to_vec();

@@ -5,7 +5,7 @@ use super::admission::parse_cidr;
 use super::auth::constant_eq;
 use crate::error::ApiError;
 use crate::platform::sha256_hex;
-use crate::store::{event, Store, TokenRecord};
+use crate::store::{actor, event, Store, TokenRecord};
 use muster_protocol::api::CreateTokenRequest;
 use muster_protocol::token::{self, TokenKind};
 use muster_protocol::{ErrorCode, Role};
@@ -79,6 +79,7 @@ pub fn install_line(coordinator: &str, curl_pin: &str, token: &str) -> String {
 pub async fn revoke(
     store: &dyn Store,
     given: &str,
+    actor: &str,
     source: &str,
     now: u64,
 ) -> Result<String, ApiError> {
@@ -107,7 +108,7 @@ pub async fn revoke(
             "the emergency token cannot be deleted: it is what recovers the platform",
         ));
     }
-    let e = event(now, "revoked", Some(&t.id), None, Some(source), None);
+    let e = event(now, "revoked", actor, Some(&t.id), None, Some(source), None);
     store.revoke_token(&t.id, &e).await?;
     Ok(t.id)
 }
@@ -123,7 +124,15 @@ pub fn expired(t: &TokenRecord, now: u64) -> bool {
 pub async fn expire(store: &dyn Store, now: u64) -> anyhow::Result<()> {
     for t in store.tokens().await? {
         if expired(&t, now) {
-            let e = event(now, "expired", Some(&t.id), None, None, None);
+            let e = event(
+                now,
+                "expired",
+                actor::MUSTERD,
+                Some(&t.id),
+                None,
+                None,
+                None,
+            );
             store.revoke_token(&t.id, &e).await?;
         }
     }

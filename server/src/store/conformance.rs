@@ -70,7 +70,15 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     );
 
     // One-use token: one reservation, then the limit; same key gets its reservation back.
-    let created = event(5, "created", Some("t1"), None, Some("10.0.0.9"), None);
+    let created = event(
+        5,
+        "created",
+        "user:admin",
+        Some("t1"),
+        None,
+        Some("10.0.0.9"),
+        None,
+    );
     s.insert_token(&token("t1", Some(1)), Some(&created))
         .await?;
     let r1 = reservation("n1", "t1", "k1", "host-a", 100);
@@ -244,18 +252,39 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
 
     // Host updates.
     check!(
-        s.heartbeat("n5", 50, 7)
-            .await?
-            .map(|h| (h.last_heartbeat, h.memory_used_mb))
-            == Some((50, 7)),
+        s.heartbeat("n5", 50, 7, Some("1.2.3")).await?.map(|h| (
+            h.last_heartbeat,
+            h.memory_used_mb,
+            h.agent_version
+        )) == Some((50, 7, Some("1.2.3".into()))),
         "heartbeat"
     );
     check!(
-        s.heartbeat("gone", 50, 7).await?.is_none(),
+        s.host("n5").await?.and_then(|h| h.agent_version) == Some("1.2.3".into()),
+        "the agent's version is kept"
+    );
+    check!(
+        s.heartbeat("gone", 50, 7, None).await?.is_none(),
         "heartbeat unknown"
     );
-    let h = s.set_roles("n5", &[Role::Proxy], &[]).await?;
+    let set = event(
+        52,
+        "roles_set",
+        "api-key",
+        None,
+        None,
+        Some("10.0.0.9"),
+        None,
+    );
+    let h = s.set_roles("n5", &[Role::Proxy], &[], &set).await?;
     check!(h.map(|h| h.roles) == Some(vec![Role::Proxy]), "set_roles");
+    let last = s.audit_log(0, 10_000).await?.pop();
+    check!(
+        last.as_ref()
+            .map(|e| (e.event.as_str(), e.actor.as_deref(), e.node_id.as_deref()))
+            == Some(("roles_set", Some("api-key"), Some("n5"))),
+        "set_roles is audited with who set them: {last:?}"
+    );
     // A renewal keeps the pair it was asked with; the next one drops whatever it was not
     // asked with (here the first renewal's pair, as if its answer had been lost). The same
     // step twice (a backend retrying a request whose answer was lost runs it again) finds the
@@ -294,7 +323,15 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         s.is_revoked("serial-n5").await? && s.is_revoked("newer").await?,
         "replace_certs without keep revokes every old serial"
     );
-    let removed = event(50, "host_removed", None, None, Some("10.0.0.9"), None);
+    let removed = event(
+        50,
+        "host_removed",
+        "user:admin",
+        None,
+        None,
+        Some("10.0.0.9"),
+        None,
+    );
     check!(
         s.remove_host("n5", &removed).await?.is_some(),
         "remove_host"
@@ -310,7 +347,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     check!(s.host("n5").await?.is_none(), "host gone");
 
     // Revocation.
-    let revoked = |id: &str| event(51, "revoked", Some(id), None, None, None);
+    let revoked = |id: &str| event(51, "revoked", "user:admin", Some(id), None, None, None);
     check!(s.revoke_token("t3", &revoked("t3")).await?, "revoke");
     check!(
         !s.revoke_token("t3", &revoked("t3")).await?,
@@ -326,7 +363,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         .audit_log(0, 100)
         .await?
         .into_iter()
-        .filter(|e| e.at >= 50)
+        .filter(|e| e.at >= 50 && e.event != "roles_set")
         .map(|e| (e.event, e.token_id, e.node_id, e.hostname))
         .collect();
     let some = |v: &str| Some(v.to_string());
@@ -464,6 +501,7 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         seq: 0,
         at: 1,
         event: "created".into(),
+        actor: Some("token:t".into()),
         token_id: Some("t1".into()),
         node_id: None,
         hostname: None,
@@ -480,6 +518,10 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     check!(
         log.len() == 2 && log[1].seq > log[0].seq && log[1].event == "used",
         "audit_log: {log:?}"
+    );
+    check!(
+        log[0].actor.as_deref() == Some("token:t"),
+        "who acted is kept: {log:?}"
     );
     let after = s.audit_log(log[0].seq, 10).await?;
     check!(

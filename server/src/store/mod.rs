@@ -16,7 +16,7 @@ mod records;
 pub mod rules;
 pub mod sqlite;
 
-pub use events::{about_host, commit_events, event, returned_event, used_event};
+pub use events::{about_host, actor, commit_events, event, returned_event, used_event};
 pub use records::{CommitOutcome, HostRecord, Reservation, ReserveOutcome, TokenRecord};
 pub use rules::{may_replace, revoked_before_commit};
 
@@ -80,12 +80,16 @@ pub trait Store: Send + Sync + 'static {
         node_id: &str,
         now: u64,
         memory_used_mb: u64,
+        agent_version: Option<&str>,
     ) -> StoreResult<Option<HostRecord>>;
+    /// Sets a host's granted and pending roles, appending `e` about it ([`about_host`]:
+    /// `roles_set`); nothing if there is no such host.
     async fn set_roles(
         &self,
         node_id: &str,
         roles: &[Role],
         pending: &[Role],
+        e: &AuditEvent,
     ) -> StoreResult<Option<HostRecord>>;
     /// Replaces a host's certificates: `serials` become its current ones. Of its old serials,
     /// those in `keep` stay valid after them (the pair the host renewed with, in case the new

@@ -67,6 +67,10 @@ pub struct HostRecord {
     pub registered_at: u64,
     pub last_heartbeat: u64,
     pub memory_used_mb: u64,
+    /// The Muster version its agent last reported (in its heartbeat's `User-Agent`); none
+    /// before its first heartbeat, or from an agent that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 /// DER bytes in a record, as base64; the array of numbers that records written by earlier

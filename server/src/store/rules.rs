@@ -164,6 +164,7 @@ pub fn host_from_reservation(r: &Reservation, now: u64) -> HostRecord {
         registered_at: now,
         last_heartbeat: now,
         memory_used_mb: 0,
+        agent_version: None,
     }
 }
 
@@ -181,7 +182,7 @@ pub enum Expiry {
     /// (`revoke`) are revoked, and `event` audits the use given back, all with its removal.
     Returns {
         revoke: Vec<String>,
-        event: AuditEvent,
+        event: Box<AuditEvent>,
     },
 }
 
@@ -192,7 +193,7 @@ pub fn expiry(r: &Reservation, now: u64) -> Expiry {
     }
     Expiry::Returns {
         revoke: r.serials.clone(),
-        event: returned_event(r, now),
+        event: Box::new(returned_event(r, now)),
     }
 }
 
@@ -424,6 +425,7 @@ mod tests {
             registered_at: 50,
             last_heartbeat: 50,
             memory_used_mb: 0,
+            agent_version: None,
         };
         assert_eq!(h, want);
     }
@@ -437,7 +439,7 @@ mod tests {
             expiry(&r, 150),
             Expiry::Returns {
                 revoke: r.serials.clone(),
-                event: returned_event(&r, 150)
+                event: Box::new(returned_event(&r, 150))
             }
         );
         let done = Reservation {

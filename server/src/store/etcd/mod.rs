@@ -107,11 +107,13 @@ impl EtcdStore {
         Ok(store)
     }
 
-    /// Reads a host, changes it with `f`, writes it back if nobody changed it meanwhile.
+    /// Reads a host, changes it with `f`, writes it back if nobody changed it meanwhile, with
+    /// event `e` about it if there is one.
     async fn update_host(
         &self,
         node_id: &str,
         mut f: impl FnMut(&mut HostRecord) -> Vec<String>,
+        e: Option<&AuditEvent>,
     ) -> StoreResult<Option<HostRecord>> {
         let rest = format!("hosts/{node_id}");
         for _ in 0..MAX_ROUNDS {
@@ -121,11 +123,15 @@ impl EtcdStore {
             let revoke = f(&mut h.value);
             let mut ops = vec![self.conn.put(&rest, &h.value, 0)?];
             ops.extend(self.conn.revoke_ops(&revoke)?);
-            if self
-                .conn
-                .txn(vec![self.conn.unchanged(&rest, Some(h.rev))], ops)
-                .await?
-            {
+            let guards = vec![self.conn.unchanged(&rest, Some(h.rev))];
+            let ran = match e {
+                Some(e) => {
+                    let events = [about_host(e, &h.value)];
+                    self.conn.txn_audited(guards, ops, &events).await?
+                }
+                None => self.conn.txn(guards, ops).await?,
+            };
+            if ran {
                 return Ok(Some(h.value));
             }
         }
@@ -463,13 +469,15 @@ impl Store for EtcdStore {
         node_id: &str,
         now: u64,
         memory_used_mb: u64,
+        agent_version: Option<&str>,
     ) -> StoreResult<Option<HostRecord>> {
-        self.update_host(node_id, |h| {
+        let beat = |h: &mut HostRecord| {
             h.last_heartbeat = now;
             h.memory_used_mb = memory_used_mb;
+            h.agent_version = agent_version.map(str::to_string);
             vec![]
-        })
-        .await
+        };
+        self.update_host(node_id, beat, None).await
     }
 
     async fn set_roles(
@@ -477,13 +485,14 @@ impl Store for EtcdStore {
         node_id: &str,
         roles: &[Role],
         pending: &[Role],
+        e: &AuditEvent,
     ) -> StoreResult<Option<HostRecord>> {
-        self.update_host(node_id, |h| {
+        let set = |h: &mut HostRecord| {
             h.roles = roles.to_vec();
             h.pending_roles = pending.to_vec();
             vec![]
-        })
-        .await
+        };
+        self.update_host(node_id, set, Some(e)).await
     }
 
     async fn replace_certs(
@@ -493,12 +502,16 @@ impl Store for EtcdStore {
         keep: &[String],
         not_after: u64,
     ) -> StoreResult<Option<HostRecord>> {
-        self.update_host(node_id, |h| {
-            let (kept, gone) = rules::split_serials(&h.serials, serials, keep);
-            h.cert_not_after = not_after;
-            h.serials = serials.iter().cloned().chain(kept).collect();
-            gone
-        })
+        self.update_host(
+            node_id,
+            |h| {
+                let (kept, gone) = rules::split_serials(&h.serials, serials, keep);
+                h.cert_not_after = not_after;
+                h.serials = serials.iter().cloned().chain(kept).collect();
+                gone
+            },
+            None,
+        )
         .await
     }
 

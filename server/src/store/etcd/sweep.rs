@@ -123,7 +123,7 @@ async fn expire_one(conn: &Conn, r: &Reservation, rev: i64, end: Expiry) -> Stor
             }
         }
         ops.extend(conn.revoke_ops(&revoke)?);
-        let events = [event];
+        let events = [*event];
         let ran = conn.txn_audited(guards, ops, &events).await?;
         return Ok(if ran { Ran::Yes } else { Ran::No });
     }

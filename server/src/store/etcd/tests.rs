@@ -67,6 +67,7 @@ async fn a_step_whose_answer_was_lost_knows_its_own_writes() -> anyhow::Result<(
         seq: 0,
         at: 60,
         event: "used".into(),
+        actor: Some("token:t".into()),
         token_id: Some("t".into()),
         node_id: Some("n1".into()),
         hostname: Some("h1".into()),
@@ -86,7 +87,7 @@ async fn a_step_whose_answer_was_lost_knows_its_own_writes() -> anyhow::Result<(
     let third = log[2].seq;
 
     // A token's creation whose answer was lost: one token, one event.
-    let created = super::super::event(69, "created", Some("t0"), None, None, None);
+    let created = super::super::event(69, "created", "user:admin", Some("t0"), None, None, None);
     lose_next();
     store
         .insert_token(&token("t0", None), Some(&created))
@@ -97,8 +98,16 @@ async fn a_step_whose_answer_was_lost_knows_its_own_writes() -> anyhow::Result<(
         "created once: {found:?}"
     );
 
-    let revoked = super::super::event(70, "revoked", Some("t"), None, None, None);
-    let left = super::super::event(71, "host_left", None, None, Some("10.0.0.9"), None);
+    let revoked = super::super::event(70, "revoked", "user:admin", Some("t"), None, None, None);
+    let left = super::super::event(
+        71,
+        "host_left",
+        "user:admin",
+        None,
+        None,
+        Some("10.0.0.9"),
+        None,
+    );
     lose_next();
     anyhow::ensure!(
         store.revoke_token("t", &revoked).await?,
@@ -311,7 +320,15 @@ async fn audit_events_are_numbered_by_revision_and_filed_once() -> anyhow::Resul
     let a = store_on(&etcd, "/filed/").await?;
     let b = store_on(&etcd, "/filed/").await?;
     for i in 0..150u64 {
-        let e = super::super::event(1_000 + i, "refused", Some("t"), None, None, None);
+        let e = super::super::event(
+            1_000 + i,
+            "refused",
+            "user:admin",
+            Some("t"),
+            None,
+            None,
+            None,
+        );
         if i % 2 == 0 {
             a.audit(&e).await?
         } else {

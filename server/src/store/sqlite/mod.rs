@@ -497,12 +497,15 @@ impl Store for SqliteStore {
         node_id: &str,
         now: u64,
         memory_used_mb: u64,
+        agent_version: Option<&str>,
     ) -> StoreResult<Option<HostRecord>> {
         let id = node_id.to_string();
+        let version = agent_version.map(str::to_string);
         self.tx(move |tx| {
             update_host(tx, id, |_, h| {
                 h.last_heartbeat = now;
                 h.memory_used_mb = memory_used_mb;
+                h.agent_version = version;
                 Ok(())
             })
         })
@@ -514,14 +517,20 @@ impl Store for SqliteStore {
         node_id: &str,
         roles: &[Role],
         pending: &[Role],
+        e: &AuditEvent,
     ) -> StoreResult<Option<HostRecord>> {
         let (id, roles, pending) = (node_id.to_string(), roles.to_vec(), pending.to_vec());
+        let e = e.clone();
         self.tx(move |tx| {
-            update_host(tx, id, |_, h| {
+            let h = update_host(tx, id, |_, h| {
                 h.roles = roles;
                 h.pending_roles = pending;
                 Ok(())
-            })
+            })?;
+            if let Some(h) = &h {
+                append_audit(tx, &super::about_host(&e, h))?;
+            }
+            Ok(h)
         })
         .await
     }
