@@ -210,11 +210,17 @@ status=0
 unset MUSTER_ROLES_TOKEN
 [ "$status" = 0 ] || exit "$status"
 
-# On a systemd host enrolled in place (no --root), keep it connected. With the package's unit,
-# `muster install` has started it already.
+# On a host enrolled in place (no --root), keep it connected: under systemd with a unit of its
+# own (with the package's unit, `muster install` has started it already); without systemd, say
+# so, and what to run, rather than go quiet until its certificates lapse. (Enrolled into
+# another root, whoever boots that root starts the agent.)
 unit=/etc/systemd/system/muster-agent.service
-if [ -z "${root%/}" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 &&
-    [ ! -e /lib/systemd/system/muster-agent.service ] &&
+if [ -n "${root%/}" ]; then
+    :
+elif [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null 2>&1; then
+    say "warning: no systemd runs here, so no agent was installed: nothing sends this host's heartbeats or renews its certificates, which lapse when they expire (see: $dest status)"
+    say "run the agent under this host's service manager: '$dest agent' (docs/installer.md has an OpenRC service and a cron line), or now: nohup $dest agent >>/var/log/muster-agent.log 2>&1 &"
+elif [ ! -e /lib/systemd/system/muster-agent.service ] &&
     [ ! -e /usr/lib/systemd/system/muster-agent.service ]; then
     if [ -L "$unit" ]; then
         say "warning: $unit is a symbolic link (masked?); left as it is, and the agent not started"

@@ -1,8 +1,7 @@
 //! The `muster` command line and the config file with the same keys.
 
 use crate::exit::{Exit, Failure, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -17,12 +16,7 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Output {
-    Text,
-    Json,
-}
+pub use crate::output::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
@@ -57,6 +51,14 @@ pub enum Cmd {
     Renew(CommonArgs),
     /// Deregister this host and remove what `muster install` wrote.
     Leave(CommonArgs),
+    /// Administer the platform from any machine that reaches a coordinator: tokens, hosts,
+    /// the audit log, status (docs/admin.md).
+    Admin {
+        #[command(flatten)]
+        conn: crate::admin::Conn,
+        #[command(subcommand)]
+        cmd: crate::admin::AdminCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -29,6 +29,9 @@ pub enum Exit {
     HookFailed = 8,
     /// The host is not enrolled (for `status`, `renew`, `agent`, `leave`).
     NotEnrolled = 9,
+    /// (`muster admin`) The coordinator refused the request: wrong credentials, no such token
+    /// or host, a request it does not take. The message names its error code.
+    Refused = 10,
 }
 
 impl Exit {
@@ -49,6 +52,7 @@ impl Exit {
             Exit::LocalWrite => "local_write_failed",
             Exit::HookFailed => "hook_failed",
             Exit::NotEnrolled => "not_enrolled",
+            Exit::Refused => "refused",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod common;
@@ -16,6 +17,7 @@ pub mod install;
 pub mod layout;
 pub mod leave;
 pub mod net;
+pub mod output;
 pub mod owner;
 pub mod progress;
 pub mod recover;

@@ -87,6 +87,9 @@ fn main() -> ExitCode {
             ),
             Cmd::Renew(a) => (a.output, muster::renew::renew(&a).await),
             Cmd::Leave(a) => (a.output, muster::leave::leave(&a).await),
+            Cmd::Admin { conn, cmd } => {
+                (conn.output, muster::admin::commands::run(&conn, &cmd).await)
+            }
             Cmd::Generate { .. } => (Output::Text, Ok(serde_json::Value::Null)),
         }
     });

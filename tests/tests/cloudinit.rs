@@ -96,6 +96,14 @@ fn cloud_init_runcmd_one_liner_enrolls_the_instance_and_logs_a_refusal() -> R {
         !log.contains(&token),
         "the token reached cloud-init-output.log"
     );
+    // No systemd runs in this instance: the one-liner says no agent was installed, and what
+    // to run instead, and writes no unit.
+    assert!(
+        log.contains("warning: no systemd runs here, so no agent was installed")
+            && log.contains("/usr/local/bin/muster agent"),
+        "{log}"
+    );
+    assert!(!o.path("etc/systemd/system/muster-agent.service").exists());
     assert!(r.stdout.contains("\"enrolled\":true"), "{r:?}");
     assert_eq!(o.stat("/etc/muster/tls/node.key")?, "muster:muster 600");
     assert!(c.hostnames()?.contains(&"ci-one-liner".to_string()));
