@@ -113,6 +113,11 @@ fn muster_admin_drives_tokens_hosts_audit_and_status_from_a_profile() -> R {
         "{status}"
     );
     assert_eq!(status["expiring"][0]["hostname"], "cli-host-1", "{status}");
+    assert_eq!(
+        status["coordinators"],
+        serde_json::json!([]),
+        "no host has the role"
+    );
     assert_eq!(json(&["status"])?["expiring"], serde_json::json!([]));
 
     // --follow: the events there, then each new one as it comes, a JSON object a line.

@@ -374,6 +374,16 @@ async fn status(api: &Api, within: u64, text: bool) -> Result<Value> {
     let ready = api.probe("/readyz").await;
     let r: RunnersReply = api.get(paths::RUNNERS).await?;
     let connected = r.runners.iter().filter(|h| h.connected).count();
+    // The platform's coordinators, as enrolled hosts with the role.
+    let coordinators: Vec<&RunnerInfo> = r
+        .runners
+        .iter()
+        .filter(|h| {
+            h.roles
+                .iter()
+                .any(|x| x.role_name == muster_protocol::Role::Coordinator)
+        })
+        .collect();
     let by = now().saturating_add(within);
     let mut expiring: Vec<&RunnerInfo> = r
         .runners
@@ -396,6 +406,17 @@ async fn status(api: &Api, within: u64, text: bool) -> Result<Value> {
                 "store NOT reachable"
             }
         );
+        for h in &coordinators {
+            let state = if h.connected {
+                "connected"
+            } else {
+                "NOT heard from"
+            };
+            println!(
+                "coordinator host {} ({}): {state}",
+                h.public_hostname, h.runner_id
+            );
+        }
         println!(
             "hosts: {} registered, {} connected, {} not heard from",
             r.runners.len(),
@@ -428,6 +449,11 @@ async fn status(api: &Api, within: u64, text: bool) -> Result<Value> {
         "ready": ready,
         "hosts": r.runners.len(),
         "connected": connected,
+        "coordinators": coordinators.iter().map(|h| json!({
+            "node_id": h.runner_id,
+            "hostname": h.public_hostname,
+            "connected": h.connected,
+        })).collect::<Vec<_>>(),
         "expiring": expiring.iter().map(|h| json!({
             "node_id": h.runner_id,
             "hostname": h.public_hostname,
