@@ -230,3 +230,23 @@ fn the_circle_check_sees_circles_and_only_circles() -> R {
     assert_eq!(circle(&g), None);
     Ok(())
 }
+
+/// Every error code the API can answer has its meaning and what to do in
+/// docs/troubleshooting.md, and every exit code of `muster` too.
+#[test]
+fn every_error_code_and_exit_code_is_in_the_troubleshooting_page() -> R {
+    let page = std::fs::read_to_string(workspace().join("docs/troubleshooting.md"))?;
+    let missing: Vec<&str> = muster_protocol::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .filter(|c| !page.contains(&format!("| `{c}` |")))
+        .collect();
+    assert!(missing.is_empty(), "codes not in docs/troubleshooting.md: {missing:?}");
+    for exit in 2..=10 {
+        assert!(
+            page.contains(&format!("| {exit} |")),
+            "exit {exit} is not in docs/troubleshooting.md"
+        );
+    }
+    Ok(())
+}
