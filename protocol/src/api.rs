@@ -29,6 +29,14 @@ pub struct CreateTokenRequest {
     /// Beyond ECE: source networks (CIDR) joins must come from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_sources: Vec<String>,
+    /// Beyond ECE: what the token is for, for people (at most 200 characters, no control
+    /// characters); kept with the token and listed with it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub description: Option<String>,
 }
 
 /// An optional field that, when given, holds a value: `null` is refused as the schema's type
@@ -80,6 +88,9 @@ pub struct TokenInfo {
     pub uses: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_sources: Vec<String>,
+    /// Beyond ECE: what the token is for, as given when it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// `GET …/enrollment-tokens`.

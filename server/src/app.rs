@@ -125,7 +125,7 @@ impl App {
         source: Option<IpAddr>,
     ) -> Result<CreateTokenReply, ApiError> {
         let (roles, kind) = tokens::check_request(req)?;
-        let (tok, rec) = self.platform.make_token(
+        let (tok, mut rec) = self.platform.make_token(
             None,
             kind,
             roles,
@@ -135,6 +135,7 @@ impl App {
             &self.advertise,
             self.now(),
         )?;
+        rec.description = req.description.clone();
         let source = source.map(|s| s.to_string());
         let created = event(
             rec.created,

@@ -413,6 +413,7 @@ impl Platform {
             uses: 0,
             allowed_sources,
             revoked: false,
+            description: None,
         };
         Ok((token, rec))
     }

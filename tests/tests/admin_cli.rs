@@ -56,6 +56,8 @@ fn muster_admin_drives_tokens_hosts_audit_and_status_from_a_profile() -> R {
         "allocator",
         "--validity",
         "2h",
+        "--description",
+        "allocators for rack 12",
     ])?;
     let (tok, id) = (
         made["token"].as_str().unwrap_or_default().to_string(),
@@ -67,6 +69,23 @@ fn muster_admin_drives_tokens_hosts_audit_and_status_from_a_profile() -> R {
     assert_eq!(h.install(&c.host(), &tok, &[])?.code, 0);
 
     let shown = json(&["tokens", "show", &id])?;
+    assert_eq!(shown["description"], "allocators for rack 12", "{shown}");
+    // A description that could rewrite a terminal is refused, naming what is wrong.
+    let r = admin(
+        &[
+            "--config",
+            &config,
+            "tokens",
+            "create",
+            "--roles",
+            "proxy",
+            "--description",
+            "rack\u{1b}[2J",
+        ],
+        &[],
+    )?;
+    assert_eq!(r.code, 10, "{r:?}");
+    assert!(r.stderr.contains("description must be"), "{r:?}");
     assert_eq!(
         (shown["uses"].as_u64(), shown["kind"].as_str()),
         (Some(1), Some("ephemeral"))

@@ -241,7 +241,10 @@ fn every_error_code_and_exit_code_is_in_the_troubleshooting_page() -> R {
         .map(|c| c.as_str())
         .filter(|c| !page.contains(&format!("| `{c}` |")))
         .collect();
-    assert!(missing.is_empty(), "codes not in docs/troubleshooting.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "codes not in docs/troubleshooting.md: {missing:?}"
+    );
     for exit in 2..=10 {
         assert!(
             page.contains(&format!("| {exit} |")),

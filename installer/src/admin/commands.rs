@@ -106,11 +106,20 @@ fn token_row(t: &TokenInfo) -> Vec<String> {
         date(t.created),
         t.expires.map_or("never".into(), date),
         uses,
+        t.description.clone().unwrap_or_default(),
     ]
 }
 
 async fn tokens(api: &Api, cmd: &TokensCmd, text: bool) -> Result<Value> {
-    let header = ["ID", "KIND", "ROLES", "CREATED", "EXPIRES", "USES"];
+    let header = [
+        "ID",
+        "KIND",
+        "ROLES",
+        "CREATED",
+        "EXPIRES",
+        "USES",
+        "DESCRIPTION",
+    ];
     match cmd {
         TokensCmd::List => {
             let r: ListTokensReply = api.get(paths::TOKENS).await?;
@@ -141,6 +150,7 @@ async fn tokens(api: &Api, cmd: &TokensCmd, text: bool) -> Result<Value> {
             validity,
             max_uses,
             allowed_sources,
+            description,
         } => {
             let req = CreateTokenRequest {
                 persistent: *persistent,
@@ -151,6 +161,7 @@ async fn tokens(api: &Api, cmd: &TokensCmd, text: bool) -> Result<Value> {
                     .transpose()?,
                 max_uses: *max_uses,
                 allowed_sources: allowed_sources.clone(),
+                description: description.clone(),
             };
             let path = format!("{}?install_command=true", paths::TOKENS);
             let r: CreateTokenReply = api.call(Method::POST, &path, Some(&req)).await?;

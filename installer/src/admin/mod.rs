@@ -67,7 +67,7 @@ pub enum AdminCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum TokensCmd {
-    /// Live tokens: id, kind, roles, created, expires, uses.
+    /// Live tokens: id, kind, roles, created, expires, uses, description.
     List,
     /// One token, by id.
     Show {
@@ -91,6 +91,9 @@ pub enum TokensCmd {
         /// Networks joins must come from, comma-separated CIDRs.
         #[arg(long, value_delimiter = ',')]
         allowed_sources: Vec<String>,
+        /// What the token is for, kept with it and listed with it (at most 200 characters).
+        #[arg(long)]
+        description: Option<String>,
     },
     /// Revoke a token, by id: every coordinator refuses it from now on.
     Revoke {

@@ -588,6 +588,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 validity_in_seconds: validity,
                 max_uses,
                 allowed_sources: allowed_source,
+                description: None,
             };
             let reply = app
                 .create_token(&req, crate::store::actor::LOCAL, None)

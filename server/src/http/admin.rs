@@ -63,6 +63,7 @@ fn token_info(t: &TokenRecord) -> TokenInfo {
         max_uses: t.max_uses,
         uses: t.uses,
         allowed_sources: t.allowed_sources.clone(),
+        description: t.description.clone(),
     }
 }
 

@@ -91,6 +91,7 @@ mod tests {
             uses: 0,
             allowed_sources: vec![],
             revoked: false,
+            description: None,
         };
         let r = TokenRecords::default();
         r.insert("t1", rec.clone(), 100 + TOKEN_RECORD_SECONDS, 100);

@@ -14,6 +14,9 @@ use muster_protocol::{ErrorCode, Role};
 pub const MAX_TOKEN_VALIDITY_SECS: u64 = 10 * 365 * 86_400;
 
 /// The roles and kind a token request asks for, once every field is checked.
+/// The longest description a token may carry, in characters.
+pub const MAX_DESCRIPTION: usize = 200;
+
 pub fn check_request(req: &CreateTokenRequest) -> Result<(Vec<Role>, TokenKind), ApiError> {
     let roles = parse_roles(&req.roles)?;
     for s in &req.allowed_sources {
@@ -31,6 +34,14 @@ pub fn check_request(req: &CreateTokenRequest) -> Result<(Vec<Role>, TokenKind),
                 format!(
                     "validity_in_seconds must be from 1 to {MAX_TOKEN_VALIDITY_SECS} (ten years); for a token that does not expire, ask for a persistent one"
                 ),
+            ));
+        }
+    }
+    if let Some(d) = &req.description {
+        if d.chars().count() > MAX_DESCRIPTION || d.chars().any(char::is_control) {
+            return Err(ApiError::new(
+                ErrorCode::RequestInvalid,
+                format!("description must be at most {MAX_DESCRIPTION} characters, none of them control characters"),
             ));
         }
     }

@@ -16,6 +16,7 @@ pub fn token(id: &str, max_uses: Option<u32>) -> TokenRecord {
         uses: 0,
         allowed_sources: vec![],
         revoked: false,
+        description: None,
     }
 }
 

@@ -21,6 +21,10 @@ pub struct TokenRecord {
     pub uses: u32,
     pub allowed_sources: Vec<String>,
     pub revoked: bool,
+    /// What the token is for, as given when it was made (checked then: at most 200
+    /// characters, no control characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// A join that answered with a bundle but is not committed yet.
