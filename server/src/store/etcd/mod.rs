@@ -35,14 +35,15 @@
 //! etcd dropping them on its own would do neither.
 //!
 //! A watch on `tokens/` drops a revoked token on every coordinator at once: each keeps the
-//! revoked token records the watch delivers and refuses them without asking etcd again.
+//! revoked token records the watch delivers and refuses them without asking etcd again. A
+//! watch on `hostname/` keeps the registered names, so a join under a new name asks nothing.
 //! Revocation is final, so such a record never goes stale. Every other token record a step
 //! decides on is either read from etcd (linearizable) or guarded by its mod revision in the
 //! step's transaction, so a watch event still in flight can never let a revoked token through.
 //!
 //! The store itself is here; the rest is split by concern, each part using only those listed
 //! before it: [`conn`] connects and fails over, [`txn`] runs guarded transactions and tells a
-//! lost answer, [`watch`] keeps the revoked tokens, [`hints`] what the next step may skip
+//! lost answer, [`watch`] keeps the revoked tokens and the host names, [`hints`] what the next step may skip
 //! reading, [`sweep`] expires reservations. Every
 //! decision of a step is one of [`rules`](crate::store::rules), as for SQLite.
 
@@ -60,7 +61,7 @@ use conn::{decode, json, Conn};
 use etcd_client::{GetOptions, TxnOp};
 use std::sync::Arc;
 use txn::{audit_key, contended, Ran, AUDIT_WAITING, MAX_ROUNDS};
-use watch::{watch_tokens, TokenCopy};
+use watch::{watch, NameCopy, TokenCopy};
 
 /// Where a token with no use limit counts the join of `node_id`.
 fn use_key(token_id: &str, node_id: &str) -> String {
@@ -74,12 +75,15 @@ pub struct EtcdStore {
     conn: Conn,
     hints: hints::Hints,
     tokens_seen: Arc<TokenCopy>,
-    watcher: tokio::task::JoinHandle<()>,
+    names_seen: Arc<NameCopy>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
-        self.watcher.abort();
+        for w in &self.watchers {
+            w.abort();
+        }
     }
 }
 
@@ -88,16 +92,25 @@ impl EtcdStore {
     pub async fn connect(cfg: &crate::config::EtcdConfig) -> anyhow::Result<EtcdStore> {
         let conn = Conn::connect(cfg).await?;
         let tokens_seen = Arc::new(TokenCopy::default());
-        let watcher = tokio::spawn(watch_tokens(
-            conn.clients.clone(),
-            conn.key("tokens/"),
-            tokens_seen.clone(),
-        ));
+        let names_seen = Arc::new(NameCopy::default());
+        let watchers = vec![
+            tokio::spawn(watch(
+                conn.clients.clone(),
+                conn.key("tokens/"),
+                tokens_seen.clone(),
+            )),
+            tokio::spawn(watch(
+                conn.clients.clone(),
+                conn.key("hostname/"),
+                names_seen.clone(),
+            )),
+        ];
         let store = EtcdStore {
             conn,
             hints: hints::Hints::default(),
             tokens_seen,
-            watcher,
+            names_seen,
+            watchers,
         };
         store
             .conn
@@ -454,6 +467,12 @@ impl Store for EtcdStore {
     }
 
     async fn host_named(&self, hostname: &str) -> StoreResult<Option<HostRecord>> {
+        // A name the watch never heard of is not asked about: a join under a new name reads
+        // nothing here. (Registered meanwhile elsewhere, it is caught by the commit's guard on
+        // the name, and refused there if it may not be replaced.)
+        if self.names_seen.has(hostname) == Some(false) {
+            return Ok(None);
+        }
         match self
             .conn
             .get::<String>(&format!("hostname/{hostname}"))
