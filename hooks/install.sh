@@ -193,6 +193,17 @@ mkdir -p "$bindir" || die 7 "cannot make $bindir"
     { sync "$dest.new" 2>/dev/null || sync; } && mv -f "$dest.new" "$dest"; } ||
     die 7 "cannot install $dest"
 say "installed $dest ($actual)"
+# What this script made, for `muster leave --purge` to undo: one word a line (binary, user,
+# unit), in a file only root may write.
+made() {
+    record=${root%/}/usr/local/lib/muster/one-liner
+    if ! { mkdir -p "${record%/*}" && touch "$record" && chmod 0644 "$record"; }; then
+        say "warning: could not record $record; muster leave --purge will not remove the $1"
+    elif ! grep -qx "$1" "$record"; then
+        printf '%s\n' "$1" >>"$record"
+    fi
+}
+made binary
 
 # Node keys belong to the `muster` system user, as the OS packages make it.
 if [ "$owner_given" = 0 ] && ! grep -q '^muster:' "${root%/}/etc/passwd" 2>/dev/null; then
@@ -202,6 +213,7 @@ if [ "$owner_given" = 0 ] && ! grep -q '^muster:' "${root%/}/etc/passwd" 2>/dev/
         --no-create-home --shell /usr/sbin/nologin muster ||
         die 7 "could not make the muster system user"
     say "made the muster system user"
+    made user
 fi
 
 status=0
@@ -245,5 +257,6 @@ WantedBy=multi-user.target
 UNIT
         say "warning: could not start muster-agent.service; run: systemctl enable --now muster-agent"
     fi
+    [ ! -e "$unit" ] || made unit
 fi
 exit 0

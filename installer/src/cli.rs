@@ -50,7 +50,14 @@ pub enum Cmd {
     /// Renew this host's certificates now (new keys, new certificates).
     Renew(CommonArgs),
     /// Deregister this host and remove what `muster install` wrote.
-    Leave(CommonArgs),
+    Leave {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Then remove what the one-liner installed too: the agent's unit, the muster user it
+        /// made, the binary (a package's files are the package manager's).
+        #[arg(long)]
+        purge: bool,
+    },
     /// Administer the platform from any machine that reaches a coordinator: tokens, hosts,
     /// the audit log, status (docs/admin.md).
     Admin {

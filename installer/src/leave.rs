@@ -1,6 +1,7 @@
-//! `muster leave`: deregisters this host and removes its files.
+//! `muster leave`: deregisters this host and removes its files; with `--purge`, then what the
+//! one-liner installed (`purge`).
 //!
-//! Depends on `enrolled`, `renewal`, `replace`, `common`, `layout`, `cli` and `exit`.
+//! Depends on `enrolled`, `renewal`, `replace`, `common`, `layout`, `purge`, `cli` and `exit`.
 
 use crate::cli::{CommonArgs, Output};
 use crate::common::client;
@@ -11,7 +12,35 @@ use crate::renewal::finish_renewal;
 use muster_protocol::paths;
 use muster_protocol::ErrorCode;
 
-pub async fn leave(a: &CommonArgs) -> Result<serde_json::Value> {
+pub async fn leave(a: &CommonArgs, purge: bool) -> Result<serde_json::Value> {
+    // A host that left already (or was never enrolled) still has its one-liner's things purged.
+    if purge && enrolled(&a.root).is_err_and(|f| f.exit == Exit::NotEnrolled) {
+        let purged = crate::purge::purge(&a.root)?;
+        if a.output == Output::Text {
+            eprintln!("not enrolled; purged {}", described(&purged));
+        }
+        return Ok(serde_json::json!({"result": "purged", "purged": purged}));
+    }
+    let mut out = left(a).await?;
+    if purge {
+        let purged = crate::purge::purge(&a.root)?;
+        if a.output == Output::Text {
+            eprintln!("purged {}", described(&purged));
+        }
+        out["purged"] = serde_json::json!(purged);
+    }
+    Ok(out)
+}
+
+fn described(purged: &[String]) -> String {
+    if purged.is_empty() {
+        "nothing: no one-liner's record here (a package's files are the package manager's)".into()
+    } else {
+        purged.join(", ")
+    }
+}
+
+async fn left(a: &CommonArgs) -> Result<serde_json::Value> {
     enrolled(&a.root)?;
     let lock = layout::lock(&a.root)?;
     // A renewal killed half-way is finished first: its new key is what the coordinator knows.

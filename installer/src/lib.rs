@@ -20,6 +20,7 @@ pub mod net;
 pub mod output;
 pub mod owner;
 pub mod progress;
+pub mod purge;
 pub mod recover;
 pub mod renew;
 pub mod renewal;

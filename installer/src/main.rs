@@ -86,7 +86,9 @@ fn main() -> ExitCode {
                 muster::agent::agent(&common, interval, count).await,
             ),
             Cmd::Renew(a) => (a.output, muster::renew::renew(&a).await),
-            Cmd::Leave(a) => (a.output, muster::leave::leave(&a).await),
+            Cmd::Leave { common, purge } => {
+                (common.output, muster::leave::leave(&common, purge).await)
+            }
             Cmd::Admin { conn, cmd } => {
                 (conn.output, muster::admin::commands::run(&conn, &cmd).await)
             }

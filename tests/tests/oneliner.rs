@@ -450,3 +450,56 @@ fn cloud_init_examples_pass_cloud_inits_schema_check() -> R {
     assert!(!out.status.success(), "a bad file passed");
     Ok(())
 }
+
+/// `muster leave --purge` undoes the one-liner: the host leaves, and the muster user and the
+/// binary the one-liner made go with the record of them; every other file is as it was before
+/// the one-liner ran (the account files aside, which useradd and userdel rewrite and back up).
+#[test]
+fn leave_purge_undoes_the_one_liner() -> R {
+    let c = serving_coordinator()?;
+    let (token, _, line) = c.token_with_line(r#"{"persistent":false,"roles":["allocator"]}"#)?;
+    let h = Host::new("purged")?;
+    // No muster user yet: the one-liner makes it.
+    std::fs::write(h.path("etc/passwd"), "root:x:0:0::/root:/bin/sh\n")?;
+    std::fs::write(h.path("etc/group"), "root:x:0:\n")?;
+    let accounts = |rel: &str| {
+        rel.starts_with("etc/passwd") || rel.starts_with("etc/group") || rel == "etc/.pwd.lock"
+    };
+    let files = |root: &Path| -> anyhow::Result<Vec<(String, String)>> {
+        Ok(tree(root)?
+            .into_iter()
+            .filter(|(rel, what)| !what.ends_with(" dir") && !accounts(rel))
+            .collect())
+    };
+    let before = files(h.root.path())?;
+    let r = typed(&local(&line, &h))?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("made the muster system user"), "{r:?}");
+    assert!(!r.stderr.contains(&token) && !r.stdout.contains(&token));
+    assert!(std::fs::read_to_string(h.path("etc/passwd"))?.contains("\nmuster:"));
+    assert_eq!(
+        std::fs::read_to_string(h.path("usr/local/lib/muster/one-liner"))?,
+        "binary\nuser\n"
+    );
+    let lv = Run::from(
+        Command::new(h.path("usr/local/bin/muster"))
+            .args(["leave", "--purge", "--output", "json", "--root"])
+            .arg(h.root.path())
+            .output()?,
+    );
+    assert_eq!(lv.code, 0, "{lv:?}");
+    assert_eq!(lv.json()["result"], "left", "{lv:?}");
+    assert_eq!(
+        lv.json()["purged"],
+        serde_json::json!(["user muster", "group muster", "/usr/local/bin/muster"]),
+        "{lv:?}"
+    );
+    assert!(!std::fs::read_to_string(h.path("etc/passwd"))?.contains("muster:"));
+    assert!(!std::fs::read_to_string(h.path("etc/group"))?.contains("muster:"));
+    assert_eq!(files(h.root.path())?, before);
+    assert!(
+        !c.hostnames()?.contains(&"purged".to_string()),
+        "deregistered"
+    );
+    Ok(())
+}
