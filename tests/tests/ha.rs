@@ -1,6 +1,7 @@
 //! Several coordinators over one real etcd cluster: shared tokens, revocation seen by every
 //! coordinator at once, a one-use token raced through two coordinators, failover when a
-//! coordinator dies mid-enrollment, and an etcd member lost during enrollments.
+//! coordinator dies mid-enrollment, an etcd member lost during enrollments, and `muster admin`
+//! on one coordinator following what is done through the other.
 
 use crate::common::*;
 use muster_tests::*;
@@ -282,5 +283,110 @@ fn coordinators_reach_etcd_over_mutual_tls_and_refuse_to_start_without_a_client_
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("etcd"), "{err}");
+    Ok(())
+}
+
+/// `muster admin` against two coordinators on etcd: `audit --follow` on the first shows the
+/// token made and revoked through the second, who did it, and the host enrolled through it;
+/// `hosts list` on either lists the same host.
+#[test]
+fn muster_admin_on_one_coordinator_follows_what_the_other_does() -> R {
+    use std::io::{BufRead, BufReader};
+    let etcd = Etcd::start(1)?;
+    let (c1, c2) = pair(&etcd)?;
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("key");
+    std::fs::write(&key, format!("{}\n", c1.secret("api_key")))?;
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let admin = |c: &Coordinator, args: &[&str]| {
+        let mut cmd = Command::new(bin("muster"));
+        cmd.arg("admin")
+            .args(args)
+            .env("MUSTER_COORDINATOR", c.host())
+            .env("MUSTER_CA_FILE", c.data().join("ca.pem"))
+            .env("MUSTER_API_KEY_FILE", &key)
+            // No profile file: the environment says it all.
+            .env("HOME", dir.path())
+            .env_remove("MUSTER_ADMIN_CONFIG")
+            .env_remove("MUSTER_API_KEY");
+        cmd
+    };
+    let mut follow = admin(&c1, &["--output", "json", "audit", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = follow
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Through the second coordinator: a token, a host enrolled with it, the token revoked.
+    let create = [
+        "--output",
+        "json",
+        "tokens",
+        "create",
+        "--roles",
+        "proxy",
+        "--persistent",
+    ];
+    let made = Run::from(admin(&c2, &create).output()?);
+    assert_eq!(made.code, 0, "{made:?}");
+    let (tok, id) = (
+        made.json()["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        made.json()["token_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let h = Host::new("followed-1")?;
+    assert_eq!(h.install(&c2.host(), &tok, &[])?.code, 0);
+    let revoked = Run::from(admin(&c2, &["tokens", "revoke", &id]).output()?);
+    assert_eq!(revoked.code, 0, "{revoked:?}");
+
+    // The first coordinator's follower sees all of it, in order, with who acted.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !seen.iter().any(|(e, _)| e == "revoked") && std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            let e: serde_json::Value = serde_json::from_str(&line)?;
+            if e["token_id"] == id.as_str() {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                seen.push((s("event"), s("actor")));
+            }
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let holder = format!("token:{id}");
+    let want: Vec<(String, String)> = [
+        ("created", "api-key"),
+        ("used", holder.as_str()),
+        ("committed", holder.as_str()),
+        ("revoked", "api-key"),
+    ]
+    .iter()
+    .map(|(e, a)| (e.to_string(), a.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+    // Either coordinator lists the host.
+    for c in [&c1, &c2] {
+        let hosts = Run::from(admin(c, &["--output", "json", "hosts", "list"]).output()?);
+        assert_eq!(
+            hosts.json()["runners"][0]["public_hostname"],
+            "followed-1",
+            "{hosts:?}"
+        );
+    }
     Ok(())
 }
