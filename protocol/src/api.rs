@@ -233,7 +233,8 @@ pub struct AuditEvent {
     pub at: u64,
     /// `created`, `used`, `refused`, `revoked`, `expired`, `returned`.
     pub event: String,
-    /// Who acted: `user:NAME` (the admin user), `api-key` (the platform's API key), `local` (a
+    /// Who acted: `user:NAME` (the admin user), `api-key:NAME` (an API key; `api-key:bootstrap`
+    /// is the one `musterd init` made, `api-key` in events written before keys had names), `local` (a
     /// `musterd` command on the coordinator), `token:ID` (the holder of a roles token: its
     /// joins, commits and refusals, or a recovery with the emergency token), `host:NODE_ID` (a
     /// host about itself), `musterd` (the coordinator on its own: expiries). Events written
@@ -251,6 +252,116 @@ pub struct AuditEvent {
     /// For a refusal: the error code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What an event about a credential is about: `api-key:NAME` or `user:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// `POST /api/v1/users/auth/keys`: ECE's `CreateApiKeyRequest`, with a name added.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    /// What the key is for (at most 200 characters, no control characters).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub description: Option<String>,
+    /// Beyond ECE: the key's name, which audit events show as `api-key:NAME` (1 to 64 of
+    /// `a-z 0-9 . _ -`, any case, kept in lower case). Without it, Muster picks `key-XXXXXXXX`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub name: Option<String>,
+    /// ECE's re-authentication field; Muster reads and ignores it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub authentication_token: Option<String>,
+}
+
+/// One API key as ECE's `ApiKeyResponse` shows it; `key` only in the answer that made it.
+/// Its `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyInfo {
+    /// The key's name.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// RFC 3339.
+    pub creation_date: String,
+    /// The admin user the key acts for.
+    pub user_id: String,
+    /// Beyond ECE: who made it (an audit actor, such as `user:admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// Beyond ECE: when it was revoked (RFC 3339); a revoked key opens nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_date: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKeyInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyInfo")
+            .field("id", &self.id)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("description", &self.description)
+            .field("creation_date", &self.creation_date)
+            .field("created_by", &self.created_by)
+            .field("revoked_date", &self.revoked_date)
+            .finish()
+    }
+}
+
+/// `GET /api/v1/users/auth/keys`: ECE's `ApiKeysResponse`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeysReply {
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+/// `PATCH /api/v1/user`: the part of ECE's user update Muster reads, the password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateUserRequest {
+    #[serde(default)]
+    pub security: Option<UserSecurity>,
+}
+
+/// The new password (12 to 256 characters, no control characters) and, as a re-authentication
+/// that a stolen session or API key cannot give, the current one. Its `Debug` leaves both out.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSecurity {
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub current_password: Option<String>,
+}
+
+impl std::fmt::Debug for UpdateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpdateUserRequest { .. }")
+    }
+}
+
+impl std::fmt::Debug for UserSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserSecurity { .. }")
+    }
+}
+
+/// The answer to `PATCH /api/v1/user`: ECE's `UserMetadata`, in part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserReply {
+    pub user_name: String,
+    /// RFC 3339: when the password was last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_changed: Option<String>,
 }
 
 /// `GET …/enrollment-tokens/_audit`.

@@ -143,6 +143,14 @@ codes! {
     /// ECE's answer to a token request that does not read on `…/enrollment-tokens` (Muster's
     /// finer reason is in the message).
     EceTokenRequest = "enrollment_tokens.invalid_token_request",
+    /// ECE's answer to an API key request that does not read.
+    ApiKeyInvalid = "api_keys.invalid_input",
+    /// ECE's answer for an API key it does not know.
+    ApiKeyNotFound = "api_keys.key_not_found",
+    /// An API key of that name exists (revoked ones too: names are not reused).
+    ApiKeyNameTaken = "api_keys.name_taken",
+    /// Changing the admin password takes the current one (`security.current_password`).
+    PasswordRequired = "auth.password_required",
     /// ECE's answer on `…/enrollment-tokens/{token}` for a token or id it does not know.
     EceTokenId = "enrollment_tokens.invalid_token_id",
     /// ECE's answer on `…/runners/{runner_id}` for a runner it does not know.

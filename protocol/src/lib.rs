@@ -47,6 +47,10 @@ pub mod paths {
     pub const HEARTBEAT: &str = "/api/v1/node/heartbeat";
     pub const RENEW: &str = "/api/v1/node/renew";
     pub const LEAVE: &str = "/api/v1/node/leave";
+    /// ECE's API keys of the current user.
+    pub const API_KEYS: &str = "/api/v1/users/auth/keys";
+    /// ECE's current user (the admin password).
+    pub const CURRENT_USER: &str = "/api/v1/user";
     pub const ES_ENROLL_NODE: &str = "/_security/enroll/node";
     pub const INSTALL_SH: &str = "/install.sh";
     pub const INSTALL_SCRIPT: &str = "/install.sh";

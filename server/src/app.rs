@@ -60,7 +60,12 @@ impl App {
         let serving_key = platform.serving_key.take().unwrap_or(local_key);
         let advertise = config.advertise_or_default();
         let metrics = Arc::new(Metrics::default());
-        let auth = Auth::new(&platform, config.login_failures_per_minute, metrics.clone());
+        let auth = Auth::new(
+            &platform,
+            store.clone(),
+            config.login_failures_per_minute,
+            metrics.clone(),
+        );
         let admission = Admission::new(
             store.clone(),
             platform.verify_key.clone(),
@@ -94,6 +99,17 @@ impl App {
             platform: &self.platform,
             names: &self.names,
             validity: time::Duration::days(self.config.cert_validity_days.into()),
+        }
+    }
+
+    /// The named API keys.
+    pub fn keys(&self) -> crate::service::credentials::Keys<'_> {
+        crate::service::credentials::Keys {
+            store: self.store.as_ref(),
+            key: self.platform.credential_key(),
+            user: &self.platform.admin_user,
+            bootstrap_hash: &self.platform.api_key_hash,
+            platform_created: self.platform.created,
         }
     }
 

@@ -43,9 +43,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-        NotFound | TokenUnknown | JoinUnknown | NodeUnknown | EceTokenId | EceRunnerNotFound => {
-            StatusCode::NOT_FOUND
-        }
+        NotFound | ApiKeyNotFound | TokenUnknown | JoinUnknown | NodeUnknown | EceTokenId
+        | EceRunnerNotFound => StatusCode::NOT_FOUND,
         TokenMalformed
         | TokenAlgorithm
         | TokenSignature
@@ -62,9 +61,10 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         DirectorOnly | FeatureDisabled | RecoveryToken => StatusCode::FORBIDDEN,
         RecoveryRole => StatusCode::BAD_REQUEST,
         RecoveryStore => StatusCode::CONFLICT,
-        TokenNotDeletable | HostReplaceRoles => StatusCode::CONFLICT,
+        TokenNotDeletable | HostReplaceRoles | ApiKeyNameTaken => StatusCode::CONFLICT,
+        PasswordRequired => StatusCode::FORBIDDEN,
         RequestInvalid | RoleUnknown | CsrInvalid | CsrKeyType | CsrCa | CsrSan
-        | EceTokenRequest | EceSetRolesFailed => StatusCode::BAD_REQUEST,
+        | EceTokenRequest | EceSetRolesFailed | ApiKeyInvalid => StatusCode::BAD_REQUEST,
         StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

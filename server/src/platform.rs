@@ -154,6 +154,8 @@ pub struct Platform {
     pub admin_password_hash: String,
     pub api_key_hash: String,
     pub emergency_token_id: String,
+    /// When `musterd init` made it (unix seconds).
+    pub created: u64,
     /// The platform's TLS serving key, shared by its coordinators (None for a platform made
     /// before it was kept there).
     pub serving_key: Option<crate::pki::ServingKey>,
@@ -180,6 +182,45 @@ pub fn sha256_hex(s: &[u8]) -> String {
     hex::encode(Sha256::digest(s))
 }
 
+/// An argon2id hash of an admin password, in the PHC string form.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?
+        .to_string())
+}
+
+/// The key that signs credential records kept outside the platform record (API keys, a
+/// changed admin password): derived from the sealed PSK key, so only a coordinator that
+/// unsealed the platform makes or accepts one.
+#[derive(Clone)]
+pub struct CredentialKey(ring::hmac::Key);
+
+impl CredentialKey {
+    /// Hex HMAC-SHA256 over `parts`, each preceded by its length.
+    pub fn mac(&self, parts: &[&str]) -> String {
+        hex::encode(ring::hmac::sign(&self.0, &Self::message(parts)).as_ref())
+    }
+
+    /// Whether `mac` is [`CredentialKey::mac`] of `parts`, compared in constant time.
+    pub fn verify(&self, parts: &[&str], mac: &str) -> bool {
+        hex::decode(mac)
+            .map(|given| ring::hmac::verify(&self.0, &Self::message(parts), &given).is_ok())
+            .unwrap_or(false)
+    }
+
+    fn message(parts: &[&str]) -> Vec<u8> {
+        let mut m = Vec::new();
+        for p in parts {
+            m.extend_from_slice(&(p.len() as u64).to_be_bytes());
+            m.extend_from_slice(p.as_bytes());
+        }
+        m
+    }
+}
+
 impl Platform {
     /// Creates a platform in `store`; refuses if it already holds one.
     pub async fn init(
@@ -203,14 +244,7 @@ impl Platform {
         let psk_key = random_secret(32);
         let admin_password = random_secret(24);
         let api_key = random_secret(32);
-        let admin_password_hash = {
-            use argon2::password_hash::{PasswordHasher, SaltString};
-            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-            argon2::Argon2::default()
-                .hash_password(admin_password.as_bytes(), &salt)
-                .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?
-                .to_string()
-        };
+        let admin_password_hash = hash_password(&admin_password)?;
         let emergency_token_id = uuid::Uuid::new_v4().to_string();
         let public = Public {
             created: now,
@@ -355,6 +389,7 @@ impl Platform {
             admin_password_hash: p.admin_password_hash.clone(),
             api_key_hash: p.api_key_hash.clone(),
             emergency_token_id: p.emergency_token_id.clone(),
+            created: p.created,
             serving_key: s
                 .serving_key
                 .as_deref()
@@ -420,6 +455,16 @@ impl Platform {
 
     fn psk_hmac(&self) -> ring::hmac::Key {
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.psk_key)
+    }
+
+    /// The key of credential records ([`CredentialKey`]). Derived under a label that is no
+    /// node id (node ids are UUIDs), so it is no host's PSK.
+    pub fn credential_key(&self) -> CredentialKey {
+        let derived = ring::hmac::sign(&self.psk_hmac(), b"muster credential records: v1");
+        CredentialKey(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            derived.as_ref(),
+        ))
     }
 
     /// The PSK of a node: an HMAC of its id, so a retried join gets the same one back without

@@ -442,11 +442,11 @@ fn every_audit_event_names_who_acted_and_hosts_show_their_agent_version() -> R {
     };
     let holder = format!("token:{id}");
     assert_eq!(acted("created", &id), ["user:admin"]);
-    assert_eq!(acted("created", &by_key), ["api-key"]);
+    assert_eq!(acted("created", &by_key), ["api-key:bootstrap"]);
     assert_eq!(acted("used", &node), [holder.as_str()]);
     assert_eq!(acted("committed", &node), [holder.as_str()]);
     assert_eq!(acted("roles_set", &node), ["user:admin"]);
-    assert_eq!(acted("host_removed", &node), ["api-key"]);
+    assert_eq!(acted("host_removed", &node), ["api-key:bootstrap"]);
     let refused: Vec<_> = events.iter().filter(|e| e.event == "refused").collect();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].actor.as_deref(), Some(holder.as_str()));

@@ -113,7 +113,7 @@ fn muster_admin_drives_tokens_hosts_audit_and_status_from_a_profile() -> R {
     let set = json(&["audit", "--kind", "roles_set", "--host", "cli-host-1"])?;
     let events = set["events"].as_array().cloned().unwrap_or_default();
     assert_eq!(events.len(), 1, "{set}");
-    assert_eq!(events[0]["actor"], "api-key");
+    assert_eq!(events[0]["actor"], "api-key:bootstrap");
 
     let status = json(&["status", "--within", "3650d"])?;
     assert_eq!(

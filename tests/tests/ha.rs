@@ -370,10 +370,10 @@ fn muster_admin_on_one_coordinator_follows_what_the_other_does() -> R {
     let _ = follow.wait();
     let holder = format!("token:{id}");
     let want: Vec<(String, String)> = [
-        ("created", "api-key"),
+        ("created", "api-key:bootstrap"),
         ("used", holder.as_str()),
         ("committed", holder.as_str()),
-        ("revoked", "api-key"),
+        ("revoked", "api-key:bootstrap"),
     ]
     .iter()
     .map(|(e, a)| (e.to_string(), a.to_string()))
@@ -388,5 +388,211 @@ fn muster_admin_on_one_coordinator_follows_what_the_other_does() -> R {
             "{hosts:?}"
         );
     }
+    Ok(())
+}
+
+/// Named API keys and the admin password, changed through one coordinator with `muster admin`,
+/// hold on the other at once: a new key opens both, a revoked one (the bootstrap key too)
+/// neither, the old password neither and the new one both; each change is audited with who
+/// made it and what it was about.
+#[test]
+fn api_keys_and_a_new_admin_password_hold_on_both_coordinators_at_once() -> R {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start(1)?;
+    let (c1, c2) = pair(&etcd)?;
+    let dir = tempfile::tempdir()?;
+    let secret_file = |name: &str, value: &str| -> anyhow::Result<std::path::PathBuf> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{value}\n"))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        Ok(p)
+    };
+    let boot = secret_file("bootstrap.key", &c1.secret("api_key"))?;
+    let admin = |c: &Coordinator, key: &std::path::Path, args: &[&str]| {
+        let mut cmd = Command::new(bin("muster"));
+        cmd.arg("admin")
+            .args(args)
+            .env("MUSTER_COORDINATOR", c.host())
+            .env("MUSTER_CA_FILE", c.data().join("ca.pem"))
+            .env("MUSTER_API_KEY_FILE", key)
+            .env("HOME", dir.path())
+            .env_remove("MUSTER_ADMIN_CONFIG")
+            .env_remove("MUSTER_API_KEY");
+        cmd
+    };
+    let run = |c: &Coordinator, key: &std::path::Path, args: &[&str]| -> anyhow::Result<Run> {
+        Ok(Run::from(admin(c, key, args).output()?))
+    };
+
+    // Two keys made through the first coordinator, one into a file, one printed.
+    let ci_file = dir.path().join("ci.key");
+    let made = run(
+        &c1,
+        &boot,
+        &[
+            "keys",
+            "create",
+            "CI",
+            "--description",
+            "pipeline",
+            "--key-file",
+            ci_file.to_str().unwrap_or_default(),
+        ],
+    )?;
+    assert_eq!(made.code, 0, "{made:?}");
+    let ci = std::fs::read_to_string(&ci_file)?.trim().to_string();
+    assert_eq!(
+        std::fs::metadata(&ci_file)?.permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        ci.len() >= 40 && !made.stdout.contains(&ci),
+        "the key is in the file only: {made:?}"
+    );
+    let ops = run(&c1, &boot, &["--output", "json", "keys", "create", "ops"])?;
+    assert_eq!(ops.code, 0, "{ops:?}");
+    let ops_file = secret_file("ops.key", ops.json()["key"].as_str().unwrap_or_default())?;
+    let ci_file = secret_file("ci.key", &ci)?;
+
+    // The second coordinator takes the new key and lists all three.
+    let listed = run(&c2, &ci_file, &["--output", "json", "keys", "list"])?;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let keys: Vec<(String, String, bool)> = listed.json()["keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_str().unwrap_or_default().to_string(),
+                k["created_by"].as_str().unwrap_or_default().to_string(),
+                k.get("key").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("bootstrap".to_string(), "local".to_string(), false),
+            ("ci".to_string(), "api-key:bootstrap".to_string(), false),
+            ("ops".to_string(), "api-key:bootstrap".to_string(), false),
+        ]
+    );
+    let tok = run(
+        &c2,
+        &ci_file,
+        &["--output", "json", "tokens", "create", "--roles", "proxy"],
+    )?;
+    assert_eq!(tok.code, 0, "{tok:?}");
+    let token_id = tok.json()["token_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // Revoked through the second, refused by the first at once; the bootstrap key too.
+    for (name, file) in [("ci", &ci_file), ("bootstrap", &boot)] {
+        let revoked = run(&c2, &ops_file, &["keys", "revoke", name])?;
+        assert_eq!(revoked.code, 0, "{revoked:?}");
+        for c in [&c1, &c2] {
+            let refused = run(c, file, &["tokens", "list"])?;
+            assert_eq!(refused.code, 10, "{name} on {}: {refused:?}", c.host());
+            assert!(refused.stderr.contains("auth.invalid"), "{refused:?}");
+        }
+    }
+    let again = run(&c1, &ops_file, &["keys", "revoke", "ci"])?;
+    assert!(
+        again.code == 10 && again.stderr.contains("api_keys.key_not_found"),
+        "{again:?}"
+    );
+
+    // The password: a wrong current one changes nothing; then changed through the first.
+    let old = c1.secret("admin_password");
+    let basic = |c: &Coordinator, pass: &str| -> anyhow::Result<String> {
+        let up = format!("admin:{pass}");
+        let out = c.curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            &up,
+            &c.url(muster_protocol::paths::TOKENS),
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let wrong = secret_file("wrong", "not the admin password")?;
+    let new = "a new admin password, long enough";
+    let new_file = secret_file("new", new)?;
+    let args = |current: &std::path::Path| {
+        vec![
+            "password".to_string(),
+            "--current-password-file".to_string(),
+            current.display().to_string(),
+            "--new-password-file".to_string(),
+            new_file.display().to_string(),
+        ]
+    };
+    let refused = Run::from(admin(&c1, &ops_file, &[]).args(args(&wrong)).output()?);
+    assert!(
+        refused.code == 10 && refused.stderr.contains("auth.password_required"),
+        "{refused:?}"
+    );
+    assert_eq!(basic(&c2, &old)?, "200");
+    let current = secret_file("current", &old)?;
+    let changed = Run::from(admin(&c1, &ops_file, &[]).args(args(&current)).output()?);
+    assert_eq!(changed.code, 0, "{changed:?}");
+    assert!(!changed.stdout.contains(new), "{changed:?}");
+    for c in [&c1, &c2] {
+        assert_eq!(basic(c, &old)?, "401", "old password on {}", c.host());
+        assert_eq!(basic(c, new)?, "200", "new password on {}", c.host());
+    }
+    // Once more, a password Muster makes, the current one on standard input.
+    let mut child = admin(&c2, &ops_file, &["--output", "json", "password"])
+        .args(["--current-password-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{new}")?;
+    }
+    let made = Run::from(child.wait_with_output()?);
+    assert_eq!(made.code, 0, "{made:?}");
+    let generated = made.json()["password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(generated.len() >= 24, "{made:?}");
+    assert_eq!(basic(&c1, new)?, "401");
+    assert_eq!(basic(&c1, &generated)?, "200");
+
+    // Each change audited, with who made it and what it was about.
+    let audit = run(&c1, &ops_file, &["--output", "json", "audit"])?;
+    let seen: Vec<(String, String, String)> = audit.json()["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.get("target").is_some() || e["token_id"] == token_id.as_str())
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("event"), s("actor"), s("target"))
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("api_key_created", "api-key:bootstrap", "api-key:ci"),
+        ("api_key_created", "api-key:bootstrap", "api-key:ops"),
+        ("created", "api-key:ci", ""),
+        ("api_key_revoked", "api-key:ops", "api-key:ci"),
+        ("api_key_revoked", "api-key:ops", "api-key:bootstrap"),
+        ("password_changed", "api-key:ops", "user:admin"),
+        ("password_changed", "api-key:ops", "user:admin"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(seen, want, "{}", audit.stdout);
     Ok(())
 }

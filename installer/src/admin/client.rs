@@ -112,11 +112,28 @@ fn local_coordinator() -> Option<String> {
     Some(format!("127.0.0.1:{port}"))
 }
 
-/// A secret from `path`: refused when anyone but its owner may read it or when it belongs to
-/// another user (root's files excepted), as ssh refuses a key file.
+/// The API key from `path` ([`read_secret_file`]).
 fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
+    read_secret_file(path, "API key")
+}
+
+/// The `what` (API key, password) in `path`, trimmed: refused when anyone but its owner may
+/// read it or when it belongs to another user (root's files excepted), as ssh refuses a key
+/// file. `-` reads the first line of standard input.
+pub fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>> {
+    if path == Path::new("-") {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| usage(format!("reading the {what} from standard input: {e}")))?;
+        let secret = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_string());
+        if secret.is_empty() {
+            return Err(usage(format!("no {what} on standard input")));
+        }
+        return Ok(secret);
+    }
     let named =
-        |e: std::io::Error| usage(format!("reading the API key file {}: {e}", path.display()));
+        |e: std::io::Error| usage(format!("reading the {what} file {}: {e}", path.display()));
     let meta = std::fs::metadata(path).map_err(named)?;
     if !meta.is_file() {
         return Err(usage(format!("{}: not a file", path.display())));
@@ -124,27 +141,27 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(usage(format!(
-            "the API key file {} belongs to user {}, not to you: refused",
+            "the {what} file {} belongs to user {}, not to you: refused",
             path.display(),
             meta.uid()
         )));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(usage(format!(
-            "the API key file {} may be read by others (mode {:o}): chmod 600 it",
+            "the {what} file {} may be read by others (mode {:o}): chmod 600 it",
             path.display(),
             meta.mode() & 0o777
         )));
     }
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(named)?);
-    let key = Zeroizing::new(text.trim().to_string());
-    if key.is_empty() {
+    let secret = Zeroizing::new(text.trim().to_string());
+    if secret.is_empty() {
         return Err(usage(format!(
-            "the API key file {} is empty",
+            "the {what} file {} is empty",
             path.display()
         )));
     }
-    Ok(key)
+    Ok(secret)
 }
 
 /// The API key of this coordinator, from its bootstrap secrets (readable by root and the

@@ -2,12 +2,13 @@
 //! can read) or returns the JSON for `--output json`.
 
 use super::client::{Api, Settings};
-use super::{seconds, AdminCmd, AuditArgs, Conn, HostsCmd, TokensCmd};
+use super::{seconds, AdminCmd, AuditArgs, Conn, HostsCmd, KeysCmd, PasswordArgs, TokensCmd};
 use crate::exit::{Exit, Failure, Result};
 use crate::output::Output;
 use muster_protocol::api::{
-    AuditEvent, AuditReply, CreateTokenReply, CreateTokenRequest, ListTokensReply, RoleItem,
-    RunnerInfo, RunnerRolesInfo, RunnersReply, TokenInfo,
+    ApiKeyInfo, ApiKeysReply, AuditEvent, AuditReply, CreateApiKeyRequest, CreateTokenReply,
+    CreateTokenRequest, ListTokensReply, RoleItem, RunnerInfo, RunnerRolesInfo, RunnersReply,
+    TokenInfo, UpdateUserRequest, UserReply, UserSecurity,
 };
 use muster_protocol::paths;
 use reqwest::Method;
@@ -21,6 +22,8 @@ pub async fn run(conn: &Conn, cmd: &AdminCmd) -> Result<Value> {
     match cmd {
         AdminCmd::Tokens { cmd } => tokens(&api, cmd, text).await,
         AdminCmd::Hosts { cmd } => hosts(&api, cmd, text).await,
+        AdminCmd::Keys { cmd } => keys(&api, cmd, text).await,
+        AdminCmd::Password(a) => password(&api, a, text).await,
         AdminCmd::Audit(a) => audit(&api, a, text).await,
         AdminCmd::Status { within } => status(&api, seconds("--within", within)?, text).await,
     }
@@ -190,6 +193,151 @@ async fn tokens(api: &Api, cmd: &TokensCmd, text: bool) -> Result<Value> {
     }
 }
 
+fn key_row(k: &ApiKeyInfo) -> Vec<String> {
+    vec![
+        k.id.clone(),
+        k.creation_date.clone(),
+        k.created_by.clone().unwrap_or_else(|| "-".into()),
+        k.revoked_date.clone().unwrap_or_else(|| "-".into()),
+        k.description.clone().unwrap_or_default(),
+    ]
+}
+
+async fn keys(api: &Api, cmd: &KeysCmd, text: bool) -> Result<Value> {
+    match cmd {
+        KeysCmd::List => {
+            let r: ApiKeysReply = api.get(paths::API_KEYS).await?;
+            if text {
+                let rows: Vec<_> = r.keys.iter().map(key_row).collect();
+                table(&["NAME", "CREATED", "BY", "REVOKED", "DESCRIPTION"], &rows);
+            }
+            to_json(&r)
+        }
+        KeysCmd::Create {
+            name,
+            description,
+            key_file,
+        } => {
+            // Made before the key exists, so a file that cannot be written loses nothing.
+            let file = key_file.as_deref().map(new_secret_file).transpose()?;
+            let req = CreateApiKeyRequest {
+                name: Some(name.clone()),
+                description: description.clone(),
+                authentication_token: None,
+            };
+            let r: ApiKeyInfo = api.call(Method::POST, paths::API_KEYS, Some(&req)).await?;
+            let key = zeroize::Zeroizing::new(r.key.clone().unwrap_or_default());
+            let mut shown = to_json(&ApiKeyInfo {
+                key: None,
+                ..r.clone()
+            })?;
+            match (file, key_file) {
+                (Some(mut f), Some(path)) => {
+                    use std::io::Write;
+                    f.write_all(format!("{}\n", key.as_str()).as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| {
+                            Failure::new(
+                                Exit::Other,
+                                format!(
+                                    "writing {}: {e}; the key {} was made: revoke it",
+                                    path.display(),
+                                    r.id
+                                ),
+                            )
+                        })?;
+                    if text {
+                        println!("API key {} written to {}", r.id, path.display());
+                    }
+                    shown["key_file"] = json!(path.display().to_string());
+                }
+                _ => {
+                    if text {
+                        // The secret, once, on standard output: where it was asked for.
+                        println!("API key {}: {}", r.id, key.as_str());
+                    }
+                    shown["key"] = json!(key.as_str());
+                }
+            }
+            Ok(shown)
+        }
+        KeysCmd::Revoke { name } => {
+            let ok = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    format!(
+                        "API key name {name:?}: a name is 1 to 64 of a-z, 0-9, '.', '_' and '-'"
+                    ),
+                ));
+            }
+            let _: Value = api
+                .call::<(), _>(Method::DELETE, &format!("{}/{name}", paths::API_KEYS), None)
+                .await?;
+            if text {
+                println!("revoked API key {name}");
+            }
+            Ok(json!({"revoked": name}))
+        }
+    }
+}
+
+/// A new file for a secret: owner-only from the start, and never over an existing file.
+fn new_secret_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::new(Exit::Usage, format!("{}: {e}", path.display())))
+}
+
+async fn password(api: &Api, a: &PasswordArgs, text: bool) -> Result<Value> {
+    let current = super::client::read_secret_file(&a.current_password_file, "current password")?;
+    let (new, made) = match &a.new_password_file {
+        Some(p) => (super::client::read_secret_file(p, "new password")?, false),
+        None => {
+            use base64::Engine;
+            let mut b = zeroize::Zeroizing::new([0u8; 24]);
+            rand::Rng::fill(&mut rand::thread_rng(), &mut b[..]);
+            (
+                zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b[..]),
+                ),
+                true,
+            )
+        }
+    };
+    let req = UpdateUserRequest {
+        security: Some(UserSecurity {
+            password: Some(new.to_string()),
+            current_password: Some(current.to_string()),
+        }),
+    };
+    let r: UserReply = api
+        .call(Method::PATCH, paths::CURRENT_USER, Some(&req))
+        .await?;
+    let mut shown = to_json(&r)?;
+    if made {
+        shown["password"] = json!(new.as_str());
+    }
+    if text {
+        println!(
+            "the password of {} is changed on every coordinator",
+            r.user_name
+        );
+        if made {
+            // The secret, once, on standard output: where it was asked for.
+            println!("new password: {}", new.as_str());
+        }
+    }
+    Ok(shown)
+}
+
 /// The host named by node id or (in any letter case) by name.
 async fn find_host(api: &Api, host: &str) -> Result<RunnerInfo> {
     let r: RunnersReply = api.get(paths::RUNNERS).await?;
@@ -322,6 +470,7 @@ fn print_event(e: &AuditEvent, text: bool) {
         ("host", &e.hostname),
         ("source", &e.source),
         ("reason", &e.reason),
+        ("about", &e.target),
     ] {
         if let Some(v) = v {
             fields.push(format!("{k}={v}"));

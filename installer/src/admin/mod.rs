@@ -55,6 +55,13 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: HostsCmd,
     },
+    /// Named API keys: list, create, revoke.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Change the admin user's password (on every coordinator at once).
+    Password(PasswordArgs),
     /// The audit log, oldest first; with --follow, new events as they come.
     Audit(AuditArgs),
     /// The platform at a glance: the coordinator, the hosts, certificates that expire soon.
@@ -100,6 +107,42 @@ pub enum TokensCmd {
         /// The token's id.
         id: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Every API key, revoked ones too: name, created, by whom, revoked, description.
+    List,
+    /// Make a named API key; it is printed once on standard output, or written to --key-file.
+    Create {
+        /// Its name (a-z, 0-9, '.', '_', '-'), which audit events show as api-key:NAME.
+        name: String,
+        /// What it is for (at most 200 characters).
+        #[arg(long)]
+        description: Option<String>,
+        /// Write the key to this new file (mode 0600) instead of printing it.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Revoke a key by name: every coordinator refuses it from now on. `bootstrap` is the key
+    /// `musterd init` made.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+}
+
+/// `muster admin password`: passwords come from files or standard input, never arguments.
+#[derive(Args, Debug)]
+pub struct PasswordArgs {
+    /// A file holding the current admin password (owner-only), or - for the first line of
+    /// standard input.
+    #[arg(long)]
+    pub current_password_file: PathBuf,
+    /// A file holding the new password (12 to 256 characters; owner-only). Without it, Muster
+    /// makes a random one and prints it once.
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

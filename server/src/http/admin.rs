@@ -94,6 +94,106 @@ pub async fn delete_token(
     Ok(Json(serde_json::json!({})))
 }
 
+/// `POST /api/v1/users/auth/keys`: a new named API key, shown this once (201, as ECE).
+pub async fn create_api_key(
+    State(app): S,
+    Extension(c): Conn,
+    Extension(who): Extension<Credential>,
+    body: Body,
+) -> Result<(axum::http::StatusCode, Json<ApiKeyInfo>), ApiError> {
+    let req: CreateApiKeyRequest = parse_json(body).map_err(|e| {
+        if e.code == ErrorCode::RequestInvalid {
+            ApiError::new(ErrorCode::ApiKeyInvalid, e.message)
+        } else {
+            e
+        }
+    })?;
+    let source = c.remote.ip().to_string();
+    let made = app
+        .keys()
+        .create(&req, &who.actor(), &source, app.now())
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(made)))
+}
+
+/// `GET /api/v1/users/auth/keys`: every key, revoked ones too; never a key itself.
+pub async fn list_api_keys(State(app): S) -> Result<Json<ApiKeysReply>, ApiError> {
+    Ok(Json(ApiKeysReply {
+        keys: app.keys().list().await?,
+    }))
+}
+
+/// `DELETE /api/v1/users/auth/keys/{api_key_id}`: revokes the key on every coordinator.
+pub async fn delete_api_key(
+    State(app): S,
+    Extension(c): Conn,
+    Extension(who): Extension<Credential>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = c.remote.ip().to_string();
+    app.keys()
+        .revoke(&name, &who.actor(), &source, app.now())
+        .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// `GET /api/v1/user`: who the credentials are.
+pub async fn current_user(
+    State(app): S,
+    Extension(who): Extension<Credential>,
+) -> Json<serde_json::Value> {
+    let (kind, name) = match &who {
+        Credential::User(u) => ("user", u.clone()),
+        Credential::ApiKey(k) => ("api_key", k.clone()),
+    };
+    Json(serde_json::json!({
+        "user_name": app.platform.admin_user,
+        "authenticated_with": {"kind": kind, "name": name},
+    }))
+}
+
+/// `PATCH /api/v1/user` with `{"security": {"password": …, "current_password": …}}`: changes
+/// the admin password. The current one is asked for whatever the credentials, so an API key or
+/// a borrowed session cannot take the admin account over.
+pub async fn update_user(
+    State(app): S,
+    Extension(c): Conn,
+    Extension(who): Extension<Credential>,
+    body: Body,
+) -> Result<Json<UserReply>, ApiError> {
+    let req: UpdateUserRequest = parse_json(body)?;
+    let security = req.security.unwrap_or_default();
+    let Some(password) = security.password else {
+        return Err(ApiError::new(
+            ErrorCode::RequestInvalid,
+            "nothing to change: give security.password",
+        ));
+    };
+    crate::service::credentials::check_password(&password)?;
+    app.auth
+        .confirm_password(
+            security.current_password.as_deref().unwrap_or_default(),
+            c.remote.ip(),
+            app.now(),
+        )
+        .await?;
+    let source = c.remote.ip().to_string();
+    let rec = crate::service::credentials::change_password(
+        app.store.as_ref(),
+        &app.platform.credential_key(),
+        &app.platform.admin_user,
+        &password,
+        &who.actor(),
+        &source,
+        app.now(),
+    )
+    .await?;
+    Ok(Json(UserReply {
+        user_name: rec.user,
+        password_changed: Some(crate::service::credentials::rfc3339(rec.changed)),
+    }))
+}
+
 #[derive(serde::Deserialize)]
 pub struct AuditQuery {
     #[serde(default)]

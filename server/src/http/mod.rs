@@ -59,6 +59,18 @@ pub fn router(app: Arc<App>) -> Router {
             put(admin::set_runner_roles),
         )
         .route(paths::ES_ENROLL_NODE, get(admin::es_enroll_node))
+        .route(
+            paths::API_KEYS,
+            post(admin::create_api_key).get(admin::list_api_keys),
+        )
+        .route(
+            &format!("{}/{{api_key_id}}", paths::API_KEYS),
+            delete(admin::delete_api_key),
+        )
+        .route(
+            paths::CURRENT_USER,
+            get(admin::current_user).patch(admin::update_user),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             require_admin,
@@ -154,7 +166,11 @@ async fn require_admin(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match app.auth.check(authorization, c.remote.ip(), app.now()) {
+    match app
+        .auth
+        .check(authorization, c.remote.ip(), app.now())
+        .await
+    {
         Ok(who) => {
             req.extensions_mut().insert(who);
             next.run(req).await

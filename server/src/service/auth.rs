@@ -1,10 +1,14 @@
 //! Admin credentials: HTTP Basic with the admin user and password, or `Authorization: ApiKey
-//! KEY`. Failures are counted and held against their source address.
+//! KEY` with a named API key ([`super::credentials`]). Failures are counted and held against
+//! their source address. Every check reads the credential records from the store, so a key
+//! revoked or a password changed through any coordinator holds here at once.
 
+use super::credentials::{self, key_is_genuine, BOOTSTRAP};
 use crate::error::ApiError;
 use crate::limit::FailureLimiter;
 use crate::metrics::Metrics;
-use crate::platform::{sha256_hex, Platform};
+use crate::platform::{sha256_hex, CredentialKey, Platform};
+use crate::store::Store;
 use base64::Engine;
 use muster_protocol::ErrorCode;
 use std::net::IpAddr;
@@ -15,8 +19,8 @@ use std::sync::{Arc, Mutex};
 pub enum Credential {
     /// The admin user, by name, with its password.
     User(String),
-    /// The platform's API key.
-    ApiKey,
+    /// An API key, by name (`bootstrap` for the one `musterd init` made).
+    ApiKey(String),
 }
 
 impl Credential {
@@ -24,25 +28,35 @@ impl Credential {
     pub fn actor(&self) -> String {
         match self {
             Credential::User(name) => format!("user:{name}"),
-            Credential::ApiKey => "api-key".to_string(),
+            Credential::ApiKey(name) => format!("api-key:{name}"),
         }
     }
 }
 
-/// Checks admin credentials against the platform's.
+/// Checks admin credentials against the platform's and the store's.
 pub struct Auth {
-    admin_user: String,
+    store: Arc<dyn Store>,
+    key: CredentialKey,
+    pub admin_user: String,
     admin_password_hash: String,
     api_key_hash: String,
     failures: FailureLimiter,
     metrics: Arc<Metrics>,
-    /// SHA-256 of the admin password once it has verified, so argon2 runs once, not per call.
-    verified_password: Mutex<Option<String>>,
+    /// The argon2 hash last verified and the SHA-256 of the password that verified against
+    /// it, so argon2 runs once per password, not per call.
+    verified_password: Mutex<Option<(String, String)>>,
 }
 
 impl Auth {
-    pub fn new(platform: &Platform, failures_per_minute: u32, metrics: Arc<Metrics>) -> Auth {
+    pub fn new(
+        platform: &Platform,
+        store: Arc<dyn Store>,
+        failures_per_minute: u32,
+        metrics: Arc<Metrics>,
+    ) -> Auth {
         Auth {
+            store,
+            key: platform.credential_key(),
             admin_user: platform.admin_user.clone(),
             admin_password_hash: platform.admin_password_hash.clone(),
             api_key_hash: platform.api_key_hash.clone(),
@@ -54,7 +68,7 @@ impl Auth {
 
     /// Checks the `Authorization` header of a request from `source`; a source with too many
     /// failures lately is held off before its credentials are looked at.
-    pub fn check(
+    pub async fn check(
         &self,
         authorization: Option<&str>,
         source: IpAddr,
@@ -73,8 +87,7 @@ impl Auth {
             ));
         };
         let ok = if let Some(key) = strip_scheme(header, "ApiKey") {
-            constant_eq(&sha256_hex(key.trim().as_bytes()), &self.api_key_hash)
-                .then_some(Credential::ApiKey)
+            self.check_key(key.trim()).await?
         } else if let Some(b) = strip_scheme(header, "Basic") {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b.trim())
@@ -84,7 +97,7 @@ impl Auth {
                 // The password is checked whatever the user, so an unknown user costs what a
                 // wrong password does and the answer's time tells nothing about user names.
                 Some((user, password)) => {
-                    let password_ok = self.check_password(password);
+                    let password_ok = self.check_password(password).await?;
                     (constant_eq(user, &self.admin_user) && password_ok)
                         .then(|| Credential::User(user.to_string()))
                 }
@@ -105,15 +118,74 @@ impl Auth {
         ))
     }
 
-    fn check_password(&self, password: &str) -> bool {
+    /// Checks that `password` is the admin password now, as a change of it asks: a wrong one
+    /// counts as a failed login of `source`.
+    pub async fn confirm_password(
+        &self,
+        password: &str,
+        source: IpAddr,
+        now: u64,
+    ) -> Result<(), ApiError> {
+        if let Some(wait) = self.failures.blocked(source, now) {
+            return Err(ApiError::new(
+                ErrorCode::AuthRateLimited,
+                format!("too many failed logins from {source}; wait {wait}s"),
+            ));
+        }
+        if self.check_password(password).await? {
+            return Ok(());
+        }
+        self.metrics.login_failures.inc();
+        self.failures.failed(source, now);
+        tracing::warn!(%source, "admin password change: the current password was wrong");
+        Err(ApiError::new(
+            ErrorCode::PasswordRequired,
+            "security.current_password is not the admin password",
+        ))
+    }
+
+    /// The key's name, if `key` is one that is not revoked.
+    async fn check_key(&self, key: &str) -> Result<Option<Credential>, ApiError> {
+        let hash = sha256_hex(key.as_bytes());
+        let records = self.store.api_keys().await?;
+        if constant_eq(&hash, &self.api_key_hash) {
+            let revoked = records
+                .iter()
+                .any(|k| k.name == BOOTSTRAP && k.revoked.is_some());
+            return Ok((!revoked).then(|| Credential::ApiKey(BOOTSTRAP.into())));
+        }
+        Ok(records
+            .iter()
+            .find(|k| {
+                constant_eq(&hash, &k.hash) && k.revoked.is_none() && key_is_genuine(&self.key, k)
+            })
+            .map(|k| Credential::ApiKey(k.name.clone())))
+    }
+
+    /// Whether `password` is the admin password now: the one last set through the API, or
+    /// the one `musterd init` made.
+    async fn check_password(&self, password: &str) -> Result<bool, ApiError> {
+        let stored = self.store.admin_password().await?;
+        let hash = match credentials::password_record(&self.key, stored.as_deref()) {
+            Ok(Some(rec)) => rec.hash,
+            Ok(None) => self.admin_password_hash.clone(),
+            Err(e) => {
+                // Not falling back to the first password: a record broken on purpose must
+                // not bring it back.
+                tracing::error!(error = %format!("{e:#}"), "admin password");
+                return Ok(false);
+            }
+        };
         let digest = sha256_hex(password.as_bytes());
         if let Ok(cache) = self.verified_password.lock() {
-            if let Some(c) = cache.as_deref() {
-                return constant_eq(c, &digest);
+            if let Some((h, d)) = cache.as_ref() {
+                if *h == hash {
+                    return Ok(constant_eq(d, &digest));
+                }
             }
         }
         use argon2::password_hash::{PasswordHash, PasswordVerifier};
-        let ok = PasswordHash::new(&self.admin_password_hash)
+        let ok = PasswordHash::new(&hash)
             .map(|h| {
                 argon2::Argon2::default()
                     .verify_password(password.as_bytes(), &h)
@@ -122,10 +194,10 @@ impl Auth {
             .unwrap_or(false);
         if ok {
             if let Ok(mut cache) = self.verified_password.lock() {
-                *cache = Some(digest);
+                *cache = Some((hash, digest));
             }
         }
-        ok
+        Ok(ok)
     }
 }
 
@@ -154,7 +226,10 @@ mod tests {
         let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("muster.db"))?;
         let (platform, secrets, _) = Platform::init(&store, &[], None, 1_800_000_000).await?;
         let metrics = Arc::new(Metrics::default());
-        Ok((Auth::new(&platform, per_minute, metrics), secrets))
+        Ok((
+            Auth::new(&platform, Arc::new(store), per_minute, metrics),
+            secrets,
+        ))
     }
 
     fn basic(user: &str, password: &str) -> String {
@@ -166,15 +241,123 @@ mod tests {
     async fn the_admin_password_and_the_api_key_pass_in_any_scheme_case() -> anyhow::Result<()> {
         let (auth, s) = auth(10).await?;
         let ip: IpAddr = "192.0.2.1".parse()?;
-        let user = auth.check(Some(&basic(&s.admin_user, &s.admin_password)), ip, 0);
+        let user = auth
+            .check(Some(&basic(&s.admin_user, &s.admin_password)), ip, 0)
+            .await;
         assert_eq!(user.ok(), Some(Credential::User(s.admin_user.clone())));
         // Again, from the remembered digest.
         assert!(auth
             .check(Some(&basic(&s.admin_user, &s.admin_password)), ip, 0)
+            .await
             .is_ok());
-        let key = auth.check(Some(&format!("apikey {}", s.api_key)), ip, 0);
-        assert_eq!(key.ok(), Some(Credential::ApiKey));
+        let key = auth
+            .check(Some(&format!("apikey {}", s.api_key)), ip, 0)
+            .await;
+        assert_eq!(key.ok(), Some(Credential::ApiKey(BOOTSTRAP.into())));
         assert_eq!(auth.metrics.login_failures.get(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn named_keys_and_a_changed_password_hold_at_once_and_forged_records_open_nothing(
+    ) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(crate::store::sqlite::SqliteStore::open(
+            &dir.path().join("muster.db"),
+        )?);
+        let (platform, s, _) = Platform::init(store.as_ref(), &[], None, 1_800_000_000).await?;
+        let auth = Auth::new(&platform, store.clone(), 100, Arc::new(Metrics::default()));
+        let ip: IpAddr = "192.0.2.1".parse()?;
+        let keys = credentials::Keys {
+            store: store.as_ref(),
+            key: platform.credential_key(),
+            user: &platform.admin_user,
+            bootstrap_hash: &platform.api_key_hash,
+            platform_created: 1_800_000_000,
+        };
+        let req = muster_protocol::api::CreateApiKeyRequest {
+            name: Some("CI".into()),
+            ..Default::default()
+        };
+        let api = |e: ApiError| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message);
+        let made = keys
+            .create(&req, "user:admin", "192.0.2.1", 5)
+            .await
+            .map_err(api)?;
+        let ci = made.key.clone().unwrap_or_default();
+        let with = |k: &str| format!("ApiKey {k}");
+        assert_eq!(
+            auth.check(Some(&with(&ci)), ip, 6).await.ok(),
+            Some(Credential::ApiKey("ci".into()))
+        );
+        keys.revoke("ci", "user:admin", "192.0.2.1", 7)
+            .await
+            .map_err(api)?;
+        assert!(auth.check(Some(&with(&ci)), ip, 8).await.is_err());
+        // The bootstrap key too.
+        keys.revoke("Bootstrap", "api-key:ci", "192.0.2.1", 9)
+            .await
+            .map_err(api)?;
+        assert!(auth.check(Some(&with(&s.api_key)), ip, 10).await.is_err());
+        let listed: Vec<(String, bool)> = keys
+            .list()
+            .await
+            .map_err(api)?
+            .into_iter()
+            .map(|k| (k.id, k.revoked_date.is_some()))
+            .collect();
+        assert_eq!(listed, [("bootstrap".into(), true), ("ci".into(), true)]);
+
+        // A key written into the store without the platform's secrets opens nothing.
+        let forged_key = "an attacker's key";
+        let forged = crate::store::ApiKeyRecord {
+            name: "forged".into(),
+            hash: sha256_hex(forged_key.as_bytes()),
+            created: 1,
+            created_by: "user:admin".into(),
+            description: None,
+            revoked: None,
+            mac: "00".repeat(32),
+        };
+        let e = crate::store::event(1, "api_key_created", "x", None, None, None, None);
+        store.insert_api_key(&forged, &e).await?;
+        assert!(auth.check(Some(&with(forged_key)), ip, 11).await.is_err());
+
+        // A changed password: the old one is refused, the new one passes.
+        let new = "a brand new admin password";
+        credentials::change_password(
+            store.as_ref(),
+            &platform.credential_key(),
+            "admin",
+            new,
+            "user:admin",
+            "192.0.2.1",
+            12,
+        )
+        .await
+        .map_err(api)?;
+        assert!(auth
+            .check(Some(&basic("admin", &s.admin_password)), ip, 13)
+            .await
+            .is_err());
+        assert_eq!(
+            auth.check(Some(&basic("admin", new)), ip, 14).await.ok(),
+            Some(Credential::User("admin".into()))
+        );
+        // A password record not made by the platform: no password opens, not even the first.
+        let forged = credentials::PasswordRecord {
+            user: "admin".into(),
+            hash: crate::platform::hash_password("the attacker's password")?,
+            changed: 15,
+            changed_by: "user:admin".into(),
+            mac: "00".repeat(32),
+        };
+        store
+            .set_admin_password(&serde_json::to_vec(&forged)?, &e)
+            .await?;
+        for pw in ["the attacker's password", new, s.admin_password.as_str()] {
+            assert!(auth.check(Some(&basic("admin", pw)), ip, 16).await.is_err());
+        }
         Ok(())
     }
 
@@ -184,7 +367,10 @@ mod tests {
         let (auth, s) = auth(4).await?;
         let ip: IpAddr = "192.0.2.1".parse()?;
         let code = |r: Result<Credential, ApiError>| r.err().map(|e| e.code);
-        assert_eq!(code(auth.check(None, ip, 0)), Some(ErrorCode::AuthRequired));
+        assert_eq!(
+            code(auth.check(None, ip, 0).await),
+            Some(ErrorCode::AuthRequired)
+        );
         for wrong in [
             basic(&s.admin_user, "not-it"),
             basic("root", &s.admin_password),
@@ -192,7 +378,7 @@ mod tests {
             "Bearer x".to_string(),
         ] {
             assert_eq!(
-                code(auth.check(Some(&wrong), ip, 0)),
+                code(auth.check(Some(&wrong), ip, 0).await),
                 Some(ErrorCode::AuthInvalid),
                 "{wrong}"
             );
@@ -201,10 +387,13 @@ mod tests {
         // Over budget: held off, even with the right password; another source is not.
         let right = basic(&s.admin_user, &s.admin_password);
         assert_eq!(
-            code(auth.check(Some(&right), ip, 1)),
+            code(auth.check(Some(&right), ip, 1).await),
             Some(ErrorCode::AuthRateLimited)
         );
-        assert!(auth.check(Some(&right), "192.0.2.2".parse()?, 1).is_ok());
+        assert!(auth
+            .check(Some(&right), "192.0.2.2".parse()?, 1)
+            .await
+            .is_ok());
         Ok(())
     }
 }

@@ -5,7 +5,9 @@
 //! limiters) and on services listed before it here, never on the HTTP layer or on `App`:
 //!
 //! - [`cache`]: bounded memories of recent answers (verified tokens, token records, join keys).
-//! - [`auth`]: admin credentials (user and password, or the API key), failures held off per
+//! - [`credentials`]: named API keys and a changed admin password, kept in the store under a
+//!   MAC only the platform makes.
+//! - [`auth`]: admin credentials (user and password, or an API key), failures held off per
 //!   source.
 //! - [`admission`]: a roles token in, its claims and record out, or one [`admission::Refusal`]
 //!   that is counted, audited and held against its source in one place.
@@ -18,6 +20,8 @@
 //! - [`recovery`]: the emergency token's recovery, answered by coordinators and directors.
 
 pub mod cache;
+
+pub mod credentials;
 
 pub mod auth;
 

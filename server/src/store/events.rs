@@ -44,6 +44,7 @@ pub fn event(
         hostname: node.map(|n| n.1.to_string()),
         source: source.map(str::to_string),
         reason: reason.map(str::to_string),
+        target: None,
     }
 }
 

@@ -17,7 +17,9 @@ pub mod rules;
 pub mod sqlite;
 
 pub use events::{about_host, actor, commit_events, event, returned_event, used_event};
-pub use records::{CommitOutcome, HostRecord, Reservation, ReserveOutcome, TokenRecord};
+pub use records::{
+    ApiKeyRecord, CommitOutcome, HostRecord, Reservation, ReserveOutcome, TokenRecord,
+};
 pub use rules::{may_replace, revoked_before_commit};
 
 use async_trait::async_trait;
@@ -119,6 +121,21 @@ pub trait Store: Send + Sync + 'static {
     async fn publish_names(&self, id: &str, names: &[String]) -> StoreResult<()>;
     /// What every coordinator published, all together.
     async fn coordinator_names(&self) -> StoreResult<Vec<String>>;
+
+    /// Adds an API key, appending `e`; false (and nothing written) when a key of its name
+    /// exists, revoked or not.
+    async fn insert_api_key(&self, k: &ApiKeyRecord, e: &AuditEvent) -> StoreResult<bool>;
+    /// Every API key, revoked ones too, by name. Read for each request an API key signs, so
+    /// that a key revoked through any coordinator opens nothing on any coordinator at once.
+    async fn api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Marks key `name` revoked at `at`, appending `e`; false if there is none or it already
+    /// was.
+    async fn revoke_api_key(&self, name: &str, at: u64, e: &AuditEvent) -> StoreResult<bool>;
+    /// The admin password record a rotation wrote (see [`crate::service::credentials`]), if
+    /// any; without one the platform record's holds.
+    async fn admin_password(&self) -> StoreResult<Option<Vec<u8>>>;
+    /// Replaces the admin password record, appending `e`.
+    async fn set_admin_password(&self, record: &[u8], e: &AuditEvent) -> StoreResult<()>;
 
     /// Guarded writes that found their records changed and went round again, since start
     /// (a shared store's contention; zero for a store with one writer).

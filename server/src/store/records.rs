@@ -1,4 +1,4 @@
-//! The records the store keeps (tokens, reservations, hosts) and what its steps answer: plain
+//! The records the store keeps (tokens, reservations, hosts, API keys) and what its steps answer: plain
 //! serde values, which backends store as JSON. The lowest layer of the store: it uses no other
 //! part of it.
 
@@ -25,6 +25,27 @@ pub struct TokenRecord {
     /// characters, no control characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// A named API key: its SHA-256, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Lower case, 1 to 64 of `a-z 0-9 . _ -`.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key.
+    pub hash: String,
+    pub created: u64,
+    /// The audit actor that made it.
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// When it was revoked; a revoked key opens nothing, and its name is not given again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<u64>,
+    /// A MAC over name, hash and creation under a key only the platform's sealed secrets give
+    /// (see [`crate::platform::Platform::credential_mac`]): a record written into the store
+    /// without them opens nothing.
+    pub mac: String,
 }
 
 /// A join that answered with a bundle but is not committed yet.

@@ -669,6 +669,59 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    async fn insert_api_key(&self, k: &ApiKeyRecord, e: &AuditEvent) -> StoreResult<bool> {
+        let rest = format!("api-key/{}", k.name);
+        let op = self.conn.put(&rest, k, 0)?;
+        let guard = self.conn.unchanged(&rest, None);
+        self.conn
+            .txn_audited(vec![guard], vec![op], std::slice::from_ref(e))
+            .await
+    }
+
+    async fn api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.conn.list("api-key/").await
+    }
+
+    async fn revoke_api_key(&self, name: &str, at: u64, e: &AuditEvent) -> StoreResult<bool> {
+        let rest = format!("api-key/{name}");
+        for _ in 0..MAX_ROUNDS {
+            let Some(mut k) = self.conn.get::<ApiKeyRecord>(&rest).await? else {
+                return Ok(false);
+            };
+            if k.value.revoked.is_some() {
+                return Ok(false);
+            }
+            k.value.revoked = Some(at);
+            let op = self.conn.put(&rest, &k.value, 0)?;
+            let guard = self.conn.unchanged(&rest, Some(k.rev));
+            if self
+                .conn
+                .txn_audited(vec![guard], vec![op], std::slice::from_ref(e))
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(contended())
+    }
+
+    async fn admin_password(&self) -> StoreResult<Option<Vec<u8>>> {
+        let resp = self.conn.range("admin-password", None).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn set_admin_password(&self, record: &[u8], e: &AuditEvent) -> StoreResult<()> {
+        let op = TxnOp::put(self.conn.key("admin-password"), record, None);
+        if self
+            .conn
+            .txn_audited(vec![], vec![op], std::slice::from_ref(e))
+            .await?
+        {
+            return Ok(());
+        }
+        Err(contended())
+    }
+
     async fn coordinator_names(&self) -> StoreResult<Vec<String>> {
         let lists: Vec<Vec<String>> = self.conn.list("coordinator-names/").await?;
         Ok(lists.into_iter().flatten().collect())

@@ -73,6 +73,7 @@ async fn a_step_whose_answer_was_lost_knows_its_own_writes() -> anyhow::Result<(
         hostname: Some("h1".into()),
         source: None,
         reason: None,
+        target: None,
     };
     lose_next();
     store.audit(&e).await?;
