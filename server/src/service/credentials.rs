@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 /// The name of the API key `musterd init` made.
 pub const BOOTSTRAP: &str = "bootstrap";
 
+/// The longest description a key may carry, in characters (as a token's).
+pub const MAX_DESCRIPTION: usize = 200;
+
 /// The longest API key name, in characters.
 pub const MAX_NAME: usize = 64;
 
@@ -165,13 +168,12 @@ impl Keys<'_> {
         now: u64,
     ) -> Result<ApiKeyInfo, ApiError> {
         if let Some(d) = &req.description {
-            if d.chars().count() > super::tokens::MAX_DESCRIPTION || d.chars().any(char::is_control)
-            {
+            if d.chars().count() > MAX_DESCRIPTION || d.chars().any(char::is_control) {
                 return Err(ApiError::new(
                     ErrorCode::ApiKeyInvalid,
                     format!(
                         "description must be at most {} characters, none of them control characters",
-                        super::tokens::MAX_DESCRIPTION
+                        MAX_DESCRIPTION
                     ),
                 ));
             }

@@ -48,8 +48,10 @@
 //! decision of a step is one of [`rules`](crate::store::rules), as for SQLite.
 
 mod conn;
+mod credentials;
 mod hints;
 mod sweep;
+
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -670,56 +672,23 @@ impl Store for EtcdStore {
     }
 
     async fn insert_api_key(&self, k: &ApiKeyRecord, e: &AuditEvent) -> StoreResult<bool> {
-        let rest = format!("api-key/{}", k.name);
-        let op = self.conn.put(&rest, k, 0)?;
-        let guard = self.conn.unchanged(&rest, None);
-        self.conn
-            .txn_audited(vec![guard], vec![op], std::slice::from_ref(e))
-            .await
+        self.put_api_key(k, e).await
     }
 
     async fn api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
-        self.conn.list("api-key/").await
+        self.all_api_keys().await
     }
 
     async fn revoke_api_key(&self, name: &str, at: u64, e: &AuditEvent) -> StoreResult<bool> {
-        let rest = format!("api-key/{name}");
-        for _ in 0..MAX_ROUNDS {
-            let Some(mut k) = self.conn.get::<ApiKeyRecord>(&rest).await? else {
-                return Ok(false);
-            };
-            if k.value.revoked.is_some() {
-                return Ok(false);
-            }
-            k.value.revoked = Some(at);
-            let op = self.conn.put(&rest, &k.value, 0)?;
-            let guard = self.conn.unchanged(&rest, Some(k.rev));
-            if self
-                .conn
-                .txn_audited(vec![guard], vec![op], std::slice::from_ref(e))
-                .await?
-            {
-                return Ok(true);
-            }
-        }
-        Err(contended())
+        self.end_api_key(name, at, e).await
     }
 
     async fn admin_password(&self) -> StoreResult<Option<Vec<u8>>> {
-        let resp = self.conn.range("admin-password", None).await?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        self.password_record().await
     }
 
     async fn set_admin_password(&self, record: &[u8], e: &AuditEvent) -> StoreResult<()> {
-        let op = TxnOp::put(self.conn.key("admin-password"), record, None);
-        if self
-            .conn
-            .txn_audited(vec![], vec![op], std::slice::from_ref(e))
-            .await?
-        {
-            return Ok(());
-        }
-        Err(contended())
+        self.put_password_record(record, e).await
     }
 
     async fn coordinator_names(&self) -> StoreResult<Vec<String>> {
