@@ -1,10 +1,12 @@
 #!/bin/sh
 # The enrollment-storm benchmark, as docs/benchmarks.md reports it: builds musterd and the
-# benchmark in release mode and the static installer, makes sure cfssl (Debian's golang-cfssl,
-# the peer) and protoc are there, runs every storm and rewrites docs/benchmarks.md. Takes a few
-# minutes; pass --no-scale to skip the 1,000-installer storms and the 100,000-host registry,
-# --rounds N for more (or fewer) turns of the 100-concurrent comparison (5 by default; the
-# ratios are of the medians), --only muster|protocol|floor|cfssl to storm one server (for profiling).
+# benchmark in release mode and the static installer, makes sure the peers are there (cfssl from
+# Debian's golang-cfssl; step-ca built from Debian's Go sources by bench/stepca/build.sh) and
+# protoc, runs every storm and rewrites docs/benchmarks.md. Takes a few minutes; pass
+# --no-scale to skip the 1,000-installer storms and the 100,000-host registry, --rounds N for
+# more (or fewer) turns of the 100-concurrent comparison (7 by default; ratios are medians of
+# the per-round ratios), --only muster|protocol|floor|cfssl|step-ca to storm one server (for
+# profiling), --no-pin to leave the servers and the generator on any core.
 set -eu
 cd "$(dirname "$0")/.."
 # cfssl is the peer; musterd's etcd client compiles etcd's protobuf files when it builds.
@@ -17,6 +19,7 @@ if [ -n "$need" ]; then
   # shellcheck disable=SC2086 # a list of package names, split on purpose
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
 fi
+sh bench/stepca/build.sh
 cargo build --release -p musterd -p muster-bench
 sh scripts/build-static.sh
 target/release/muster-storm run --report docs/benchmarks.md \

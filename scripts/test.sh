@@ -85,8 +85,10 @@ took "Debian root (made while the builds ran)"
 # doc tests, which nextest would not run.)
 cargo nextest run --workspace --no-fail-fast
 took "tests"
-# The storm benchmark, small and from the debug build: it must run and enroll every host; its
-# figures mean nothing here (scripts/bench.sh makes the real ones, in release mode).
+# The storm benchmark, small and from the debug build: it must run and enroll every host, on
+# every server (step-ca built from Debian's Go sources first); its figures mean nothing here
+# (scripts/bench.sh makes the real ones, in release mode).
+sh bench/stepca/build.sh
 target/debug/muster-storm run --quick
 took "storm"
 # Each fuzz target for a fixed short budget, after replaying the kept regression cases.

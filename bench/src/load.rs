@@ -1,5 +1,5 @@
 //! The load generator: N simulated installers, each on its own TLS connection from its own
-//! loopback address, doing the real protocol against one of three targets.
+//! loopback address, doing the real protocol against one of the targets.
 
 use muster::install::Key;
 use muster::net::PinnedVerifier;
@@ -9,7 +9,7 @@ use muster_protocol::node::{
 use muster_protocol::paths;
 use muster_protocol::token::Secret;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,11 @@ pub enum Target {
     Floor { base: String, token: String },
     /// `cfssl serve`: one authenticated sign request (HMAC-SHA256 over the request).
     Cfssl { base: String, auth_key: Vec<u8> },
+    /// step-ca: one sign request with a one-time token (an ES256 JWT) minted for it.
+    StepCa {
+        base: String,
+        minter: Arc<crate::stepca::Minter>,
+    },
 }
 
 /// One installer's material, made before the clock starts: fresh keys and CSRs.
@@ -60,16 +65,128 @@ fn prepare_one(hostname: &str) -> anyhow::Result<Prepared> {
     })
 }
 
-/// The TLS client config every installer uses: pinned to the target's CA, as `muster` is.
+/// Full TLS handshakes made by every installer so far: each checks the server's certificate.
+pub static FULL_HANDSHAKES: AtomicU64 = AtomicU64::new(0);
+/// Session tickets (TLS 1.3) and sessions (TLS 1.2) servers offered for resumption, all
+/// declined.
+pub static TICKETS_DECLINED: AtomicU64 = AtomicU64::new(0);
+/// The TLS client config every installer uses: pinned to the target's CA, as `muster` is, and
+/// with no session kept, so every connection is a full handshake as a new host's is (clients
+/// cloned from one config would otherwise share its session store and resume).
 pub fn tls(pins: Vec<String>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client(Arc::new(PinnedVerifier::new(pins)))
+}
+
+/// [`tls`] for a server that is no coordinator: its chain checked up to `root` (DER), as any
+/// TLS client checks one, instead of to a pin and the coordinator's mark.
+pub fn tls_to_root(root: Vec<u8>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(root))?;
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()?;
+    client(webpki)
+}
+
+fn client(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Counting(verifier);
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedVerifier::new(pins)))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(NoSessions));
     Ok(Arc::new(cfg))
+}
+
+/// A certificate verifier that counts the full handshakes it checks.
+#[derive(Debug)]
+struct Counting(Arc<dyn rustls::client::danger::ServerCertVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for Counting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        FULL_HANDSHAKES.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// A session store that keeps nothing: what servers offer is counted and dropped.
+#[derive(Debug)]
+struct NoSessions;
+
+impl rustls::client::ClientSessionStore for NoSessions {
+    fn set_kx_hint(&self, _: rustls::pki_types::ServerName<'static>, _: rustls::NamedGroup) {}
+
+    fn kx_hint(&self, _: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        None
+    }
+
+    fn set_tls12_session(
+        &self,
+        _: rustls::pki_types::ServerName<'static>,
+        _: rustls::client::Tls12ClientSessionValue,
+    ) {
+        TICKETS_DECLINED.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn tls12_session(
+        &self,
+        _: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+
+    fn remove_tls12_session(&self, _: &rustls::pki_types::ServerName<'static>) {}
+
+    fn insert_tls13_ticket(
+        &self,
+        _: rustls::pki_types::ServerName<'static>,
+        _: rustls::client::Tls13ClientSessionValue,
+    ) {
+        TICKETS_DECLINED.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        None
+    }
 }
 
 /// Installer `w`'s source address: one per concurrent installer, as if each were its own
@@ -289,6 +406,17 @@ async fn once(
             .json()
             .await?;
             anyhow::ensure!(v["success"] == true, "cfssl: {v}");
+        }
+        Target::StepCa { base, minter } => {
+            let body = serde_json::json!({
+                "csr": p.transport_csr,
+                "ott": minter.token(&p.hostname)?,
+            });
+            let v: serde_json::Value = ok(http.post(format!("{base}/1.0/sign")).json(&body))
+                .await?
+                .json()
+                .await?;
+            anyhow::ensure!(v["crt"].is_string(), "step-ca: {v}");
         }
     }
     Ok(())

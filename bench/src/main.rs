@@ -3,9 +3,11 @@
 //! Starts a real `musterd` on the embedded store (SQLite, WAL, fsynced commits), then storms it
 //! with simulated installers doing the real protocol: a new TLS connection each (from its own
 //! loopback address, as separate hosts would), a real roles token, fresh keys and CSRs, join,
-//! and the commit on the join's connection. The same load generator then storms three
-//! references: the protocol floor and the floor (see `floor.rs`) and Debian's `cfssl serve`.
-//! It prints figures and writes them to a Markdown report; it asserts nothing about time.
+//! and the commit on the join's connection. The same load generator then storms four
+//! references: the protocol floor and the floor (see `floor.rs`), Debian's `cfssl serve` and
+//! smallstep's step-ca (`stepca.rs`). Servers run on a core of their own, the generator on the
+//! others; every connection is a full TLS handshake. It prints figures and writes them to a
+//! Markdown report; it asserts nothing about time.
 //!
 //! Run it with `scripts/bench.sh` (builds in release mode and writes docs/benchmarks.md).
 
@@ -13,6 +15,7 @@ mod floor;
 mod load;
 mod report;
 mod shared;
+mod stepca;
 
 use report::*;
 
@@ -47,13 +50,17 @@ enum Cmd {
         /// The static installer to time one real enrollment with.
         #[arg(long)]
         installer: Option<PathBuf>,
-        /// Rounds of the 100-concurrent comparison (musterd, the protocol floor, the floor and
-        /// cfssl in turn); the ratios are of the medians.
-        #[arg(long, default_value_t = 5)]
+        /// Rounds of the 100-concurrent comparison (every server in turn, in an order that
+        /// changes each round); ratios are medians of the per-round ratios.
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
-        /// Storm only this server (muster, protocol, floor or cfssl): for profiling one of them.
+        /// Storm only this server (muster, protocol, floor, cfssl or step-ca): for profiling.
         #[arg(long)]
         only: Option<String>,
+        /// Leave every process free to run on any core (by default the servers get the last
+        /// core and the load generator the others).
+        #[arg(long)]
+        no_pin: bool,
     },
     /// Storm musterd on etcd (one member and three, one coordinator and two) beside SQLite,
     /// with what each enrollment cost musterd and etcd.
@@ -77,8 +84,51 @@ enum Cmd {
     },
 }
 
+/// The core every stormed server is pinned to (`taskset`), when pinning.
+static SERVER_CPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// Cores the load generator runs on.
+static GENERATOR_CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Gives the servers the last core and this process (the load generator, and every thread it
+/// starts after this) the others, on a machine with two or more.
+fn pin(enabled: bool) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server = (enabled && cores >= 2).then(|| cores - 1);
+    if let Some(last) = server {
+        let mut set = nix::sched::CpuSet::new();
+        for c in 0..last {
+            let _ = set.set(c);
+        }
+        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+            eprintln!("could not pin the load generator ({e}); running unpinned");
+            let _ = SERVER_CPU.set(None);
+            let _ = GENERATOR_CPUS.set(cores);
+            return;
+        }
+    }
+    let _ = SERVER_CPU.set(server);
+    let _ = GENERATOR_CPUS.set(server.unwrap_or(cores));
+}
+
+/// A command that starts a stormed server: on the servers' core when pinning.
+fn server_command(program: &Path) -> Command {
+    match SERVER_CPU.get().copied().flatten() {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    pin(!matches!(
+        cli.cmd,
+        Cmd::Run { no_pin: true, .. } | Cmd::Floor { .. } | Cmd::Shared { .. }
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -96,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             installer,
             rounds,
             only,
+            no_pin: _,
         } => rt.block_on(run(
             quick,
             no_scale,
@@ -180,21 +231,31 @@ async fn measure(
     prefix: &str,
     round: usize,
 ) -> anyhow::Result<Row> {
+    use std::sync::atomic::Ordering::Relaxed;
     let work = Arc::new(load::prepare(prefix, n)?);
     server.reset_peak();
     let cpu0 = server.cpu();
     let client0 = cpu_seconds("self");
+    let (hs0, tk0) = (
+        load::FULL_HANDSHAKES.load(Relaxed),
+        load::TICKETS_DECLINED.load(Relaxed),
+    );
     let run = load::storm(target, tls, load, work).await;
     let cpu = server.cpu() - cpu0;
     let client = cpu_seconds("self") - client0;
+    let per = |x: f64| x / run.ok.max(1) as f64;
+    let cores = GENERATOR_CPUS.get().copied().unwrap_or(1) as f64;
     let row = Row {
         target: server.name,
         load,
         registered,
         round,
-        cpu_per: cpu / run.ok.max(1) as f64,
-        client_cpu_per: client / run.ok.max(1) as f64,
+        cpu_per: per(cpu),
+        client_cpu_per: per(client),
         peak_mib: server.peak_kib() as f64 / 1024.0,
+        handshakes_per: per((load::FULL_HANDSHAKES.load(Relaxed) - hs0) as f64),
+        tickets_per: per((load::TICKETS_DECLINED.load(Relaxed) - tk0) as f64),
+        generator_busy: client / run.wall.as_secs_f64().max(1e-9) / cores,
         run,
     };
     println!("{}", line(&row));
@@ -222,7 +283,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn wait_port(port: u16) -> anyhow::Result<()> {
+pub(crate) async fn wait_port(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -277,7 +338,7 @@ async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
     base(&mut create);
     let v: serde_json::Value = serde_json::from_str(&tool(&mut create)?)?;
     let token = v["token"].as_str().unwrap_or_default().to_string();
-    let mut serve = Command::new(&musterd);
+    let mut serve = server_command(&musterd);
     serve.arg("serve");
     base(&mut serve);
     let child = serve
@@ -297,7 +358,7 @@ async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
 /// stormed as.
 async fn start_floor(dir: &Path, name: &'static str) -> anyhow::Result<(Server, floor::Ready)> {
     let port = free_port()?;
-    let child = Command::new(std::env::current_exe()?)
+    let child = server_command(&std::env::current_exe()?)
         .args(["floor", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
@@ -339,7 +400,7 @@ async fn start_cfssl(dir: &Path) -> anyhow::Result<Option<(Server, u16, Vec<u8>,
     std::fs::write(dir.join("config.json"), config.to_string())?;
     let port = free_port()?;
     let f = |n: &str| dir.join(n);
-    let child = Command::new("cfssl")
+    let child = server_command(Path::new("cfssl"))
         .args([
             "serve",
             "-address",
@@ -368,6 +429,20 @@ async fn start_cfssl(dir: &Path) -> anyhow::Result<Option<(Server, u16, Vec<u8>,
     };
     wait_port(port).await?;
     Ok(Some((server, port, auth_key, vec![ca.pin()])))
+}
+
+/// The servers in the order round `round` storms them: turned by one each round and reversed
+/// every other, so each server goes early and late, after each of the others.
+fn in_turn<'a>(servers: &[Subject<'a>], round: usize) -> Vec<Subject<'a>> {
+    let mut order = servers.to_vec();
+    if !order.is_empty() {
+        let turn = (round / 2) % order.len();
+        order.rotate_left(turn);
+    }
+    if round % 2 == 0 {
+        order.reverse();
+    }
+    order
 }
 
 /// Wall time of one real enrollment by the `muster` binary, and its size.
@@ -463,12 +538,37 @@ async fn run(
             None
         }
     };
+    let step = match stepca::binary() {
+        Some(bin) => {
+            let d = sub("step-ca")?;
+            let port = free_port()?;
+            let (child, minter, root) = stepca::start(&bin, &d, port, server_command).await?;
+            Some((
+                Server {
+                    child,
+                    name: "step-ca",
+                },
+                Target::StepCa {
+                    base: format!("https://127.0.0.1:{port}"),
+                    minter: Arc::new(minter),
+                },
+                load::tls_to_root(root)?,
+            ))
+        }
+        None => {
+            println!("step-ca is not built (sh bench/stepca/build.sh): no step-ca figures");
+            None
+        }
+    };
     let mut servers: Vec<Subject> = vec![
         (&mserver, &muster.0, &muster.1),
         (&pserver, &protocol.0, &protocol.1),
         (&fserver, &floor.0, &floor.1),
     ];
     if let Some((server, target, tls)) = &cfssl {
+        servers.push((server, target, tls));
+    }
+    if let Some((server, target, tls)) = &step {
         servers.push((server, target, tls));
     }
     if let Some(only) = only {
@@ -495,7 +595,7 @@ async fn run(
     .await?;
     storm(n, &mut registered, &mut rows);
     for round in 1..=rounds {
-        for (server, target, tls) in &servers {
+        for (server, target, tls) in in_turn(&servers, round) {
             let prefix = format!("{}-r{round}", server.name);
             let at = if server.name == "muster" {
                 registered
@@ -579,7 +679,7 @@ async fn run(
         None => None,
     };
     drop(servers);
-    drop((mserver, pserver, fserver, cfssl));
+    drop((mserver, pserver, fserver, cfssl, step));
 
     let failed: usize = rows.iter().map(|r| r.run.failed).sum();
     let summary = summarize(&rows, installer_times.as_ref());
