@@ -439,7 +439,7 @@ fn in_turn<'a>(servers: &[Subject<'a>], round: usize) -> Vec<Subject<'a>> {
         let turn = (round / 2) % order.len();
         order.rotate_left(turn);
     }
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         order.reverse();
     }
     order
