@@ -21,7 +21,8 @@ for tool in curl:curl wget:wget openssl:openssl stat:coreutils mount:mount file:
   faketime:faketime setpriv:util-linux ip:iproute2 shellcheck:shellcheck lintian:lintian \
   rpm:rpm rpmlint:rpmlint cloud-init:cloud-init debootstrap:debootstrap \
   dpkg-scanpackages:dpkg-dev systemd-analyze:systemd etcd:etcd-server etcdctl:etcd-client \
-  cfssl:golang-cfssl sudo:sudo keytool:openjdk-17-jre-headless python3:python3 man:man-db; do
+  cfssl:golang-cfssl sudo:sudo keytool:openjdk-17-jre-headless python3:python3 man:man-db \
+  chromium:chromium node:nodejs npm:npm; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 if [ -n "$need" ]; then
@@ -45,6 +46,10 @@ if [ -n "$pip_need" ]; then
     { apt-get install -y -qq --no-install-recommends python3-pip &&
       python3 -m pip install --quiet --break-system-packages $pip_need; }
 fi
+# Playwright's driver for the console test (tests/console, Debian's chromium as its browser; it
+# downloads no browser of its own).
+[ -d tests/console/node_modules/playwright-core ] ||
+  (cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
 for sub in cargo-deb cargo-generate-rpm cargo-fuzz cargo-nextest; do
   command -v "$sub" >/dev/null 2>&1 || cargo install --locked --quiet "$sub"
 done

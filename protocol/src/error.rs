@@ -149,6 +149,8 @@ codes! {
     ApiKeyNotFound = "api_keys.key_not_found",
     /// An API key of that name exists (revoked ones too: names are not reused).
     ApiKeyNameTaken = "api_keys.name_taken",
+    /// A change made with the web console's session cookie without its CSRF token.
+    CsrfInvalid = "auth.csrf_invalid",
     /// Changing the admin password takes the current one (`security.current_password`).
     PasswordRequired = "auth.password_required",
     /// ECE's answer on `…/enrollment-tokens/{token}` for a token or id it does not know.

@@ -49,6 +49,8 @@ pub mod paths {
     pub const LEAVE: &str = "/api/v1/node/leave";
     /// ECE's API keys of the current user.
     pub const API_KEYS: &str = "/api/v1/users/auth/keys";
+    /// Muster's: the platform at a glance (the console's platform page).
+    pub const PLATFORM_STATUS: &str = "/api/v1/platform/_status";
     /// ECE's current user (the admin password).
     pub const CURRENT_USER: &str = "/api/v1/user";
     pub const ES_ENROLL_NODE: &str = "/_security/enroll/node";

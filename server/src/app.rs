@@ -37,6 +37,8 @@ pub struct App {
     pub serving_key: pki::ServingKey,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
+    /// The web console's sessions.
+    pub sessions: crate::service::sessions::Sessions,
     pub admission: Admission,
     pub names: Names,
     pub join_keys: JoinKeys,
@@ -81,6 +83,7 @@ impl App {
             serving_key,
             metrics,
             auth,
+            sessions: Default::default(),
             admission,
             names,
             join_keys: JoinKeys::default(),

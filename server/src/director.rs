@@ -42,6 +42,7 @@ type S = State<Arc<Director>>;
 pub fn router(d: Arc<Director>) -> Router {
     let max = d.config.max_body_bytes;
     Router::new()
+        .merge(crate::http::console::director_routes())
         .route(paths::RECOVER, post(recover_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

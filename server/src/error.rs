@@ -62,7 +62,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         RecoveryRole => StatusCode::BAD_REQUEST,
         RecoveryStore => StatusCode::CONFLICT,
         TokenNotDeletable | HostReplaceRoles | ApiKeyNameTaken => StatusCode::CONFLICT,
-        PasswordRequired => StatusCode::FORBIDDEN,
+        PasswordRequired | CsrfInvalid => StatusCode::FORBIDDEN,
         RequestInvalid | RoleUnknown | CsrInvalid | CsrKeyType | CsrCa | CsrSan
         | EceTokenRequest | EceSetRolesFailed | ApiKeyInvalid => StatusCode::BAD_REQUEST,
         StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -11,6 +11,7 @@ mod admin;
 mod admin_cli;
 mod attack;
 mod cloudinit;
+mod console;
 mod crash;
 mod ece;
 mod enroll;

@@ -194,6 +194,56 @@ pub async fn update_user(
     }))
 }
 
+/// `GET /api/v1/platform/_status` (Muster's): the platform at a glance, for the console's
+/// platform page and `muster admin status`: this coordinator and every coordinator's published
+/// names, the store and whether it answers, the CAs' pins, the install line's parts, hosts
+/// registered and connected, and the certificates that expire within 14 days.
+pub async fn platform_status(State(app): S) -> Json<serde_json::Value> {
+    let view = app.view();
+    let now = app.now();
+    let store_ok = matches!(app.store.platform().await, Ok(Some(_)));
+    let coordinators = app.store.coordinator_names().await.unwrap_or_default();
+    let hosts = app.store.hosts().await.unwrap_or_default();
+    let soon = now + 14 * 86_400;
+    let mut expiring: Vec<serde_json::Value> = hosts
+        .iter()
+        .filter(|h| h.cert_not_after > 0 && h.cert_not_after <= soon)
+        .map(|h| {
+            serde_json::json!({
+                "runner_id": h.node_id,
+                "public_hostname": h.host.hostname,
+                "certificate_not_after": h.cert_not_after,
+            })
+        })
+        .collect();
+    expiring.sort_by_key(|e| e["certificate_not_after"].as_u64());
+    let (kind, members) = match app.config.store.backend {
+        crate::config::Backend::Sqlite => ("sqlite", vec![]),
+        crate::config::Backend::Etcd => ("etcd", app.config.store.etcd.endpoints.clone()),
+    };
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "now": now,
+        "roles": muster_protocol::Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "coordinator": {
+            "advertise": app.advertise,
+            "mode": "coordinator",
+        },
+        "coordinators": coordinators,
+        "store": {"kind": kind, "members": members, "healthy": store_ok},
+        "ca": {
+            "http_ca_pin": app.platform.http_ca.pin(),
+            "transport_ca_pin": app.platform.transport_ca.pin(),
+            "serving_key_curl_pin": app.serving_key.curl_pin(),
+        },
+        "hosts": {
+            "registered": hosts.len(),
+            "connected": hosts.iter().filter(|h| view.connected(h)).count(),
+        },
+        "expiring_within_14_days": expiring,
+    }))
+}
+
 #[derive(serde::Deserialize)]
 pub struct AuditQuery {
     #[serde(default)]

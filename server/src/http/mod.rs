@@ -6,6 +6,7 @@
 //! a route added there cannot forget to authenticate.
 
 pub mod admin;
+pub mod console;
 pub mod node;
 pub mod ops;
 
@@ -67,6 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
             &format!("{}/{{api_key_id}}", paths::API_KEYS),
             delete(admin::delete_api_key),
         )
+        .route(paths::PLATFORM_STATUS, get(admin::platform_status))
         .route(
             paths::CURRENT_USER,
             get(admin::current_user).patch(admin::update_user),
@@ -77,6 +79,7 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     Router::new()
         .merge(admin)
+        .merge(console::routes())
         .route(paths::JOIN, post(node::join))
         .route(paths::RECOVER, post(node::recover))
         .route(paths::COMMIT, post(node::commit))
@@ -162,13 +165,33 @@ async fn require_admin(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let authorization = req
+    // The console's page asks without a Basic challenge: the browser's own password prompt
+    // would stand in front of it.
+    let from_console = req.headers().contains_key("x-muster-console");
+    let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .map(|v| zeroize::Zeroizing::new(v.to_string()));
+    // Without an Authorization header, the console's session cookie, its credentials checked
+    // again; a change also needs the session's CSRF token.
+    let authorization = match given {
+        Some(a) => Some(a),
+        None => match console_session(&app, &req) {
+            Ok(a) => a,
+            Err(e) => {
+                drain(req.into_body()).await;
+                return e.into_response();
+            }
+        },
+    };
     match app
         .auth
-        .check(authorization, c.remote.ip(), app.now())
+        .check(
+            authorization.as_deref().map(|a| a.as_str()),
+            c.remote.ip(),
+            app.now(),
+        )
         .await
     {
         Ok(who) => {
@@ -180,9 +203,46 @@ async fn require_admin(
             // have: answering with it unread would reset the connection under the client
             // before it reads the refusal.
             drain(req.into_body()).await;
-            e.into_response()
+            let mut r = e.into_response();
+            if from_console {
+                r.headers_mut().remove(header::WWW_AUTHENTICATE);
+            }
+            r
         }
     }
+}
+
+/// The `Authorization` value of the console session a request's cookie names, if any; a
+/// change (any method but GET and HEAD) without the session's CSRF token is refused.
+fn console_session(
+    app: &App,
+    req: &axum::extract::Request,
+) -> Result<Option<zeroize::Zeroizing<String>>, ApiError> {
+    use crate::service::sessions;
+    let Some(id) = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| sessions::cookie(h, sessions::COOKIE))
+    else {
+        return Ok(None);
+    };
+    let Some((authorization, csrf, _)) = app.sessions.get(id, app.now()) else {
+        return Ok(None);
+    };
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let sent = req
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok());
+    if !safe && !sessions::csrf_ok(sent, &csrf) {
+        return Err(console::csrf_refused());
+    }
+    Ok(Some(authorization))
 }
 
 /// Reads a JSON body, answering our error shape for bad or oversized bodies.

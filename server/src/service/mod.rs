@@ -9,6 +9,7 @@
 //!   MAC only the platform makes.
 //! - [`auth`]: admin credentials (user and password, or an API key), failures held off per
 //!   source.
+//! - [`sessions`]: the web console's sessions (cookie and CSRF token).
 //! - [`admission`]: a roles token in, its claims and record out, or one [`admission::Refusal`]
 //!   that is counted, audited and held against its source in one place.
 //! - [`names`]: the names and addresses reserved from hosts' certificates (the coordinators'
@@ -24,6 +25,8 @@ pub mod cache;
 pub mod credentials;
 
 pub mod auth;
+
+pub mod sessions;
 
 pub mod admission;
 
