@@ -3,7 +3,8 @@
 // (WORK/token) and waits for the test to enroll a host with it (WORK/installed). Fails, with
 // what it saw, on the first thing that is not as it should be. Screenshots go to SHOTS.
 //
-// Environment: CONSOLE_URL (https://127.0.0.1:PORT), ADMIN_PASSWORD, WORK, SHOTS, HOST_NAME.
+// Environment: CONSOLE_URL (https://127.0.0.1:PORT), ADMIN_PASSWORD, API_KEY (named
+// console-test), WORK, SHOTS, HOST_NAME.
 import { chromium } from 'playwright-core';
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +14,7 @@ const password = process.env.ADMIN_PASSWORD;
 const work = process.env.WORK;
 const shots = process.env.SHOTS;
 const hostName = process.env.HOST_NAME;
+const apiKey = process.env.API_KEY;
 mkdirSync(shots, { recursive: true });
 
 function check(ok, what) {
@@ -237,6 +239,15 @@ try {
   await page.waitForSelector('#view-sign-in:not([hidden])');
   const after = await page.evaluate(async () => (await fetch('/api/v1/platform/infrastructure/runners', { credentials: 'same-origin', headers: { 'X-Muster-Console': '1' } })).status);
   check(after === 401, `signed out, the API refuses: ${after}`);
+
+  // An API key signs in too, and the console acts as that key.
+  await page.check('input[name="with"][value="key"]');
+  await page.fill('#api-key', apiKey);
+  await page.press('#api-key', 'Enter');
+  await page.waitForSelector('#view-hosts:not([hidden])');
+  check((await page.textContent('#actor')).includes('api-key:console-test'), 'signed in with an API key as api-key:console-test');
+  await page.click('#sign-out');
+  await page.waitForSelector('#view-sign-in:not([hidden])');
 
   check(violations.length === 0, `no CSP violation or page error: ${violations.join(' | ')}`);
   writeFileSync(join(work, 'done'), 'ok');

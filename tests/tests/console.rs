@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 /// its one-liner, cloud-init and package forms, the installer run with it against a scratch
 /// root, the host seen arriving without a reload, a role granted, the token revoked, all of it
 /// found in the audit log, a refusal explained, markup in a description and a host name shown
-/// as text, signing out; screenshots of each page in `target/console-screenshots`.
+/// as text, signing out, signing in with an API key; the
+/// sign-in meets the login rate limit; screenshots of each page in `target/console-screenshots`.
 #[test]
 fn the_console_signs_in_makes_a_token_watches_a_host_arrive_and_audits_it_in_chromium() -> R {
     let c = Coordinator::with(Opts {
@@ -19,6 +20,14 @@ fn the_console_signs_in_makes_a_token_watches_a_host_arrive_and_audits_it_in_chr
         ..Opts::default()
     })?;
     let work = tempfile::tempdir()?;
+    let (code, made) = c.api(
+        "POST",
+        "/api/v1/users/auth/keys",
+        Some(r#"{"name":"console-test","description":"signs in to the console"}"#),
+    )?;
+    assert_eq!(code, 201, "the API key was made");
+    let api_key = made["key"].as_str().unwrap_or_default().to_string();
+    assert!(!api_key.is_empty(), "an API key in the answer");
     let shots = os::target_dir().join("console-screenshots");
     let host_name = "console-host-1";
     let said_path = work.path().join("browser.log");
@@ -28,6 +37,7 @@ fn the_console_signs_in_makes_a_token_watches_a_host_arrive_and_audits_it_in_chr
         .current_dir(os::repo().join("tests/console"))
         .env("CONSOLE_URL", c.url(""))
         .env("ADMIN_PASSWORD", c.secret("admin_password"))
+        .env("API_KEY", &api_key)
         .env("WORK", work.path())
         .env("SHOTS", &shots)
         .env("HOST_NAME", host_name)
@@ -107,5 +117,29 @@ fn the_console_signs_in_makes_a_token_watches_a_host_arrive_and_audits_it_in_chr
     ] {
         assert!(acted.contains(&want), "{want:?} in {acted:?}");
     }
+    // The console's sign-in meets the API's login rate limit (last: it locks this address out).
+    let mut codes = vec![];
+    for i in 0..12 {
+        let out = Command::new("curl")
+            .args(["-sk", "-X", "POST", "-H", "Content-Type: application/json"])
+            .args([
+                "-d",
+                &format!(r#"{{"user":"admin","password":"wrong-{i}"}}"#),
+            ])
+            .arg(c.url("/console/session"))
+            .output()?;
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        codes.push(
+            body["errors"][0]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        codes.first().is_some_and(|c| c == "auth.invalid")
+            && codes.last().is_some_and(|c| c == "auth.rate_limited"),
+        "wrong sign-ins meet the login rate limit: {codes:?}"
+    );
     Ok(())
 }
