@@ -219,6 +219,29 @@ fn with_every_coordinator_gone_a_director_and_the_emergency_token_bring_the_plat
     held.sort();
     assert_eq!(held, ["ca.pem", "director-cert.pem", "director-key.pem"]);
 
+    // Its console says what a director is for, under the console's headers; nothing signs in.
+    let page = |path: &str| -> anyhow::Result<String> {
+        let out = Command::new("curl")
+            .args(["-sk", "-D", "-"])
+            .arg(director.url(path))
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let console = page("/console/")?;
+    assert!(
+        console.starts_with("HTTP/2 200") || console.starts_with("HTTP/1.1 200"),
+        "{console}"
+    );
+    assert!(console.contains("This is a director") && console.contains("emergency token"));
+    assert!(console
+        .to_ascii_lowercase()
+        .contains("content-security-policy: default-src 'none'"));
+    let session = page("/console/session")?;
+    assert!(
+        !session.contains(" 200"),
+        "no sign-in on a director: {session}"
+    );
+
     // It answers no join, and recovery only with the emergency token and the coordinator role.
     let h = Host::new("via-director")?;
     let r = h.install(&director.host(), &kept, &[])?;
