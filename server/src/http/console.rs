@@ -138,10 +138,13 @@ async fn sign_in(State(app): S, Extension(c): Conn, body: Body) -> Response {
         let req: SignIn = parse_json(body)?;
         let authorization =
             zeroize::Zeroizing::new(match (&req.user, &req.password, &req.api_key) {
-                (Some(u), Some(p), None) => format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-                ),
+                (Some(u), Some(p), None) => {
+                    let pair = zeroize::Zeroizing::new(format!("{u}:{p}"));
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+                    )
+                }
                 (None, None, Some(k)) => format!("ApiKey {k}"),
                 _ => {
                     return Err(ApiError::new(
