@@ -41,7 +41,8 @@ try {
     if (/Content Security Policy|Refused to/i.test(m.text())) violations.push(m.text());
   });
   page.on('pageerror', (e) => violations.push(`page error: ${e.message}`));
-  page.on('dialog', (d) => d.accept());
+  const dialogs = [];
+  page.on('dialog', (d) => { dialogs.push(d.message()); d.accept(); });
   const shot = (name, opts) => page.screenshot({ path: join(shots, `${name}.png`), ...opts });
 
   // The page and its headers.
@@ -149,6 +150,7 @@ try {
   await page.locator('#tokens tbody tr', { hasText: tokenId }).locator('button[data-act="revoke"]').click();
   await page.waitForFunction((id) => ![...document.querySelectorAll('#tokens tbody tr')]
     .some((r) => r.textContent.includes(id)), tokenId);
+  check(dialogs.some((m) => m.includes(tokenId)), `revoking asked first: ${dialogs.join(' | ')}`);
   check(true, 'the token is revoked and gone from the list');
   await shot('tokens');
 
@@ -202,6 +204,14 @@ try {
   await page.waitForTimeout(300);
   await shot('hosts-phone', { fullPage: false });
   await page.setViewportSize({ width: 1280, height: 860 });
+
+  // Remove the host (after a confirmation, which the dialog handler accepts).
+  await page.click('#nav a[data-view="hosts"]');
+  await hostRow.locator('button[data-act="remove"]').click();
+  await page.waitForFunction((name) => ![...document.querySelectorAll('#hosts tbody tr')]
+    .some((r) => r.textContent.includes(name)), hostName);
+  check(dialogs.some((m) => m.startsWith(`Remove host ${hostName}?`)), `removing asked first: ${dialogs.join(' | ')}`);
+  check(true, 'the host is removed and gone from the list');
 
   // 10,000 hosts: how long the page takes to show them (a figure, not a check).
   const many = [];

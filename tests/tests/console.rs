@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 /// Sign in (a wrong password refused first), a forged CSRF token refused, a token made with
 /// its one-liner, cloud-init and package forms, the installer run with it against a scratch
-/// root, the host seen arriving without a reload, a role granted, the token revoked, all of it
-/// found in the audit log, a refusal explained, markup in a description and a host name shown
-/// as text, signing out, signing in with an API key; the
-/// sign-in meets the login rate limit; screenshots of each page in `target/console-screenshots`.
+/// root, the host seen arriving without a reload, a role granted, the token revoked and the
+/// host removed (each asked first), all of it found in the audit log, a refusal explained,
+/// markup in a description and a host name shown as text, signing out, signing in with an API
+/// key; the sign-in meets the login rate limit; screenshots of each page in
+/// `target/console-screenshots`.
 #[test]
 fn the_console_signs_in_makes_a_token_watches_a_host_arrive_and_audits_it_in_chromium() -> R {
     let c = Coordinator::with(Opts {
@@ -114,6 +115,7 @@ fn the_console_signs_in_makes_a_token_watches_a_host_arrive_and_audits_it_in_chr
         ("created".to_string(), String::new()),
         ("roles_set".to_string(), host_name.to_string()),
         ("revoked".to_string(), String::new()),
+        ("host_removed".to_string(), host_name.to_string()),
     ] {
         assert!(acted.contains(&want), "{want:?} in {acted:?}");
     }
