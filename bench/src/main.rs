@@ -635,13 +635,26 @@ async fn run(
     enum Next {
         Registry(usize),
         Thousand,
+        Fleets,
     }
     for next in [
         Next::Registry(big(10_000)),
         Next::Thousand,
+        Next::Fleets,
         Next::Registry(big(100_000)),
     ] {
         match next {
+            // musterd alone: 1,000 hosts at once, each on a new connection (how long from the
+            // first request to the last enrollment), then 10,000 arriving at random over 10 s.
+            Next::Fleets if big(1) > 0 => {
+                let subject = (&mserver, &muster.0, &muster.1);
+                let load = Load::Concurrent(1000);
+                let n = measure(subject, load, 1000, registered, "burst", 0).await?;
+                storm(n, &mut registered, &mut rows);
+                let load = Load::Arrivals(1000.0);
+                let n = measure(subject, load, 10_000, registered, "tenk", 0).await?;
+                storm(n, &mut registered, &mut rows);
+            }
             Next::Thousand if big(1) > 0 => {
                 for (server, target, tls) in &servers {
                     let prefix = format!("{}-k", server.name);
