@@ -162,20 +162,31 @@ try {
   }));
   await page.click('#nav a[data-view="audit"]');
   await page.waitForSelector('#view-audit:not([hidden])');
+  // Audit events ride the store's next group commit and the page polls every 3 s: wait for
+  // them to be shown rather than read the table once.
+  const auditRows = () => page.$$eval('#audit tbody tr', (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)));
+  const auditShows = async (what, pred) => {
+    const deadline = Date.now() + 20000;
+    let rows = await auditRows();
+    while (!pred(rows) && Date.now() < deadline) {
+      await sleep(250);
+      rows = await auditRows();
+    }
+    check(pred(rows), `${what}: ${JSON.stringify(rows.map((r) => r.slice(1, 3)))}`);
+    return rows;
+  };
   await page.fill('#audit-token', tokenId);
-  const events = await page.$$eval('#audit tbody tr', (rows) => rows.map((r) => [r.children[1].textContent, r.children[2].textContent]));
-  const has = (e, a) => events.some(([x, y]) => x === e && y === a);
-  check(has('created', 'user:admin') && has('committed', `token:${tokenId}`) && has('revoked', 'user:admin'),
-    `the token's life in the audit log: ${JSON.stringify(events)}`);
+  const has = (rows, e, a) => rows.some((r) => r[1] === e && r[2] === a);
+  await auditShows("the token's life in the audit log", (rows) => has(rows, 'created', 'user:admin')
+    && has(rows, 'committed', `token:${tokenId}`) && has(rows, 'revoked', 'user:admin'));
   await page.fill('#audit-token', '');
   await page.fill('#audit-host', hostName);
-  const hostEvents = await page.$$eval('#audit tbody tr', (rows) => rows.map((r) => r.children[1].textContent));
-  check(hostEvents.includes('roles_set'), `the role grant in the audit log: ${hostEvents}`);
+  await auditShows('the role grant in the audit log', (rows) => rows.some((r) => r[1] === 'roles_set'));
   await page.fill('#audit-host', '');
   await page.selectOption('#audit-kind', 'refused');
-  await page.waitForFunction(() => document.querySelector('#audit tbody tr'));
-  const reason = await page.textContent('#audit tbody tr td:nth-child(6)');
-  check(reason.includes('token.malformed') && reason.includes('not a roles token'), `a refusal and what it means: ${reason}`);
+  const refusals = await auditShows('a refusal in the audit log', (rows) => rows.some((r) => r[5].includes('token.malformed')));
+  const reason = refusals.find((r) => r[5].includes('token.malformed'))[5];
+  check(reason.includes('not a roles token'), `and what it means: ${reason}`);
   await page.selectOption('#audit-kind', '');
   await shot('audit');
 
