@@ -29,22 +29,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// The console's routes on a coordinator.
 pub fn routes() -> Router<Arc<crate::app::App>> {
-    Router::new()
-        .route(
-            "/console",
-            get(|| async { Redirect::permanent("/console/") }),
-        )
-        .route(
-            "/console/",
-            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
-        )
+    pages(INDEX)
         .route(
             "/console/console.js",
             get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
-        )
-        .route(
-            "/console/console.css",
-            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
         )
         .route(
             "/console/session",
@@ -54,6 +42,11 @@ pub fn routes() -> Router<Arc<crate::app::App>> {
 
 /// The console on a director: one page that says what a director is for.
 pub fn director_routes<T: Clone + Send + Sync + 'static>() -> Router<T> {
+    pages(DIRECTOR)
+}
+
+/// `/console/` with this page and the style sheet, on a coordinator and a director alike.
+fn pages<T: Clone + Send + Sync + 'static>(index: &'static str) -> Router<T> {
     Router::new()
         .route(
             "/console",
@@ -61,7 +54,7 @@ pub fn director_routes<T: Clone + Send + Sync + 'static>() -> Router<T> {
         )
         .route(
             "/console/",
-            get(|| async { asset(DIRECTOR, "text/html; charset=utf-8") }),
+            get(move || async move { asset(index, "text/html; charset=utf-8") }),
         )
         .route(
             "/console/console.css",
@@ -108,7 +101,8 @@ impl std::fmt::Debug for SignIn {
     }
 }
 
-fn cookie_of(headers: &HeaderMap) -> Option<String> {
+/// The session id the request's cookie carries, if any.
+pub fn cookie_of(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -168,12 +162,7 @@ async fn sign_in(State(app): S, Extension(c): Conn, body: Body) -> Response {
             serde_json::json!({"csrf": csrf, "actor": actor, "expires": expires}),
             Some(set_cookie(&id, LIFETIME_SECS)),
         ),
-        Err(e) => {
-            let mut r = e.into_response();
-            r.headers_mut().remove(header::WWW_AUTHENTICATE);
-            harden(r.headers_mut());
-            r
-        }
+        Err(e) => unchallenged(e),
     }
 }
 
@@ -196,13 +185,10 @@ async fn session(State(app): S, Extension(c): Conn, headers: HeaderMap) -> Respo
             serde_json::json!({"csrf": csrf, "actor": actor, "expires": expires}),
             None,
         ),
-        None => {
-            let mut r = ApiError::new(ErrorCode::AuthRequired, "not signed in to the console")
-                .into_response();
-            r.headers_mut().remove(header::WWW_AUTHENTICATE);
-            harden(r.headers_mut());
-            r
-        }
+        None => unchallenged(ApiError::new(
+            ErrorCode::AuthRequired,
+            "not signed in to the console",
+        )),
     }
 }
 
@@ -226,6 +212,15 @@ async fn sign_out(State(app): S, headers: HeaderMap) -> Response {
         serde_json::json!({}),
         Some(set_cookie("", 0)),
     )
+}
+
+/// A refusal for the page: without the Basic challenge (the browser's own password prompt
+/// would stand in front of the page), under the console's headers.
+fn unchallenged(e: ApiError) -> Response {
+    let mut r = e.into_response();
+    r.headers_mut().remove(header::WWW_AUTHENTICATE);
+    harden(r.headers_mut());
+    r
 }
 
 /// The refusal of a change sent with the session cookie but without its CSRF token.

@@ -219,16 +219,10 @@ fn console_session(
     req: &axum::extract::Request,
 ) -> Result<Option<zeroize::Zeroizing<String>>, ApiError> {
     use crate::service::sessions;
-    let Some(id) = req
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|h| sessions::cookie(h, sessions::COOKIE))
-    else {
+    let Some(id) = console::cookie_of(req.headers()) else {
         return Ok(None);
     };
-    let Some((authorization, csrf, _)) = app.sessions.get(id, app.now()) else {
+    let Some((authorization, csrf, _)) = app.sessions.get(&id, app.now()) else {
         return Ok(None);
     };
     let safe = matches!(
