@@ -13,20 +13,23 @@
 
 mod floor;
 mod installer;
+mod instructions;
 mod load;
+mod primitives;
 mod report;
+mod servers;
 mod shared;
 mod stepca;
 
 use report::*;
+use servers::*;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use load::{Load, Target};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(name = "muster-storm", about = "Muster's enrollment-storm benchmark")]
@@ -62,6 +65,31 @@ enum Cmd {
         /// core and the load generator the others).
         #[arg(long)]
         no_pin: bool,
+        /// Skip counting instructions under callgrind (done when valgrind is installed).
+        #[arg(long)]
+        no_instructions: bool,
+    },
+    /// Count the instructions per enrollment of musterd and the floors, and of each
+    /// primitive, under callgrind (valgrind): a figure to judge a change by on a noisy machine.
+    Instructions {
+        /// Enrollments counted per server.
+        #[arg(long, default_value_t = 500)]
+        hosts: usize,
+        /// Count only this server (muster, protocol or floor).
+        #[arg(long)]
+        only: Option<String>,
+        /// Keep callgrind's files here (read them with callgrind_annotate).
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Time each primitive of an enrollment (used by `run` and `instructions`).
+    Primitives {
+        /// Runs of each.
+        #[arg(long, default_value_t = 500)]
+        n: usize,
+        /// Wait for a line on stdin before and after each primitive's runs.
+        #[arg(long)]
+        step: bool,
     },
     /// Storm musterd on etcd (one member and three, one coordinator and two) beside SQLite,
     /// with what each enrollment cost musterd and etcd.
@@ -85,51 +113,19 @@ enum Cmd {
     },
 }
 
-/// The core every stormed server is pinned to (`taskset`), when pinning.
-static SERVER_CPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-
-/// Cores the load generator runs on.
-static GENERATOR_CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-
-/// Gives the servers the last core and this process (the load generator, and every thread it
-/// starts after this) the others, on a machine with two or more.
-fn pin(enabled: bool) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let server = (enabled && cores >= 2).then(|| cores - 1);
-    if let Some(last) = server {
-        let mut set = nix::sched::CpuSet::new();
-        for c in 0..last {
-            let _ = set.set(c);
-        }
-        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-            eprintln!("could not pin the load generator ({e}); running unpinned");
-            let _ = SERVER_CPU.set(None);
-            let _ = GENERATOR_CPUS.set(cores);
-            return;
-        }
-    }
-    let _ = SERVER_CPU.set(server);
-    let _ = GENERATOR_CPUS.set(server.unwrap_or(cores));
-}
-
-/// A command that starts a stormed server: on the servers' core when pinning.
-fn server_command(program: &Path) -> Command {
-    match SERVER_CPU.get().copied().flatten() {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     pin(!matches!(
         cli.cmd,
-        Cmd::Run { no_pin: true, .. } | Cmd::Floor { .. } | Cmd::Shared { .. }
+        Cmd::Run { no_pin: true, .. }
+            | Cmd::Floor { .. }
+            | Cmd::Shared { .. }
+            | Cmd::Primitives { .. }
     ));
+    // No runtime for the primitives: their process has the threads it starts and no other.
+    if let Cmd::Primitives { n, step } = cli.cmd {
+        return primitives::main(n, step);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -148,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
             only,
             no_pin: _,
+            no_instructions,
         } => rt.block_on(run(
             quick,
             no_scale,
@@ -155,73 +152,17 @@ fn main() -> anyhow::Result<()> {
             installer.as_deref(),
             rounds.max(1),
             only.as_deref(),
+            !no_instructions,
         )),
+        Cmd::Instructions { hosts, only, keep } => rt.block_on(async {
+            let counts = instructions::count(hosts, only.as_deref(), keep.as_deref()).await?;
+            print!("{}", instructions::summary(&counts));
+            Ok(())
+        }),
+        Cmd::Primitives { .. } => Ok(()),
     }
 }
 
-/// A server process under measurement: CPU time and peak RSS from /proc.
-struct Server {
-    child: Child,
-    name: &'static str,
-}
-
-impl Server {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// User plus system CPU seconds so far.
-    fn cpu(&self) -> f64 {
-        cpu_seconds(&self.pid().to_string())
-    }
-
-    /// Peak resident memory since the last reset, KiB.
-    fn peak_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// User plus system CPU seconds of process `pid` ("self" for this one) so far.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // Fields 14 and 15 of stat; after the command name, indexes 11 and 12.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    ticks as f64 / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// A server to storm: the process, how to talk to it, and the TLS config pinned to it.
 type Subject<'a> = (&'a Server, &'a Target, &'a Arc<rustls::ClientConfig>);
 
 async fn measure(
@@ -235,14 +176,14 @@ async fn measure(
     use std::sync::atomic::Ordering::Relaxed;
     let work = Arc::new(load::prepare(prefix, n)?);
     server.reset_peak();
-    let cpu0 = server.cpu();
+    let (cpu0, sys0) = (server.cpu(), server.system());
     let client0 = cpu_seconds("self");
     let (hs0, tk0) = (
         load::FULL_HANDSHAKES.load(Relaxed),
         load::TICKETS_DECLINED.load(Relaxed),
     );
     let run = load::storm(target, tls, load, work).await;
-    let cpu = server.cpu() - cpu0;
+    let (cpu, sys) = (server.cpu() - cpu0, server.system() - sys0);
     let client = cpu_seconds("self") - client0;
     let per = |x: f64| x / run.ok.max(1) as f64;
     let cores = GENERATOR_CPUS.get().copied().unwrap_or(1) as f64;
@@ -252,6 +193,7 @@ async fn measure(
         registered,
         round,
         cpu_per: per(cpu),
+        sys_per: per(sys),
         client_cpu_per: per(client),
         peak_mib: server.peak_kib() as f64 / 1024.0,
         handshakes_per: per((load::FULL_HANDSHAKES.load(Relaxed) - hs0) as f64),
@@ -264,172 +206,6 @@ async fn measure(
         println!("    {} failed; first error: {e}", row.run.failed);
     }
     Ok(row)
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name(name);
-    if !p.exists() {
-        bail!(
-            "{} is missing: build it next to muster-storm (scripts/bench.sh does)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-pub(crate) async fn wait_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("nothing listens on port {port}")
-}
-
-fn tool(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into())
-}
-
-/// A coordinator on the embedded store in `dir`, and a persistent allocator token for it.
-async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
-    let musterd = sibling("musterd")?;
-    let port = free_port()?;
-    let data = dir.join("musterd");
-    let config = dir.join("musterd.yaml");
-    std::fs::write(
-        &config,
-        format!("listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n"),
-    )?;
-    let base = |cmd: &mut Command| {
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .arg("--config")
-            .arg(&config);
-    };
-    let mut init = Command::new(&musterd);
-    init.args(["init", "--output", "json"]);
-    base(&mut init);
-    tool(&mut init)?;
-    let mut create = Command::new(&musterd);
-    create.args([
-        "token",
-        "create",
-        "--persistent",
-        "--roles",
-        "allocator",
-        "--output",
-        "json",
-    ]);
-    base(&mut create);
-    let v: serde_json::Value = serde_json::from_str(&tool(&mut create)?)?;
-    let token = v["token"].as_str().unwrap_or_default().to_string();
-    let mut serve = server_command(&musterd);
-    serve.arg("serve");
-    base(&mut serve);
-    let child = serve
-        .env("MUSTERD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("musterd.log"))?)
-        .spawn()?;
-    let server = Server {
-        child,
-        name: "muster",
-    };
-    wait_port(port).await?;
-    Ok((server, port, token))
-}
-
-/// A floor server process (`muster-storm floor`); `name` tells which of its two floors it is
-/// stormed as.
-async fn start_floor(dir: &Path, name: &'static str) -> anyhow::Result<(Server, floor::Ready)> {
-    let port = free_port()?;
-    let child = server_command(&std::env::current_exe()?)
-        .args(["floor", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()?;
-    let server = Server { child, name };
-    wait_port(port).await?;
-    let ready: floor::Ready = serde_json::from_slice(&std::fs::read(dir.join("ready.json"))?)?;
-    Ok((server, ready))
-}
-
-/// `cfssl serve` over TLS with an authenticated signing profile, its CA made like musterd's.
-async fn start_cfssl(dir: &Path) -> anyhow::Result<Option<(Server, u16, Vec<u8>, Vec<String>)>> {
-    if Command::new("cfssl").arg("version").output().is_err() {
-        return Ok(None);
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let ca = musterd::pki::Ca::generate("cfssl CA", now)?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let leaf = musterd::pki::Leaf {
-        common_name: "cfssl".into(),
-        sans: vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
-        coordinator: true,
-        validity: time::Duration::days(1),
-    };
-    let cert = ca.sign(&key, &leaf, now)?;
-    let mut auth_key = vec![0u8; 32];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut auth_key[..]);
-    std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
-    std::fs::write(dir.join("ca-key.pem"), ca.key_pem())?;
-    std::fs::write(dir.join("tls.pem"), format!("{}{}", cert.pem, ca.cert_pem))?;
-    std::fs::write(dir.join("tls-key.pem"), key.serialize_pem())?;
-    let config = serde_json::json!({
-        "signing": {"default": {
-            "auth_key": "storm", "expiry": "2160h",
-            "usages": ["digital signature", "key encipherment", "server auth", "client auth"]
-        }},
-        "auth_keys": {"storm": {"type": "standard", "key": hex::encode(&auth_key)}}
-    });
-    std::fs::write(dir.join("config.json"), config.to_string())?;
-    let port = free_port()?;
-    let f = |n: &str| dir.join(n);
-    let child = server_command(Path::new("cfssl"))
-        .args([
-            "serve",
-            "-address",
-            "127.0.0.1",
-            "-port",
-            &port.to_string(),
-            "-loglevel",
-            "5",
-        ])
-        .arg("-ca")
-        .arg(f("ca.pem"))
-        .arg("-ca-key")
-        .arg(f("ca-key.pem"))
-        .arg("-config")
-        .arg(f("config.json"))
-        .arg("-tls-cert")
-        .arg(f("tls.pem"))
-        .arg("-tls-key")
-        .arg(f("tls-key.pem"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("cfssl.log"))?)
-        .spawn()?;
-    let server = Server {
-        child,
-        name: "cfssl",
-    };
-    wait_port(port).await?;
-    Ok(Some((server, port, auth_key, vec![ca.pin()])))
 }
 
 /// The servers in the order round `round` storms them: turned by one each round and reversed
@@ -453,6 +229,7 @@ async fn run(
     installer: Option<&Path>,
     rounds: usize,
     only: Option<&str>,
+    count_instructions: bool,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let scale = |full: usize, small: usize| if quick { small } else { full };
@@ -586,33 +363,34 @@ async fn run(
         }
     }
     // A fleet booting over a while rather than a crowd always in flight: 1,000 hosts arriving
-    // on their own at half the rate musterd sustained above, the same rate for every server.
-    let fleet_rate = rate_of(&rows, "muster", 100)
-        .or_else(|| rows.last().map(|r| r.run.rate()))
-        .unwrap_or(100.0)
-        * 0.5;
-    for (server, target, tls) in &servers {
-        let prefix = format!("{}-f", server.name);
-        let at = if server.name == "muster" {
-            registered
-        } else {
-            0
-        };
-        let load = Load::Arrivals(fleet_rate);
-        let n = measure((server, target, tls), load, scale(1000, 50), at, &prefix, 0).await?;
-        storm(n, &mut registered, &mut rows);
+    // on their own at half the rate musterd sustained above, then at 80 % of it, the same rate
+    // for every server.
+    for share in [0.5, 0.8] {
+        let load = Load::Arrivals(fleet_rate(&rows, share));
+        for (server, target, tls) in &servers {
+            let prefix = format!("{}-f{:.0}", server.name, share * 100.0);
+            let at = if server.name == "muster" {
+                registered
+            } else {
+                0
+            };
+            let n = measure((server, target, tls), load, scale(1000, 50), at, &prefix, 0).await?;
+            storm(n, &mut registered, &mut rows);
+        }
     }
     // The registry at 10,000 hosts, the 1,000-concurrent storms, the registry at 100,000.
     enum Next {
         Registry(usize),
         Thousand,
         Fleets,
+        InFlight(usize),
     }
     for next in [
         Next::Registry(big(10_000)),
         Next::Thousand,
         Next::Fleets,
         Next::Registry(big(100_000)),
+        Next::InFlight(big(10_000)),
     ] {
         match next {
             // musterd alone: 1,000 hosts at once, each on a new connection (how long from the
@@ -624,6 +402,13 @@ async fn run(
                 storm(n, &mut registered, &mut rows);
                 let load = Load::Arrivals(1000.0);
                 let n = measure(subject, load, 10_000, registered, "tenk", 0).await?;
+                storm(n, &mut registered, &mut rows);
+            }
+            // musterd's memory with 10,000 installers in flight at once, 100,000 registered.
+            Next::InFlight(n) if n > 0 => {
+                let subject = (&mserver, &muster.0, &muster.1);
+                let load = Load::Concurrent(n);
+                let n = measure(subject, load, n, registered, "inflight", 0).await?;
                 storm(n, &mut registered, &mut rows);
             }
             Next::Thousand if big(1) > 0 => {
@@ -664,9 +449,25 @@ async fn run(
     };
     drop(servers);
     drop((mserver, pserver, fserver, cfssl, step));
+    // What the primitives cost alone, on the servers' core; then the instructions, under
+    // callgrind (minutes, so not in a quick run or a run of one server).
+    let extra = Extra {
+        primitives_ms: (!quick).then(|| primitives::measure(500)).transpose()?,
+        instructions: if count_instructions && !quick && only.is_none() {
+            if instructions::available() {
+                println!("counting instructions under callgrind");
+                Some(instructions::count(500, None, None).await?)
+            } else {
+                println!("valgrind is not installed (apt install valgrind): no instruction counts");
+                None
+            }
+        } else {
+            None
+        },
+    };
 
     let failed: usize = rows.iter().map(|r| r.run.failed).sum();
-    let summary = summarize(&rows, installer_times.as_ref());
+    let summary = summarize(&rows, installer_times.as_ref(), &extra);
     println!("{summary}");
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     if let Some(path) = report {

@@ -16,6 +16,8 @@ pub(crate) struct Row {
     pub(crate) round: usize,
     pub(crate) run: Run,
     pub(crate) cpu_per: f64,
+    /// The part of `cpu_per` spent in the kernel.
+    pub(crate) sys_per: f64,
     /// The load generator's own CPU per enrollment: it shares the machine's cores.
     pub(crate) client_cpu_per: f64,
     pub(crate) peak_mib: f64,
@@ -145,6 +147,17 @@ pub(crate) fn cpu_of(rows: &[Row], target: &str) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
+/// The median kernel CPU per enrollment of `target` over the comparison rounds, ms.
+pub(crate) fn kernel_of(rows: &[Row], target: &str) -> Option<f64> {
+    let mut v: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.target == target && r.round > 0)
+        .map(|r| r.sys_per * 1000.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
 /// The throughput of `target` at `c` concurrent installers: the median of the comparison
 /// rounds at 100, the one storm at 1,000 (not the burst, which is over as soon as it starts).
 pub(crate) fn rate_of(rows: &[Row], target: &str, c: usize) -> Option<f64> {
@@ -158,7 +171,37 @@ pub(crate) fn rate_of(rows: &[Row], target: &str, c: usize) -> Option<f64> {
     rates.get(rates.len() / 2).copied()
 }
 
-pub(crate) fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> String {
+/// What a run measures besides the storms.
+pub(crate) struct Extra {
+    /// Each primitive's cost on the servers' core, ms ([`crate::primitives::NAMES`] order).
+    pub(crate) primitives_ms: Option<Vec<f64>>,
+    pub(crate) instructions: Option<crate::instructions::Counts>,
+}
+
+/// The rate the open-loop fleets arrive at: `share` of musterd's throughput at 100
+/// concurrent (the median of the rounds), the same for every server.
+pub(crate) fn fleet_rate(rows: &[Row], share: f64) -> f64 {
+    rate_of(rows, "muster", 100)
+        .or_else(|| rows.last().map(|r| r.run.rate()))
+        .unwrap_or(100.0)
+        * share
+}
+
+/// The open-loop storm of `target` at `share` of musterd's capacity.
+fn fleet<'a>(rows: &'a [Row], target: &str, share: f64) -> Option<&'a Row> {
+    let rate = fleet_rate(rows, share);
+    rows.iter().find(|r| {
+        r.target == target
+            && r.arrivals().is_some_and(|a| (a - rate).abs() < 1e-6)
+            && r.run.ok + r.run.failed < 10_000
+    })
+}
+
+pub(crate) fn summarize(
+    rows: &[Row],
+    installer: Option<&(Vec<f64>, u64)>,
+    extra: &Extra,
+) -> String {
     let mut s = String::new();
     let servers = ["muster", "protocol", "floor", "cfssl", "step-ca"];
     let _ = writeln!(
@@ -168,12 +211,39 @@ pub(crate) fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> St
     for t in servers {
         if let Some(c) = cpu_of(rows, t) {
             let rate = rate_of(rows, t, 100).unwrap_or(0.0);
+            let kernel = kernel_of(rows, t).unwrap_or(0.0);
             let _ = writeln!(
                 s,
-                "  {t:<9} {c:.3} ms  (one core of it: {:.0} enrollments/s; measured {rate:.0}/s)",
+                "  {t:<9} {c:.3} ms, of it {kernel:.3} ms in the kernel  (one core of it: {:.0} enrollments/s; measured {rate:.0}/s)",
                 1000.0 / c
             );
         }
+    }
+    if let Some(each) = &extra.primitives_ms {
+        let named: Vec<String> = crate::primitives::NAMES
+            .iter()
+            .zip(each)
+            .map(|(n, ms)| format!("{n} {ms:.3}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "primitives alone, on the servers' core, ms each: {}",
+            named.join(", ")
+        );
+        for t in ["muster", "protocol", "floor"] {
+            let (Some(p), Some(c)) = (crate::primitives::enrollment_cost(t, each), cpu_of(rows, t))
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "  {t:<9} its primitives {p:.3} ms of {c:.3} ms measured: efficiency {:.0} %",
+                100.0 * p / c
+            );
+        }
+    }
+    if let Some(c) = &extra.instructions {
+        s.push_str(&crate::instructions::summary(c));
     }
     let _ = writeln!(
         s,
@@ -222,19 +292,22 @@ pub(crate) fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> St
             bound.join(", ")
         );
     }
-    let fleet: Vec<String> = rows
-        .iter()
-        .filter(|r| r.arrivals().is_some() && r.run.ok + r.run.failed < 10_000)
-        .map(|r| format!("{} {:.1} ms", r.target, ms(r.run.pct(0.99))))
-        .collect();
-    if let Some((r, rate)) = rows.iter().find_map(|r| Some((r, r.arrivals()?))) {
-        let _ = writeln!(
-            s,
-            "{} hosts arriving at {:.0}/s, p99: {}",
-            r.run.ok + r.run.failed,
-            rate,
-            fleet.join(", ")
-        );
+    for share in [0.5, 0.8] {
+        let all: Vec<String> = ["muster", "protocol", "floor", "cfssl", "step-ca"]
+            .iter()
+            .filter_map(|t| fleet(rows, t, share))
+            .map(|r| format!("{} {:.1} ms", r.target, ms(r.run.pct(0.99))))
+            .collect();
+        if let Some(r) = fleet(rows, "muster", share) {
+            let _ = writeln!(
+                s,
+                "{} hosts arriving at {:.0}/s ({:.0} % of musterd's capacity), p99: {}",
+                r.run.ok + r.run.failed,
+                fleet_rate(rows, share),
+                share * 100.0,
+                all.join(", ")
+            );
+        }
     }
     if let Some((times, size)) = installer {
         let _ = writeln!(
@@ -272,34 +345,31 @@ pub(crate) fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> St
         false,
         "x",
     );
-    let peak = rows
-        .iter()
-        .filter(|r| r.target == "muster")
-        .map(|r| r.peak_mib)
-        .reduce(f64::max);
     // The same number of hosts as the closed loop, coming on their own at half the rate
-    // musterd sustained (the first open-loop storm; the 10,000 come later).
-    if let Some((fleet, rate)) = rows
-        .iter()
-        .filter(|r| r.target == "muster")
-        .find_map(|r| Some((r, r.arrivals()?)))
-    {
+    // musterd sustained, then at 80 % of it (the 10,000 come later).
+    for (share, p50, p99) in [(0.5, Some(5.0), 25.0), (0.8, None, 100.0)] {
+        let Some(f) = fleet(rows, "muster", share) else {
+            continue;
+        };
         let what = format!(
-            "{} hosts arriving at {:.0}/s (open loop, half the capacity at 100 concurrent)",
-            fleet.run.ok + fleet.run.failed,
-            rate
+            "{} hosts arriving at {:.0}/s (open loop, {:.0} % of the capacity at 100 concurrent)",
+            f.run.ok + f.run.failed,
+            fleet_rate(rows, share),
+            share * 100.0
         );
-        target(
-            &format!("p50 of {what}"),
-            Some(ms(fleet.run.pct(0.5))),
-            5.0,
-            false,
-            " ms",
-        );
+        if let Some(goal) = p50 {
+            target(
+                &format!("p50 of {what}"),
+                Some(ms(f.run.pct(0.5))),
+                goal,
+                false,
+                " ms",
+            );
+        }
         target(
             &format!("p99 of {what}"),
-            Some(ms(fleet.run.pct(0.99))),
-            25.0,
+            Some(ms(f.run.pct(0.99))),
+            p99,
             false,
             " ms",
         );
@@ -331,7 +401,18 @@ pub(crate) fn summarize(rows: &[Row], installer: Option<&(Vec<f64>, u64)>) -> St
             " ms",
         );
     }
-    target("musterd peak RSS", peak, 100.0, false, " MiB");
+    if let Some(r) = muster().find(|r| r.burst() && r.in_flight() == Some(10_000)) {
+        target(
+            &format!(
+                "musterd peak RSS with 10,000 in flight ({} hosts registered)",
+                r.registered
+            ),
+            Some(r.peak_mib),
+            100.0,
+            false,
+            " MiB",
+        );
+    }
     if let Some((times, size)) = installer {
         target(
             "one enrollment by the installer",
@@ -395,15 +476,15 @@ pub(crate) fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
     );
     let _ = writeln!(s, "| cfssl 1.2 `authsign` | HMAC-SHA256 over the request, shared key | none: the same request can be replayed | 1 | 1 | nothing | 1 |");
     let _ = writeln!(s, "| step-ca 0.19 `/1.0/sign` | one-time token (ES256 JWT from a JWK provisioner) | each token once: its id stored in badger (`step ca init`'s database) | 1 (with its chain) | 1 | the used token's id (badger; its own syncing) | 1 |\n");
-    let _ = writeln!(s, "| server | concurrent (or arriving) | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | load generator CPU ms/enrollment | generator cores busy | full handshakes/enrollment | tickets declined/enrollment | peak RSS MiB |");
+    let _ = writeln!(s, "| server | concurrent (or arriving) | round | hosts already registered | enrolled | failed | per second | p50 ms | p95 ms | p99 ms | server CPU ms/enrollment | of it in the kernel | load generator CPU ms/enrollment | generator cores busy | full handshakes/enrollment | tickets declined/enrollment | peak RSS MiB |");
     let _ = writeln!(
         s,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.0} % | {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} | {:.0} % | {:.2} | {:.2} | {:.1} |",
             r.target,
             load_of(r),
             if r.round > 0 { r.round.to_string() } else { String::new() },
@@ -415,6 +496,7 @@ pub(crate) fn markdown(rows: &[Row], summary: &str, quick: bool) -> String {
             ms(r.run.pct(0.95)),
             ms(r.run.pct(0.99)),
             r.cpu_per * 1000.0,
+            r.sys_per * 1000.0,
             r.client_cpu_per * 1000.0,
             r.generator_busy * 100.0,
             r.handshakes_per,

@@ -157,10 +157,8 @@ impl Names {
             read_at: Some(at),
             ..Default::default()
         };
-        let mut hosts = self.store.hosts().await?;
-        hosts.sort_by(|a, b| (a.registered_at, &a.node_id).cmp(&(b.registered_at, &b.node_id)));
-        for h in &hosts {
-            fresh.add(&h.host);
+        for host in &self.store.host_addresses().await? {
+            fresh.add(host);
         }
         if let Ok(mut a) = self.addresses.write() {
             *a = fresh;

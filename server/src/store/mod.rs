@@ -24,6 +24,7 @@ pub use rules::{may_replace, revoked_before_commit};
 
 use async_trait::async_trait;
 use muster_protocol::api::AuditEvent;
+use muster_protocol::node::HostFacts;
 use muster_protocol::Role;
 
 /// A store failure. Backends map their own errors here.
@@ -69,6 +70,16 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>>;
 
     async fn hosts(&self) -> StoreResult<Vec<HostRecord>>;
+    /// What the hosts that report addresses report (name and addresses), in the order they
+    /// registered: all a coordinator keeps to refuse one host another's address. A store may
+    /// answer it without building every host's record (SQLite does); this default reads them
+    /// all.
+    async fn host_addresses(&self) -> StoreResult<Vec<HostFacts>> {
+        let mut hosts = self.hosts().await?;
+        hosts.retain(|h| !h.host.addresses.is_empty());
+        hosts.sort_by(|a, b| (a.registered_at, &a.node_id).cmp(&(b.registered_at, &b.node_id)));
+        Ok(hosts.into_iter().map(|h| h.host).collect())
+    }
     async fn host(&self, node_id: &str) -> StoreResult<Option<HostRecord>>;
     /// The registered host of that host name, if any.
     async fn host_named(&self, hostname: &str) -> StoreResult<Option<HostRecord>>;

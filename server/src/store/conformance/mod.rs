@@ -55,6 +55,8 @@ macro_rules! check {
     ($cond:expr, $($msg:tt)*) => { if !$cond { anyhow::bail!($($msg)*) } };
 }
 
+mod credentials;
+
 pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     // Platform record: set once.
     check!(
@@ -591,97 +593,37 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
         "both kept as they were"
     );
     check!(!s.lowercase_host_name("no-such").await?, "unknown host");
-    credentials(s).await
+    credentials::run(s).await?;
+    addresses(s).await
 }
 
-/// API keys and the admin password record: added once by name, revoked once, each change
-/// audited in its own step.
-async fn credentials(s: &dyn Store) -> anyhow::Result<()> {
-    let key = |name: &str| crate::store::ApiKeyRecord {
-        name: name.into(),
-        hash: format!("hash-{name}"),
-        created: 7,
-        created_by: "user:admin".into(),
-        description: Some("ci".into()),
-        revoked: None,
-        mac: "m".into(),
-    };
-    let audited = |what: &str, name: &str| {
-        let mut e = event(7, what, "user:admin", None, None, None, None);
-        e.target = Some(format!("api-key:{name}"));
-        e
-    };
-    let before = s.audit_log(0, 10_000).await?.last().map_or(0, |e| e.seq);
-    check!(s.api_keys().await?.is_empty(), "no keys at first");
-    check!(
-        s.insert_api_key(&key("ci"), &audited("api_key_created", "ci"))
-            .await?,
-        "first key"
-    );
-    check!(
-        s.insert_api_key(&key("backup"), &audited("api_key_created", "backup"))
-            .await?,
-        "second key"
-    );
-    let mut again = key("ci");
-    again.hash = "another".into();
-    check!(
-        !s.insert_api_key(&again, &audited("api_key_created", "ci"))
-            .await?,
-        "a name is taken once"
-    );
-    check!(
-        s.api_keys().await? == vec![key("backup"), key("ci")],
-        "keys by name, the first of a name kept"
-    );
-    check!(
-        s.revoke_api_key("ci", 9, &audited("api_key_revoked", "ci"))
-            .await?,
-        "revoke"
-    );
-    check!(
-        !s.revoke_api_key("ci", 10, &audited("api_key_revoked", "ci"))
-            .await?
-            && !s
-                .revoke_api_key("none", 10, &audited("api_key_revoked", "none"))
-                .await?,
-        "revoked once; an unknown key is not"
-    );
-    let keys = s.api_keys().await?;
-    check!(
-        keys.iter().find(|k| k.name == "ci").and_then(|k| k.revoked) == Some(9)
-            && keys
-                .iter()
-                .find(|k| k.name == "backup")
-                .and_then(|k| k.revoked)
-                .is_none(),
-        "revocation kept: {keys:?}"
-    );
-    check!(s.admin_password().await?.is_none(), "no password record");
-    let mut changed = event(8, "password_changed", "user:admin", None, None, None, None);
-    changed.target = Some("user:admin".into());
-    s.set_admin_password(b"one", &changed).await?;
-    s.set_admin_password(b"two", &changed).await?;
-    check!(
-        s.admin_password().await?.as_deref() == Some(&b"two"[..]),
-        "the last password record"
-    );
-    let log: Vec<(String, Option<String>)> = s
-        .audit_log(before, 100)
-        .await?
-        .into_iter()
-        .map(|e| (e.event, e.target))
+/// What the hosts that report addresses report, in the order they registered; none other.
+async fn addresses(s: &dyn Store) -> anyhow::Result<()> {
+    s.insert_token(&token("ta", None), None).await?;
+    let hosts = [
+        ("addr-b", "10.9.0.2"),
+        ("addr-none", ""),
+        ("addr-a", "fd00::1"),
+    ];
+    for (i, (name, address)) in hosts.into_iter().enumerate() {
+        let mut r = reservation(&format!("na{i}"), "ta", &format!("ka{i}"), name, 1000);
+        r.host.addresses = address.split_terminator(',').map(String::from).collect();
+        check!(
+            s.reserve(&r, 100).await? == ReserveOutcome::Reserved,
+            "reserve {name}"
+        );
+        let done = s.commit(&r.node_id, 200 + i as u64, "10.0.0.9").await?;
+        check!(
+            matches!(done, CommitOutcome::Committed { .. }),
+            "commit {name}"
+        );
+    }
+    let got: Vec<(String, Vec<String>)> = (s.host_addresses().await?.into_iter())
+        .filter(|h| h.hostname.starts_with("addr-"))
+        .map(|h| (h.hostname, h.addresses))
         .collect();
-    let want: Vec<(String, Option<String>)> = [
-        ("api_key_created", "api-key:ci"),
-        ("api_key_created", "api-key:backup"),
-        ("api_key_revoked", "api-key:ci"),
-        ("password_changed", "user:admin"),
-        ("password_changed", "user:admin"),
-    ]
-    .iter()
-    .map(|(e, t)| (e.to_string(), Some(t.to_string())))
-    .collect();
-    check!(log == want, "each change audited once: {log:?}");
+    let want = [("addr-b", "10.9.0.2"), ("addr-a", "fd00::1")]
+        .map(|(n, a)| (n.to_string(), vec![a.to_string()]));
+    check!(got == want, "host addresses: {got:?}, not {want:?}");
     Ok(())
 }
