@@ -6,7 +6,8 @@
 # --no-scale to skip the 1,000-installer storms and the 100,000-host registry, --rounds N for
 # more (or fewer) turns of the 100-concurrent comparison (7 by default; ratios are medians of
 # the per-round ratios), --only muster|protocol|floor|cfssl|step-ca to storm one server (for
-# profiling), --no-pin to leave the servers and the generator on any core.
+# profiling), --no-pin to leave the servers and the generator on any core, --no-instructions to
+# skip counting instructions under callgrind (valgrind; a minute or two).
 set -eu
 cd "$(dirname "$0")/.."
 # cfssl is the peer; musterd's etcd client compiles etcd's protobuf files when it builds.
@@ -14,6 +15,7 @@ need=""
 command -v cfssl >/dev/null 2>&1 || need="$need golang-cfssl"
 command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 [ -e /usr/include/google/protobuf/descriptor.proto ] || need="$need libprotobuf-dev"
+command -v valgrind >/dev/null 2>&1 || need="$need valgrind"
 if [ -n "$need" ]; then
   apt-get update -qq
   # shellcheck disable=SC2086 # a list of package names, split on purpose
