@@ -125,7 +125,9 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
         token: tok,
         pins,
     };
-    std::fs::write(dir.join("ready.json"), serde_json::to_vec(&ready)?)?;
+    // Whole or not at all: the storm reads it as soon as it is there.
+    std::fs::write(dir.join("ready.json.new"), serde_json::to_vec(&ready)?)?;
+    std::fs::rename(dir.join("ready.json.new"), dir.join("ready.json"))?;
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;

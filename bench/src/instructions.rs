@@ -75,7 +75,7 @@ type Started = (Server, load::Target, std::sync::Arc<rustls::ClientConfig>);
 
 async fn start(name: &'static str, dir: &Path) -> anyhow::Result<Started> {
     if name == "muster" {
-        let (server, port, token) = start_musterd(dir).await?;
+        let (server, port, token) = start_musterd(dir, None).await?;
         let pins = muster_protocol::token::inspect(&token)?.pins;
         let base = format!("https://127.0.0.1:{port}");
         return Ok((

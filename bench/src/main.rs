@@ -27,7 +27,7 @@ use servers::*;
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use load::{Load, Target};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,34 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the benchmark and print the figures.
-    Run {
-        /// A small run (seconds, not minutes): checks the benchmark works; figures are rough.
-        #[arg(long)]
-        quick: bool,
-        /// Skip the 1,000-concurrent storms and the 10,000/100,000-host registries.
-        #[arg(long)]
-        no_scale: bool,
-        /// Also write the report here (Markdown).
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// The static installer to time one real enrollment with.
-        #[arg(long)]
-        installer: Option<PathBuf>,
-        /// Rounds of the 100-concurrent comparison (every server in turn, in an order that
-        /// changes each round); ratios are medians of the per-round ratios.
-        #[arg(long, default_value_t = 7)]
-        rounds: usize,
-        /// Storm only this server (muster, protocol, floor, cfssl or step-ca): for profiling.
-        #[arg(long)]
-        only: Option<String>,
-        /// Leave every process free to run on any core (by default the servers get the last
-        /// core and the load generator the others).
-        #[arg(long)]
-        no_pin: bool,
-        /// Skip counting instructions under callgrind (done when valgrind is installed).
-        #[arg(long)]
-        no_instructions: bool,
-    },
+    Run(RunArgs),
     /// Count the instructions per enrollment of musterd and the floors, and of each
     /// primitive, under callgrind (valgrind): a figure to judge a change by on a noisy machine.
     Instructions {
@@ -113,11 +86,45 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A small run (seconds, not minutes): checks the benchmark works; figures are rough.
+    #[arg(long)]
+    quick: bool,
+    /// Skip the 1,000-concurrent storms and the 10,000/100,000-host registries.
+    #[arg(long)]
+    no_scale: bool,
+    /// Also write the report here (Markdown).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// The static installer to time one real enrollment with.
+    #[arg(long)]
+    installer: Option<PathBuf>,
+    /// Rounds of the 100-concurrent comparison (every server in turn, in an order that
+    /// changes each round); ratios are medians of the per-round ratios.
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// Storm only this server (muster, protocol, floor, cfssl or step-ca): for profiling.
+    #[arg(long)]
+    only: Option<String>,
+    /// Leave every process free to run on any core (by default the servers get the last
+    /// core and the load generator the others).
+    #[arg(long)]
+    no_pin: bool,
+    /// Skip counting instructions under callgrind (done when valgrind is installed).
+    #[arg(long)]
+    no_instructions: bool,
+    /// Another build of musterd to storm beside this one, as `muster-b`, in the same
+    /// rounds: an A/B comparison of a change on this noisy machine.
+    #[arg(long)]
+    against: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     pin(!matches!(
         cli.cmd,
-        Cmd::Run { no_pin: true, .. }
+        Cmd::Run(RunArgs { no_pin: true, .. })
             | Cmd::Floor { .. }
             | Cmd::Shared { .. }
             | Cmd::Primitives { .. }
@@ -136,24 +143,7 @@ fn main() -> anyhow::Result<()> {
             at_once,
             report,
         } => rt.block_on(shared::run(hosts, at_once, report.as_deref())),
-        Cmd::Run {
-            quick,
-            no_scale,
-            report,
-            installer,
-            rounds,
-            only,
-            no_pin: _,
-            no_instructions,
-        } => rt.block_on(run(
-            quick,
-            no_scale,
-            report.as_deref(),
-            installer.as_deref(),
-            rounds.max(1),
-            only.as_deref(),
-            !no_instructions,
-        )),
+        Cmd::Run(args) => rt.block_on(run(args)),
         Cmd::Instructions { hosts, only, keep } => rt.block_on(async {
             let counts = instructions::count(hosts, only.as_deref(), keep.as_deref()).await?;
             print!("{}", instructions::summary(&counts));
@@ -176,7 +166,7 @@ async fn measure(
     use std::sync::atomic::Ordering::Relaxed;
     let work = Arc::new(load::prepare(prefix, n)?);
     server.reset_peak();
-    let (cpu0, sys0) = (server.cpu(), server.system());
+    let (cpu0, sys0, sw0) = (server.cpu(), server.system(), server.switches());
     let client0 = cpu_seconds("self");
     let (hs0, tk0) = (
         load::FULL_HANDSHAKES.load(Relaxed),
@@ -184,6 +174,7 @@ async fn measure(
     );
     let run = load::storm(target, tls, load, work).await;
     let (cpu, sys) = (server.cpu() - cpu0, server.system() - sys0);
+    let switches = server.switches().saturating_sub(sw0) as f64;
     let client = cpu_seconds("self") - client0;
     let per = |x: f64| x / run.ok.max(1) as f64;
     let cores = GENERATOR_CPUS.get().copied().unwrap_or(1) as f64;
@@ -194,6 +185,7 @@ async fn measure(
         round,
         cpu_per: per(cpu),
         sys_per: per(sys),
+        switches_per: per(switches),
         client_cpu_per: per(client),
         peak_mib: server.peak_kib() as f64 / 1024.0,
         handshakes_per: per((load::FULL_HANDSHAKES.load(Relaxed) - hs0) as f64),
@@ -222,15 +214,21 @@ fn in_turn<'a>(servers: &[Subject<'a>], round: usize) -> Vec<Subject<'a>> {
     order
 }
 
-async fn run(
-    quick: bool,
-    no_scale: bool,
-    report: Option<&Path>,
-    installer: Option<&Path>,
-    rounds: usize,
-    only: Option<&str>,
-    count_instructions: bool,
-) -> anyhow::Result<()> {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        quick,
+        no_scale,
+        report,
+        installer,
+        rounds,
+        only,
+        no_pin: _,
+        no_instructions,
+        against,
+    } = args;
+    let (report, installer, only) = (report.as_deref(), installer.as_deref(), only.as_deref());
+    let (rounds, count_instructions, against) =
+        (rounds.max(1), !no_instructions, against.as_deref());
     let dir = tempfile::tempdir()?;
     let scale = |full: usize, small: usize| if quick { small } else { full };
     // The large storms: skipped in a quick run and with --no-scale.
@@ -246,7 +244,7 @@ async fn run(
         std::fs::create_dir_all(&d)?;
         Ok(d)
     };
-    let (mserver, port, token) = start_musterd(&sub("muster")?).await?;
+    let (mserver, port, token) = start_musterd(&sub("muster")?, None).await?;
     let claims = muster_protocol::token::inspect(&token)?;
     let muster = (
         Target::Muster {
@@ -308,11 +306,23 @@ async fn run(
             None
         }
     };
+    let b = match against {
+        Some(binary) => {
+            let (server, port, token) = start_musterd(&sub("muster-b")?, Some(binary)).await?;
+            let pins = muster_protocol::token::inspect(&token)?.pins;
+            let base = format!("https://127.0.0.1:{port}");
+            Some((server, Target::Muster { base, token }, load::tls(pins)?))
+        }
+        None => None,
+    };
     let mut servers: Vec<Subject> = vec![
         (&mserver, &muster.0, &muster.1),
         (&pserver, &protocol.0, &protocol.1),
         (&fserver, &floor.0, &floor.1),
     ];
+    if let Some((server, target, tls)) = &b {
+        servers.push((server, target, tls));
+    }
     if let Some((server, target, tls)) = &cfssl {
         servers.push((server, target, tls));
     }
@@ -448,7 +458,7 @@ async fn run(
         None => None,
     };
     drop(servers);
-    drop((mserver, pserver, fserver, cfssl, step));
+    drop((mserver, pserver, fserver, b, cfssl, step));
     // What the primitives cost alone, on the servers' core; then the instructions, under
     // callgrind (minutes, so not in a quick run or a run of one server).
     let extra = Extra {

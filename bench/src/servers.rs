@@ -83,6 +83,24 @@ impl Server {
         cpu_seconds(&self.pid().to_string())
     }
 
+    /// Context switches of all its threads so far, voluntary (it waited: a lock, a disk, a
+    /// queue) and not (its time ran out).
+    pub(crate) fn switches(&self) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0;
+        };
+        let mut n = 0;
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            n += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        n
+    }
+
     /// System CPU seconds so far: the kernel working for it (system calls, its sockets' and
     /// files' work done in its time).
     pub(crate) fn system(&self) -> f64 {
@@ -142,8 +160,6 @@ pub(crate) fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// A server to storm: the process, how to talk to it, and the TLS config pinned to it.
-
 pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(name);
@@ -186,14 +202,24 @@ pub(crate) fn tool(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// A coordinator on the embedded store in `dir`, and a persistent allocator token for it.
-pub(crate) async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, String)> {
-    let musterd = sibling("musterd")?;
+/// `binary` is another build of musterd to storm as `muster-b` beside this one (`--against`).
+pub(crate) async fn start_musterd(
+    dir: &Path,
+    binary: Option<&Path>,
+) -> anyhow::Result<(Server, u16, String)> {
+    let musterd = match binary {
+        Some(b) => b.to_path_buf(),
+        None => sibling("musterd")?,
+    };
     let port = free_port()?;
     let data = dir.join("musterd");
     let config = dir.join("musterd.yaml");
     std::fs::write(
         &config,
-        format!("listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\n"),
+        // Room for the storm of 10,000 in flight (the default is 4,096 connections).
+        format!(
+            "listen: 127.0.0.1:{port}\nadvertise: [\"127.0.0.1:{port}\"]\nmax_connections: 12000\n"
+        ),
     )?;
     let base = |cmd: &mut Command| {
         cmd.arg("--data-dir")
@@ -228,7 +254,11 @@ pub(crate) async fn start_musterd(dir: &Path) -> anyhow::Result<(Server, u16, St
         .spawn()?;
     let server = Server {
         child,
-        name: "muster",
+        name: if binary.is_some() {
+            "muster-b"
+        } else {
+            "muster"
+        },
     };
     wait_port(port).await?;
     Ok((server, port, token))
@@ -248,8 +278,13 @@ pub(crate) async fn start_floor(
         .spawn()?;
     let server = Server { child, name };
     wait_port(port).await?;
-    let ready: crate::floor::Ready =
-        serde_json::from_slice(&std::fs::read(dir.join("ready.json"))?)?;
+    // The floor listens, then writes ready.json: under callgrind there is time between.
+    let file = dir.join("ready.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready: crate::floor::Ready = serde_json::from_slice(&std::fs::read(&file)?)?;
     Ok((server, ready))
 }
 
