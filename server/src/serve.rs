@@ -226,7 +226,11 @@ async fn run(
             let Ok(permit) = handshakes.acquire_owned().await else {
                 return;
             };
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            // The handshake's and the connection's state are boxed, made when each starts: a
+            // task waiting for its turn to handshake then holds a few hundred bytes, not the
+            // kilobytes of TLS and HTTP state, so 10,000 connections queued cost little.
+            let handshake = Box::pin(acceptor.accept(tcp));
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
@@ -264,8 +268,7 @@ async fn run(
                 .max_concurrent_streams(H2_MAX_STREAMS)
                 .max_send_buf_size(H2_MAX_SEND_BUF);
             let (io, moved) = Watched::new(tls);
-            let conn = builder.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
+            let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
             let mut tick = tokio::time::interval(limits.idle.min(CLOSE_GRACE) / 2);
             let mut closing: Option<tokio::time::Instant> = None;
             loop {

@@ -108,3 +108,27 @@ async fn a_version_1_store_migrates() -> anyhow::Result<()> {
     assert!(expired.is_empty(), "committed reservations just go");
     Ok(())
 }
+
+/// The address refresh reads the hosts that report addresses through their own index, not
+/// every host's record.
+#[test]
+fn the_address_refresh_reads_through_its_index() -> anyhow::Result<()> {
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    drop(super::SqliteStore::open(&path)?);
+    let c = rusqlite::Connection::open(&path)?;
+    let mut plan = c.prepare(&format!(
+        "EXPLAIN QUERY PLAN {}",
+        super::rows::HOST_ADDRESSES
+    ))?;
+    let steps: Vec<String> = plan
+        .query_map([], |r| r.get::<_, String>(3))?
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        steps
+            .iter()
+            .any(|s| s.contains("USING INDEX hosts_with_addresses")),
+        "the refresh scans: {steps:?}"
+    );
+    Ok(())
+}
