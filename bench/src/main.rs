@@ -29,7 +29,7 @@ use clap::{Parser, Subcommand};
 use load::{Load, Target};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "muster-storm", about = "Muster's enrollment-storm benchmark")]
@@ -406,6 +406,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             // musterd alone: 1,000 hosts at once, each on a new connection (how long from the
             // first request to the last enrollment), then 10,000 arriving at random over 10 s.
             Next::Fleets if big(1) > 0 => {
+                for (server, _, _) in servers.iter().filter(|(s, _, _)| s.name != "muster") {
+                    server.stop();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 let subject = (&mserver, &muster.0, &muster.1);
                 let load = Load::Concurrent(1000);
                 let n = measure(subject, load, 1000, registered, "burst", 0).await?;

@@ -119,6 +119,14 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// Stops it now (SIGKILL); reaped when dropped. A peer done with its storms stops, so
+    /// its background work (a Go collector, a database compacting) leaves the servers' core
+    /// to the storms of musterd alone.
+    pub(crate) fn stop(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+
     pub(crate) fn reset_peak(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
     }
