@@ -10,6 +10,11 @@ dir=${1:?usage: debian-root.sh DIR}
 # shellcheck source=/dev/null
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 mirror=${MUSTER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# A debootstrap killed half-way leaves its proc and sys mounted in the unfinished root:
+# unmount them, or the rm below fails and so does every run after.
+for m in proc sys; do
+    if grep -q " $(realpath -m "$dir.tmp/$m") " /proc/mounts; then umount -l "$dir.tmp/$m"; fi
+done
 rm -rf "$dir.tmp"
 mkdir -p "$(dirname "$dir")"
 debootstrap --variant=minbase \
