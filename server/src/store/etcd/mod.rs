@@ -433,6 +433,7 @@ impl Store for EtcdStore {
             // An attempt whose answer was lost is known by its events.
             let events = commit_events(&host, old.as_ref().map(|o| &o.value), now, source);
             if self.conn.txn_audited(guards, ops, &events).await? {
+                self.names_seen.wrote(&host.host.hostname);
                 return Ok(CommitOutcome::Committed {
                     host,
                     replaced: old.map(|o| Box::new(o.value)),
@@ -553,7 +554,7 @@ impl Store for EtcdStore {
             }
             let old_key = format!("hostname/{old}");
             let index = self.conn.get::<String>(&old_key).await?;
-            h.value.host.hostname = lower;
+            h.value.host.hostname = lower.clone();
             let mut guards = vec![
                 self.conn.unchanged(&host_key, Some(h.rev)),
                 self.conn.unchanged(&new_key, None),
@@ -567,6 +568,7 @@ impl Store for EtcdStore {
                 ops.push(self.conn.delete(&old_key));
             }
             if self.conn.txn(guards, ops).await? {
+                self.names_seen.wrote(&lower);
                 return Ok(true);
             }
         }

@@ -86,6 +86,17 @@ impl NameCopy {
     pub(super) fn has(&self, name: &str) -> Option<bool> {
         self.names.read().ok()?.as_ref().map(|n| n.contains(name))
     }
+
+    /// Notes a name this coordinator has just registered, before its watch event comes: a
+    /// read right after the write must find it. (A name noted that is gone again costs a read
+    /// of etcd, which answers for it.)
+    pub(super) fn wrote(&self, name: &str) {
+        if let Ok(mut n) = self.names.write() {
+            if let Some(n) = n.as_mut() {
+                n.insert(name.to_string());
+            }
+        }
+    }
 }
 
 impl Watched for NameCopy {
