@@ -57,49 +57,9 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc();
     let ca = Ca::generate("Muster floor CA", now)?;
     let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|_| anyhow::anyhow!("generating the token key"))?;
-    let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| anyhow::anyhow!("loading the token key"))?;
-    let verify_key = ring::signature::KeyPair::public_key(&kp).as_ref().to_vec();
-    let t = now.unix_timestamp() as u64;
-    let claims = Claims {
-        sub: "floor".into(),
-        roles: vec![muster_protocol::Role::Allocator],
-        iss: token::ISSUER.into(),
-        iat: t,
-        nbf: t,
-        exp: None,
-        persistent: true,
-        kind: TokenKind::Persistent,
-        coordinators: vec![],
-        pins: vec![ca.pin()],
-        max_uses: None,
-    };
-    let tok = token::sign(&claims, pkcs8.as_ref()).context("signing the floor's token")?;
-
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let leaf = Leaf {
-        common_name: "floor".into(),
-        sans: vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
-        coordinator: true,
-        validity: time::Duration::days(1),
-    };
-    let cert = ca.sign(&key, &leaf, now)?;
-    let chain = vec![
-        CertificateDer::from(cert.der),
-        CertificateDer::from(ca.cert_der.clone()),
-    ];
-    // The same TLS choices as musterd's listener, so the comparison is of the work done.
-    let mut cfg = rustls::ServerConfig::builder_with_provider(musterd::serve::tls_provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            chain,
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    musterd::serve::tune(&mut cfg);
+    let (tok, verify_key) = roles_token("floor", &ca, now)?;
+    let (chain, key) = serving_cert(&ca, "floor", now)?;
+    let cfg = tls_config(chain, key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
 
     let pins = vec![ca.pin()];
@@ -146,6 +106,77 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
                 .await;
         });
     }
+}
+
+/// A persistent allocator roles token for `sub`, pinned to `ca`, signed by a key made for it:
+/// the token, and the key's public half (what a server verifies it with).
+pub fn roles_token(
+    sub: &str,
+    ca: &Ca,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("generating the token key"))?;
+    let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| anyhow::anyhow!("loading the token key"))?;
+    let t = now.unix_timestamp() as u64;
+    let claims = Claims {
+        sub: sub.into(),
+        roles: vec![muster_protocol::Role::Allocator],
+        iss: token::ISSUER.into(),
+        iat: t,
+        nbf: t,
+        exp: None,
+        persistent: true,
+        kind: TokenKind::Persistent,
+        coordinators: vec![],
+        pins: vec![ca.pin()],
+        max_uses: None,
+    };
+    let tok = token::sign(&claims, pkcs8.as_ref()).context("signing the token")?;
+    let verify_key = ring::signature::KeyPair::public_key(&kp).as_ref().to_vec();
+    Ok((tok, verify_key))
+}
+
+/// A serving certificate for 127.0.0.1 from `ca`, marked a coordinator's as musterd's is: its
+/// chain (with `ca`) and its key.
+pub fn serving_cert(
+    ca: &Ca,
+    name: &str,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let leaf = Leaf {
+        common_name: name.into(),
+        sans: vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
+        coordinator: true,
+        validity: time::Duration::days(1),
+    };
+    let cert = ca.sign(&key, &leaf, now)?;
+    let chain = vec![
+        CertificateDer::from(cert.der),
+        CertificateDer::from(ca.cert_der.clone()),
+    ];
+    Ok((
+        chain,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    ))
+}
+
+/// The floors' TLS config: the same choices as musterd's listener (provider, tuning), so the
+/// comparison is of the work done; no client certificates asked for.
+pub fn tls_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(musterd::serve::tls_provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    musterd::serve::tune(&mut cfg);
+    Ok(cfg)
 }
 
 async fn join(State(f): State<Arc<Floor>>, body: Bytes) -> (StatusCode, String) {

@@ -180,14 +180,11 @@ fn last_dump(dir: &Path, pid: u32) -> anyhow::Result<f64> {
 /// dumped after them, each thread apart so the client's side of a handshake (the main thread)
 /// is left out.
 fn count_primitives(dir: &Path) -> anyhow::Result<Vec<f64>> {
-    let mut out = std::ffi::OsString::from("--callgrind-out-file=");
-    out.push(dir.join("%p.callgrind"));
-    let mut child = Command::new("valgrind")
-        .args([
-            "--tool=callgrind".into(),
-            "--separate-threads=yes".into(),
-            out,
-        ])
+    let valgrind = crate::servers::callgrind(dir);
+    let (program, options) = valgrind.split_first().context("no valgrind command")?;
+    let mut child = Command::new(program)
+        .args(options)
+        .arg("--separate-threads=yes")
         .arg(std::env::current_exe()?)
         .args(["primitives", "--step", "--n", &PRIMITIVES.to_string()])
         .stdin(Stdio::piped())

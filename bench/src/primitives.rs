@@ -17,9 +17,8 @@
 use anyhow::Context;
 use muster::install::Key;
 use muster_protocol::node::commit_message;
-use muster_protocol::token::{self, Claims, TokenKind};
+use muster_protocol::token;
 use musterd::pki::{self, Ca, Leaf};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,61 +72,16 @@ impl Bench {
     fn new() -> anyhow::Result<Bench> {
         let now = time::OffsetDateTime::now_utc();
         let ca = Ca::generate("Muster primitives CA", now)?;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let leaf = Leaf {
-            common_name: "primitives".into(),
-            sans: vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
-            coordinator: true,
-            validity: time::Duration::days(1),
-        };
-        let cert = ca.sign(&key, &leaf, now)?;
-        let chain = vec![
-            CertificateDer::from(cert.der),
-            CertificateDer::from(ca.cert_der.clone()),
-        ];
+        let (chain, key) = crate::floor::serving_cert(&ca, "primitives", now)?;
+        let server = crate::floor::tls_config(chain.clone(), key.clone_key())?;
+        // musterd's listener config, which asks for client certificates of its transport CA.
         let provider = musterd::serve::tls_provider();
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain.clone(), key_der.clone_key())?;
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        musterd::serve::tune(&mut server);
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(ca.cert_der.clone()))?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .allow_unauthenticated()
-        .build()?;
-        let mut certreq = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key_der)?;
-        certreq.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        musterd::serve::tune(&mut certreq);
-
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-            .map_err(|_| anyhow::anyhow!("generating the token key"))?;
-        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-            .map_err(|_| anyhow::anyhow!("loading the token key"))?;
-        let t = now.unix_timestamp() as u64;
-        let claims = Claims {
-            sub: "primitives".into(),
-            roles: vec![muster_protocol::Role::Allocator],
-            iss: token::ISSUER.into(),
-            iat: t,
-            nbf: t,
-            exp: None,
-            persistent: true,
-            kind: TokenKind::Persistent,
-            coordinators: vec![],
-            pins: vec![ca.pin()],
-            max_uses: None,
-        };
-        let tok = token::sign(&claims, pkcs8.as_ref()).context("signing the token")?;
+        let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider)?;
+        let certreq = musterd::tls::listener_config(
+            &ca.cert_der,
+            Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
+        )?;
+        let (tok, verify_key) = crate::floor::roles_token("primitives", &ca, now)?;
 
         let host = Key::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
         let csr = host
@@ -141,7 +95,7 @@ impl Bench {
             certreq_tls: Arc::new(certreq),
             client_tls: crate::load::tls(vec![ca.pin()])?,
             token: tok,
-            verify_key: ring::signature::KeyPair::public_key(&kp).as_ref().to_vec(),
+            verify_key,
             csr,
             ca,
             spki: checked.spki_der,

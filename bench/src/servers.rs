@@ -43,6 +43,16 @@ pub(crate) fn under_callgrind(dir: Option<PathBuf>) {
     }
 }
 
+/// valgrind running callgrind, its counts in `DIR/PID.callgrind` (each dump `….N`) and its own
+/// messages in `DIR/PID.valgrind.log`: the program and its arguments follow.
+pub(crate) fn callgrind(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut out = std::ffi::OsString::from("--callgrind-out-file=");
+    out.push(dir.join("%p.callgrind"));
+    let mut log = std::ffi::OsString::from("--log-file=");
+    log.push(dir.join("%p.valgrind.log"));
+    vec!["valgrind".into(), "--tool=callgrind".into(), out, log]
+}
+
 /// A command that starts a stormed server: on the servers' core when pinning, under callgrind
 /// when counting instructions (its counts in `DIR/PID.callgrind`, each dump `….N`).
 pub(crate) fn server_command(program: &Path) -> Command {
@@ -51,11 +61,7 @@ pub(crate) fn server_command(program: &Path) -> Command {
         wrap.extend(["taskset".into(), "-c".into(), cpu.to_string().into()]);
     }
     if let Some(dir) = CALLGRIND.lock().ok().and_then(|c| c.clone()) {
-        let mut out = std::ffi::OsString::from("--callgrind-out-file=");
-        out.push(dir.join("%p.callgrind"));
-        let mut log = std::ffi::OsString::from("--log-file=");
-        log.push(dir.join("%p.valgrind.log"));
-        wrap.extend(["valgrind".into(), "--tool=callgrind".into(), out, log]);
+        wrap.extend(callgrind(&dir));
     }
     match wrap.split_first() {
         Some((first, rest)) => {
@@ -209,6 +215,17 @@ pub(crate) fn tool(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into())
 }
 
+/// `musterd` arguments that make the persistent allocator token the storms enroll with.
+pub(crate) const ALLOCATOR_TOKEN: [&str; 7] = [
+    "token",
+    "create",
+    "--persistent",
+    "--roles",
+    "allocator",
+    "--output",
+    "json",
+];
+
 /// A coordinator on the embedded store in `dir`, and a persistent allocator token for it.
 /// `binary` is another build of musterd to storm as `muster-b` beside this one (`--against`).
 pub(crate) async fn start_musterd(
@@ -240,15 +257,7 @@ pub(crate) async fn start_musterd(
     base(&mut init);
     tool(&mut init)?;
     let mut create = Command::new(&musterd);
-    create.args([
-        "token",
-        "create",
-        "--persistent",
-        "--roles",
-        "allocator",
-        "--output",
-        "json",
-    ]);
+    create.args(ALLOCATOR_TOKEN);
     base(&mut create);
     let v: serde_json::Value = serde_json::from_str(&tool(&mut create)?)?;
     let token = v["token"].as_str().unwrap_or_default().to_string();

@@ -178,15 +178,8 @@ async fn platform(dir: &Path, etcd: Option<&Etcd>, n: usize) -> anyhow::Result<P
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let t: serde_json::Value = serde_json::from_str(&tool(&mut cmd(&[
-                "token",
-                "create",
-                "--persistent",
-                "--roles",
-                "allocator",
-                "--output",
-                "json",
-            ]))?)?;
+            let t: serde_json::Value =
+                serde_json::from_str(&tool(&mut cmd(&crate::servers::ALLOCATOR_TOKEN))?)?;
             p.token = t["token"].as_str().unwrap_or_default().to_string();
         } else {
             tool(cmd(&["unseal"]).env("MUSTER_EMERGENCY_TOKEN", &emergency))

@@ -147,11 +147,18 @@ pub(crate) fn issue(app: &App, now: u64) -> anyhow::Result<Issued> {
 /// Builds the TLS config: the serving certificate `cert` gives, client certificates from the
 /// transport CA accepted (enrolled nodes) but not required.
 pub fn tls_config(app: &App, cert: Arc<ServingCert>) -> anyhow::Result<rustls::ServerConfig> {
+    listener_config(&app.platform.transport_ca.cert_der, cert)
+}
+
+/// [`tls_config`] over any certificate source and transport CA (DER): what the benchmark
+/// times a handshake with.
+pub fn listener_config(
+    transport_ca_der: &[u8],
+    cert: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> anyhow::Result<rustls::ServerConfig> {
     let provider = tls_provider();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(
-        app.platform.transport_ca.cert_der.clone(),
-    ))?;
+    roots.add(CertificateDer::from(transport_ca_der.to_vec()))?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
