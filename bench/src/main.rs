@@ -104,7 +104,8 @@ struct RunArgs {
     /// changes each round); ratios are medians of the per-round ratios.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
-    /// Storm only this server (muster, protocol, floor, cfssl or step-ca): for profiling.
+    /// Storm only these servers (muster, muster-b, protocol, floor, cfssl or step-ca; several
+    /// separated by commas): for profiling, or an A/B run of two builds alone.
     #[arg(long)]
     only: Option<String>,
     /// Leave every process free to run on any core (by default the servers get the last
@@ -330,7 +331,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         servers.push((server, target, tls));
     }
     if let Some(only) = only {
-        servers.retain(|(server, _, _)| server.name == only);
+        let names: Vec<&str> = only.split(',').map(str::trim).collect();
+        servers.retain(|(server, _, _)| names.contains(&server.name));
         anyhow::ensure!(!servers.is_empty(), "--only {only}: no such server here");
     }
 

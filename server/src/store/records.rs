@@ -63,7 +63,10 @@ pub struct Reservation {
     pub pending_roles: Vec<Role>,
     /// Serials (hex) of the certificates issued with this join.
     pub serials: Vec<String>,
+    /// The certificates the join answered with (a store may keep them beside the record).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub transport_cert_pem: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub http_cert_pem: String,
     pub cert_not_after: u64,
     pub created: u64,

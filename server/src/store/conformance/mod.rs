@@ -41,8 +41,8 @@ pub fn reservation(
         roles: vec![Role::Allocator],
         pending_roles: vec![],
         serials: vec![format!("serial-{node_id}")],
-        transport_cert_pem: String::new(),
-        http_cert_pem: String::new(),
+        transport_cert_pem: format!("transport certificate of {node_id}\n"),
+        http_cert_pem: format!("HTTP certificate of {node_id}\n"),
         cert_not_after: 99,
         created: 10,
         expires_at,
@@ -88,6 +88,10 @@ pub async fn run(s: &dyn Store) -> anyhow::Result<()> {
     check!(
         s.reserve(&r1, 10).await? == ReserveOutcome::Reserved,
         "first reserve"
+    );
+    check!(
+        s.reservation("n1").await? == Some(r1.clone()),
+        "a reservation reads back whole, its certificates with it"
     );
     check!(
         s.reserve(&reservation("n1b", "t1", "k1", "host-a", 100), 11)

@@ -39,7 +39,13 @@ pub const MAX_BATCH: usize = 256;
 /// then waits up to 10 ms. The price at half capacity (muster-storm, 1,000 hosts arriving at
 /// ~650/s, 2-core VM, 2026-12-03): open-loop p50 13 ms with this gather, 5.6 ms gathering
 /// 1 ms (server CPU at 100 concurrent +15 %), 4.5 ms gathering only batches of 8 or more
-/// (+8 %). Each enrollment is two steps, so it pays the gather twice.
+/// (+8 %). Each enrollment is two steps, so it pays the gather twice. Measured again with
+/// `muster-storm run --only muster,muster-b --against` (5 rounds, 2026-12-03), against this
+/// gather: gathering only batches of 8 or more, open-loop p50 5.0 ms but p99 38.6 ms at half
+/// capacity (21.6 ms with this one), CPU within noise; never gathering, p50 10.8 ms and p99
+/// 289 ms (a fleet's burst commits in many small batches and the writer falls behind);
+/// gathering 2 ms from batches of 4, p50 9.9 ms, p99 36.6 ms, CPU +13 %. So it stays: its
+/// tail and its CPU are the best measured, at the price of the p50.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A step for the writer: run inside the batch's transaction; what it returns is called with
@@ -285,7 +291,14 @@ impl Store for SqliteStore {
         // In the order they were made, as etcd lists them (a write replaces the row, so rowid
         // order would move a token to the end each time it is used).
         let mut all: Vec<TokenRecord> = self
-            .run(|c| query_json(c, "SELECT json FROM tokens", []))
+            .run(|c| {
+                let mut st = c.prepare(TOKENS).map_err(unavailable)?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                rows.map(|r| r.map_err(unavailable).and_then(token_of))
+                    .collect::<StoreResult<Vec<_>>>()
+            })
             .await?;
         all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(all)
@@ -315,25 +328,22 @@ impl Store for SqliteStore {
                 Ok(t) => t,
                 Err(refused) => return Ok(refused),
             };
-            let existing: Option<(String, bool)> = tx
-                .prepare_cached("SELECT json, committed FROM reservations WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3")
-        .map_err(unavailable)?
-        .query_row(params![r.token_id, r.key_hash, now as i64],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            let existing = existing.map(reservation_of).transpose()?;
-            let t = match rules::reserve_decision(&t, existing, now) {
-                ReserveDecision::Answer(outcome) => return Ok(outcome),
-                ReserveDecision::Reserve(t) => t,
-            };
-            put_token(tx, &t)?;
-            tx.prepare_cached("INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5)")
+            let existing = tx
+                .prepare_cached(&format!(
+                    "{RESERVATION} WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3"
+                ))
                 .map_err(unavailable)?
-                .execute(params![r.node_id, r.token_id, r.key_hash, r.expires_at as i64, to_json(&r)?],
-            )
-            .map_err(unavailable)?;
+                .query_row(params![r.token_id, r.key_hash, now as i64], reservation_row)
+                .optional()
+                .map_err(unavailable)?
+                .map(reservation_of)
+                .transpose()?;
+            match rules::reserve_decision(&t, existing, now) {
+                ReserveDecision::Answer(outcome) => return Ok(outcome),
+                // The use counted in the token's column: its record is not rewritten.
+                ReserveDecision::Reserve(_) => count_use(tx, &r.token_id)?,
+            }
+            insert_reservation(tx, &r)?;
             append_audit(tx, &super::used_event(&r, now))?;
             Ok(ReserveOutcome::Reserved)
         })
@@ -348,7 +358,7 @@ impl Store for SqliteStore {
     async fn commit(&self, node_id: &str, now: u64, source: &str) -> StoreResult<CommitOutcome> {
         let (id, source) = (node_id.to_string(), source.to_string());
         self.tx(move |tx| {
-            let r = match rules::commit_reservation(get_reservation(tx, &id)?, now) {
+            let r = match rules::commit_reservation(get_reservation_record(tx, &id)?, now) {
                 Ok(r) => r,
                 Err(CommitStop::Already) => {
                     return Ok(rules::already_committed(get_host(tx, &id)?))
@@ -408,7 +418,7 @@ impl Store for SqliteStore {
             // not stop every other reservation from expiring.
             let mut all = Vec::with_capacity(rows.len());
             for (node_id, json, committed) in rows {
-                match reservation_of((json, committed)) {
+                match reservation_of((json, committed, None, None)) {
                     Ok(r) => all.push(r),
                     Err(e) => tracing::warn!(%node_id, error = %e, "store: a reservation record does not read; left for an operator"),
                 }

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// The schema this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -62,6 +62,23 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
     }
+    if found < 3 {
+        // Version 3: a join counts its token's use in a column of its own (`uses`, added to
+        // the record's count) rather than rewriting the token's record, and a reservation
+        // keeps its two certificates beside its record, so the commit, which has no use for
+        // them, neither reads nor decodes them.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        tx.execute_batch(
+            "ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE reservations ADD COLUMN transport_cert_pem TEXT;
+             ALTER TABLE reservations ADD COLUMN http_cert_pem TEXT;
+             PRAGMA user_version = 3;",
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
     // The few hosts that report addresses, indexed apart, so the address refresh reads them
     // alone ([`HOST_ADDRESSES`]) rather than every host's record. An index only: builds that
     // do not know it keep it up to date all the same, so it needs no version.
@@ -79,20 +96,40 @@ pub(super) const HOST_ADDRESSES: &str = "SELECT json_extract(json, '$.host') FRO
      WHERE json_array_length(json, '$.host.addresses') > 0 \
      ORDER BY json_extract(json, '$.registered_at'), node_id";
 
+/// A token's record, its uses those in its record and those its column counted since.
+pub(super) const TOKENS: &str = "SELECT json, uses FROM tokens";
+
 pub(super) fn get_token(tx: &Connection, id: &str) -> StoreResult<Option<TokenRecord>> {
-    let s: Option<String> = tx
-        .prepare_cached("SELECT json FROM tokens WHERE id = ?1")
+    let row: Option<(String, u32)> = tx
+        .prepare_cached("SELECT json, uses FROM tokens WHERE id = ?1")
         .map_err(unavailable)?
-        .query_row(params![id], |r| r.get(0))
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(unavailable)?;
-    s.map(|s| from_json(&s)).transpose()
+    row.map(token_of).transpose()
 }
 
+/// A token from its record and its `uses` column.
+pub(super) fn token_of((json, uses): (String, u32)) -> StoreResult<TokenRecord> {
+    let mut t: TokenRecord = from_json(&json)?;
+    t.uses = t.uses.saturating_add(uses);
+    Ok(t)
+}
+
+/// Writes a token's whole record, its uses counted there (the column starts over).
 pub(super) fn put_token(tx: &Connection, t: &TokenRecord) -> StoreResult<()> {
-    tx.prepare_cached("INSERT OR REPLACE INTO tokens (id, json) VALUES (?1, ?2)")
+    tx.prepare_cached("INSERT OR REPLACE INTO tokens (id, json, uses) VALUES (?1, ?2, 0)")
         .map_err(unavailable)?
         .execute(params![t.id, to_json(t)?])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Counts one use of a token without rewriting its record.
+pub(super) fn count_use(tx: &Connection, id: &str) -> StoreResult<()> {
+    tx.prepare_cached("UPDATE tokens SET uses = uses + 1 WHERE id = ?1")
+        .map_err(unavailable)?
+        .execute(params![id])
         .map_err(unavailable)?;
     Ok(())
 }
@@ -134,21 +171,79 @@ pub(super) fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult
     Ok(())
 }
 
+/// A reservation's columns, as [`reservation_of`] reads them.
+pub(super) const RESERVATION: &str =
+    "SELECT json, committed, transport_cert_pem, http_cert_pem FROM reservations";
+
+/// A reservation with its certificates, to answer a join with.
 pub(super) fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
-    let row: Option<(String, bool)> = tx
-        .prepare_cached("SELECT json, committed FROM reservations WHERE node_id = ?1")
+    tx.prepare_cached(&format!("{RESERVATION} WHERE node_id = ?1"))
         .map_err(unavailable)?
-        .query_row(params![node_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![node_id], reservation_row)
         .optional()
-        .map_err(unavailable)?;
-    row.map(reservation_of).transpose()
+        .map_err(unavailable)?
+        .map(reservation_of)
+        .transpose()
 }
 
-/// A reservation from its record and its `committed` column (set by a commit; a record written
-/// before schema version 2 may carry the flag itself).
-pub(super) fn reservation_of((json, committed): (String, bool)) -> StoreResult<Reservation> {
+/// A reservation without its certificates (empty, unless the record is older than schema
+/// version 3), for what has no use for them: a commit, the sweep.
+pub(super) fn get_reservation_record(
+    tx: &Connection,
+    node_id: &str,
+) -> StoreResult<Option<Reservation>> {
+    tx.prepare_cached("SELECT json, committed, NULL, NULL FROM reservations WHERE node_id = ?1")
+        .map_err(unavailable)?
+        .query_row(params![node_id], reservation_row)
+        .optional()
+        .map_err(unavailable)?
+        .map(reservation_of)
+        .transpose()
+}
+
+/// Writes a new reservation: its certificates in their own columns, the rest as its record.
+pub(super) fn insert_reservation(tx: &Connection, r: &Reservation) -> StoreResult<()> {
+    let record = Reservation {
+        transport_cert_pem: String::new(),
+        http_cert_pem: String::new(),
+        ..r.clone()
+    };
+    tx.prepare_cached("INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json, transport_cert_pem, http_cert_pem) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+        .map_err(unavailable)?
+        .execute(params![
+            r.node_id,
+            r.token_id,
+            r.key_hash,
+            r.expires_at as i64,
+            to_json(&record)?,
+            r.transport_cert_pem,
+            r.http_cert_pem
+        ])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// A reservation's row: record, `committed`, certificates.
+pub(super) type ReservationRow = (String, bool, Option<String>, Option<String>);
+
+pub(super) fn reservation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReservationRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+/// A reservation from its row: the `committed` column is set by a commit (a record written
+/// before schema version 2 may carry the flag itself); the certificates are in their columns
+/// from schema version 3, in the record before.
+pub(super) fn reservation_of(
+    (json, committed, transport, http): ReservationRow,
+) -> StoreResult<Reservation> {
     let mut r: Reservation = from_json(&json)?;
     r.committed |= committed;
+    if let Some(pem) = transport {
+        r.transport_cert_pem = pem;
+    }
+    if let Some(pem) = http {
+        r.http_cert_pem = pem;
+    }
     Ok(r)
 }
 

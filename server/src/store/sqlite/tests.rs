@@ -67,9 +67,13 @@ async fn a_version_1_store_migrates() -> anyhow::Result<()> {
              CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
              PRAGMA user_version = 1;",
         )?;
+        let t = crate::store::TokenRecord {
+            uses: 2,
+            ..token("t", None)
+        };
         c.execute(
             "INSERT INTO tokens (id, json) VALUES ('t', ?1)",
-            [serde_json::to_string(&token("t", None))?],
+            [serde_json::to_string(&t)?],
         )?;
         for (id, committed) in [("done", true), ("open", false)] {
             let mut r = serde_json::to_value(reservation(id, "t", id, id, 1000))?;
@@ -90,8 +94,21 @@ async fn a_version_1_store_migrates() -> anyhow::Result<()> {
     let done = s
         .reservation("done")
         .await?
-        .map(|r| (r.committed, r.spki_der));
-    assert_eq!(done, Some((true, vec![1, 2, 3])));
+        .map(|r| (r.committed, r.spki_der, r.transport_cert_pem));
+    assert_eq!(
+        done,
+        Some((
+            true,
+            vec![1, 2, 3],
+            "transport certificate of done\n".into()
+        )),
+        "the certificates in a record older than version 3 read"
+    );
+    assert_eq!(
+        s.token("t").await?.map(|t| t.uses),
+        Some(2),
+        "its uses kept"
+    );
     assert!(matches!(
         s.commit("done", 10, "127.0.0.1").await?,
         CommitOutcome::Unknown
@@ -106,6 +123,87 @@ async fn a_version_1_store_migrates() -> anyhow::Result<()> {
     );
     let expired = s.expire_reservations(2000).await?;
     assert!(expired.is_empty(), "committed reservations just go");
+    Ok(())
+}
+
+/// A join counts its token's use in the token's `uses` column, leaving the token's record as
+/// it was, and keeps its certificates beside the reservation's record, which the commit
+/// reads without them; the store still answers with both whole.
+#[tokio::test]
+async fn a_join_rewrites_no_token_record_and_keeps_its_certificates_apart() -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{CommitOutcome, ReserveOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    let s = super::SqliteStore::open(&path)?;
+    s.insert_token(&token("t", Some(5)), None).await?;
+    let raw = || -> anyhow::Result<(String, u32)> {
+        let c = rusqlite::Connection::open(&path)?;
+        Ok(
+            c.query_row("SELECT json, uses FROM tokens WHERE id = 't'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?,
+        )
+    };
+    let (before, _) = raw()?;
+    let r = reservation("n1", "t", "k1", "host-a", 100);
+    anyhow::ensure!(s.reserve(&r, 10).await? == ReserveOutcome::Reserved);
+    anyhow::ensure!(
+        s.reserve(&reservation("n2", "t", "k2", "host-b", 100), 10)
+            .await?
+            == ReserveOutcome::Reserved
+    );
+    assert_eq!(
+        raw()?,
+        (before.clone(), 2),
+        "the record as it was, two uses in the column"
+    );
+    assert_eq!(s.token("t").await?.map(|t| t.uses), Some(2));
+    assert_eq!(
+        s.tokens().await?.iter().map(|t| t.uses).collect::<Vec<_>>(),
+        [2]
+    );
+    let c = rusqlite::Connection::open(&path)?;
+    let (record, transport, http): (String, String, String) = c.query_row(
+        "SELECT json, transport_cert_pem, http_cert_pem FROM reservations WHERE node_id = 'n1'",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    anyhow::ensure!(
+        !record.contains("certificate of"),
+        "the record holds a certificate: {record}"
+    );
+    assert_eq!(
+        (transport, http),
+        (r.transport_cert_pem.clone(), r.http_cert_pem.clone())
+    );
+    assert_eq!(s.reservation("n1").await?, Some(r.clone()));
+    assert_eq!(
+        s.reserve(&reservation("n3", "t", "k1", "host-a", 100), 11)
+            .await?,
+        ReserveOutcome::Existing(Box::new(r.clone())),
+        "the same key again gets the certificates it was given"
+    );
+    anyhow::ensure!(matches!(
+        s.commit("n1", 12, "127.0.0.1").await?,
+        CommitOutcome::Committed { .. }
+    ));
+    // An uncommitted reservation's use comes back: the whole count goes to the record.
+    let expired = s.expire_reservations(200).await?;
+    assert_eq!(
+        expired
+            .iter()
+            .map(|r| r.node_id.as_str())
+            .collect::<Vec<_>>(),
+        ["n2"]
+    );
+    let (after, column) = raw()?;
+    assert_eq!(column, 0);
+    assert_eq!(
+        serde_json::from_str::<crate::store::TokenRecord>(&after)?.uses,
+        1
+    );
+    assert_eq!(s.token("t").await?.map(|t| t.uses), Some(1));
     Ok(())
 }
 
