@@ -6,7 +6,8 @@
 # --no-scale to skip the 1,000-installer storms and the 100,000-host registry, --rounds N for
 # more (or fewer) turns of the 100-concurrent comparison (7 by default; ratios are medians of
 # the per-round ratios), --only muster|protocol|floor|cfssl|step-ca to storm one server (for
-# profiling), --no-pin to leave the servers and the generator on any core, --no-instructions to
+# profiling; several, comma-separated, with --against PATH for an A/B run of two builds of
+# musterd alone: --only muster,muster-b), --no-pin to leave the servers and the generator on any core, --no-instructions to
 # skip counting instructions under callgrind (valgrind; a minute or two).
 set -eu
 cd "$(dirname "$0")/.."

@@ -290,16 +290,7 @@ impl Store for SqliteStore {
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
         // In the order they were made, as etcd lists them (a write replaces the row, so rowid
         // order would move a token to the end each time it is used).
-        let mut all: Vec<TokenRecord> = self
-            .run(|c| {
-                let mut st = c.prepare(TOKENS).map_err(unavailable)?;
-                let rows = st
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(unavailable)?;
-                rows.map(|r| r.map_err(unavailable).and_then(token_of))
-                    .collect::<StoreResult<Vec<_>>>()
-            })
-            .await?;
+        let mut all: Vec<TokenRecord> = self.run(|c| all_tokens(c)).await?;
         all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(all)
     }

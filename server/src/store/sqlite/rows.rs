@@ -96,8 +96,17 @@ pub(super) const HOST_ADDRESSES: &str = "SELECT json_extract(json, '$.host') FRO
      WHERE json_array_length(json, '$.host.addresses') > 0 \
      ORDER BY json_extract(json, '$.registered_at'), node_id";
 
-/// A token's record, its uses those in its record and those its column counted since.
-pub(super) const TOKENS: &str = "SELECT json, uses FROM tokens";
+/// Every token, its uses those in its record and those its column counted since.
+pub(super) fn all_tokens(c: &Connection) -> StoreResult<Vec<TokenRecord>> {
+    let mut st = c
+        .prepare("SELECT json, uses FROM tokens")
+        .map_err(unavailable)?;
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(unavailable)?;
+    rows.map(|r| r.map_err(unavailable).and_then(token_of))
+        .collect()
+}
 
 pub(super) fn get_token(tx: &Connection, id: &str) -> StoreResult<Option<TokenRecord>> {
     let row: Option<(String, u32)> = tx
