@@ -383,6 +383,9 @@ fn shell_scripts_pass_shellcheck() -> R {
         r.join("scripts/quickstart.sh"),
         r.join("scripts/build-static.sh"),
         r.join("scripts/debian-root.sh"),
+        r.join("scripts/bench.sh"),
+        r.join("scripts/profile.sh"),
+        r.join("scripts/syscalls.sh"),
     ];
     for dir in [
         "packaging/deb/muster",
