@@ -4,13 +4,13 @@
 //!
 //! Every [`Store`] method that reads to decide or writes runs on one writer thread, in order,
 //! each in its own savepoint inside a shared `BEGIN IMMEDIATE` transaction: group commit. The
-//! writer takes whatever steps are queued (up to [`MAX_BATCH`](writer::MAX_BATCH)), runs them one after another,
-//! commits once (one fsync for the lot), and only then answers each step. So steps are
-//! serialized exactly as with one transaction each (a one-use token is spent exactly once), a
-//! step that fails rolls back its own savepoint only, nothing is acknowledged before it is on
-//! disk, and a storm of joins costs one fsync per batch rather than per step. Under load a batch
-//! gathers for a few milliseconds more ([`writer`]) before it commits, so it is fuller and its pages are written
-//! once for more steps. Audit events are queued without waiting for their commit: they ride
+//! writer takes whatever steps are queued (up to [`MAX_BATCH`](writer::MAX_BATCH)), runs
+//! them one after another, commits once (one fsync for the lot), and only then answers each
+//! step. So steps are serialized exactly as with one transaction each (a one-use token is spent
+//! exactly once), a step that fails rolls back its own savepoint only, nothing is acknowledged
+//! before it is on disk, and a storm of joins costs one fsync per batch rather than per step.
+//! Under load a batch gathers for a few milliseconds more ([`writer`]) before it commits, so it
+//! is fuller and its pages are written once for more steps. Audit events are queued without waiting for their commit: they ride
 //! the next batch. Checkpoints run on a thread of their own, out of the commits' way.
 //!
 //! Plain reads use other connections, which WAL lets read while the writer writes; they see
@@ -202,8 +202,8 @@ impl Store for SqliteStore {
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        // In the order they were made, as etcd lists them (a write replaces the row, so rowid
-        // order would move a token to the end each time it is used).
+        // In the order they were made, as etcd lists them (writing a token's record replaces
+        // its row, so rowid order would move it to the end each time it is written).
         let mut all: Vec<TokenRecord> = self.run(|c| all_tokens(c)).await?;
         all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(all)
@@ -233,23 +233,18 @@ impl Store for SqliteStore {
                 Ok(t) => t,
                 Err(refused) => return Ok(refused),
             };
-            let existing = tx
-                .prepare_cached(&format!(
-                    "{RESERVATION} WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3"
-                ))
-                .map_err(unavailable)?
-                .query_row(params![r.token_id, r.key_hash, now as i64], reservation_row)
-                .optional()
-                .map_err(unavailable)?
-                .map(reservation_of)
-                .transpose()?;
+            let sql =
+                format!("{RESERVATION} WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3");
+            let key = params![r.token_id, r.key_hash, now as i64];
+            let existing = find_reservation(tx, &sql, key)?;
             match rules::reserve_decision(&t, existing, now) {
                 ReserveDecision::Answer(outcome) => return Ok(outcome),
                 // The use counted in the token's column: its record is not rewritten.
                 ReserveDecision::Reserve(_) => count_use(tx, &r.token_id)?,
             }
-            insert_reservation(tx, &r)?;
-            append_audit(tx, &super::used_event(&r, now))?;
+            let used = super::used_event(&r, now);
+            insert_reservation(tx, r)?;
+            append_audit(tx, &used)?;
             Ok(ReserveOutcome::Reserved)
         })
         .await

@@ -32,10 +32,8 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         });
     }
     if found < 1 {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        tx.execute_batch(
+        upgrade(
+            conn,
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL);
              CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
@@ -46,21 +44,15 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
              CREATE TABLE revoked (serial TEXT PRIMARY KEY);
              CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
              PRAGMA user_version = 1;",
-        )
-        .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        )?;
     }
     if found < 2 {
         // Version 2: a commit flips a column instead of rewriting the reservation's record.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        tx.execute_batch(
+        upgrade(
+            conn,
             "ALTER TABLE reservations ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;
              PRAGMA user_version = 2;",
-        )
-        .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        )?;
     }
     if found < 3 {
         // Version 3: a join counts its token's use in a column of its own (`uses`, added to
@@ -68,17 +60,13 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         // keeps its two certificates beside its record, so the commit, which has no use for
         // them, neither reads nor decodes them. (A table of their own was tried: it wrote
         // more, 21.4 writes to the log per enrollment against 12.8, `scripts/syscalls.sh`.)
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        tx.execute_batch(
+        upgrade(
+            conn,
             "ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE reservations ADD COLUMN transport_cert_pem TEXT;
              ALTER TABLE reservations ADD COLUMN http_cert_pem TEXT;
              PRAGMA user_version = 3;",
-        )
-        .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        )?;
     }
     // The few hosts that report addresses, indexed apart, so the address refresh reads them
     // alone ([`HOST_ADDRESSES`]) rather than every host's record. An index only: builds that
@@ -89,6 +77,16 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     )
     .map_err(unavailable)?;
     Ok(())
+}
+
+/// One version's migration (its SQL ends by setting `user_version`), in a transaction of its
+/// own: a store is at one version or the next, never between.
+fn upgrade(conn: &mut Connection, sql: &str) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    tx.execute_batch(sql).map_err(unavailable)?;
+    tx.commit().map_err(unavailable)
 }
 
 /// What the hosts that report addresses report, in the order they registered, through the
@@ -185,15 +183,25 @@ pub(super) fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult
 pub(super) const RESERVATION: &str =
     "SELECT json, committed, transport_cert_pem, http_cert_pem FROM reservations";
 
-/// A reservation with its certificates, to answer a join with.
-pub(super) fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
-    tx.prepare_cached(&format!("{RESERVATION} WHERE node_id = ?1"))
+/// The reservation `sql` (a select of [`reservation_row`]'s columns) finds, if any.
+pub(super) fn find_reservation(
+    tx: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Option<Reservation>> {
+    tx.prepare_cached(sql)
         .map_err(unavailable)?
-        .query_row(params![node_id], reservation_row)
+        .query_row(params, reservation_row)
         .optional()
         .map_err(unavailable)?
         .map(reservation_of)
         .transpose()
+}
+
+/// A reservation with its certificates, to answer a join with.
+pub(super) fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
+    let sql = format!("{RESERVATION} WHERE node_id = ?1");
+    find_reservation(tx, &sql, params![node_id])
 }
 
 /// A reservation without its certificates (empty, unless the record is older than schema
@@ -202,22 +210,14 @@ pub(super) fn get_reservation_record(
     tx: &Connection,
     node_id: &str,
 ) -> StoreResult<Option<Reservation>> {
-    tx.prepare_cached("SELECT json, committed, NULL, NULL FROM reservations WHERE node_id = ?1")
-        .map_err(unavailable)?
-        .query_row(params![node_id], reservation_row)
-        .optional()
-        .map_err(unavailable)?
-        .map(reservation_of)
-        .transpose()
+    let sql = "SELECT json, committed, NULL, NULL FROM reservations WHERE node_id = ?1";
+    find_reservation(tx, sql, params![node_id])
 }
 
 /// Writes a new reservation: its certificates in their own columns, the rest as its record.
-pub(super) fn insert_reservation(tx: &Connection, r: &Reservation) -> StoreResult<()> {
-    let record = Reservation {
-        transport_cert_pem: String::new(),
-        http_cert_pem: String::new(),
-        ..r.clone()
-    };
+pub(super) fn insert_reservation(tx: &Connection, mut r: Reservation) -> StoreResult<()> {
+    let transport = std::mem::take(&mut r.transport_cert_pem);
+    let http = std::mem::take(&mut r.http_cert_pem);
     tx.prepare_cached("INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json, transport_cert_pem, http_cert_pem) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
         .map_err(unavailable)?
         .execute(params![
@@ -225,9 +225,9 @@ pub(super) fn insert_reservation(tx: &Connection, r: &Reservation) -> StoreResul
             r.token_id,
             r.key_hash,
             r.expires_at as i64,
-            to_json(&record)?,
-            r.transport_cert_pem,
-            r.http_cert_pem
+            to_json(&r)?,
+            transport,
+            http
         ])
         .map_err(unavailable)?;
     Ok(())
