@@ -7,8 +7,9 @@
 # more (or fewer) turns of the 100-concurrent comparison (7 by default; ratios are medians of
 # the per-round ratios), --only muster|protocol|floor|cfssl|step-ca to storm one server (for
 # profiling; several, comma-separated, with --against PATH for an A/B run of two builds of
-# musterd alone: --only muster,muster-b), --no-pin to leave the servers and the generator on any core, --no-instructions to
-# skip counting instructions under callgrind (valgrind; a minute or two).
+# musterd alone: --only muster,muster-b), --no-pin to leave the servers and the generator on
+# any core, --no-instructions to skip counting instructions under callgrind (valgrind; a
+# minute or two).
 set -eu
 cd "$(dirname "$0")/.."
 # cfssl is the peer; musterd's etcd client compiles etcd's protobuf files when it builds.
