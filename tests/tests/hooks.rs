@@ -154,8 +154,19 @@ fn a_hook_that_leaves_something_running_or_hangs_does_not_hold_muster() -> R {
         "{r:?}"
     );
     // What the hook started went with it (gone, or a zombie left for its new parent to reap).
+    // SIGKILL reaches the group at once but a busy machine may take a moment to schedule the
+    // child so it can die: it gets ten seconds, against the 600 it would sleep.
     let child = std::fs::read_to_string(&pidfile)?;
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.trim())).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let stat = loop {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.trim())).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) || std::time::Instant::now() > deadline {
+            break stat;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
     assert!(
         matches!(state, None | Some('Z') | Some('X')),
