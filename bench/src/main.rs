@@ -154,6 +154,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// What musterd names its store's threads (the SQLite writer and checkpointer).
+const STORE_THREADS: &str = "muster-sqlite-";
+
 type Subject<'a> = (&'a Server, &'a Target, &'a Arc<rustls::ClientConfig>);
 
 async fn measure(
@@ -168,6 +171,7 @@ async fn measure(
     let work = Arc::new(load::prepare(prefix, n)?);
     server.reset_peak();
     let (cpu0, sys0, sw0) = (server.cpu(), server.system(), server.switches());
+    let store0 = server.cpu_of_threads(STORE_THREADS);
     let client0 = cpu_seconds("self");
     let (hs0, tk0) = (
         load::FULL_HANDSHAKES.load(Relaxed),
@@ -176,6 +180,7 @@ async fn measure(
     let run = load::storm(target, tls, load, work).await;
     let (cpu, sys) = (server.cpu() - cpu0, server.system() - sys0);
     let switches = server.switches().saturating_sub(sw0) as f64;
+    let store = server.cpu_of_threads(STORE_THREADS) - store0;
     let client = cpu_seconds("self") - client0;
     let per = |x: f64| x / run.ok.max(1) as f64;
     let cores = GENERATOR_CPUS.get().copied().unwrap_or(1) as f64;
@@ -186,6 +191,7 @@ async fn measure(
         round,
         cpu_per: per(cpu),
         sys_per: per(sys),
+        store_per: per(store),
         switches_per: per(switches),
         client_cpu_per: per(client),
         peak_mib: server.peak_kib() as f64 / 1024.0,

@@ -107,6 +107,24 @@ impl Server {
         n
     }
 
+    /// CPU seconds so far of its threads whose names start with `prefix` (musterd's store
+    /// threads are `muster-sqlite-…`): those alive now, so only long-lived threads add up.
+    pub(crate) fn cpu_of_threads(&self, prefix: &str) -> f64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0.0;
+        };
+        let mut secs = 0.0;
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with(prefix) {
+                let tid = task.file_name().to_string_lossy().into_owned();
+                let (user, system) = cpu_split(&format!("{}/task/{tid}", self.pid()));
+                secs += user + system;
+            }
+        }
+        secs
+    }
+
     /// System CPU seconds so far: the kernel working for it (system calls, its sockets' and
     /// files' work done in its time).
     pub(crate) fn system(&self) -> f64 {

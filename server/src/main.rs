@@ -2,6 +2,15 @@
 
 use clap::Parser;
 
+/// mimalloc, not glibc's malloc: an enrollment allocates and frees a few hundred small buffers
+/// (TLS records, HTTP bodies, JSON, certificates), and glibc's allocator took 9 % of musterd's
+/// CPU samples doing it (perf, 100 installers in flight). With mimalloc (2026-12-03): 4.541 to
+/// 4.559 M instructions per enrollment instead of 4.644 to 4.664 M, server CPU 4 to 5 % less
+/// (two A/B runs of 7 rounds), peak RSS 28 to 30 MiB at 100 in flight instead of 19, 89.5 MiB
+/// with 10,000 in flight instead of 83.4.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = musterd::cli::Cli::parse();
     musterd::logging::init(cli.log_format);

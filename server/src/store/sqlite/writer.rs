@@ -6,19 +6,18 @@ use std::sync::mpsc;
 /// Most steps committed together.
 pub const MAX_BATCH: usize = 256;
 
-/// How long a batch under load waits for more steps before it commits. Measured in storms of
-/// 100 installers (interleaved A/B runs): 5 ms costs about 9 % less server CPU per enrollment
-/// than 2 ms; 10 ms saves about 5 % more, but each step of a fleet arriving at a moderate rate
-/// then waits up to 10 ms. The price at half capacity (muster-storm, 1,000 hosts arriving at
-/// ~650/s, 2-core VM, 2026-12-03): open-loop p50 13 ms with this gather, 5.6 ms gathering
-/// 1 ms (server CPU at 100 concurrent +15 %), 4.5 ms gathering only batches of 8 or more
-/// (+8 %). Each enrollment is two steps, so it pays the gather twice. Measured again with
-/// `muster-storm run --only muster,muster-b --against` (5 rounds, 2026-12-03), against this
-/// gather: gathering only batches of 8 or more, open-loop p50 5.0 ms but p99 38.6 ms at half
-/// capacity (21.6 ms with this one), CPU within noise; never gathering, p50 10.8 ms and p99
-/// 289 ms (a fleet's burst commits in many small batches and the writer falls behind);
-/// gathering 2 ms from batches of 4, p50 9.9 ms, p99 36.6 ms, CPU +13 %. So it stays: its
-/// tail and its CPU are the best measured, at the price of the p50.
+/// How long a batch under load waits for more steps before it commits. A commit costs the
+/// store's threads about as much whether it holds one step or forty (the log's fixed pages,
+/// the fsync), so the longer the gather, the less CPU per enrollment and the longer each step
+/// waits; each enrollment is two steps, so it pays the gather twice. Measured with
+/// `muster-storm run --only muster,muster-b --against` against the policies tried (five to
+/// seven rounds each, two 2-core VMs, 2026-12-03; docs/benchmarks.md lists them): gathering
+/// 1 or 2 ms, only from 4 or 8 steps waiting, until 5 ms after the oldest step, or 250 µs per
+/// waiting step, brings the open-loop p50 at half capacity from 13–18 ms to 4.4–10 ms but costs
+/// the store's threads 0.02–0.08 ms more per enrollment at 100 concurrent (server CPU +6 to
+/// +15 %), and some of them a worse p99 (a fleet's burst commits in small batches and the
+/// writer falls behind); never gathering, p99 289 ms. So it stays at 5 ms from two steps: the
+/// least CPU and the best tail measured, at the price of the p50.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A step for the writer: run inside the batch's transaction; what it returns is called with
