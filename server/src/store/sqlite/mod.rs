@@ -95,18 +95,7 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         let (reply, answer) = tokio::sync::oneshot::channel::<StoreResult<T>>();
         let step: Step = Box::new(move |tx: &mut rusqlite::Transaction<'_>| {
-            let out = match tx.savepoint() {
-                Ok(mut sp) => {
-                    let out = f(&sp);
-                    if out.is_ok() {
-                        sp.commit().map_err(unavailable).and(out)
-                    } else {
-                        let _ = sp.rollback();
-                        out
-                    }
-                }
-                Err(e) => Err(unavailable(e)),
-            };
+            let out = in_savepoint(tx, f);
             Box::new(move |committed: bool| {
                 let _ = reply.send(if committed {
                     out
@@ -603,3 +592,27 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests;
+
+/// Runs `f` in a savepoint of its own inside the batch's transaction: kept if it succeeds,
+/// undone alone if it fails. The statements are prepared once and kept (rusqlite's `Savepoint`
+/// parses them again for every step).
+fn in_savepoint<T>(
+    tx: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let run = |sql: &str| {
+        tx.prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map_err(unavailable)
+    };
+    let undo = || {
+        let _ = run("ROLLBACK TO step");
+        let _ = run("RELEASE step");
+    };
+    run("SAVEPOINT step")?;
+    let out = f(tx).and_then(|v| run("RELEASE step").map(|_| v));
+    if out.is_err() {
+        undo();
+    }
+    out
+}

@@ -230,3 +230,39 @@ fn the_address_refresh_reads_through_its_index() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Steps sharing a batch's transaction: one that fails is undone alone, whatever it wrote
+/// before failing, and the steps before and after it are kept when the batch commits. Each
+/// step runs twice, so the savepoint's statements are taken from the cache the second time.
+#[test]
+fn a_failing_step_is_undone_alone_within_its_batch() -> anyhow::Result<()> {
+    let mut c = rusqlite::Connection::open_in_memory()?;
+    c.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY)")?;
+    let tx = c.transaction()?;
+    for round in ["a", "b"] {
+        let kept = super::in_savepoint(&tx, |c| {
+            c.execute("INSERT INTO t VALUES (?1)", [format!("{round}-before")])
+                .map_err(super::unavailable)
+        });
+        anyhow::ensure!(kept.is_ok(), "{kept:?}");
+        let failed: crate::store::StoreResult<()> = super::in_savepoint(&tx, |c| {
+            c.execute("INSERT INTO t VALUES (?1)", [format!("{round}-undone")])
+                .map_err(super::unavailable)?;
+            Err(super::unavailable("this step fails after writing"))
+        });
+        anyhow::ensure!(failed.is_err());
+        let kept = super::in_savepoint(&tx, |c| {
+            c.execute("INSERT INTO t VALUES (?1)", [format!("{round}-after")])
+                .map_err(super::unavailable)
+        });
+        anyhow::ensure!(kept.is_ok(), "{kept:?}");
+    }
+    tx.commit()?;
+    let mut st = c.prepare("SELECT k FROM t ORDER BY k")?;
+    let rows: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        rows == ["a-after", "a-before", "b-after", "b-before"],
+        "{rows:?}"
+    );
+    Ok(())
+}
