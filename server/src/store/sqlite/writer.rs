@@ -14,8 +14,8 @@ pub const MAX_BATCH: usize = 256;
 /// seven rounds each, two 2-core VMs, 2026-12-03; docs/benchmarks.md lists them): gathering
 /// 1 or 2 ms, only from 4 or 8 steps waiting, until 5 ms after the oldest step, or 250 µs per
 /// waiting step, brings the open-loop p50 at half capacity from 13–18 ms to 4.4–10 ms but costs
-/// the store's threads 0.02–0.08 ms more per enrollment at 100 concurrent (server CPU +6 to
-/// +15 %), and some of them a worse p99 (a fleet's burst commits in small batches and the
+/// the store's threads 0.01–0.08 ms more per enrollment at 100 concurrent (server CPU +6 to
+/// +16 %), and some of them a worse p99 (a fleet's burst commits in small batches and the
 /// writer falls behind); never gathering, p99 289 ms. So it stays at 5 ms from two steps: the
 /// least CPU and the best tail measured, at the price of the p50.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
