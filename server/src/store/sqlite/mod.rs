@@ -10,8 +10,9 @@
 //! exactly once), a step that fails rolls back its own savepoint only, nothing is acknowledged
 //! before it is on disk, and a storm of joins costs one fsync per batch rather than per step.
 //! Under load a batch gathers for a few milliseconds more ([`writer`]) before it commits, so it
-//! is fuller and its pages are written once for more steps. Audit events are queued without waiting for their commit: they ride
-//! the next batch. Checkpoints run on a thread of their own, out of the commits' way.
+//! is fuller and its pages are written once for more steps. Audit events are queued without
+//! waiting for their commit: they ride the next batch. Checkpoints run on a thread of their
+//! own, out of the commits' way.
 //!
 //! Plain reads use other connections, which WAL lets read while the writer writes; they see
 //! every acknowledged step, since a step is acknowledged only once committed. Point reads (one
@@ -590,9 +591,6 @@ impl Store for SqliteStore {
     }
 }
 
-#[cfg(test)]
-mod tests;
-
 /// Runs `f` in a savepoint of its own inside the batch's transaction: kept if it succeeds,
 /// undone alone if it fails. The statements are prepared once and kept (rusqlite's `Savepoint`
 /// parses them again for every step).
@@ -616,3 +614,6 @@ fn in_savepoint<T>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests;
