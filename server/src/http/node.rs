@@ -16,6 +16,7 @@ use muster_protocol::token::{self, Secret, TokenKind};
 use muster_protocol::{ErrorCode, Role};
 
 pub async fn join(State(app): S, Extension(c): Conn, body: Body) -> Result<Json<Bundle>, ApiError> {
+    let _enrolling = crate::store::Enrolling::enter();
     let source = c.remote.ip();
     let mut req: JoinRequest = parse_json(body)?;
     let (claims, rec) = app.admission.admit(&req.token, source, app.now()).await?;
@@ -168,6 +169,7 @@ pub async fn commit(
     Extension(c): Conn,
     body: Body,
 ) -> Result<Json<CommitReply>, ApiError> {
+    let _enrolling = crate::store::Enrolling::enter();
     let req: CommitRequest = parse_json(body)?;
     let now = app.now();
     let spki = match app.join_keys.get(&req.node_id, now) {

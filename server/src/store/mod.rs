@@ -157,3 +157,29 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 pub mod conformance;
+
+/// Joins and commits this process is answering right now, whatever store answers them: a hint
+/// of how many steps a store is about to be given, which the embedded store's group commit
+/// reads to decide whether a batch waits for more ([`sqlite`]).
+static ENROLLING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a join or commit as being answered while it lives.
+pub struct Enrolling(());
+
+impl Enrolling {
+    pub fn enter() -> Enrolling {
+        ENROLLING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Enrolling(())
+    }
+
+    /// How many are being answered now.
+    pub fn now() -> usize {
+        ENROLLING.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Enrolling {
+    fn drop(&mut self) {
+        ENROLLING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -9,8 +9,9 @@
 //! step. So steps are serialized exactly as with one transaction each (a one-use token is spent
 //! exactly once), a step that fails rolls back its own savepoint only, nothing is acknowledged
 //! before it is on disk, and a storm of joins costs one fsync per batch rather than per step.
-//! Under load a batch gathers for a few milliseconds more ([`writer`]) before it commits, so it
-//! is fuller and its pages are written once for more steps. Audit events are queued without
+//! Under load (more joins and commits on their way) a batch gathers for a few milliseconds more
+//! ([`writer`]) before it commits, so it is fuller and its pages are written once for more
+//! steps. Audit events are queued without
 //! waiting for their commit: they ride the next batch. Checkpoints run on a thread of their
 //! own, out of the commits' way.
 //!
