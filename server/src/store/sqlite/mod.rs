@@ -11,9 +11,8 @@
 //! before it is on disk, and a storm of joins costs one fsync per batch rather than per step.
 //! Under load (more joins and commits on their way) a batch gathers for a few milliseconds more
 //! ([`writer`]) before it commits, so it is fuller and its pages are written once for more
-//! steps. Audit events are queued without
-//! waiting for their commit: they ride the next batch. Checkpoints run on a thread of their
-//! own, out of the commits' way.
+//! steps. Audit events are queued without waiting for their commit: they ride the next batch.
+//! Checkpoints run on a thread of their own, out of the commits' way.
 //!
 //! Plain reads use other connections, which WAL lets read while the writer writes; they see
 //! every acknowledged step, since a step is acknowledged only once committed. Point reads (one
