@@ -6,36 +6,34 @@ use std::sync::mpsc;
 /// Most steps committed together.
 pub const MAX_BATCH: usize = 256;
 
-/// How long a batch under load waits for more steps before it commits. A commit costs the
-/// store's threads about as much whether it holds one step or forty (the log's fixed pages,
-/// the fsync), so the longer the gather, the less CPU per enrollment and the longer each step
-/// waits; each enrollment is two steps, so it pays the gather twice. Measured with
-/// `muster-storm run --only muster,muster-b --against` against the policies tried (five to
-/// seven rounds each, two 2-core VMs, 2026-12-03; docs/benchmarks.md lists them): gathering
-/// 1 or 2 ms, only from 4 or 8 steps waiting, until 5 ms after the oldest step, or 250 µs per
-/// waiting step, brings the open-loop p50 at half capacity from 13–18 ms to 4.4–10 ms but costs
-/// the store's threads 0.01–0.08 ms more per enrollment at 100 concurrent (server CPU +6 to
-/// +16 %), and some of them a worse p99 (a fleet's burst commits in small batches and the
-/// writer falls behind); never gathering, p99 289 ms. So it gathers 5 ms, from two steps
-/// waiting, and only while [`GATHER_FROM`] more joins and commits are on their way.
+/// How long a batch under load waits for more steps before it commits. A commit's fsync, its
+/// log pages and the writer's wake-ups cost the store's threads much the same whether it holds
+/// one step or forty, so the fuller the batch, the less CPU per enrollment; each enrollment is
+/// two steps, so a host arriving while the writer gathers pays the gather twice.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Joins and commits being answered besides a batch's own steps, from which the batch gathers
-/// (as PostgreSQL's `commit_siblings` gates its `commit_delay`): a gather pays only when more
-/// steps are about to come, and the steps waiting at the writer say little about that (under
-/// a 100-host storm most of the hosts are in their handshake or their checks). Counted at the
-/// writer's decision (2026-12-03): 15–33–50 (10th, 50th, 90th percentile) under the 100-host
-/// storm, 0–1–10 with hosts arriving at half its capacity. From 8, A/B against the gather
-/// regardless (`--against`, 7 rounds): at half capacity p50 5.3 ms and p99 16.5 ms against
-/// 14.7 and 28.7; at 80 % p99 73.5 ms against 137; at 100 concurrent server CPU 0.97× [0.87,
-/// 1.04] and the store's threads 0.120 ms against 0.113. From 16 and from 32 it gathered too
-/// seldom under the storm (store's threads 0.127 and 0.147 ms).
+/// (as PostgreSQL's `commit_siblings` gates its `commit_delay`): gathering pays only when more
+/// steps are about to come, and the steps already waiting at the writer do not say whether
+/// they are. On the one core a server may be given, the writer wakes as soon as one step is
+/// queued, before the worker has queued the next, so a writer that gathered only from two
+/// steps waiting mostly committed small batches under a 100-host storm (4 context switches
+/// per enrollment), and one that gathered whenever two waited held every host arriving at
+/// half its capacity 5 ms twice (p50 13–15 ms).
+/// Measured with `muster-storm run --only muster,muster-b --against`, 7 rounds each, 2026-12-03
+/// (earlier policies in docs/benchmarks.md): gathering any batch, a lone step too, once 8 or
+/// more joins and commits are being answered besides it, against gathering from two steps
+/// waiting with as many: server CPU at 100 concurrent 0.88 and 0.91 times (two runs), the
+/// store's threads 0.080–0.083 ms per enrollment instead of 0.120, 1.1 context switches
+/// instead of 4; p50 at half capacity 4.4–5.1 ms, p99 at 80 % 28.5–178 ms (noisy either way).
+/// Counted at the writer's decisions under the storm: 15, 33 and 50 (10th, 50th and 90th
+/// percentile); from 16 or 32 it gathered too seldom there.
 pub const GATHER_FROM: usize = 8;
 
 /// Whether a batch holding `taken` steps gathers for more, with `enrolling` joins and commits
 /// being answered in all (its own steps among them).
 fn gathers(taken: usize, enrolling: usize) -> bool {
-    taken > 1 && taken < MAX_BATCH && enrolling.saturating_sub(taken) >= GATHER_FROM
+    taken < MAX_BATCH && enrolling.saturating_sub(taken) >= GATHER_FROM
 }
 
 /// A step for the writer: run inside the batch's transaction; what it returns is called with
@@ -75,11 +73,11 @@ pub(super) fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
             }
         };
         take(&mut done, &mut tx);
-        // Under load (more than one step was waiting, more on their way), gather a little
-        // longer: a batch's pages are written and synced once however many steps share them,
-        // so fewer, larger batches write far less. The writer sleeps through the gathering
-        // rather than waiting on the queue, so the steps queued meanwhile need not wake it one
-        // by one. A lone step (one host enrolling), or a few hosts at a time, commit at once.
+        // Under load (more steps on their way), gather a little longer: a batch's pages are
+        // written and synced once however many steps share them, so fewer, larger batches
+        // write far less. The writer sleeps through the gathering rather than waiting on the
+        // queue, so the steps queued meanwhile need not wake it one by one. One host
+        // enrolling, or a few at a time, commit at once.
         if gathers(done.len(), crate::store::Enrolling::now()) && !gone(&tx) {
             std::thread::sleep(GATHER);
             take(&mut done, &mut tx);
@@ -115,9 +113,11 @@ mod tests {
     use super::{gathers, GATHER_FROM, MAX_BATCH};
 
     #[test]
-    fn a_batch_gathers_only_with_steps_waiting_and_more_on_their_way() {
-        // A lone step commits at once, however busy the server.
-        assert!(!gathers(1, 1000));
+    fn a_batch_gathers_only_while_more_steps_are_on_their_way() {
+        // One host enrolling: at once.
+        assert!(!gathers(1, 1));
+        // A lone step gathers when the server is answering many more.
+        assert!(gathers(1, 1 + GATHER_FROM));
         // Two steps waiting, but no more joins or commits being answered: at once.
         assert!(!gathers(2, 2));
         assert!(!gathers(2, 2 + GATHER_FROM - 1));
