@@ -223,10 +223,12 @@ impl Store for SqliteStore {
                 Ok(t) => t,
                 Err(refused) => return Ok(refused),
             };
-            let sql =
-                format!("{RESERVATION} WHERE token_id = ?1 AND key_hash = ?2 AND expires_at > ?3");
+            let sql = reservation_select!(
+                "transport_cert_pem, http_cert_pem",
+                "token_id = ?1 AND key_hash = ?2 AND expires_at > ?3"
+            );
             let key = params![r.token_id, r.key_hash, now as i64];
-            let existing = find_reservation(tx, &sql, key)?;
+            let existing = find_reservation(tx, sql, key)?;
             match rules::reserve_decision(&t, existing, now) {
                 ReserveDecision::Answer(outcome) => return Ok(outcome),
                 // The use counted in the token's column: its record is not rewritten.
@@ -283,7 +285,7 @@ impl Store for SqliteStore {
                 None => None,
             };
             put_host(tx, &host)?;
-            tx.prepare_cached("UPDATE reservations SET committed = 1 WHERE node_id = ?1")
+            tx.prepare_cached("INSERT OR IGNORE INTO reservations_committed (node_id) VALUES (?1)")
                 .map_err(unavailable)?
                 .execute(params![id])
                 .map_err(unavailable)?;
@@ -298,9 +300,9 @@ impl Store for SqliteStore {
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
         self.tx(move |tx| {
             let rows: Vec<(String, String, bool)> = tx
-                .prepare_cached("SELECT node_id, json, committed FROM reservations WHERE expires_at <= ?1")
+                .prepare_cached(reservation_select!("node_id", "expires_at <= ?1"))
                 .map_err(unavailable)?
-                .query_map(params![now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_map(params![now as i64], |r| Ok((r.get(2)?, r.get(0)?, r.get(1)?)))
                 .map_err(unavailable)?
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
@@ -322,10 +324,15 @@ impl Store for SqliteStore {
                 }
             }
             for r in &done {
-                tx.prepare_cached("DELETE FROM reservations WHERE node_id = ?1")
-                    .map_err(unavailable)?
-                    .execute(params![r.node_id])
-                    .map_err(unavailable)?;
+                for sql in [
+                    "DELETE FROM reservations WHERE node_id = ?1",
+                    "DELETE FROM reservations_committed WHERE node_id = ?1",
+                ] {
+                    tx.prepare_cached(sql)
+                        .map_err(unavailable)?
+                        .execute(params![r.node_id])
+                        .map_err(unavailable)?;
+                }
             }
             for (r, revoke, event) in &expired {
                 match get_token(tx, &r.token_id) {

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// The schema this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -66,6 +66,20 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
              ALTER TABLE reservations ADD COLUMN transport_cert_pem TEXT;
              ALTER TABLE reservations ADD COLUMN http_cert_pem TEXT;
              PRAGMA user_version = 3;",
+        )?;
+    }
+    if found < 4 {
+        // Version 4: a commit marks its reservation committed by its node id in a table of
+        // its own rather than by a column of the reservation's row. That row holds both
+        // certificates (about 2.2 KB: one to a page), so flipping the column wrote the whole
+        // page again in the commit's batch, one more page per enrollment; the node ids are
+        // time-ordered, so a batch's marks share the table's last page.
+        upgrade(
+            conn,
+            "CREATE TABLE reservations_committed (node_id TEXT PRIMARY KEY) WITHOUT ROWID;
+             INSERT INTO reservations_committed SELECT node_id FROM reservations WHERE committed;
+             ALTER TABLE reservations DROP COLUMN committed;
+             PRAGMA user_version = 4;",
         )?;
     }
     // The few hosts that report addresses, indexed apart, so the address refresh reads them
@@ -179,9 +193,20 @@ pub(super) fn revoke_serials(tx: &Connection, serials: &[String]) -> StoreResult
     Ok(())
 }
 
-/// A reservation's columns, as [`reservation_of`] reads them.
-pub(super) const RESERVATION: &str =
-    "SELECT json, committed, transport_cert_pem, http_cert_pem FROM reservations";
+/// A reservation's columns, as [`reservation_of`] reads them. (A macro, so that each query
+/// built on it is one literal, prepared once.)
+macro_rules! reservation_select {
+    ($columns:literal, $where:literal) => {
+        concat!(
+            "SELECT json, EXISTS (SELECT 1 FROM reservations_committed c ",
+            "WHERE c.node_id = reservations.node_id), ",
+            $columns,
+            " FROM reservations WHERE ",
+            $where
+        )
+    };
+}
+pub(super) use reservation_select;
 
 /// The reservation `sql` (a select of [`reservation_row`]'s columns) finds, if any.
 pub(super) fn find_reservation(
@@ -200,8 +225,8 @@ pub(super) fn find_reservation(
 
 /// A reservation with its certificates, to answer a join with.
 pub(super) fn get_reservation(tx: &Connection, node_id: &str) -> StoreResult<Option<Reservation>> {
-    let sql = format!("{RESERVATION} WHERE node_id = ?1");
-    find_reservation(tx, &sql, params![node_id])
+    let sql = reservation_select!("transport_cert_pem, http_cert_pem", "node_id = ?1");
+    find_reservation(tx, sql, params![node_id])
 }
 
 /// A reservation without its certificates (empty, unless the record is older than schema
@@ -210,7 +235,7 @@ pub(super) fn get_reservation_record(
     tx: &Connection,
     node_id: &str,
 ) -> StoreResult<Option<Reservation>> {
-    let sql = "SELECT json, committed, NULL, NULL FROM reservations WHERE node_id = ?1";
+    let sql = reservation_select!("NULL, NULL", "node_id = ?1");
     find_reservation(tx, sql, params![node_id])
 }
 
@@ -233,16 +258,16 @@ pub(super) fn insert_reservation(tx: &Connection, mut r: Reservation) -> StoreRe
     Ok(())
 }
 
-/// A reservation's row: record, `committed`, certificates.
+/// A reservation's row: record, committed, certificates.
 pub(super) type ReservationRow = (String, bool, Option<String>, Option<String>);
 
 pub(super) fn reservation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReservationRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
-/// A reservation from its row: the `committed` column is set by a commit (a record written
-/// before schema version 2 may carry the flag itself); the certificates are in their columns
-/// from schema version 3, in the record before.
+/// A reservation from its row: a commit marks it in `reservations_committed` (a column did
+/// from schema version 2 to 3, and a record written before version 2 may carry the flag
+/// itself); the certificates are in their columns from schema version 3, in the record before.
 pub(super) fn reservation_of(
     (json, committed, transport, http): ReservationRow,
 ) -> StoreResult<Reservation> {

@@ -126,6 +126,82 @@ async fn a_version_1_store_migrates() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A data folder written by schema version 3 (a commit flipped a column of the reservation's
+/// row) keeps which reservations were committed, and the marks go with their reservations.
+#[tokio::test]
+async fn a_version_3_store_keeps_its_commits() -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{CommitOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    {
+        let c = rusqlite::Connection::open(&path)?;
+        c.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL, uses INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
+                 key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL,
+                 committed INTEGER NOT NULL DEFAULT 0, transport_cert_pem TEXT, http_cert_pem TEXT);
+             CREATE INDEX reservations_key ON reservations (token_id, key_hash);
+             CREATE INDEX reservations_expiry ON reservations (expires_at);
+             CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
+             CREATE TABLE revoked (serial TEXT PRIMARY KEY);
+             CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
+             PRAGMA user_version = 3;",
+        )?;
+        c.execute(
+            "INSERT INTO tokens (id, json, uses) VALUES ('t', ?1, 2)",
+            [serde_json::to_string(&token("t", None))?],
+        )?;
+        for (id, committed) in [("done", true), ("open", false)] {
+            let mut r = reservation(id, "t", id, id, 1000);
+            let pem = std::mem::take(&mut r.transport_cert_pem);
+            r.http_cert_pem.clear();
+            c.execute(
+                "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json, committed, transport_cert_pem, http_cert_pem)
+                 VALUES (?1, 't', ?1, 1000, ?2, ?3, ?4, ?4)",
+                rusqlite::params![id, serde_json::to_string(&r)?, committed, pem],
+            )?;
+        }
+    }
+    let s = super::SqliteStore::open(&path)?;
+    let version: i64 = s.read(|c| {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(super::unavailable)
+    })?;
+    assert_eq!(version, super::SCHEMA_VERSION);
+    let committed = |r: Option<crate::store::Reservation>| r.map(|r| r.committed);
+    assert_eq!(committed(s.reservation("done").await?), Some(true));
+    assert_eq!(committed(s.reservation("open").await?), Some(false));
+    assert_eq!(
+        s.reservation("done").await?.map(|r| r.transport_cert_pem),
+        Some("transport certificate of done\n".into()),
+        "its certificates kept"
+    );
+    assert!(matches!(
+        s.commit("open", 10, "127.0.0.1").await?,
+        CommitOutcome::Committed { .. }
+    ));
+    assert_eq!(committed(s.reservation("open").await?), Some(true));
+    let expired = s.expire_reservations(2000).await?;
+    assert!(expired.is_empty(), "committed reservations just go");
+    let left: i64 = s.read(|c| {
+        c.query_row(
+            "SELECT (SELECT count(*) FROM reservations) + (SELECT count(*) FROM reservations_committed)",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(super::unavailable)
+    })?;
+    assert_eq!(left, 0, "the reservations and their marks are gone");
+    assert_eq!(
+        s.token("t").await?.map(|t| t.uses),
+        Some(2),
+        "no use given back"
+    );
+    Ok(())
+}
+
 /// A join counts its token's use in the token's `uses` column, leaving the token's record as
 /// it was, and keeps its certificates beside the reservation's record, which the commit
 /// reads without them; the store still answers with both whole.
