@@ -16,10 +16,10 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// (as PostgreSQL's `commit_siblings` gates its `commit_delay`): gathering pays only when more
 /// steps are about to come, and the steps already waiting at the writer do not say whether
 /// they are. On the one core a server may be given, the writer wakes as soon as one step is
-/// queued, before the worker has queued the next, so a writer that gathered only from two
-/// steps waiting mostly committed small batches under a 100-host storm (4 context switches
-/// per enrollment), and one that gathered whenever two waited held every host arriving at
-/// half its capacity 5 ms twice (p50 13–15 ms).
+/// queued, before the worker has queued the next, so the writer that gathered whenever two or
+/// more steps waited mostly committed small batches under a 100-host storm (4 context
+/// switches per enrollment), and yet held every host arriving at half its capacity 5 ms twice
+/// (p50 13–15 ms).
 /// Measured with `muster-storm run --only muster,muster-b --against`, 7 rounds each, 2026-12-03
 /// (earlier policies in docs/benchmarks.md): gathering any batch, a lone step too, once 8 or
 /// more joins and commits are being answered besides it, against gathering from two steps
