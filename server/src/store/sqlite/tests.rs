@@ -47,6 +47,18 @@ async fn one_bad_record_stops_no_sweep() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the store at `path`, written by an earlier schema version, and checks it is now at
+/// this build's.
+fn migrated(path: &std::path::Path) -> anyhow::Result<super::SqliteStore> {
+    let s = super::SqliteStore::open(path)?;
+    let version: i64 = s.read(|c| {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(super::unavailable)
+    })?;
+    assert_eq!(version, super::SCHEMA_VERSION);
+    Ok(s)
+}
+
 /// A data folder written by schema version 1 (the committed flag inside the record, the
 /// key as an array of numbers) opens, migrates and keeps its meaning.
 #[tokio::test]
@@ -85,12 +97,7 @@ async fn a_version_1_store_migrates() -> anyhow::Result<()> {
             )?;
         }
     }
-    let s = super::SqliteStore::open(&path)?;
-    let version: i64 = s.read(|c| {
-        c.query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(super::unavailable)
-    })?;
-    assert_eq!(version, super::SCHEMA_VERSION);
+    let s = migrated(&path)?;
     let done = s
         .reservation("done")
         .await?
@@ -164,12 +171,7 @@ async fn a_version_3_store_keeps_its_commits() -> anyhow::Result<()> {
             )?;
         }
     }
-    let s = super::SqliteStore::open(&path)?;
-    let version: i64 = s.read(|c| {
-        c.query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(super::unavailable)
-    })?;
-    assert_eq!(version, super::SCHEMA_VERSION);
+    let s = migrated(&path)?;
     let committed = |r: Option<crate::store::Reservation>| r.map(|r| r.committed);
     assert_eq!(committed(s.reservation("done").await?), Some(true));
     assert_eq!(committed(s.reservation("open").await?), Some(false));
