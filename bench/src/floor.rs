@@ -5,23 +5,24 @@
 //!   certificate signature (`musterd::pki::Ca`); no store, no second certificate, no commit.
 //! - The protocol floor (musterd's own join and commit paths): the node protocol as the design
 //!   fixes it, and nothing more: the token (its signature checked once per token, as musterd
-//!   does), two CSR checks, two signatures, the PSK, then the commit on the same connection
-//!   with its proof of possession checked. Reservations live in memory only: no store, no
-//!   audit, no token records. What musterd spends beyond it is the price of durability and
-//!   bookkeeping.
+//!   does), two CSR checks, two signatures, the PSK, then the commit, bound to the joined key
+//!   by the join's connection as musterd's is (its proof of possession checked only when it
+//!   comes on another). Reservations live in memory only: no store, no audit, no token
+//!   records. What musterd spends beyond it is the price of durability and bookkeeping.
 
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hyper_util::rt::TokioIo;
 use muster_protocol::node::{commit_message, Bundle, CommitReply, CommitRequest, JoinRequest};
 use muster_protocol::paths;
 use muster_protocol::token::{self, Claims, TokenKind};
+use musterd::http::JoinedHere;
 use musterd::pki::{self, Ca, Leaf};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::collections::HashMap;
@@ -98,9 +99,14 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let svc = hyper_util::service::TowerToHyperService::new(
-                router.map_request(|r: axum::extract::Request<hyper::body::Incoming>| r),
-            );
+            // As musterd's listener does: the join answered on this connection (`JoinedHere`).
+            let joined = Arc::new(JoinedHere::default());
+            let svc = hyper_util::service::TowerToHyperService::new(router.map_request(
+                move |mut r: axum::extract::Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(joined.clone());
+                    r
+                },
+            ));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
@@ -237,6 +243,7 @@ impl Floor {
 /// The protocol floor's join: what musterd's join must do by design, without a store.
 async fn protocol_join(
     State(f): State<Arc<Floor>>,
+    Extension(here): Extension<Arc<JoinedHere>>,
     body: Bytes,
 ) -> Result<Json<Bundle>, StatusCode> {
     let req: JoinRequest = serde_json::from_slice(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
@@ -268,6 +275,7 @@ async fn protocol_join(
         .lock()
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
         .insert(node_id.clone(), transport.spki_der);
+    here.set(&node_id);
     Ok(Json(Bundle {
         node_id,
         psk: token::Secret::new(URL_SAFE_NO_PAD.encode(psk.as_ref())),
@@ -285,9 +293,11 @@ async fn protocol_join(
     }))
 }
 
-/// The protocol floor's commit: the PSK and the proof of possession of the joined key.
+/// The protocol floor's commit: the PSK, and the joined key held by the join's connection or
+/// proven by the commit's signature.
 async fn protocol_commit(
     State(f): State<Arc<Floor>>,
+    Extension(here): Extension<Arc<JoinedHere>>,
     body: Bytes,
 ) -> Result<Json<CommitReply>, StatusCode> {
     let req: CommitRequest = serde_json::from_slice(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
@@ -300,9 +310,16 @@ async fn protocol_commit(
     let psk_ok = URL_SAFE_NO_PAD
         .decode(req.psk.expose())
         .is_ok_and(|tag| ring::hmac::verify(&f.psk_key, req.node_id.as_bytes(), &tag).is_ok());
-    let proof = STANDARD.decode(&req.proof).unwrap_or_default();
-    let message = commit_message(&req.node_id, req.psk.expose());
-    if !psk_ok || !pki::verify_proof(&spki, &message, &proof) {
+    let proof = STANDARD
+        .decode(&req.proof)
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let proven = here.is(&req.node_id)
+        || pki::verify_proof(
+            &spki,
+            &commit_message(&req.node_id, req.psk.expose()),
+            &proof,
+        );
+    if !psk_ok || !proven {
         return Err(StatusCode::FORBIDDEN);
     }
     Ok(Json(CommitReply {

@@ -249,7 +249,11 @@ async fn run(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| Arc::new(c.to_vec()));
-            let info = ConnInfo { remote, peer_cert };
+            let info = ConnInfo {
+                remote,
+                peer_cert,
+                joined: Arc::default(),
+            };
             let svc = router.map_request(
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());

@@ -236,6 +236,152 @@ fn a_commit_without_the_psk_and_the_new_keys_signature_is_refused_and_registers_
     Ok(())
 }
 
+const COMMIT: &str = muster_protocol::paths::COMMIT;
+
+/// A connection to `c` held open by Python's `http.client` (tests/scripts/one_connection.py):
+/// `post` sends a request on it and answers (status, body, the connection's local port).
+struct OneConnection {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl OneConnection {
+    fn open(c: &Coordinator) -> anyhow::Result<Self> {
+        use std::process::Stdio;
+        let mut child = Command::new("python3")
+            .arg(muster_tests::os::repo().join("tests/scripts/one_connection.py"))
+            .args(["127.0.0.1", c.host().rsplit(':').next().unwrap_or_default()])
+            .arg(c.data().join("ca.pem"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+        Ok(Self { child, lines })
+    }
+
+    fn post(&mut self, path: &str, body: &Value) -> anyhow::Result<(u16, Value, u64)> {
+        use std::io::Write;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+        writeln!(stdin, "{}", serde_json::json!({"path": path, "body": body}))?;
+        let line = self
+            .lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the connection ended"))??;
+        let v: Value = serde_json::from_str(&line)?;
+        let status = v["status"].as_u64().unwrap_or_default() as u16;
+        Ok((
+            status,
+            v["body"].clone(),
+            v["port"].as_u64().unwrap_or_default(),
+        ))
+    }
+}
+
+impl Drop for OneConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The commit proves the joined key by the join's own connection (the join's CSR proved it to
+/// that same TLS peer) or, on any other connection, by its signature: on the join's connection
+/// a proof by another key commits, but the PSK is still checked, and a commit there for a join
+/// answered elsewhere, or elsewhere for a join answered there, needs the key's signature.
+#[test]
+fn a_commit_proves_the_key_by_the_joins_connection_or_by_its_signature() -> R {
+    let c = Coordinator::start()?;
+    let (tok, _) = c.token(r#"{"persistent":true,"roles":["proxy"]}"#)?;
+    let dir = tempfile::tempdir()?;
+    let key = |name: &str| -> anyhow::Result<(std::path::PathBuf, String)> {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d)?;
+        let csr = csr(&d)?;
+        Ok((d, csr))
+    };
+    let (other, _) = key("other")?;
+    let join = |hostname: &str, csr: &str| {
+        serde_json::json!({
+            "token": tok, "transport_csr": csr, "http_csr": csr,
+            "host": {"hostname": hostname}, "roles": ["proxy"],
+        })
+    };
+    let ids = |b: &Value| -> (String, String) {
+        let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
+        (s("node_id"), s("psk"))
+    };
+    let code = |v: &Value| v["errors"][0]["code"].as_str().unwrap_or("-").to_string();
+    let commit = |node_id: &str, psk: &str, key_dir: &std::path::Path| -> anyhow::Result<Value> {
+        let proof = commit_proof(key_dir, node_id, psk)?;
+        Ok(serde_json::json!({"node_id": node_id, "psk": psk, "proof": proof}))
+    };
+    let runners = || -> anyhow::Result<usize> { Ok(c.admin().runners()?.len()) };
+
+    // "elsewhere" joins on a connection of its own (curl).
+    let (dir_e, csr_e) = key("elsewhere")?;
+    let (status, b) = c.post_json(JOIN, &join("elsewhere", &csr_e), &[])?;
+    assert_eq!(status, 200, "{b}");
+    let (elsewhere, psk_e) = ids(&b);
+
+    let mut conn = OneConnection::open(&c)?;
+    let (dir_h, csr_h) = key("here")?;
+    let (status, b, port) = conn.post(JOIN, &join("here", &csr_h))?;
+    assert_eq!(status, 200, "{b}");
+    let (here, psk_h) = ids(&b);
+    let (dir_t, csr_t) = key("there")?;
+    let (status, b, p) = conn.post(JOIN, &join("there", &csr_t))?;
+    assert_eq!((status, p), (200, port), "{b}");
+    let (there, psk_t) = ids(&b);
+
+    // On the connection of "there", the last join answered on it:
+    let wrong_psk = format!("{psk_t}x");
+    let (status, v, p) = conn.post(COMMIT, &commit(&there, &wrong_psk, &dir_t)?)?;
+    assert_eq!(
+        (status, code(&v).as_str(), p),
+        (403, "join.proof_invalid", port),
+        "wrong PSK: {v}"
+    );
+    let (status, v, p) = conn.post(COMMIT, &commit(&elsewhere, &psk_e, &other)?)?;
+    assert_eq!(
+        (status, code(&v).as_str(), p),
+        (403, "join.proof_invalid", port),
+        "a join answered elsewhere: {v}"
+    );
+    let (status, v, p) = conn.post(COMMIT, &commit(&here, &psk_h, &other)?)?;
+    assert_eq!(
+        (status, code(&v).as_str(), p),
+        (403, "join.proof_invalid", port),
+        "an earlier join on it: {v}"
+    );
+    assert_eq!(runners()?, 0, "nothing registered");
+    let (status, v, p) = conn.post(COMMIT, &commit(&there, &psk_t, &other)?)?;
+    assert_eq!((status, p), (200, port), "bound by the connection: {v}");
+    assert_eq!(runners()?, 1);
+
+    // Elsewhere, "here" (joined on that connection) commits by its own key's signature only.
+    let (status, v) = c.post_json(COMMIT, &commit(&here, &psk_h, &other)?, &[])?;
+    assert_eq!(
+        (status, code(&v).as_str()),
+        (403, "join.proof_invalid"),
+        "{v}"
+    );
+    assert_eq!(runners()?, 1);
+    for (id, psk, d) in [(&here, &psk_h, &dir_h), (&elsewhere, &psk_e, &dir_e)] {
+        let (status, v) = c.post_json(COMMIT, &commit(id, psk, d)?, &[])?;
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_eq!(runners()?, 3);
+    Ok(())
+}
+
 #[test]
 fn a_host_name_in_another_letter_case_is_the_same_host() -> R {
     let c = Coordinator::start()?;

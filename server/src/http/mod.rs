@@ -31,6 +31,30 @@ pub struct ConnInfo {
     /// DER of the client certificate, when the client authenticated (already chain-checked
     /// against the transport CA by rustls).
     pub peer_cert: Option<Arc<Vec<u8>>>,
+    /// The join answered on this connection, shared by its requests.
+    pub joined: Arc<JoinedHere>,
+}
+
+/// The node id of the last join answered on a connection. The join's CSR proved, on this
+/// TLS connection, possession of the key it certified: a commit of that node id arriving on
+/// the same connection comes from the same party (the channel binds it), so its proof of
+/// possession is not checked a second time. A commit on any other connection (the installer
+/// retrying after a drop) is checked by its proof. musterd terminates TLS itself (nodes
+/// authenticate by client certificate on the same port), so one connection is one peer.
+#[derive(Debug, Default)]
+pub struct JoinedHere(std::sync::Mutex<Option<String>>);
+
+impl JoinedHere {
+    pub fn set(&self, node_id: &str) {
+        if let Ok(mut j) = self.0.lock() {
+            *j = Some(node_id.to_owned());
+        }
+    }
+
+    /// Whether `node_id` is the join answered on this connection.
+    pub fn is(&self, node_id: &str) -> bool {
+        self.0.lock().is_ok_and(|j| j.as_deref() == Some(node_id))
+    }
 }
 
 type S = State<Arc<App>>;

@@ -129,6 +129,7 @@ pub async fn join(State(app): S, Extension(c): Conn, body: Body) -> Result<Json<
     };
     app.join_keys
         .insert(&r.node_id, r.spki_der.clone(), r.expires_at, now);
+    c.joined.set(&r.node_id);
     Ok(Json(bundle(&app, &r, now)))
 }
 
@@ -172,15 +173,21 @@ pub async fn commit(
     let _enrolling = crate::store::Enrolling::enter();
     let req: CommitRequest = parse_json(body)?;
     let now = app.now();
-    let spki = match app.join_keys.get(&req.node_id, now) {
-        Some(spki) => spki,
-        None => match app.store.reservation(&req.node_id).await? {
-            Some(r) if r.expires_at > now => r.spki_der,
-            _ => match app.store.host(&req.node_id).await? {
-                Some(h) => h.spki_der,
-                None => return Err(ApiError::new(ErrorCode::JoinUnknown, "no join reservation with that node id: it expired or never existed; run the install again")),
+    // On the join's own connection the join's CSR proved the key (`JoinedHere`); anywhere
+    // else the proof does, checked against the key the join certified.
+    let spki = if c.joined.is(&req.node_id) {
+        None
+    } else {
+        Some(match app.join_keys.get(&req.node_id, now) {
+            Some(spki) => spki,
+            None => match app.store.reservation(&req.node_id).await? {
+                Some(r) if r.expires_at > now => r.spki_der,
+                _ => match app.store.host(&req.node_id).await? {
+                    Some(h) => h.spki_der,
+                    None => return Err(ApiError::new(ErrorCode::JoinUnknown, "no join reservation with that node id: it expired or never existed; run the install again")),
+                },
             },
-        },
+        })
     };
     let proof = base64::engine::general_purpose::STANDARD
         .decode(&req.proof)
@@ -190,13 +197,14 @@ pub async fn commit(
                 "proof must be the signature in standard base64",
             )
         })?;
-    if !app.platform.check_psk(&req.node_id, req.psk.expose())
-        || !pki::verify_proof(
+    let proven = spki.is_none_or(|spki| {
+        pki::verify_proof(
             &spki,
             &commit_message(&req.node_id, req.psk.expose()),
             &proof,
         )
-    {
+    });
+    if !app.platform.check_psk(&req.node_id, req.psk.expose()) || !proven {
         tracing::warn!(source = %c.remote.ip(), node_id = %req.node_id, "commit with a wrong PSK or proof of possession");
         return Err(ApiError::new(
             ErrorCode::JoinProof,
