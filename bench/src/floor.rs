@@ -99,7 +99,7 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            // As musterd's listener does: the join answered on this connection (`JoinedHere`).
+            // As musterd's listener does: the join made on this connection (`JoinedHere`).
             let joined = Arc::new(JoinedHere::default());
             let svc = hyper_util::service::TowerToHyperService::new(router.map_request(
                 move |mut r: axum::extract::Request<hyper::body::Incoming>| {
@@ -313,13 +313,15 @@ async fn protocol_commit(
     let proof = STANDARD
         .decode(&req.proof)
         .map_err(|_| StatusCode::BAD_REQUEST)?;
-    let proven = here.is(&req.node_id)
-        || pki::verify_proof(
-            &spki,
-            &commit_message(&req.node_id, req.psk.expose()),
-            &proof,
-        );
-    if !psk_ok || !proven {
+    // The PSK first, as musterd: a wrong one costs an HMAC, not a signature check.
+    if !psk_ok
+        || !(here.is(&req.node_id)
+            || pki::verify_proof(
+                &spki,
+                &commit_message(&req.node_id, req.psk.expose()),
+                &proof,
+            ))
+    {
         return Err(StatusCode::FORBIDDEN);
     }
     Ok(Json(CommitReply {

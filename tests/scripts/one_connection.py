@@ -13,7 +13,8 @@ import ssl
 import sys
 
 host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-conn = http.client.HTTPSConnection(host, port, context=ssl.create_default_context(cafile=ca))
+conn = http.client.HTTPSConnection(host, port, timeout=60,
+                                   context=ssl.create_default_context(cafile=ca))
 conn.auto_open = 0  # raise rather than reconnect quietly
 conn.connect()
 for line in sys.stdin:
@@ -22,6 +23,8 @@ for line in sys.stdin:
                  headers={"Content-Type": "application/json"})
     r = conn.getresponse()
     body = r.read()
+    if conn.sock is None:
+        sys.exit("the server closed the connection")
     print(json.dumps({
         "status": r.status,
         "body": json.loads(body) if body else None,

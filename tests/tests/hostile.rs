@@ -292,10 +292,11 @@ impl Drop for OneConnection {
     }
 }
 
-/// The commit proves the joined key by the join's own connection (the join's CSR proved it to
-/// that same TLS peer) or, on any other connection, by its signature: on the join's connection
-/// a proof by another key commits, but the PSK is still checked, and a commit there for a join
-/// answered elsewhere, or elsewhere for a join answered there, needs the key's signature.
+/// The commit proves the joined key by the connection whose join made its reservation or, on
+/// any other connection, by its signature: on that connection a proof by another key commits,
+/// but the PSK is still checked and the proof must still be base64; a commit there for a join
+/// made elsewhere or earlier, elsewhere for a join made there, or on the connection of a join
+/// that found the reservation of an earlier join of the same key, needs the key's signature.
 #[test]
 fn a_commit_proves_the_key_by_the_joins_connection_or_by_its_signature() -> R {
     let c = Coordinator::start()?;
@@ -361,17 +362,38 @@ fn a_commit_proves_the_key_by_the_joins_connection_or_by_its_signature() -> R {
         (403, "join.proof_invalid", port),
         "an earlier join on it: {v}"
     );
+    let not_base64 = serde_json::json!({"node_id": there, "psk": psk_t, "proof": "!!not base64!!"});
+    let (status, v, p) = conn.post(COMMIT, &not_base64)?;
+    assert_eq!(
+        (status, code(&v).as_str(), p),
+        (400, "request.invalid", port),
+        "a proof not base64: {v}"
+    );
     assert_eq!(runners()?, 0, "nothing registered");
     let (status, v, p) = conn.post(COMMIT, &commit(&there, &psk_t, &other)?)?;
     assert_eq!((status, p), (200, port), "bound by the connection: {v}");
     assert_eq!(runners()?, 1);
 
-    // Elsewhere, "here" (joined on that connection) commits by its own key's signature only.
+    // Elsewhere, "here" (joined on that connection) commits by its own key's signature only,
+    // even on a connection whose join of the same CSR found its reservation.
     let (status, v) = c.post_json(COMMIT, &commit(&here, &psk_h, &other)?, &[])?;
     assert_eq!(
         (status, code(&v).as_str()),
         (403, "join.proof_invalid"),
         "{v}"
+    );
+    let mut again = OneConnection::open(&c)?;
+    let (status, b, port_again) = again.post(JOIN, &join("here", &csr_h))?;
+    assert_eq!(
+        (status, ids(&b)),
+        (200, (here.clone(), psk_h.clone())),
+        "{b}"
+    );
+    let (status, v, p) = again.post(COMMIT, &commit(&here, &psk_h, &other)?)?;
+    assert_eq!(
+        (status, code(&v).as_str(), p),
+        (403, "join.proof_invalid", port_again),
+        "a reservation found, not made, there: {v}"
     );
     assert_eq!(runners()?, 1);
     for (id, psk, d) in [(&here, &psk_h, &dir_h), (&elsewhere, &psk_e, &dir_e)] {

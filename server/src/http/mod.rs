@@ -31,16 +31,24 @@ pub struct ConnInfo {
     /// DER of the client certificate, when the client authenticated (already chain-checked
     /// against the transport CA by rustls).
     pub peer_cert: Option<Arc<Vec<u8>>>,
-    /// The join answered on this connection, shared by its requests.
+    /// The join made on this connection, shared by its requests.
     pub joined: Arc<JoinedHere>,
 }
 
-/// The node id of the last join answered on a connection. The join's CSR proved, on this
-/// TLS connection, possession of the key it certified: a commit of that node id arriving on
-/// the same connection comes from the same party (the channel binds it), so its proof of
-/// possession is not checked a second time. A commit on any other connection (the installer
-/// retrying after a drop) is checked by its proof. musterd terminates TLS itself (nodes
-/// authenticate by client certificate on the same port), so one connection is one peer.
+/// The node id of the last reservation a join made on a connection (not one it found from an
+/// earlier join of the same key). A commit of that node id on the same connection comes from
+/// the peer that made the reservation and was answered its PSK there: the connection binds
+/// the commit to the reservation, so its proof of possession is not checked. A commit on any
+/// other connection (the installer retrying after a drop) is checked by its proof. This
+/// holds because musterd terminates TLS itself (nodes authenticate by client certificate on
+/// the same port): one connection is one peer, and a proxy in front may pass TCP through,
+/// never end TLS and pool connections (docs/ha.md).
+///
+/// What the binding gives up: a CSR is not tied to a connection, so whoever holds a roles
+/// token and a copy of another host's CSR could register, on the connection of a fresh join,
+/// a host carrying that host's public key. Its certificates reach only that connection, whose
+/// peer lacks the private key, so they serve no one, and a token holder may register hosts
+/// anyway; the reservation of the real host is never bound to another connection.
 #[derive(Debug, Default)]
 pub struct JoinedHere(std::sync::Mutex<Option<String>>);
 
@@ -51,7 +59,7 @@ impl JoinedHere {
         }
     }
 
-    /// Whether `node_id` is the join answered on this connection.
+    /// Whether `node_id` is the reservation made on this connection.
     pub fn is(&self, node_id: &str) -> bool {
         self.0.lock().is_ok_and(|j| j.as_deref() == Some(node_id))
     }

@@ -99,12 +99,14 @@ pub async fn join(State(app): S, Extension(c): Conn, body: Body) -> Result<Json<
         ReserveOutcome::Existing(e) if e.node_id == r.node_id => ReserveOutcome::Reserved,
         other => other,
     };
-    let r = match outcome {
+    // Only a reservation this request made is bound to this connection (`JoinedHere`): an
+    // earlier join of the same key may have been made elsewhere, and a CSR can be replayed.
+    let (r, made_here) = match outcome {
         ReserveOutcome::Reserved => {
             app.metrics.joins.inc();
-            r
+            (r, true)
         }
-        ReserveOutcome::Existing(existing) => *existing,
+        ReserveOutcome::Existing(existing) => (*existing, false),
         // The record changed since the early check (revoked, or removed, meanwhile or on
         // another coordinator): refused as that check would have.
         outcome @ (ReserveOutcome::UnknownToken | ReserveOutcome::Revoked) => {
@@ -129,7 +131,9 @@ pub async fn join(State(app): S, Extension(c): Conn, body: Body) -> Result<Json<
     };
     app.join_keys
         .insert(&r.node_id, r.spki_der.clone(), r.expires_at, now);
-    c.joined.set(&r.node_id);
+    if made_here {
+        c.joined.set(&r.node_id);
+    }
     Ok(Json(bundle(&app, &r, now)))
 }
 
@@ -173,8 +177,9 @@ pub async fn commit(
     let _enrolling = crate::store::Enrolling::enter();
     let req: CommitRequest = parse_json(body)?;
     let now = app.now();
-    // On the join's own connection the join's CSR proved the key (`JoinedHere`); anywhere
-    // else the proof does, checked against the key the join certified.
+    // On the connection whose join made the reservation, that connection binds the commit
+    // to it (`JoinedHere`); anywhere else the proof does, checked against the key the join
+    // certified.
     let spki = if c.joined.is(&req.node_id) {
         None
     } else {
@@ -197,14 +202,16 @@ pub async fn commit(
                 "proof must be the signature in standard base64",
             )
         })?;
-    let proven = spki.is_none_or(|spki| {
-        pki::verify_proof(
-            &spki,
-            &commit_message(&req.node_id, req.psk.expose()),
-            &proof,
-        )
-    });
-    if !app.platform.check_psk(&req.node_id, req.psk.expose()) || !proven {
+    // The PSK first: a wrong one costs an HMAC, not a signature check.
+    if !app.platform.check_psk(&req.node_id, req.psk.expose())
+        || !spki.is_none_or(|spki| {
+            pki::verify_proof(
+                &spki,
+                &commit_message(&req.node_id, req.psk.expose()),
+                &proof,
+            )
+        })
+    {
         tracing::warn!(source = %c.remote.ip(), node_id = %req.node_id, "commit with a wrong PSK or proof of possession");
         return Err(ApiError::new(
             ErrorCode::JoinProof,
