@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// The schema this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -80,6 +80,19 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
              INSERT INTO reservations_committed SELECT node_id FROM reservations WHERE committed;
              ALTER TABLE reservations DROP COLUMN committed;
              PRAGMA user_version = 4;",
+        )?;
+    }
+    if found < 5 {
+        // Version 5: the audit log's sequence is its row id. Its rows are never deleted, so
+        // the largest plus one never goes back, and no commit writes `sqlite_sequence` (one
+        // more page of the log per batch) or reads and updates it for each event.
+        upgrade(
+            conn,
+            "CREATE TABLE audit_v5 (seq INTEGER PRIMARY KEY, json TEXT NOT NULL);
+             INSERT INTO audit_v5 (seq, json) SELECT seq, json FROM audit ORDER BY seq;
+             DROP TABLE audit;
+             ALTER TABLE audit_v5 RENAME TO audit;
+             PRAGMA user_version = 5;",
         )?;
     }
     // The few hosts that report addresses, indexed apart, so the address refresh reads them

@@ -344,3 +344,98 @@ fn a_failing_step_is_undone_alone_within_its_batch() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A data folder written by schema version 4 keeps its audit log and its reservations, and
+/// numbers its events on from its last one without a sequence of their own.
+#[tokio::test]
+async fn a_version_4_store_keeps_its_audit_log_numbered_without_a_sequence() -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{ReserveOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    let r = reservation("n1", "t", "k1", "host-a", 1000);
+    let event = |name: &str| muster_protocol::api::AuditEvent {
+        seq: 0,
+        at: 1,
+        event: name.into(),
+        actor: None,
+        token_id: None,
+        node_id: None,
+        hostname: None,
+        source: None,
+        reason: None,
+        target: None,
+    };
+    {
+        let c = rusqlite::Connection::open(&path)?;
+        c.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE tokens (id TEXT PRIMARY KEY, json TEXT NOT NULL, uses INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE reservations (node_id TEXT PRIMARY KEY, token_id TEXT NOT NULL,
+                 key_hash TEXT NOT NULL, expires_at INTEGER NOT NULL, json TEXT NOT NULL,
+                 transport_cert_pem TEXT, http_cert_pem TEXT);
+             CREATE INDEX reservations_key ON reservations (token_id, key_hash);
+             CREATE INDEX reservations_expiry ON reservations (expires_at);
+             CREATE TABLE reservations_committed (node_id TEXT PRIMARY KEY) WITHOUT ROWID;
+             CREATE TABLE hosts (node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
+             CREATE TABLE revoked (serial TEXT PRIMARY KEY);
+             CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, json TEXT NOT NULL);
+             PRAGMA user_version = 4;",
+        )?;
+        c.execute(
+            "INSERT INTO tokens (id, json, uses) VALUES ('t', ?1, 1)",
+            [serde_json::to_string(&token("t", Some(1)))?],
+        )?;
+        let mut record = r.clone();
+        let transport = std::mem::take(&mut record.transport_cert_pem);
+        let http = std::mem::take(&mut record.http_cert_pem);
+        c.execute(
+            "INSERT INTO reservations (node_id, token_id, key_hash, expires_at, json, transport_cert_pem, http_cert_pem)
+             VALUES ('n1', 't', 'k1', 1000, ?1, ?2, ?3)",
+            rusqlite::params![serde_json::to_string(&record)?, transport, http],
+        )?;
+        for seq in [3, 7] {
+            let e = event(&format!("event {seq}"));
+            c.execute(
+                "INSERT INTO audit (seq, json) VALUES (?1, ?2)",
+                rusqlite::params![seq, serde_json::to_string(&e)?],
+            )?;
+        }
+    }
+    let s = migrated(&path)?;
+    let details = |log: Vec<muster_protocol::api::AuditEvent>| -> Vec<(u64, String)> {
+        log.into_iter().map(|e| (e.seq, e.event)).collect()
+    };
+    assert_eq!(
+        details(s.audit_log(0, 10).await?),
+        [(3, "event 3".to_string()), (7, "event 7".to_string())]
+    );
+    s.audit(&event("event after")).await?;
+    assert_eq!(
+        details(s.audit_log(7, 10).await?),
+        [(8, "event after".to_string())],
+        "numbered on from the last event"
+    );
+    assert_eq!(
+        s.reserve(&reservation("n2", "t", "k1", "host-a", 1000), 10)
+            .await?,
+        ReserveOutcome::Existing(Box::new(r.clone())),
+        "the same key still finds its reservation"
+    );
+    let schema: Vec<String> = s.read(|c| {
+        c.prepare("SELECT name || ': ' || coalesce(sql, '') FROM sqlite_master")
+            .and_then(|mut st| st.query_map([], |row| row.get(0))?.collect())
+            .map_err(super::unavailable)
+    })?;
+    anyhow::ensure!(
+        !schema.iter().any(|s| s.contains("AUTOINCREMENT")),
+        "the audit log numbered by a sequence of its own: {schema:#?}"
+    );
+    // SQLite keeps the sequence table once made; nothing writes it now.
+    let sequences: i64 = s.read(|c| {
+        c.query_row("SELECT count(*) FROM sqlite_sequence", [], |row| row.get(0))
+            .map_err(super::unavailable)
+    })?;
+    assert_eq!(sequences, 0, "a sequence still kept");
+    Ok(())
+}
