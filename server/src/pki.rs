@@ -243,6 +243,12 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
+/// A certificate's DER as PEM, exactly as the signer writes it (rcgen: 64-column lines, LF).
+pub fn certificate_pem(der: &[u8]) -> String {
+    let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+    ::pem::encode_config(&::pem::Pem::new("CERTIFICATE", der), config)
+}
+
 /// Decodes the first PEM block.
 pub fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())

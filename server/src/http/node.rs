@@ -85,6 +85,7 @@ pub async fn join(State(app): S, Extension(c): Conn, body: Body) -> Result<Json<
         serials: vec![issued.transport.serial, issued.http.serial],
         transport_cert_pem: issued.transport.pem,
         http_cert_pem: issued.http.pem,
+        certs_der: Some([issued.transport.der, issued.http.der]),
         cert_not_after,
         created: now,
         expires_at: now + app.config.reservation_seconds,

@@ -43,6 +43,7 @@ pub fn reservation(
         serials: vec![format!("serial-{node_id}")],
         transport_cert_pem: format!("transport certificate of {node_id}\n"),
         http_cert_pem: format!("HTTP certificate of {node_id}\n"),
+        certs_der: None,
         cert_not_after: 99,
         created: 10,
         expires_at,

@@ -285,6 +285,72 @@ async fn a_join_rewrites_no_token_record_and_keeps_its_certificates_apart() -> a
     Ok(())
 }
 
+/// A join's certificates are kept as the DER the signer made (schema version 6), a third
+/// smaller than PEM, and a join answered again gets the very text the signer wrote; a record
+/// with its certificates as text only keeps the text.
+#[tokio::test]
+async fn a_join_keeps_its_certificates_as_der_and_answers_again_with_the_same_text(
+) -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{ReserveOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    let s = super::SqliteStore::open(&path)?;
+    s.insert_token(&token("t", Some(5)), None).await?;
+    let signed = |name: &str| -> anyhow::Result<(String, Vec<u8>)> {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
+        Ok((c.cert.pem(), c.cert.der().to_vec()))
+    };
+    let ((transport_pem, transport_der), (http_pem, http_der)) =
+        (signed("host-a.transport")?, signed("host-a.http")?);
+    let r = crate::store::Reservation {
+        transport_cert_pem: transport_pem,
+        http_cert_pem: http_pem,
+        certs_der: Some([transport_der.clone(), http_der.clone()]),
+        ..reservation("n1", "t", "k1", "host-a", 100)
+    };
+    anyhow::ensure!(s.reserve(&r, 10).await? == ReserveOutcome::Reserved);
+    let text_only = reservation("n2", "t", "k2", "host-b", 100);
+    anyhow::ensure!(s.reserve(&text_only, 10).await? == ReserveOutcome::Reserved);
+
+    let c = rusqlite::Connection::open(&path)?;
+    let columns = |node_id: &str| -> anyhow::Result<(String, String, Vec<u8>, Vec<u8>)> {
+        Ok(c.query_row(
+            "SELECT typeof(transport_cert_pem), typeof(http_cert_pem),
+                    CAST(transport_cert_pem AS BLOB), CAST(http_cert_pem AS BLOB)
+             FROM reservations WHERE node_id = ?1",
+            [node_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )?)
+    };
+    assert_eq!(
+        columns("n1")?,
+        ("blob".into(), "blob".into(), transport_der, http_der),
+        "the signer's DER, as it was"
+    );
+    let (kind, _, transport, _) = columns("n2")?;
+    assert_eq!(
+        (kind.as_str(), transport),
+        ("text", text_only.transport_cert_pem.clone().into_bytes()),
+        "certificates given as text only are kept as text"
+    );
+
+    // Read back, and answered again to the same key: the signer's PEM, byte for byte.
+    let answered = crate::store::Reservation {
+        certs_der: None,
+        ..r.clone()
+    };
+    assert_eq!(s.reservation("n1").await?, Some(answered.clone()));
+    assert_eq!(
+        s.reserve(&reservation("n3", "t", "k1", "host-a", 100), 11)
+            .await?,
+        ReserveOutcome::Existing(Box::new(answered)),
+        "the same key again gets the text it was given"
+    );
+    assert_eq!(s.reservation("n2").await?, Some(text_only));
+    Ok(())
+}
+
 /// The address refresh reads the hosts that report addresses through their own index, not
 /// every host's record.
 #[test]
