@@ -69,7 +69,7 @@ pub struct Reservation {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub http_cert_pem: String,
     /// The same two certificates as DER, when the join that signed them made this record: a
-    /// store may keep them so, a third smaller than PEM. Never in the record itself, and
+    /// store may keep them so, a quarter smaller than PEM. Never in the record itself, and
     /// absent from a reservation read back.
     #[serde(skip)]
     pub certs_der: Option<[Vec<u8>; 2]>,

@@ -285,7 +285,7 @@ async fn a_join_rewrites_no_token_record_and_keeps_its_certificates_apart() -> a
     Ok(())
 }
 
-/// A join's certificates are kept as the DER the signer made (schema version 6), a third
+/// A join's certificates are kept as the DER the signer made (schema version 6), a quarter
 /// smaller than PEM, and a join answered again gets the very text the signer wrote; a record
 /// with its certificates as text only keeps the text.
 #[tokio::test]
