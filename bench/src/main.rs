@@ -119,6 +119,10 @@ struct RunArgs {
     /// rounds: an A/B comparison of a change on this noisy machine.
     #[arg(long)]
     against: Option<PathBuf>,
+    /// Rounds of the open-loop storms (every server in turn, in an order that changes each
+    /// round): for an A/B run, whose open-loop latencies swing from one round to the next.
+    #[arg(long, default_value_t = 1)]
+    fleet_rounds: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -138,7 +142,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
-        Cmd::Floor { listen, dir } => rt.block_on(floor::serve(listen, &dir)),
+        // On a worker, as musterd serves (`block_on` would poll the accept loop on this thread).
+        Cmd::Floor { listen, dir } => rt
+            .block_on(rt.spawn(async move { floor::serve(listen, &dir).await }))
+            .unwrap_or_else(|e| Err(e.into())),
         Cmd::Shared {
             hosts,
             at_once,
@@ -232,6 +239,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         no_pin: _,
         no_instructions,
         against,
+        fleet_rounds,
     } = args;
     let (report, installer, only) = (report.as_deref(), installer.as_deref(), only.as_deref());
     let (rounds, count_instructions, against) =
@@ -383,10 +391,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // A fleet booting over a while rather than a crowd always in flight: 1,000 hosts arriving
     // on their own at half the rate musterd sustained above, then at 80 % of it, the same rate
     // for every server.
-    for share in [0.5, 0.8] {
-        let load = Load::Arrivals(fleet_rate(&rows, share));
-        for (server, target, tls) in &servers {
-            let prefix = format!("{}-f{:.0}", server.name, share * 100.0);
+    let fleet_rates = [0.5, 0.8].map(|share| (share, fleet_rate(&rows, share)));
+    for (fround, (share, rate)) in
+        (1..=fleet_rounds.max(1)).flat_map(|r| fleet_rates.map(|f| (r, f)))
+    {
+        let load = Load::Arrivals(rate);
+        for (server, target, tls) in &in_turn(&servers, fround) {
+            let prefix = format!("{}-f{:.0}-{fround}", server.name, share * 100.0);
             let at = if server.name == "muster" {
                 registered
             } else {

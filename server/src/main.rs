@@ -24,10 +24,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(musterd::cli::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+    // On a worker, not on this thread: `block_on` polls its future here, so the accept loop
+    // would wake this thread for every connection and hand each to a worker.
+    match rt.block_on(rt.spawn(musterd::cli::run(cli))) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("musterd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+        // The task panicked (its message is already on stderr) or the runtime shut down.
+        Err(e) => {
+            eprintln!("musterd: error: {e}");
             std::process::ExitCode::FAILURE
         }
     }
