@@ -6,11 +6,26 @@ use std::sync::mpsc;
 /// Most steps committed together.
 pub const MAX_BATCH: usize = 256;
 
-/// How long a batch under load waits for more steps before it commits. A commit's fsync, its
-/// log pages and the writer's wake-ups cost the store's threads much the same whether it holds
-/// one step or forty, so the fuller the batch, the less CPU per enrollment; each enrollment is
-/// two steps, so a host arriving while the writer gathers pays the gather twice.
+/// The longest a batch under load waits for more steps before it commits. A commit's fsync,
+/// its log pages and the writer's wake-ups cost the store's threads much the same whether it
+/// holds one step or forty, so the fuller the batch, the less CPU per enrollment; each
+/// enrollment is two steps, so a host arriving while the writer gathers pays the gather twice.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long a batch gathers for each join or commit being answered besides its own steps, up
+/// to [`GATHER`] (from 34 of them): about what one core of a server takes to bring one more
+/// step to the writer under a storm (0.3 to 0.5 ms of CPU an enrollment, two steps). So a batch
+/// waits about as long as the steps already on their way take to come, and no longer: under a
+/// 100-host storm (15, 33 and 50 of them at the writer's decisions, 10th, 50th and 90th
+/// percentile) it gathers 2.2 ms to the full 5 ms, as before; a burst of hosts arriving at half
+/// the server's capacity (8 to 12 of them) makes it gather 1.2 to 1.8 ms rather than 5 ms twice
+/// for each host, which held the hosts arriving behind the burst long enough to make the next
+/// one (the open loop's p50 at half capacity 3.5 to 11.9 ms over 13 rounds). Measured with
+/// `muster-storm run --only muster,muster-b --against … --fleet-rounds 5`, 2026-12-04, three
+/// runs: p50 at half capacity 4.4, 4.0 and 3.9 ms (medians of 5, 3 and 5 rounds) against
+/// 11.2, 5.1 and 5.1 ms with 5 ms at once; server CPU at 100 concurrent 0.99x, 1.02x and
+/// 1.01x theirs (7 rounds; this machine does not resolve 2 %).
+const PER_SIBLING: std::time::Duration = std::time::Duration::from_micros(150);
 
 /// Joins and commits being answered besides a batch's own steps, from which the batch gathers
 /// (as PostgreSQL's `commit_siblings` gates its `commit_delay`): gathering pays only when more
@@ -25,15 +40,18 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// more joins and commits are being answered besides it, against gathering from two steps
 /// waiting with as many: server CPU at 100 concurrent 0.88 and 0.91 times (two runs), the
 /// store's threads 0.080–0.083 ms per enrollment instead of 0.120, 1.1 context switches
-/// instead of 4; p50 at half capacity 4.4–5.1 ms, p99 at 80 % 28.5–178 ms (noisy either way).
-/// Counted at the writer's decisions under the storm: 15, 33 and 50 (10th, 50th and 90th
-/// percentile); from 16 or 32 it gathered too seldom there.
+/// instead of 4. From 16 or 32 it gathered too seldom under the storm.
 pub const GATHER_FROM: usize = 8;
 
-/// Whether a batch holding `taken` steps gathers for more, with `enrolling` joins and commits
-/// being answered in all (its own steps among them).
-fn gathers(taken: usize, enrolling: usize) -> bool {
-    taken < MAX_BATCH && enrolling.saturating_sub(taken) >= GATHER_FROM
+/// How long a batch holding `taken` steps gathers for more, with `enrolling` joins and commits
+/// being answered in all (its own steps among them); `None`: it commits at once.
+fn gather_for(taken: usize, enrolling: usize) -> Option<std::time::Duration> {
+    let siblings = enrolling.saturating_sub(taken);
+    if taken >= MAX_BATCH || siblings < GATHER_FROM {
+        return None;
+    }
+    let siblings = u32::try_from(siblings).unwrap_or(u32::MAX);
+    Some(PER_SIBLING.saturating_mul(siblings).min(GATHER))
 }
 
 /// A step for the writer: run inside the batch's transaction; what it returns is called with
@@ -78,9 +96,11 @@ pub(super) fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
         // write far less. The writer sleeps through the gathering rather than waiting on the
         // queue, so the steps queued meanwhile need not wake it one by one. One host
         // enrolling, or a few at a time, commit at once.
-        if gathers(done.len(), crate::store::Enrolling::now()) && !gone(&tx) {
-            std::thread::sleep(GATHER);
-            take(&mut done, &mut tx);
+        if let Some(gather) = gather_for(done.len(), crate::store::Enrolling::now()) {
+            if !gone(&tx) {
+                std::thread::sleep(gather);
+                take(&mut done, &mut tx);
+            }
         }
         let committed = match tx.commit() {
             Ok(()) => true,
@@ -110,21 +130,31 @@ pub(super) fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{gathers, GATHER_FROM, MAX_BATCH};
+    use super::{gather_for, GATHER, GATHER_FROM, MAX_BATCH, PER_SIBLING};
 
     #[test]
     fn a_batch_gathers_only_while_more_steps_are_on_their_way() {
         // One host enrolling: at once.
-        assert!(!gathers(1, 1));
+        assert_eq!(gather_for(1, 1), None);
         // A lone step gathers when the server is answering many more.
-        assert!(gathers(1, 1 + GATHER_FROM));
+        assert!(gather_for(1, 1 + GATHER_FROM).is_some());
         // Two steps waiting, but no more joins or commits being answered: at once.
-        assert!(!gathers(2, 2));
-        assert!(!gathers(2, 2 + GATHER_FROM - 1));
-        assert!(gathers(2, 2 + GATHER_FROM));
+        assert_eq!(gather_for(2, 2), None);
+        assert_eq!(gather_for(2, 2 + GATHER_FROM - 1), None);
+        assert!(gather_for(2, 2 + GATHER_FROM).is_some());
         // A full batch commits.
-        assert!(!gathers(MAX_BATCH, MAX_BATCH + 1000));
+        assert_eq!(gather_for(MAX_BATCH, MAX_BATCH + 1000), None);
         // A count read while steps were being answered may lag behind the batch: no underflow.
-        assert!(!gathers(5, 0));
+        assert_eq!(gather_for(5, 0), None);
+    }
+
+    #[test]
+    fn a_batch_gathers_as_long_as_its_siblings_take_to_come_up_to_the_most() {
+        assert_eq!(gather_for(1, 1 + GATHER_FROM), Some(PER_SIBLING * 8));
+        assert_eq!(gather_for(3, 3 + 20), Some(PER_SIBLING * 20));
+        // From 34 siblings on, the most.
+        assert_eq!(gather_for(1, 1 + 33), Some(PER_SIBLING * 33));
+        assert_eq!(gather_for(1, 1 + 34), Some(GATHER));
+        assert_eq!(gather_for(1, usize::MAX), Some(GATHER));
     }
 }
