@@ -9,7 +9,8 @@
 # profiling; several, comma-separated, with --against PATH for an A/B run of two builds of
 # musterd alone: --only muster,muster-b), --no-pin to leave the servers and the generator on
 # any core, --no-instructions to skip counting instructions under callgrind (valgrind; a
-# minute or two).
+# minute or two), --fleet-rounds N to repeat the open-loop storms N times (for an A/B run;
+# the targets read the first round).
 set -eu
 cd "$(dirname "$0")/.."
 # cfssl is the peer; musterd's etcd client compiles etcd's protobuf files when it builds.

@@ -121,6 +121,7 @@ struct RunArgs {
     against: Option<PathBuf>,
     /// Rounds of the open-loop storms (every server in turn, in an order that changes each
     /// round): for an A/B run, whose open-loop latencies swing from one round to the next.
+    /// Every round is a row of the report; the targets read the first.
     #[arg(long, default_value_t = 1)]
     fleet_rounds: usize,
 }

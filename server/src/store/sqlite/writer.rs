@@ -96,11 +96,10 @@ pub(super) fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Step>) {
         // write far less. The writer sleeps through the gathering rather than waiting on the
         // queue, so the steps queued meanwhile need not wake it one by one. One host
         // enrolling, or a few at a time, commit at once.
-        if let Some(gather) = gather_for(done.len(), crate::store::Enrolling::now()) {
-            if !gone(&tx) {
-                std::thread::sleep(gather);
-                take(&mut done, &mut tx);
-            }
+        let gather = gather_for(done.len(), crate::store::Enrolling::now());
+        if let Some(gather) = gather.filter(|_| !gone(&tx)) {
+            std::thread::sleep(gather);
+            take(&mut done, &mut tx);
         }
         let committed = match tx.commit() {
             Ok(()) => true,
