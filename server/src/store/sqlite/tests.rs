@@ -505,3 +505,69 @@ async fn a_version_4_store_keeps_its_audit_log_numbered_without_a_sequence() -> 
     assert_eq!(sequences, 0, "a sequence still kept");
     Ok(())
 }
+
+/// A step that changes more pages than SQLite keeps a statement journal in memory for by
+/// default (64 KiB) opens no temporary file: the bundled SQLite keeps up to 256 KiB in memory
+/// (.cargo/config.toml), so such a step's journal does not spill to disk for the rest of its
+/// batch. (SQLite names its temporary files `etilqs_…` and unlinks them as it opens them; they
+/// stay in /proc/self/fd.)
+#[tokio::test]
+async fn a_large_step_keeps_its_statement_journal_in_memory() -> anyhow::Result<()> {
+    let d = tempfile::tempdir()?;
+    let s = super::SqliteStore::open(&d.path().join("muster.db"))?;
+    s.tx(|c| {
+        c.execute_batch("CREATE TABLE big (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            .map_err(super::unavailable)?;
+        for k in 0..200 {
+            c.execute(
+                "INSERT INTO big (k, v) VALUES (?1, zeroblob(1000))",
+                rusqlite::params![k],
+            )
+            .map_err(super::unavailable)?;
+        }
+        Ok(())
+    })
+    .await?;
+    let (changed, temporary) = s
+        .tx(|c| {
+            // About 50 pages, each journaled: about 200 KiB.
+            let changed = c
+                .execute("UPDATE big SET v = randomblob(1000)", [])
+                .map_err(super::unavailable)?;
+            Ok((changed, temporary_files()))
+        })
+        .await?;
+    assert_eq!(changed, 200);
+    assert_eq!(
+        temporary,
+        Vec::<String>::new(),
+        "the step's journal spilled"
+    );
+    Ok(())
+}
+
+/// SQLite's temporary files this process holds open.
+fn temporary_files() -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return vec!["/proc/self/fd does not read".into()];
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.contains("etilqs_"))
+        .collect()
+}
+
+/// The bundled SQLite is built with the workspace's flags (.cargo/config.toml): without
+/// memory statistics, whose global lock every allocation of SQLite's would take.
+#[test]
+fn sqlite_is_built_without_memory_statistics() -> anyhow::Result<()> {
+    let c = rusqlite::Connection::open_in_memory()?;
+    let mut st = c.prepare("PRAGMA compile_options")?;
+    let options: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "{options:?}"
+    );
+    Ok(())
+}
