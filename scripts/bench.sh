@@ -4,7 +4,7 @@
 # Debian's golang-cfssl; step-ca built from Debian's Go sources by bench/stepca/build.sh) and
 # protoc, runs every storm and rewrites docs/benchmarks.md. Takes a few minutes; pass
 # --no-scale to skip the 1,000-installer storms and the 100,000-host registry, --rounds N for
-# more (or fewer) turns of the 100-concurrent comparison (7 by default; ratios are medians of
+# more (or fewer) turns of the 100-concurrent comparison (15 by default; ratios are medians of
 # the per-round ratios), --only muster|protocol|floor|cfssl|step-ca to storm one server (for
 # profiling; several, comma-separated, with --against PATH for an A/B run of two builds of
 # musterd alone: --only muster,muster-b), --no-pin to leave the servers and the generator on

@@ -101,8 +101,10 @@ struct RunArgs {
     #[arg(long)]
     installer: Option<PathBuf>,
     /// Rounds of the 100-concurrent comparison (every server in turn, in an order that
-    /// changes each round); ratios are medians of the per-round ratios.
-    #[arg(long, default_value_t = 7)]
+    /// changes each round); ratios are medians of the per-round ratios. 15: on a shared VM one
+    /// round's ratio can land anywhere in a band 0.3 wide, and the median of 7 moved by 0.1
+    /// between two runs of one build.
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
     /// Storm only these servers (muster, muster-b, protocol, floor, cfssl or step-ca; several
     /// separated by commas): for profiling, or an A/B run of two builds alone.
