@@ -55,7 +55,7 @@ perf report -i "$out/perf.data" --no-children --sort dso,sym --stdio -g none 2>/
   awk '/^ *[0-9.]+%/ {
     p = $1; sub("%", "", p); dso = $2; $1 = ""; $2 = ""; s = $0; c = "other"
     if (s ~ /nistz256|p256|ecdsa/) c = "P-256 arithmetic (ECDSA sign and verify)"
-    else if (s ~ /x25519|curve25519|fiat_|fe4_|ge_/) c = "X25519 (TLS key exchange)"
+    else if (s ~ /x25519|curve25519|fiat_|fe4_|[ _]fe_|[ _]ge_/) c = "X25519 (TLS key exchange)"
     else if (s ~ /ring_core|ring::|sha256|sha512|aes|gcm|chacha/) c = "other ring code (hashes, AEAD)"
     else if (dso ~ /kernel/) c = "kernel (TCP, fsync, scheduling)"
     else if (s ~ /sqlite|pager|wal|Btree|vdbe|pcache|memjrnl|rusqlite/) c = "SQLite"
