@@ -165,8 +165,9 @@ pub async fn serve_director(
 }
 
 /// The accept loop: bounded open connections (in all and per source), bounded concurrent
-/// handshakes, each with a deadline, then HTTP/1.1 or HTTP/2 with a header-read timeout, a
-/// per-request timeout, bounded HTTP/2 streams and send buffers, and an idle timeout.
+/// handshakes, each with a deadline, then HTTP/1.1 or HTTP/2 with a header-read timeout,
+/// bounded HTTP/2 streams and send buffers, and an idle timeout. Each request's own deadline
+/// is the router's ([`within_time`]).
 async fn run(
     router: axum::Router,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -176,7 +177,6 @@ async fn run(
 ) -> anyhow::Result<()> {
     let listener = self::listen(listen).with_context(|| format!("listening on {listen}"))?;
     let local = listener.local_addr()?;
-    let router = router.layer(axum::middleware::from_fn(within_time));
     if crate::logging::text() {
         eprintln!("musterd listening on https://{local}");
     }
@@ -309,13 +309,14 @@ async fn run(
 }
 
 /// A request gets [`REQUEST_TIMEOUT`]; past it, it is dropped and the answer is
-/// `408 request.timeout`, in the error body every other refusal has.
-async fn within_time(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
+/// `408 request.timeout`, in the error body every other refusal has. The coordinator's router
+/// gives every request this deadline in its front layer (`crate::http`), the director's in
+/// [`request_deadline`].
+pub(crate) async fn within_time(
+    request: impl std::future::Future<Output = axum::response::Response>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(resp) => resp,
         Err(_) => crate::error::ApiError::new(
             muster_protocol::ErrorCode::RequestTimeout,
@@ -326,6 +327,14 @@ async fn within_time(
         )
         .into_response(),
     }
+}
+
+/// [`within_time`] as a layer of its own: `axum::middleware::from_fn(request_deadline)`.
+pub(crate) async fn request_deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    within_time(next.run(req)).await
 }
 
 /// A connection's stream, noting when it last moved a byte either way.
