@@ -59,7 +59,7 @@ pub fn router(d: Arc<Director>) -> Router {
             max,
             crate::http::refuse_declared_oversize,
         ))
-        .layer(axum::middleware::from_fn(crate::serve::request_deadline))
+        .layer(axum::middleware::from_fn(crate::http::request_deadline))
         .with_state(d)
 }
 

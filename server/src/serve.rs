@@ -36,7 +36,6 @@ const H2_MAX_SEND_BUF: usize = 64 * 1024;
 const FD_RESERVE: u64 = 128;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections the kernel holds for the accept loop. The default of Rust's and tokio's `bind`
 /// (128) is what a fleet booting at once overflows: the kernel then drops their SYNs and each of
@@ -167,7 +166,7 @@ pub async fn serve_director(
 /// The accept loop: bounded open connections (in all and per source), bounded concurrent
 /// handshakes, each with a deadline, then HTTP/1.1 or HTTP/2 with a header-read timeout,
 /// bounded HTTP/2 streams and send buffers, and an idle timeout. Each request's own deadline
-/// is the router's ([`within_time`]).
+/// is the router's ([`crate::http::within_time`]).
 async fn run(
     router: axum::Router,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -306,35 +305,6 @@ async fn run(
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
-}
-
-/// A request gets [`REQUEST_TIMEOUT`]; past it, it is dropped and the answer is
-/// `408 request.timeout`, in the error body every other refusal has. The coordinator's router
-/// gives every request this deadline in its front layer (`crate::http`), the director's in
-/// [`request_deadline`].
-pub(crate) async fn within_time(
-    request: impl std::future::Future<Output = axum::response::Response>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(resp) => resp,
-        Err(_) => crate::error::ApiError::new(
-            muster_protocol::ErrorCode::RequestTimeout,
-            format!(
-                "the request took longer than {} s and was dropped; retry it",
-                REQUEST_TIMEOUT.as_secs()
-            ),
-        )
-        .into_response(),
-    }
-}
-
-/// [`within_time`] as a layer of its own: `axum::middleware::from_fn(request_deadline)`.
-pub(crate) async fn request_deadline(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    within_time(next.run(req)).await
 }
 
 /// A connection's stream, noting when it last moved a byte either way.

@@ -140,7 +140,7 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Every request's way in, as one layer: its deadline ([`crate::serve::within_time`]), the
+/// Every request's way in, as one layer: its deadline ([`within_time`]), the
 /// refusal of a body declared too large ([`refuse_declared_oversize`]) and the access log.
 /// (Three layers of their own cost each request about ten more allocations: axum boxes a
 /// route again for each layer and clones it for each request.)
@@ -164,7 +164,7 @@ async fn front(
     let source = req.extensions().get::<ConnInfo>().map(|c| c.remote.ip());
     let start = std::time::Instant::now();
     let max = app.config.max_body_bytes;
-    let resp = crate::serve::within_time(refuse_oversize_or_run(max, req, next)).await;
+    let resp = within_time(refuse_oversize_or_run(max, req, next)).await;
     let took = start.elapsed();
     let step = match route.as_str() {
         paths::JOIN => Some("join"),
@@ -291,6 +291,35 @@ fn query_invalid(e: QueryRejection) -> ApiError {
         ErrorCode::RequestInvalid,
         format!("query string: {}", e.body_text()),
     )
+}
+
+/// How long a request may take, its body's arrival included.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A request gets [`REQUEST_TIMEOUT`]; past it, it is dropped and the answer is
+/// `408 request.timeout`, in the error body every other refusal has. The coordinator's router
+/// gives every request this deadline in its front layer ([`front`]), the director's in
+/// [`request_deadline`].
+pub(crate) async fn within_time(request: impl std::future::Future<Output = Response>) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request took longer than {} s and was dropped; retry it",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// [`within_time`] as a layer of its own: `axum::middleware::from_fn(request_deadline)`.
+pub(crate) async fn request_deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    within_time(next.run(req)).await
 }
 
 /// Middleware that refuses a request whose declared `Content-Length` is over `max` with 413,
