@@ -25,7 +25,22 @@ impl Etcd {
         Etcd::make(1, true)
     }
 
+    /// Ports are picked free but bound only when etcd starts, so a test running beside may
+    /// take one in between (nextest runs tests in processes of their own): a cluster whose
+    /// member found its port taken is started again on other ports, up to three times.
     fn make(n: usize, tls: bool) -> anyhow::Result<Etcd> {
+        let mut attempt = 1;
+        loop {
+            match Etcd::make_once(n, tls) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn make_once(n: usize, tls: bool) -> anyhow::Result<Etcd> {
         let dir = tempfile::tempdir()?;
         if tls {
             make_etcd_certs(&dir.path().join("tls"))?;
