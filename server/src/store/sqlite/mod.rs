@@ -1,4 +1,5 @@
-//! The embedded store: one SQLite file in the data folder, WAL, every commit fsynced.
+//! The embedded store: one SQLite file in the data folder, WAL, every commit synced to disk
+//! (`fdatasync`: .cargo/config.toml builds SQLite so).
 //!
 //! Records are JSON in a few tables keyed the way the protocol looks them up.
 //!
@@ -51,7 +52,8 @@ impl SqliteStore {
                 .map_err(|e| unavailable(format!("opening {}: {e}", path.display())))?;
             conn.busy_timeout(std::time::Duration::from_secs(10))
                 .map_err(unavailable)?;
-            // WAL with synchronous=FULL: every commit is fsynced before it is acknowledged.
+            // WAL with synchronous=FULL: every commit is synced to disk (`fdatasync`) before it
+            // is acknowledged.
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(unavailable)?;
             conn.pragma_update(None, "synchronous", "FULL")
