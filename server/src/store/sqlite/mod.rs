@@ -21,11 +21,13 @@
 //! page cache; lists and backups run on a third connection on the blocking pool.
 
 mod credentials;
+mod keys;
 mod rows;
 mod writer;
 
 use super::rules::{self, CommitDecision, CommitStop, Expiry, ReserveDecision};
 use super::*;
+use keys::ReservationKeys;
 use rows::*;
 use writer::{checkpoint_loop, write_loop, Step, WRITER_CHECKPOINT_PAGES};
 
@@ -40,6 +42,8 @@ pub struct SqliteStore {
     reader: Mutex<Connection>,
     /// Lists and backups, on the blocking pool, so a long one never holds up a point read.
     lister: Arc<Mutex<Connection>>,
+    /// Reservations by token and key, for the writer's steps (see [`keys`]).
+    keys: Arc<ReservationKeys>,
     /// Dropped with the store: the checkpointer stops.
     _stop_checkpoints: mpsc::Sender<()>,
 }
@@ -70,6 +74,8 @@ impl SqliteStore {
         writer
             .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
             .map_err(unavailable)?;
+        let keys = Arc::new(ReservationKeys::new());
+        load_reservation_keys(&writer, &keys)?;
         let reader = connect()?;
         let lister = connect()?;
         let checkpointer = connect()?;
@@ -87,6 +93,7 @@ impl SqliteStore {
             steps,
             reader: Mutex::new(reader),
             lister: Arc::new(Mutex::new(lister)),
+            keys,
             _stop_checkpoints: stop,
         })
     }
@@ -219,25 +226,24 @@ impl Store for SqliteStore {
     }
 
     async fn reserve(&self, r: &Reservation, now: u64) -> StoreResult<ReserveOutcome> {
-        let r = r.clone();
+        let (r, keys) = (r.clone(), self.keys.clone());
         self.tx(move |tx| {
             let t = match rules::reserve_token(get_token(tx, &r.token_id)?) {
                 Ok(t) => t,
                 Err(refused) => return Ok(refused),
             };
-            let sql = reservation_select!(
-                "transport_cert_pem, http_cert_pem",
-                "token_id = ?1 AND key_hash = ?2 AND expires_at > ?3"
-            );
-            let key = params![r.token_id, r.key_hash, now as i64];
-            let existing = find_reservation(tx, sql, key)?;
+            let existing = find_reservation_of_key(tx, &keys, &r.token_id, &r.key_hash, now)?;
             match rules::reserve_decision(&t, existing, now) {
                 ReserveDecision::Answer(outcome) => return Ok(outcome),
                 // The use counted in the token's column: its record is not rewritten.
                 ReserveDecision::Reserve(_) => count_use(tx, &r.token_id)?,
             }
             let used = super::used_event(&r, now);
-            insert_reservation(tx, r)?;
+            let (token_id, key_hash) = (r.token_id.clone(), r.key_hash.clone());
+            let row = insert_reservation(tx, r)?;
+            // Entered now, before the batch commits, so a later step of this batch finds it;
+            // should the step or the batch roll back, the row it names is not there to match.
+            keys.insert(&token_id, &key_hash, row);
             append_audit(tx, &used)?;
             Ok(ReserveOutcome::Reserved)
         })
@@ -300,20 +306,29 @@ impl Store for SqliteStore {
     }
 
     async fn expire_reservations(&self, now: u64) -> StoreResult<Vec<Reservation>> {
-        self.tx(move |tx| {
-            let rows: Vec<(String, String, bool)> = tx
-                .prepare_cached(reservation_select!("node_id", "expires_at <= ?1"))
+        let (expired, gone) = self.tx(move |tx| {
+            type Row = (String, String, bool, KeyRow);
+            let rows: Vec<Row> = tx
+                .prepare_cached(reservation_select!(
+                    "node_id, token_id, key_hash, rowid",
+                    "expires_at <= ?1"
+                ))
                 .map_err(unavailable)?
-                .query_map(params![now as i64], |r| Ok((r.get(2)?, r.get(0)?, r.get(1)?)))
+                .query_map(params![now as i64], |r| {
+                    Ok((r.get(2)?, r.get(0)?, r.get(1)?, (r.get(3)?, r.get(4)?, r.get(5)?)))
+                })
                 .map_err(unavailable)?
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
             // A record that does not read is named in the log and left: one bad record must
             // not stop every other reservation from expiring.
-            let mut all = Vec::with_capacity(rows.len());
-            for (node_id, json, committed) in rows {
+            let (mut all, mut gone) = (Vec::with_capacity(rows.len()), Vec::new());
+            for (node_id, json, committed, key) in rows {
                 match reservation_of((json, committed, None, None)) {
-                    Ok(r) => all.push(r),
+                    Ok(r) => {
+                        all.push(r);
+                        gone.push(key);
+                    }
                     Err(e) => tracing::warn!(%node_id, error = %e, "store: a reservation record does not read; left for an operator"),
                 }
             }
@@ -351,9 +366,14 @@ impl Store for SqliteStore {
                     .map_err(unavailable)?;
                 append_audit(tx, event)?;
             }
-            Ok(expired.into_iter().map(|(r, ..)| r).collect())
+            Ok((expired.into_iter().map(|(r, ..)| r).collect(), gone))
         })
-        .await
+        .await?;
+        // Their rows are deleted for good now that the batch committed.
+        for (token_id, key_hash, row) in &gone {
+            self.keys.remove(token_id, key_hash, *row);
+        }
+        Ok(expired)
     }
 
     async fn hosts(&self) -> StoreResult<Vec<HostRecord>> {
@@ -599,6 +619,9 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+/// A reservation row's token, key and row id, as [`ReservationKeys`] files it.
+type KeyRow = (String, String, i64);
 
 /// Runs `f` in a savepoint of its own inside the batch's transaction: kept if it succeeds,
 /// undone alone if it fails. The statements are prepared once and kept (rusqlite's `Savepoint`

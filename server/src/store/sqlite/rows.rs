@@ -1,13 +1,14 @@
 //! The SQLite store's rows: the schema and its migrations, and reading and writing each
 //! record as JSON in its table.
 
+use super::keys::ReservationKeys;
 use crate::store::{HostRecord, Reservation, StoreError, StoreResult, TokenRecord};
 use muster_protocol::api::AuditEvent;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// The schema this build writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -100,6 +101,15 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         // columns; rows already written keep their text). Nothing to rewrite: the version
         // only stops a build that reads those columns as text alone from opening the store.
         upgrade(conn, "PRAGMA user_version = 6;")?;
+    }
+    if found < 7 {
+        // Version 7: the index of reservations by token and key lives in the server's memory
+        // ([`super::keys`]), not in the file, where each join wrote a page of its own to it.
+        upgrade(
+            conn,
+            "DROP INDEX IF EXISTS reservations_key;
+             PRAGMA user_version = 7;",
+        )?;
     }
     // The few hosts that report addresses, indexed apart, so the address refresh reads them
     // alone ([`HOST_ADDRESSES`]) rather than every host's record. An index only: builds that
@@ -258,11 +268,47 @@ pub(super) fn get_reservation_record(
     find_reservation(tx, sql, params![node_id])
 }
 
-/// Writes a new reservation: its certificates in their own columns, the rest as its record.
-/// The certificates are kept as DER when the record carries it (from schema version 6): about
-/// 1.8 KB a row rather than 2.2, so two reservations share a page of the file, where each took
-/// a page of its own, and a storm's joins write half as many pages.
-pub(super) fn insert_reservation(tx: &Connection, mut r: Reservation) -> StoreResult<()> {
+/// The reservation of `token_id` and `key_hash` still open at `now`, if any: the rows
+/// [`ReservationKeys`] names, read by row id and checked.
+pub(super) fn find_reservation_of_key(
+    tx: &Connection,
+    keys: &ReservationKeys,
+    token_id: &str,
+    key_hash: &str,
+    now: u64,
+) -> StoreResult<Option<Reservation>> {
+    let sql = reservation_select!(
+        "transport_cert_pem, http_cert_pem",
+        "rowid = ?1 AND token_id = ?2 AND key_hash = ?3 AND expires_at > ?4"
+    );
+    for row in keys.rows(token_id, key_hash) {
+        let found = find_reservation(tx, sql, params![row, token_id, key_hash, now as i64])?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// Enters every reservation row in `keys` (when the store opens).
+pub(super) fn load_reservation_keys(conn: &Connection, keys: &ReservationKeys) -> StoreResult<()> {
+    let mut st = conn
+        .prepare("SELECT rowid, token_id, key_hash FROM reservations")
+        .map_err(unavailable)?;
+    let mut rows = st.query([]).map_err(unavailable)?;
+    while let Some(r) = rows.next().map_err(unavailable)? {
+        let token_id: String = r.get(1).map_err(unavailable)?;
+        let key_hash: String = r.get(2).map_err(unavailable)?;
+        keys.insert(&token_id, &key_hash, r.get(0).map_err(unavailable)?);
+    }
+    Ok(())
+}
+
+/// Writes a new reservation: its certificates in their own columns, the rest as its record;
+/// its row id. The certificates are kept as DER when the record carries it (from schema version
+/// 6): about 1.8 KB a row rather than 2.2, so two reservations share a page of the file, where
+/// each took a page of its own, and a storm's joins write half as many pages.
+pub(super) fn insert_reservation(tx: &Connection, mut r: Reservation) -> StoreResult<i64> {
     use rusqlite::types::Value;
     let pems = [
         std::mem::take(&mut r.transport_cert_pem),
@@ -284,7 +330,7 @@ pub(super) fn insert_reservation(tx: &Connection, mut r: Reservation) -> StoreRe
             http
         ])
         .map_err(unavailable)?;
-    Ok(())
+    Ok(tx.last_insert_rowid())
 }
 
 /// A reservation's row: record, committed, certificates.

@@ -56,6 +56,19 @@ fn migrated(path: &std::path::Path) -> anyhow::Result<super::SqliteStore> {
             .map_err(super::unavailable)
     })?;
     assert_eq!(version, super::SCHEMA_VERSION);
+    // From version 7 the index of reservations by key is in memory, not in the file.
+    let on_disk: i64 = s.read(|c| {
+        c.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'reservations_key'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(super::unavailable)
+    })?;
+    assert_eq!(
+        on_disk, 0,
+        "the reservations_key index is still in the file"
+    );
     Ok(s)
 }
 
@@ -569,5 +582,92 @@ fn sqlite_is_built_without_memory_statistics() -> anyhow::Result<()> {
         options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
         "{options:?}"
     );
+    Ok(())
+}
+
+/// The index of reservations by key lives in memory: a store opened again reads it in, so a
+/// join answered again after a restart still finds the reservation its key made.
+#[tokio::test]
+async fn a_join_again_after_a_restart_finds_its_reservation_by_key() -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{ReserveOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let path = d.path().join("muster.db");
+    {
+        let s = super::SqliteStore::open(&path)?;
+        s.insert_token(&token("t", None), None).await?;
+        let first = reservation("n1", "t", "key-1", "h1", 100);
+        anyhow::ensure!(s.reserve(&first, 50).await? == ReserveOutcome::Reserved);
+        let other = reservation("n2", "t", "key-2", "h2", 100);
+        anyhow::ensure!(s.reserve(&other, 50).await? == ReserveOutcome::Reserved);
+    }
+    let s = super::SqliteStore::open(&path)?;
+    assert_eq!(s.keys.len(), 2);
+    let again = reservation("n3", "t", "key-1", "h1", 100);
+    match s.reserve(&again, 60).await? {
+        ReserveOutcome::Existing(r) => assert_eq!(r.node_id, "n1"),
+        other => anyhow::bail!("a join of the same key after a restart got {other:?}"),
+    }
+    // The same key under another token is another reservation.
+    s.insert_token(&token("u", None), None).await?;
+    let under_u = reservation("n4", "u", "key-1", "h1", 100);
+    assert_eq!(s.reserve(&under_u, 60).await?, ReserveOutcome::Reserved);
+    Ok(())
+}
+
+/// An entry the index keeps for a row that is not there (its step rolled back), or whose row
+/// id SQLite gave to another reservation, matches nothing: each row it names is checked.
+#[test]
+fn a_stale_entry_of_the_key_index_finds_nothing() -> anyhow::Result<()> {
+    use crate::store::conformance::reservation;
+    let d = tempfile::tempdir()?;
+    let mut c = rusqlite::Connection::open(d.path().join("muster.db"))?;
+    super::migrate(&mut c)?;
+    let keys = super::ReservationKeys::new();
+    // A reservation inserted and entered, then rolled back.
+    let tx = c.transaction()?;
+    let row = super::insert_reservation(&tx, reservation("gone", "t", "key-1", "h1", 100))?;
+    keys.insert("t", "key-1", row);
+    drop(tx);
+    assert_eq!(
+        super::find_reservation_of_key(&c, &keys, "t", "key-1", 50)?,
+        None
+    );
+    // SQLite gives the same row id to the next reservation, of another key.
+    let reused = super::insert_reservation(&c, reservation("n2", "t", "key-2", "h2", 100))?;
+    assert_eq!(reused, row);
+    keys.insert("t", "key-2", reused);
+    assert_eq!(
+        super::find_reservation_of_key(&c, &keys, "t", "key-1", 50)?,
+        None
+    );
+    let found = super::find_reservation_of_key(&c, &keys, "t", "key-2", 50)?;
+    assert_eq!(found.map(|r| r.node_id).as_deref(), Some("n2"));
+    // Expired, it is found no more.
+    assert_eq!(
+        super::find_reservation_of_key(&c, &keys, "t", "key-2", 100)?,
+        None
+    );
+    Ok(())
+}
+
+/// The sweep forgets the keys of the reservations it deletes, and only those.
+#[tokio::test]
+async fn the_sweep_forgets_the_keys_of_what_it_deletes() -> anyhow::Result<()> {
+    use crate::store::conformance::{reservation, token};
+    use crate::store::{ReserveOutcome, Store};
+    let d = tempfile::tempdir()?;
+    let s = super::SqliteStore::open(&d.path().join("muster.db"))?;
+    s.insert_token(&token("t", None), None).await?;
+    for (id, key, expires) in [("early", "key-1", 100), ("late", "key-2", 300)] {
+        let r = reservation(id, "t", key, id, expires);
+        anyhow::ensure!(s.reserve(&r, 50).await? == ReserveOutcome::Reserved);
+    }
+    assert_eq!(s.keys.len(), 2);
+    let expired = s.expire_reservations(200).await?;
+    assert_eq!(expired.len(), 1);
+    assert_eq!(s.keys.len(), 1);
+    assert!(s.keys.rows("t", "key-1").is_empty());
+    assert_eq!(s.keys.rows("t", "key-2").len(), 1);
     Ok(())
 }
