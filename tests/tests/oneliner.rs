@@ -386,6 +386,7 @@ fn shell_scripts_pass_shellcheck() -> R {
         r.join("scripts/bench.sh"),
         r.join("scripts/profile.sh"),
         r.join("scripts/syscalls.sh"),
+        r.join("scripts/walpages.sh"),
     ];
     for dir in [
         "packaging/deb/muster",

@@ -3,7 +3,7 @@
 //!
 //! A key's hash is random, so in the file each join wrote a leaf page of its own to that index
 //! (and the interior pages above it), and read it first when it was not cached: under a storm,
-//! 11 of the 28 pages a batch wrote to the log (`scripts/walpages.py`). In memory it costs a
+//! 11 of the 28 pages a batch wrote to the log (`sh scripts/walpages.sh`). In memory it costs a
 //! lookup, and a join's look for an earlier reservation of its key reads rows by row id, in
 //! the reservations table whose pages the recent joins just wrote.
 //!
